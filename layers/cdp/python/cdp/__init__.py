@@ -1,0 +1,1 @@
+"""Real-time behavioural segmentation core: events, profiles, segments."""

@@ -1,0 +1,254 @@
+"""A catalogue of segment definitions: loaded from YAML, validated, and ordered for evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cdp.language import (
+    SLUG,
+    AbsenceCondition,
+    Condition,
+    DefinitionError,
+    MetricSpec,
+    Parser,
+    SegmentCondition,
+)
+
+DEFINITION_FIELDS = {"id", "name", "description", "enabled", "priority", "group", "weight", "condition"}
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: str
+    name: str
+    description: str
+    enabled: bool
+    priority: int
+    group: str | None
+    weight: float
+    condition: Condition
+    source: str
+    definition: dict[str, Any]
+
+    @property
+    def inputs(self) -> frozenset[str]:
+        keys: set[str] = set()
+        for node in self.condition.walk():
+            keys |= node.inputs
+        return frozenset(keys)
+
+    @property
+    def references(self) -> set[str]:
+        return {node.segment_id for node in self.condition.walk() if isinstance(node, SegmentCondition)}
+
+    def rank(self) -> tuple[int, float, str]:
+        """Sort key for overlap: higher priority, then higher weight, then id, come first."""
+        return (-self.priority, -self.weight, self.id)
+
+
+class CatalogueError(ValueError):
+    """One or more definitions are invalid; ``errors`` lists each with its file, id and path."""
+
+    def __init__(self, errors: list[DefinitionError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(error.render() for error in errors))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Segments evaluated together: an exclusive group, or one ungrouped segment."""
+
+    name: str
+    segments: tuple[Segment, ...]
+    inputs: frozenset[str]
+    time_driven: bool
+
+
+class Catalogue:
+    """The enabled segments, their metrics, and the order to evaluate them in."""
+
+    def __init__(self, segments: list[Segment], metrics: dict[str, MetricSpec]) -> None:
+        self.all_segments = {segment.id: segment for segment in segments}
+        self.segments = {segment.id: segment for segment in segments if segment.enabled}
+        self.metrics = metrics
+        self.metrics_by_event: dict[str, list[MetricSpec]] = {}
+        for metric in metrics.values():
+            self.metrics_by_event.setdefault(metric.source.event, []).append(metric)
+        self.latches: dict[str, list[AbsenceCondition]] = {}
+        for segment in self.segments.values():
+            for node in segment.condition.walk():
+                if isinstance(node, AbsenceCondition) and node.when is not None:
+                    node.latch_key = f"{segment.id}:{node.path}"
+                    self.latches.setdefault(node.trigger.source.event, []).append(node)
+        self.units = self._order_units()
+        self.unit_of = {segment.id: unit for unit in self.units for segment in unit.segments}
+
+    def _order_units(self) -> list[Unit]:
+        grouped: dict[str, list[Segment]] = {}
+        for segment in self.segments.values():
+            grouped.setdefault(segment.group or f"segment:{segment.id}", []).append(segment)
+        units: dict[str, Unit] = {}
+        for name, members in grouped.items():
+            members.sort(key=Segment.rank)
+            inputs = frozenset().union(*(m.inputs for m in members))
+            time_driven = any(node.time_driven for m in members for node in m.condition.walk())
+            units[name] = Unit(name, tuple(members), inputs, time_driven)
+        unit_name = {s.id: (s.group or f"segment:{s.id}") for s in self.segments.values()}
+        ordered: list[Unit] = []
+        state: dict[str, str] = {}
+
+        def visit(name: str, trail: list[str]) -> None:
+            if state.get(name) == "done":
+                return
+            if state.get(name) == "visiting":
+                raise DefinitionError("condition", "segment references form a cycle: " + " -> ".join(trail))
+            state[name] = "visiting"
+            for member in units[name].segments:
+                for reference in sorted(member.references):
+                    visit(unit_name[reference], [*trail, reference])
+            state[name] = "done"
+            ordered.append(units[name])
+
+        for name in sorted(units):
+            visit(name, [name])
+        return ordered
+
+    @property
+    def referenced_events(self) -> set[str]:
+        return set(self.metrics_by_event)
+
+
+def parse_definition(raw: object, source: str = "") -> tuple[Segment, Parser]:
+    """Validate one definition; raises DefinitionError naming the file, segment id and path."""
+    if not isinstance(raw, dict):
+        raise DefinitionError("", f"a definition must be a mapping, not {type(raw).__name__}", source=source)
+    segment_id = raw.get("id")
+    shown_id = segment_id if isinstance(segment_id, str) else ""
+    try:
+        for key in raw:
+            if key not in DEFINITION_FIELDS:
+                raise DefinitionError(str(key), f"is not a known field (allowed: {', '.join(sorted(DEFINITION_FIELDS))})")
+        if not isinstance(segment_id, str) or not SLUG.match(segment_id):
+            raise DefinitionError("id", f"must be a lowercase slug like 'cart-abandoners', not {segment_id!r}")
+        name = raw.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise DefinitionError("name", "is required (a non-empty string)")
+        description = raw.get("description", "")
+        if not isinstance(description, str):
+            raise DefinitionError("description", "must be a string")
+        enabled = raw.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise DefinitionError("enabled", f"must be true or false, not {enabled!r}")
+        priority = raw.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise DefinitionError("priority", f"must be a whole number, not {priority!r}")
+        group = raw.get("group")
+        if group is not None and (not isinstance(group, str) or not SLUG.match(group)):
+            raise DefinitionError("group", f"must be a lowercase slug, not {group!r}")
+        weight = raw.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise DefinitionError("weight", f"must be a number >= 0, not {weight!r}")
+        if "condition" not in raw:
+            raise DefinitionError("condition", "is required")
+        parser = Parser()
+        condition = parser.parse(raw["condition"])
+    except DefinitionError as error:
+        raise error.located(source, shown_id) from None
+    segment = Segment(segment_id, name, description, enabled, priority, group, float(weight),
+                      condition, source, raw)
+    return segment, parser
+
+
+def build_catalogue(definitions: Iterable[tuple[str, object]]) -> Catalogue:
+    """Validate (source, raw definition) pairs together; raises CatalogueError listing every problem."""
+    errors: list[DefinitionError] = []
+    segments: list[Segment] = []
+    parsers: list[Parser] = []
+    for source, raw in definitions:
+        try:
+            segment, parser = parse_definition(raw, source)
+        except DefinitionError as error:
+            errors.append(error)
+            continue
+        if any(existing.id == segment.id for existing in segments):
+            errors.append(DefinitionError("id", "is defined twice", source=source, segment_id=segment.id))
+            continue
+        segments.append(segment)
+        parsers.append(parser)
+    known = {s.id: s for s in segments}
+    for segment in segments:
+        if not segment.enabled:
+            continue
+        for reference in sorted(segment.references):
+            target = known.get(reference)
+            problem = None
+            if target is None:
+                problem = f"refers to unknown segment {reference!r}"
+            elif not target.enabled:
+                problem = f"refers to disabled segment {reference!r}"
+            elif target.group is not None and target.group == segment.group:
+                problem = f"refers to {reference!r} in its own exclusive group {segment.group!r}"
+            if problem:
+                errors.append(DefinitionError("condition", problem, source=segment.source,
+                                              segment_id=segment.id))
+    metrics: dict[str, MetricSpec] = {}
+    for segment, parser in zip(segments, parsers, strict=True):
+        if not segment.enabled:
+            continue
+        for key, metric in parser.metrics.items():
+            merged = metrics.get(key)
+            if merged is None:
+                metrics[key] = MetricSpec(metric.source, set(metric.tiers), metric.sum_property)
+                continue
+            merged.tiers |= metric.tiers
+            if metric.sum_property and merged.sum_property not in (None, metric.sum_property):
+                errors.append(DefinitionError(
+                    "condition", f"sums {key!r} over {metric.sum_property!r} but another segment sums it over"
+                    f" {merged.sum_property!r}; add a where-filter to tell them apart",
+                    source=segment.source, segment_id=segment.id))
+            merged.sum_property = merged.sum_property or metric.sum_property
+    if errors:
+        raise CatalogueError(errors)
+    # Conditions must read the merged metric (the one the profile fills), so re-point them.
+    for segment in segments:
+        for node in segment.condition.walk():
+            _repoint(node, metrics)
+            if isinstance(node, AbsenceCondition) and node.when is not None:
+                for inner in node.when.walk():
+                    _repoint(inner, metrics)
+    try:
+        return Catalogue(segments, metrics)
+    except DefinitionError as error:
+        raise CatalogueError([error]) from None
+
+
+def _repoint(node: Condition, metrics: dict[str, MetricSpec]) -> None:
+    for attribute in ("metric", "numerator", "denominator", "trigger", "missing"):
+        spec = getattr(node, attribute, None)
+        if isinstance(spec, MetricSpec) and spec.key in metrics:
+            setattr(node, attribute, metrics[spec.key])
+
+
+def load_catalogue(directory: str | Path) -> Catalogue:
+    """Load every ``*.yaml`` / ``*.yml`` file in a folder. A file holds one definition or a list."""
+    import yaml  # only definitions as files need YAML
+
+    root = Path(directory)
+    if not root.is_dir():
+        raise CatalogueError([DefinitionError("", f"{root} is not a folder of segment definitions")])
+    definitions: list[tuple[str, object]] = []
+    errors: list[DefinitionError] = []
+    for path in sorted([*root.glob("*.yaml"), *root.glob("*.yml")]):
+        try:
+            document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            errors.append(DefinitionError("", f"is not valid YAML ({error})", source=str(path)))
+            continue
+        for raw in document if isinstance(document, list) else [document]:
+            definitions.append((str(path), raw))
+    if errors:
+        raise CatalogueError(errors)
+    return build_catalogue(definitions)

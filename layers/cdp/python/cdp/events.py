@@ -1,0 +1,384 @@
+"""The event model: Segment / RudderStack messages normalised into one internal event.
+
+Accepts the six message types (track, identify, page, screen, alias, group), the
+Ecommerce v2 and Email spec event names, and traits either at the top level
+(Segment) or in ``context.traits`` (RudderStack). An invalid message raises
+:class:`InvalidEvent` naming the field and the reason; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+MAX_MESSAGE_BYTES = 32 * 1024  # Segment's own limit for one message
+MAX_ID_LENGTH = 256
+MAX_LABEL_LENGTH = 100
+MAX_TRAIT_BYTES = 1024
+
+MESSAGE_TYPES = frozenset({"track", "identify", "page", "screen", "alias", "group"})
+CHANNELS = ("web", "mobile", "email", "server")
+
+# Ecommerce v2 spec names.
+PRODUCT_VIEWED = "Product Viewed"
+PRODUCT_ADDED = "Product Added"
+PRODUCT_REMOVED = "Product Removed"
+ORDER_COMPLETED = "Order Completed"
+ORDER_REFUNDED = "Order Refunded"
+ORDER_CANCELLED = "Order Cancelled"
+ECOMMERCE_EVENTS = frozenset({
+    "Products Searched", "Product List Viewed", "Product List Filtered", "Promotion Viewed",
+    "Promotion Clicked", "Product Clicked", PRODUCT_VIEWED, PRODUCT_ADDED, PRODUCT_REMOVED,
+    "Cart Viewed", "Checkout Started", "Checkout Step Viewed", "Checkout Step Completed",
+    "Payment Info Entered", "Order Updated", ORDER_COMPLETED, ORDER_REFUNDED, ORDER_CANCELLED,
+    "Coupon Entered", "Coupon Applied", "Coupon Denied", "Coupon Removed", "Product Added to Wishlist",
+    "Product Removed from Wishlist", "Wishlist Product Added to Cart", "Product Shared", "Cart Shared",
+    "Product Reviewed",
+})
+# Email spec names: these always come from the email channel.
+EMAIL_EVENTS = frozenset({
+    "Email Delivered", "Email Opened", "Email Link Clicked", "Email Bounced", "Email Marked as Spam",
+    "Unsubscribed",
+})
+ORDER_EVENTS = frozenset({ORDER_COMPLETED, ORDER_REFUNDED, ORDER_CANCELLED})
+CART_EVENTS = frozenset({PRODUCT_ADDED, PRODUCT_REMOVED})
+
+_MOBILE_LIBRARIES = ("analytics-ios", "analytics-android", "analytics-react-native", "analytics-flutter",
+                     "analytics-swift", "analytics-kotlin", "rudder-ios", "rudder-android")
+_WEB_LIBRARIES = ("analytics.js", "analytics-next", "rudderanalytics", "rudder-sdk-js")
+
+
+class InvalidEvent(ValueError):
+    """A message that can never be applied. ``field`` is a dotted path into the message."""
+
+    def __init__(self, field_path: str, reason: str) -> None:
+        super().__init__(f"{field_path}: {reason}")
+        self.field = field_path
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class EventContext:
+    """The context metadata kept on a profile: device, location and traffic source."""
+
+    device_type: str | None = None
+    os: str | None = None
+    country: str | None = None
+    city: str | None = None
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One normalised behavioural event."""
+
+    message_id: str
+    customer_id: str
+    type: str
+    name: str
+    timestamp: float
+    channel: str
+    properties: dict[str, Any] = field(default_factory=dict)
+    traits: dict[str, Any] = field(default_factory=dict)
+    context: EventContext = field(default_factory=EventContext)
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    previous_id: str | None = None
+    group_id: str | None = None
+    amount: float | None = None  # order value for order events, unit price for cart events
+    order_id: str | None = None
+    product_id: str | None = None
+    quantity: int = 1
+
+
+def parse_record(data: bytes) -> Event:
+    """Decode one raw message (UTF-8 JSON) and normalise it."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise InvalidEvent("message", f"is {len(data)} bytes; the limit is {MAX_MESSAGE_BYTES}")
+    try:
+        message = json.loads(data)
+    except UnicodeDecodeError:
+        raise InvalidEvent("message", "is not UTF-8 text") from None
+    except ValueError as error:
+        raise InvalidEvent("message", f"is not JSON ({error.args[0]})") from None
+    return normalise(message)
+
+
+def normalise(message: object) -> Event:
+    """Turn one Segment-spec message into an :class:`Event`, or raise :class:`InvalidEvent`."""
+    if not isinstance(message, dict):
+        raise InvalidEvent("message", f"must be a JSON object, not {_json_type(message)}")
+    kind = message.get("type")
+    if kind not in MESSAGE_TYPES:
+        if kind is None:
+            raise InvalidEvent("type", "is required (track, identify, page, screen, alias or group)")
+        raise InvalidEvent("type", f"{kind!r} is not one of track, identify, page, screen, alias, group")
+    message_id = _identifier(message, "messageId", required=True)
+    assert message_id is not None
+    user_id = _identifier(message, "userId", required=False)
+    anonymous_id = _identifier(message, "anonymousId", required=False)
+    customer_id = user_id or anonymous_id
+    if customer_id is None:
+        raise InvalidEvent("userId", "either userId or anonymousId is required")
+    timestamp = _timestamp(message)
+
+    context = message.get("context")
+    if context is None:
+        context = {}
+    elif not isinstance(context, dict):
+        raise InvalidEvent("context", f"must be an object, not {_json_type(context)}")
+    properties = _object(message, "properties")
+    traits = _traits(message, context)
+
+    name = _event_name(message, kind)
+    channel = _channel(message, context, name)
+    amount: float | None = None
+    order_id = product_id = None
+    quantity = 1
+    if name in ORDER_EVENTS:
+        order_id = _property_id(properties, "order_id", name)
+        amount = _order_amount(properties, name)
+    elif name in CART_EVENTS:
+        product_id = _product_id(properties, name)
+        quantity = _quantity(properties)
+        price = properties.get("price")
+        if price is not None:
+            amount = _non_negative(price, "properties.price")
+
+    if kind == "identify":
+        _check_trait_sizes(traits)
+    previous_id = _identifier(message, "previousId", required=kind == "alias")
+    group_id = _identifier(message, "groupId", required=kind == "group")
+    return Event(
+        message_id=message_id,
+        customer_id=customer_id,
+        type=kind,
+        name=name,
+        timestamp=timestamp,
+        channel=channel,
+        properties=properties,
+        traits=traits,
+        context=_context(context),
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        previous_id=previous_id,
+        group_id=group_id,
+        amount=amount,
+        order_id=order_id,
+        product_id=product_id,
+        quantity=quantity,
+    )
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _identifier(message: dict[str, Any], key: str, *, required: bool) -> str | None:
+    value = message.get(key)
+    if value is None or value == "":
+        if required:
+            raise InvalidEvent(key, "is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidEvent(key, f"must be a string, not {_json_type(value)}")
+    text = str(value)
+    if len(text) > MAX_ID_LENGTH:
+        raise InvalidEvent(key, f"is {len(text)} characters; the limit is {MAX_ID_LENGTH}")
+    return text
+
+
+def _timestamp(message: dict[str, Any]) -> float:
+    # `timestamp` is when the event happened; Segment fills it from originalTimestamp when absent.
+    for key in ("timestamp", "originalTimestamp"):
+        value = message.get(key)
+        if value is not None:
+            break
+    else:
+        raise InvalidEvent("timestamp", "is required (ISO 8601 with a time zone)")
+    if not isinstance(value, str):
+        raise InvalidEvent(key, f"must be an ISO 8601 string, not {_json_type(value)}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidEvent(key, f"{value!r} is not an ISO 8601 timestamp") from None
+    if parsed.tzinfo is None:
+        raise InvalidEvent(key, f"{value!r} has no time zone (add Z or an offset)")
+    return parsed.timestamp()
+
+
+def _object(message: dict[str, Any], key: str) -> dict[str, Any]:
+    value = message.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidEvent(key, f"must be an object, not {_json_type(value)}")
+    return value
+
+
+def _traits(message: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    top = _object(message, "traits")
+    nested = context.get("traits")
+    if nested is None:
+        return top
+    if not isinstance(nested, dict):
+        raise InvalidEvent("context.traits", f"must be an object, not {_json_type(nested)}")
+    if not top:
+        return nested
+    merged = dict(nested)
+    merged.update(top)  # top-level traits are the explicit ones
+    return merged
+
+
+def _check_trait_sizes(traits: dict[str, Any]) -> None:
+    for name, value in traits.items():
+        size = len(json.dumps(value, separators=(",", ":"), default=str).encode())
+        if size > MAX_TRAIT_BYTES:
+            raise InvalidEvent(f"traits.{name}", f"is {size} bytes; the limit for one trait is {MAX_TRAIT_BYTES}")
+
+
+def _event_name(message: dict[str, Any], kind: str) -> str:
+    if kind == "track":
+        name = message.get("event")
+        if name is None or name == "":
+            raise InvalidEvent("event", "is required for a track message")
+        if not isinstance(name, str):
+            raise InvalidEvent("event", f"must be a string, not {_json_type(name)}")
+        if len(name) > MAX_LABEL_LENGTH:
+            raise InvalidEvent("event", f"is {len(name)} characters; the limit is {MAX_LABEL_LENGTH}")
+        return name
+    return {"page": "Page Viewed", "screen": "Screen Viewed", "identify": "Identify",
+            "alias": "Alias", "group": "Group"}[kind]
+
+
+def _channel(message: dict[str, Any], context: dict[str, Any], name: str) -> str:
+    if name in EMAIL_EVENTS:
+        return "email"
+    explicit = message.get("channel")
+    if explicit is not None:
+        if explicit in CHANNELS:
+            return str(explicit)
+        if explicit == "sources":  # RudderStack's cloud sources are server-side
+            return "server"
+        raise InvalidEvent("channel", f"{explicit!r} is not one of {', '.join(CHANNELS)}")
+    library = context.get("library")
+    library_name = library.get("name") if isinstance(library, dict) else None
+    if isinstance(library_name, str):
+        if library_name.startswith(_MOBILE_LIBRARIES):
+            return "mobile"
+        if library_name.startswith(_WEB_LIBRARIES):
+            return "web"
+    if message.get("type") == "screen" or isinstance(context.get("app"), dict):
+        return "mobile"
+    if message.get("type") == "page" or "userAgent" in context or isinstance(context.get("page"), dict):
+        return "web"
+    return "server"  # no client context at all: sent from a back end
+
+
+def _label(value: object) -> str | None:
+    if isinstance(value, str) and value:
+        return value[:MAX_LABEL_LENGTH]
+    return None
+
+
+def _section(context: dict[str, Any], key: str) -> dict[str, Any]:
+    value = context.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _context(context: dict[str, Any]) -> EventContext:
+    if not context:
+        return _EMPTY_CONTEXT
+    device = _section(context, "device")
+    os_info = _section(context, "os")
+    location = _section(context, "location")
+    campaign = _section(context, "campaign")
+    return EventContext(
+        device_type=_label(device.get("type")),
+        os=_label(os_info.get("name")),
+        country=_label(location.get("country")),
+        city=_label(location.get("city")),
+        utm_source=_label(campaign.get("source")),
+        utm_medium=_label(campaign.get("medium")),
+        utm_campaign=_label(campaign.get("name")),
+    )
+
+
+_EMPTY_CONTEXT = EventContext()
+
+
+def _number(value: object, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidEvent(path, f"must be a number, not {_json_type(value)}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise InvalidEvent(path, "must be a finite number")
+    return float(value)
+
+
+def _non_negative(value: object, path: str) -> float:
+    number = _number(value, path)
+    if number < 0:
+        raise InvalidEvent(path, f"must not be negative (got {number:g})")
+    return number
+
+
+def _property_id(properties: dict[str, Any], key: str, name: str) -> str:
+    value = properties.get(key)
+    if value is None or value == "":
+        raise InvalidEvent(f"properties.{key}", f"is required for {name}")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidEvent(f"properties.{key}", f"must be a string, not {_json_type(value)}")
+    return str(value)[:MAX_ID_LENGTH]
+
+
+def _product_id(properties: dict[str, Any], name: str) -> str:
+    if properties.get("product_id") in (None, "") and properties.get("sku") not in (None, ""):
+        return _property_id(properties, "sku", name)
+    return _property_id(properties, "product_id", name)
+
+
+def _quantity(properties: dict[str, Any], path: str = "properties") -> int:
+    value = properties.get("quantity")
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidEvent(f"{path}.quantity", f"must be a whole number of at least 1, not {value!r}")
+    return value
+
+
+def _order_amount(properties: dict[str, Any], name: str) -> float | None:
+    """The order's value: ``revenue``, else ``total``, else the sum of ``products[].price × quantity``."""
+    for key in ("revenue", "total"):
+        if properties.get(key) is not None:
+            return _non_negative(properties[key], f"properties.{key}")
+    products = properties.get("products")
+    if products is not None:
+        if not isinstance(products, list):
+            raise InvalidEvent("properties.products", f"must be an array, not {_json_type(products)}")
+        total = 0.0
+        for index, product in enumerate(products):
+            path = f"properties.products[{index}]"
+            if not isinstance(product, dict):
+                raise InvalidEvent(path, f"must be an object, not {_json_type(product)}")
+            if product.get("price") is None:
+                raise InvalidEvent(f"{path}.price", "is required to value the order (or send revenue)")
+            price = _non_negative(product["price"], f"{path}.price")
+            total += price * _quantity(product, path)
+        return total
+    if name == ORDER_COMPLETED:
+        raise InvalidEvent("properties.revenue", "is required for Order Completed (or total, or products)")
+    return None  # a refund or cancellation without an amount covers the whole order
