@@ -27,7 +27,12 @@ def parse_duration(text: object, *, allow_zero: bool = False) -> int:
 
 
 def format_duration(seconds: int) -> str:
-    """The shortest exact spelling of a duration, e.g. 172800 -> '2d'."""
+    """A readable exact spelling: 10m, 24h, 2d, 7d, 26w (the largest unit that gives at least 2)."""
+    if seconds == 0:
+        return "0s"
+    for unit, size in (("w", WEEK), ("d", DAY), ("h", HOUR), ("m", MINUTE)):
+        if seconds % size == 0 and (seconds // size >= 2 or size == MINUTE):
+            return f"{seconds // size}{unit}"
     for unit, size in (("w", WEEK), ("d", DAY), ("h", HOUR), ("m", MINUTE)):
         if seconds % size == 0:
             return f"{seconds // size}{unit}"

@@ -1,0 +1,85 @@
+"""Replay a JSONL file of Segment-spec messages through the core in event time and print transitions.
+
+    python -m cdp.demo events/sample.jsonl --segments segments
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cdp.catalogue import CatalogueError, load_catalogue
+from cdp.engine import ENTERED, Engine, Transition
+from cdp.events import InvalidEvent, parse_record
+from cdp.replay import Replay
+
+
+def _when(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_transition(transition: Transition) -> str:
+    arrow = "+ entered" if transition.kind == ENTERED else "- exited "
+    return (f"{_when(transition.at)}  {transition.customer_id:<12} {arrow} {transition.segment_id:<24}"
+            f" {transition.reason}  [{transition.clause}]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cdp-demo", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("events", type=Path, help="a JSONL file of Segment-spec messages")
+    parser.add_argument("--segments", type=Path, default=Path("segments"), help="folder of segment definitions")
+    args = parser.parse_args(argv)
+    try:
+        catalogue = load_catalogue(args.segments)
+    except CatalogueError as error:
+        print(error, file=sys.stderr)
+        return 2
+    try:
+        lines = args.events.read_bytes().splitlines()
+    except OSError as error:
+        print(f"{args.events}: {error.strerror}", file=sys.stderr)
+        return 2
+
+    events = []
+    rejected = 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            events.append(parse_record(line))
+        except InvalidEvent as error:
+            rejected += 1
+            print(f"line {number}: rejected: {error}")
+    events.sort(key=lambda event: event.timestamp)
+
+    replay = Replay(Engine(catalogue))
+    counts = {"entered": 0, "exited": 0}
+    duplicates = 0
+
+    def show(transitions: list[Transition]) -> None:
+        for transition in transitions:
+            counts[transition.kind] += 1
+            print(format_transition(transition))
+
+    print(f"Replaying {len(events)} events against {len(catalogue.segments)} segments, in event time\n")
+    for event in events:
+        transitions, outcome = replay.apply([event])
+        duplicates += outcome.duplicates
+        for _, reason in outcome.rejected:
+            rejected += 1
+            print(f"{_when(event.timestamp)}  {event.customer_id:<12} rejected: {reason}")
+        show(transitions)
+    print(f"\n{_when(replay.now)}  population statistics computed over {len(replay.profiles)} profiles")
+    show(replay.refresh_population())
+    print(f"\n{len(events)} events, {duplicates} duplicates ignored, {rejected} rejected; "
+          f"{counts['entered']} entries, {counts['exited']} exits")
+    for customer_id, profile in sorted(replay.profiles.items()):
+        members = ", ".join(sorted(profile.memberships)) or "-"
+        print(f"  {customer_id:<12} {members}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
