@@ -130,7 +130,8 @@ def parse_definition(raw: object, source: str = "") -> tuple[Segment, Parser]:
     try:
         for key in raw:
             if key not in DEFINITION_FIELDS:
-                raise DefinitionError(str(key), f"is not a known field (allowed: {', '.join(sorted(DEFINITION_FIELDS))})")
+                allowed = ", ".join(sorted(DEFINITION_FIELDS))
+                raise DefinitionError(str(key), f"is not a known field (allowed: {allowed})")
         if not isinstance(segment_id, str) or not SLUG.match(segment_id):
             raise DefinitionError("id", f"must be a lowercase slug like 'cart-abandoners', not {segment_id!r}")
         name = raw.get("name")

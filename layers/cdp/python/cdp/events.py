@@ -361,7 +361,7 @@ def _quantity(properties: dict[str, Any], path: str = "properties") -> int:
 
 
 def _order_amount(properties: dict[str, Any], name: str) -> float | None:
-    """The order's value: ``revenue``, else ``total``, else the sum of ``products[].price × quantity``."""
+    """The order's value: ``revenue``, else ``total``, else the sum of ``products[].price * quantity``."""
     for key in ("revenue", "total"):
         if properties.get(key) is not None:
             return _non_negative(properties[key], f"properties.{key}")

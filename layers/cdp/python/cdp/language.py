@@ -78,7 +78,7 @@ class PropertyFilter:
         current: Any = properties
         for part in self.path:
             if not isinstance(current, Mapping) or part not in current:
-                return False if self.op != "ne" else True
+                return self.op == "ne"  # a missing property is "not equal" to anything
             current = current[part]
         return compare_values(self.op, current, self.value)
 
