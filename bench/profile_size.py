@@ -1,0 +1,111 @@
+"""Measures profile size: a typical shopper, and a customer with 1,000,000 events over a year.
+
+    python bench/profile_size.py [--events 1000000]
+
+Sizes are DynamoDB item sizes by DynamoDB's own rules (what write units are billed on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from cdp.catalogue import load_catalogue
+from cdp.engine import Engine
+from cdp.events import normalise
+from cdp.profile import Profile, item_size
+
+ROOT = Path(__file__).resolve().parent.parent
+YEAR = 365 * 86400
+START = 1_767_225_600  # 2026-01-01T00:00:00Z
+HEAVY_MIX = [  # (event name, share): a very active customer on every channel
+    ("Product Viewed", 0.45), ("Page Viewed", 0.20), ("Product Added", 0.08), ("Product Removed", 0.02),
+    ("Cart Viewed", 0.04), ("Checkout Started", 0.03), ("Order Completed", 0.02), ("Email Delivered", 0.06),
+    ("Email Opened", 0.05), ("Email Link Clicked", 0.03), ("Products Searched", 0.02),
+]
+CHANNELS = {"web": {"library": {"name": "analytics.js"}}, "mobile": {"library": {"name": "analytics-ios"}},
+            "server": {}}
+
+
+def iso(moment: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment)) + "Z"
+
+
+def message(customer: str, number: int, name: str, moment: float, rng: random.Random) -> dict[str, object]:
+    properties: dict[str, object] = {"product_id": f"sku-{rng.randrange(500)}",
+                                     "category": rng.choice(("shoes", "bags", "hats", "coats"))}
+    if name == "Order Completed":
+        properties = {"order_id": f"{customer}-{number}", "revenue": round(rng.uniform(10, 300), 2)}
+    elif name in ("Product Added", "Product Removed"):
+        properties["price"] = round(rng.uniform(5, 150), 2)
+    kind = "page" if name == "Page Viewed" else "track"
+    body: dict[str, object] = {"type": kind, "messageId": f"{customer}-{number}", "userId": customer,
+                               "timestamp": iso(moment), "properties": properties,
+                               "context": CHANNELS[rng.choice(("web", "web", "mobile"))]}
+    if kind == "track":
+        body["event"] = name
+    return body
+
+
+def heavy_profile(engine: Engine, events: int, batch: int = 100) -> tuple[Profile, float]:
+    """Folds `events` events spread evenly over a year, in batches like the stream delivers them."""
+    rng = random.Random(1)
+    names = [name for name, _ in HEAVY_MIX]
+    weights = [share for _, share in HEAVY_MIX]
+    profile = Profile("heavy")
+    step = YEAR / events
+    started = time.perf_counter()
+    for first in range(0, events, batch):
+        chunk = [normalise(message("heavy", n, rng.choices(names, weights)[0], START + n * step, rng))
+                 for n in range(first, min(events, first + batch))]
+        engine.apply(profile, chunk, chunk[-1].timestamp)
+        item = profile.to_item()  # what ingest writes after every batch
+        profile = Profile.from_item(item)
+    return profile, time.perf_counter() - started
+
+
+def typical_profile(engine: Engine) -> Profile:
+    """Three months of an ordinary shopper: identify, some browsing, a few adds, two orders, email."""
+    rng = random.Random(2)
+    profile = Profile("typical-shopper-0001")
+    moment = float(START)
+    traits = {"email": "jane.doe@example.com", "first_name": "Jane", "last_name": "Doe",
+              "phone": "+49 30 1234567", "created_at": "2026-01-01T10:00:00Z", "plan": "free"}
+    sessions = [normalise({"type": "identify", "messageId": "t-0", "userId": profile.customer_id,
+                           "timestamp": iso(moment), "traits": traits})]
+    plan = ["Product Viewed"] * 25 + ["Page Viewed"] * 10 + ["Product Added"] * 3 + ["Order Completed"] * 2 + [
+        "Email Delivered"] * 6 + ["Email Opened"] * 4 + ["Email Link Clicked"] * 2
+    rng.shuffle(plan)
+    for number, name in enumerate(plan, start=1):
+        moment += rng.uniform(3600, 2 * 86400)
+        sessions.append(normalise(message(profile.customer_id, number, name, moment, rng)))
+    for event in sessions:
+        engine.apply(profile, [event], event.timestamp)
+    return profile
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    args = parser.parse_args(argv)
+    engine = Engine(load_catalogue(ROOT / "segments"))
+    typical = typical_profile(engine)
+    heavy, seconds = heavy_profile(engine, args.events)
+    result = {
+        "profile.bytes_typical": item_size(typical.to_item()),
+        "profile.bytes_1m_events" if args.events == 1_000_000 else f"profile.bytes_{args.events}_events":
+            item_size(heavy.to_item()),
+        "profile.heavy_events": args.events,
+        "profile.heavy_fold_seconds": round(seconds, 1),
+    }
+    json.dump(result, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
