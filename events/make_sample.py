@@ -12,12 +12,12 @@ import random
 from datetime import UTC, datetime, timedelta
 
 START = datetime(2026, 10, 1, 9, 0, tzinfo=UTC)
-WEB = {"library": {"name": "analytics.js", "version": "5.2.0"}, "userAgent": "Mozilla/5.0",
+WEB: dict[str, object] = {"library": {"name": "analytics.js", "version": "5.2.0"}, "userAgent": "Mozilla/5.0",
        "page": {"path": "/"}, "location": {"country": "DE", "city": "Berlin"}}
-MOBILE = {"library": {"name": "analytics-ios", "version": "4.1.0"}, "device": {"type": "ios"},
+MOBILE: dict[str, object] = {"library": {"name": "analytics-ios", "version": "4.1.0"}, "device": {"type": "ios"},
           "os": {"name": "iOS"}, "app": {"name": "Shop", "version": "3.2"}}
-SERVER = {"library": {"name": "analytics-python", "version": "2.3.0"}}
-CAMPAIGN = {**WEB, "campaign": {"source": "newsletter", "medium": "email", "name": "autumn-sale"}}
+SERVER: dict[str, object] = {"library": {"name": "analytics-python", "version": "2.3.0"}}
+CAMPAIGN: dict[str, object] = {**WEB, "campaign": {"source": "newsletter", "medium": "email", "name": "autumn-sale"}}
 
 lines: list[dict[str, object]] = []
 counter = 0

@@ -1,0 +1,1 @@
+"""Infrastructure: one construct per capability, composed by stack.py."""

@@ -1,0 +1,61 @@
+"""Properties of the synthesised stack's storage: on-demand, PITR, KMS and the outbox stream."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def test_profiles_table_is_on_demand_keyed_by_customer(template: Any) -> None:
+    template.has_resource_properties("AWS::DynamoDB::Table", {
+        "BillingMode": "PAY_PER_REQUEST",
+        "KeySchema": [{"AttributeName": "customer_id", "KeyType": "HASH"}],
+    })
+
+
+def test_every_table_has_pitr_and_customer_managed_encryption(template: Any) -> None:
+    tables = template.find_resources("AWS::DynamoDB::Table")
+    assert tables
+    for name, table in tables.items():
+        properties = table["Properties"]
+        assert properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True, name
+        assert properties["SSESpecification"]["SSEEnabled"] is True, name
+        assert properties["SSESpecification"]["SSEType"] == "KMS", name
+        assert "KMSMasterKeyId" in properties["SSESpecification"], name
+
+
+def test_profiles_stream_carries_old_and_new_images(template: Any) -> None:
+    template.has_resource_properties("AWS::DynamoDB::Table", {
+        "StreamSpecification": {"StreamViewType": "NEW_AND_OLD_IMAGES"},
+    })
+
+
+def test_profiles_are_retained_when_the_stack_is_deleted(template: Any) -> None:
+    template.has_resource("AWS::DynamoDB::Table", {"DeletionPolicy": "Retain"})
+
+
+def test_data_key_rotates(template: Any) -> None:
+    template.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True})
+
+
+def test_synth_passes_cdk_nag_with_no_unacknowledged_findings(synthesised: Any) -> None:
+    _, assembly = synthesised  # synth raises ValidationFailed on any finding
+    report = json.loads((Path(assembly.directory) / "validation-report.json").read_text())
+    assert all(plugin.get("conclusion") == "success" for plugin in report["pluginReports"])
+
+
+def test_every_synth_runs_cdk_nag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import aws_cdk as cdk
+    from aws_cdk import aws_sqs as sqs
+
+    from app import build_app
+
+    monkeypatch.setenv("CDK_OUTDIR", str(tmp_path))
+    app = build_app()
+    stack = next(child for child in app.node.children if isinstance(child, cdk.Stack))
+    sqs.Queue(stack, "QueueWithoutDeadLetters")  # AwsSolutions-SQS3 / SQS4
+    with pytest.raises(Exception, match="AwsSolutions-SQS3"):
+        app.synth()
