@@ -75,9 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     show(replay.refresh_population())
     print(f"\n{len(events)} events, {duplicates} duplicates ignored, {rejected} rejected; "
           f"{counts['entered']} entries, {counts['exited']} exits")
+    engine = replay.engine
+    print(f"\n  {'customer':<12} {'primary segment':<24} {'score':>5}  segments")
     for customer_id, profile in sorted(replay.profiles.items()):
+        primary = engine.primary_segment(profile)
         members = ", ".join(sorted(profile.memberships)) or "-"
-        print(f"  {customer_id:<12} {members}")
+        print(f"  {customer_id:<12} {primary.id if primary else '-':<24} {engine.score(profile):>5g}  {members}")
     return 0
 
 

@@ -61,6 +61,7 @@ class Outcome:
     beyond_retention: int = 0
     rejected: list[tuple[Event, str]] = field(default_factory=list)
     changed: bool = False
+    next_deadline: int | None = None
 
 
 class ProfileView:
@@ -132,7 +133,20 @@ class Engine:
         outcome.transitions = self.evaluate(profile, now, touched)
         if (dict(profile.memberships), dict(profile.deadlines)) != before:
             outcome.changed = True
+        outcome.next_deadline = profile.next_deadline
         return outcome
+
+    # ---- overlap --------------------------------------------------------------------------------
+
+    def primary_segment(self, profile: Profile) -> Segment | None:
+        """The member segment with the highest priority (ties: higher weight, then id)."""
+        members = [self.catalogue.segments[s] for s in profile.memberships if s in self.catalogue.segments]
+        return min(members, key=Segment.rank) if members else None
+
+    def score(self, profile: Profile) -> float:
+        """The sum of the weights of the segments the customer belongs to."""
+        segments = self.catalogue.segments
+        return sum(segments[s].weight for s in profile.memberships if s in segments)
 
     def _fold(self, profile: Profile, event: Event, now: float, touched: set[str],
               outcome: Outcome) -> str | None:
