@@ -361,6 +361,8 @@ class Engine:
                         clause, reason = self._explain(segment, view, False, touched)
                     transitions.append(Transition(profile.customer_id, segment.id, segment.name, EXITED,
                                                   int(now), clause, reason))
+        # The write carries its own transitions, so the table stream can say why each one happened.
+        profile.transitions = [[t.segment_id, t.kind, t.at, t.clause, t.reason] for t in transitions]
         return transitions
 
     def _explain(self, segment: Segment, view: ProfileView, value: bool,

@@ -19,6 +19,7 @@ One DynamoDB item holds everything a profile read needs. Its attributes:
 ``dl``         segment id -> next moment its membership can change unprompted
 ``nd``         the earliest of ``dl`` (what the timers sweep queries)
 ``lt``         qualified trigger times for absence conditions with ``when``
+``tx``         the transitions this write made: [segment, kind, time, clause, reason]
 ``al`` ``gr``  aliases (previous ids) and group ids
 =============  =============================================================
 
@@ -71,6 +72,7 @@ class Profile:
         self.memberships: dict[str, int] = {}
         self.deadlines: dict[str, int] = {}
         self.latches: dict[str, int] = {}
+        self.transitions: list[list[Any]] = []
         self.aliases: list[str] = []
         self.groups: list[str] = []
 
@@ -147,6 +149,8 @@ class Profile:
             item["nd"] = min(self.deadlines.values())
         if self.latches:
             item["lt"] = self.latches
+        if self.transitions:
+            item["tx"] = self.transitions
         if self.aliases:
             item["al"] = self.aliases
         if self.groups:
@@ -178,6 +182,8 @@ class Profile:
         profile.memberships = {k: int(v) for k, v in (item.get("m") or {}).items()}
         profile.deadlines = {k: int(v) for k, v in (item.get("dl") or {}).items()}
         profile.latches = {k: int(v) for k, v in (item.get("lt") or {}).items()}
+        profile.transitions = [[str(t[0]), str(t[1]), int(t[2]), str(t[3]), str(t[4])]
+                               for t in item.get("tx") or []]
         profile.aliases = [str(a) for a in item.get("al") or []]
         profile.groups = [str(g) for g in item.get("gr") or []]
         return profile

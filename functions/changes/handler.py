@@ -1,0 +1,94 @@
+"""Changes: the profile table's stream turned into members index updates and Segment Entered / Exited events."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from cdp.catalogue import Catalogue, load_catalogue
+from cdp.changes import MembersIndex, TableChange, publish_changes
+from cdp.config import ChangesConfig
+from cdp.ports import Publisher
+
+NAMESPACE = "cdp"
+logger = Logger(service="cdp-changes")
+metrics = Metrics(namespace=NAMESPACE, service="changes")
+tracer = Tracer(service="cdp-changes")
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    catalogue: Catalogue
+    index: MembersIndex
+    publisher: Publisher
+    bus_name: str
+
+
+@cache
+def dependencies() -> Dependencies:
+    """Built on the first invocation (cold start), not at import."""
+    import boto3
+
+    from cdp.aws.dynamo import DynamoMembersIndex
+    from cdp.aws.eventbridge import EventBridgePublisher
+
+    config = ChangesConfig.from_env(os.environ)
+    return Dependencies(
+        catalogue=load_catalogue(config.catalogue_path),
+        index=DynamoMembersIndex(boto3.client("dynamodb"), config.members_table, config.member_shards),
+        publisher=EventBridgePublisher(boto3.client("events")),
+        bus_name=config.event_bus,
+    )
+
+
+class ChangeNotPublished(Exception):
+    """Raised for a stream record that must be retried; Powertools turns it into a batch item failure."""
+
+
+def table_change(raw: dict[str, Any]) -> TableChange:
+    from cdp.aws.dynamo import deserialise_item
+
+    body = raw.get("dynamodb", {})
+    old, new = body.get("OldImage"), body.get("NewImage")
+    return TableChange(str(body.get("SequenceNumber", "")), deserialise_item(old) if old else None,
+                       deserialise_item(new) if new else None)
+
+
+def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependencies) -> dict[str, Any]:
+    changes = [table_change(r) for r in event.get("Records", [])]
+    result = publish_changes(changes, deps.catalogue, deps.index, deps.publisher, deps.bus_name)
+    tally = Counter((change.segment_id, change.kind) for change in result.published)
+    for (segment_id, kind), count in tally.items():
+        with single_metric(name=f"Segment{kind.capitalize()}", unit=MetricUnit.Count, value=count,
+                           namespace=NAMESPACE, default_dimensions={"service": "changes", "segment": segment_id}):
+            pass
+    metrics.add_metric(name="TransitionsPublished", unit=MetricUnit.Count, value=len(result.published))
+    metrics.add_metric(name="RecordsRetried", unit=MetricUnit.Count, value=len(result.failed))
+    if result.failed:
+        logger.warning("stream records to retry", extra={"count": len(result.failed),
+                                                          "reasons": sorted(set(result.failure_reasons.values()))})
+
+    def check(record: DynamoDBRecord) -> None:
+        reason = result.failure_reasons.get(str(record.dynamodb.sequence_number if record.dynamodb else ""))
+        if reason is not None:
+            raise ChangeNotPublished(reason)
+
+    processor = BatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False)
+    response = process_partial_response(event=event, record_handler=check, processor=processor, context=context)
+    return dict(response)
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return handle(event, context, dependencies())

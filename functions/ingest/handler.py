@@ -1,0 +1,110 @@
+"""Ingest: Kinesis batches of Segment-spec messages folded into profiles, with a partial-batch response."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from cdp.catalogue import load_catalogue
+from cdp.clock import Clock, WallClock
+from cdp.config import IngestConfig
+from cdp.engine import Engine
+from cdp.ingest import BatchResult, StreamRecord, ingest_batch
+from cdp.ports import ProfileStore, Quarantine
+
+NAMESPACE = "cdp"
+logger = Logger(service="cdp-ingest")
+metrics = Metrics(namespace=NAMESPACE, service="ingest")
+tracer = Tracer(service="cdp-ingest")
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    engine: Engine
+    store: ProfileStore
+    quarantine: Quarantine
+    clock: Clock
+
+
+@cache
+def dependencies() -> Dependencies:
+    """Built on the first invocation (cold start), not at import."""
+    import boto3
+
+    from cdp.aws.dynamo import DynamoProfileStore
+    from cdp.aws.quarantine import S3Quarantine
+
+    config = IngestConfig.from_env(os.environ)
+    return Dependencies(
+        engine=Engine(load_catalogue(config.catalogue_path)),
+        store=DynamoProfileStore(boto3.client("dynamodb"), config.profiles_table),
+        quarantine=S3Quarantine(boto3.client("s3"), config.quarantine_bucket),
+        clock=WallClock(),
+    )
+
+
+class RecordNotApplied(Exception):
+    """Raised for a record that must be retried; Powertools turns it into a batch item failure."""
+
+
+def stream_record(raw: dict[str, Any]) -> StreamRecord:
+    kinesis = raw.get("kinesis", {})
+    source = raw.get("eventSourceARN", "kinesis").rsplit("/", 1)[-1]
+    try:
+        data: bytes | None = base64.b64decode(kinesis.get("data", ""), validate=True)
+        problem = ""
+    except (binascii.Error, ValueError):
+        data, problem = None, "is not valid base64"
+    return StreamRecord(str(kinesis.get("sequenceNumber", "")), str(kinesis.get("partitionKey", "")), data,
+                        f"kinesis:{source}", problem)
+
+
+def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependencies) -> dict[str, Any]:
+    result = ingest_batch([stream_record(r) for r in event.get("Records", [])], deps.engine, deps.store,
+                          deps.quarantine, deps.clock)
+    record_metrics(result)
+    failed = result.failure_reasons
+
+    def check(record: KinesisStreamRecord) -> None:
+        reason = failed.get(record.kinesis.sequence_number)
+        if reason is not None:
+            raise RecordNotApplied(reason)
+
+    processor = BatchProcessor(event_type=EventType.KinesisDataStreams, raise_on_entire_batch_failure=False)
+    response = process_partial_response(event=event, record_handler=check, processor=processor, context=context)
+    return dict(response)
+
+
+def record_metrics(result: BatchResult) -> None:
+    for name, value in (("EventsApplied", result.applied), ("EventsDuplicate", result.duplicates),
+                        ("EventsQuarantined", sum(result.quarantined.values())),
+                        ("EventsBeyondRetention", result.beyond_retention), ("ProfileConflicts", result.conflicts),
+                        ("ProfilesWritten", result.customers_written), ("RecordsRetried", len(result.failed))):
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    if result.lags:
+        metrics.add_metric(name="LagSeconds", unit=MetricUnit.Seconds, value=max(result.lags))
+    for field_name, count in result.quarantined.items():
+        with single_metric(name="EventsRejected", unit=MetricUnit.Count, value=count, namespace=NAMESPACE,
+                           default_dimensions={"service": "ingest", "field": field_name}):
+            pass
+    if result.failed:
+        # Reasons only: no payloads or identifiers, so no personal data reaches the logs.
+        logger.warning("records to retry", extra={"count": len(result.failed),
+                                                   "reasons": sorted(set(result.failure_reasons.values()))})
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return handle(event, context, dependencies())

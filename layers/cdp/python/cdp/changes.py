@@ -1,0 +1,159 @@
+"""Changes: membership transitions read from the profile table's stream, as bus events and index updates.
+
+The ingest path never publishes; the table's stream is the outbox. A write that
+succeeded always yields its events here, and a retried batch, which writes nothing
+new, yields none. Every event's id is derived from (customer, segment, kind,
+profile version), so a redelivered stream record produces the same ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from cdp.catalogue import Catalogue, Segment
+from cdp.identifiers import hashed_identifiers
+from cdp.ports import Publisher, TransientError
+
+SCHEMA_VERSION = "1"
+SOURCE = "cdp.segments"
+DETAIL_TYPES = {"entered": "Segment Entered", "exited": "Segment Exited"}
+MEMBER_SHARDS = 16  # members index partitions per segment; see members_partition
+
+
+@dataclass(frozen=True)
+class MembershipChange:
+    customer_id: str
+    segment_id: str
+    kind: str  # entered | exited
+    at: int
+    version: int
+    clause: str
+    reason: str
+
+    @property
+    def event_id(self) -> str:
+        key = f"{self.customer_id}\x1f{self.segment_id}\x1f{self.kind}\x1f{self.version}"
+        return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def members_partition(segment_id: str, customer_id: str, shards: int = MEMBER_SHARDS) -> str:
+    """The members index partition of one membership: ``segment#NN``.
+
+    A segment's members are spread over ``shards`` partitions by a hash of the customer id,
+    so a segment with millions of members is never one hot key (each partition takes
+    1,000 writes/s). Listing reads the shards in order.
+    """
+    digest = hashlib.blake2b(customer_id.encode(), digest_size=4).digest()
+    return f"{segment_id}#{int.from_bytes(digest, 'big') % shards:02d}"
+
+
+def diff(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[MembershipChange]:
+    """Membership changes between two images of a profile item (plain Python values)."""
+    before = dict((old or {}).get("m") or {})
+    after = dict((new or {}).get("m") or {})
+    image = new or old or {}
+    customer_id = str(image.get("customer_id", ""))
+    version = int((new or {}).get("v", 0)) or int((old or {}).get("v", 0)) + 1
+    reasons = {str(t[0]): t for t in (new or {}).get("tx") or []}
+    moment = int((new or {}).get("ua", 0)) or int((old or {}).get("ua", 0))
+    changes = []
+    for segment_id in sorted(after.keys() - before.keys()):
+        why = reasons.get(segment_id)
+        changes.append(MembershipChange(customer_id, segment_id, "entered", int(after[segment_id]), version,
+                                        str(why[3]) if why else "", str(why[4]) if why else ""))
+    for segment_id in sorted(before.keys() - after.keys()):
+        why = reasons.get(segment_id)
+        reason = str(why[4]) if why else ("the profile was deleted" if new is None else "")
+        at = int(why[2]) if why else moment
+        changes.append(MembershipChange(customer_id, segment_id, "exited", at, version,
+                                        str(why[3]) if why else "", reason))
+    return changes
+
+
+def primary_segment(catalogue: Catalogue, memberships: Mapping[str, Any]) -> Segment | None:
+    members = [catalogue.segments[s] for s in memberships if s in catalogue.segments]
+    return min(members, key=Segment.rank) if members else None
+
+
+def bus_entry(change: MembershipChange, new: Mapping[str, Any] | None, catalogue: Catalogue,
+              bus_name: str) -> dict[str, Any]:
+    """The PutEvents entry for one change. The detail follows events/schemas/segment-membership.v1.json."""
+    segment = catalogue.all_segments.get(change.segment_id)
+    memberships = (new or {}).get("m") or {}
+    primary = primary_segment(catalogue, memberships)
+    detail = {
+        "schema_version": SCHEMA_VERSION,
+        "event_id": change.event_id,
+        "customer_id": change.customer_id,
+        "segment": {"id": change.segment_id, "name": segment.name if segment else change.segment_id},
+        "change": change.kind,
+        "at": datetime.fromtimestamp(change.at, UTC).isoformat().replace("+00:00", "Z"),
+        "membership_version": change.version,
+        "clause": {"path": change.clause, "reason": change.reason},
+        "primary_segment": primary.id if primary else None,
+        "segments": sorted(memberships),
+        "identifiers": hashed_identifiers(dict((new or {}).get("t") or {})),
+    }
+    return {
+        "Source": SOURCE,
+        "DetailType": DETAIL_TYPES[change.kind],
+        "Detail": json.dumps(detail, separators=(",", ":")),
+        "EventBusName": bus_name,
+        "Resources": [],
+        "Time": datetime.fromtimestamp(change.at, UTC),
+    }
+
+
+class MembersIndex(Protocol):
+    def record(self, change: MembershipChange) -> None:
+        """Apply one change idempotently: an older version never overwrites a newer one."""
+        ...
+
+
+@dataclass(frozen=True)
+class TableChange:
+    """One table stream record: its id (for the partial-batch response) and the two images."""
+
+    record_id: str
+    old: Mapping[str, Any] | None
+    new: Mapping[str, Any] | None
+
+
+@dataclass
+class ChangesResult:
+    failed: list[str] = field(default_factory=list)
+    failure_reasons: dict[str, str] = field(default_factory=dict)
+    published: list[MembershipChange] = field(default_factory=list)
+
+
+def publish_changes(records: Sequence[TableChange], catalogue: Catalogue, index: MembersIndex,
+                    publisher: Publisher, bus_name: str) -> ChangesResult:
+    """Update the members index and publish every change; report the records to retry."""
+    result = ChangesResult()
+    entries: list[dict[str, Any]] = []
+    owners: list[tuple[str, MembershipChange]] = []
+    for record in records:
+        try:
+            changes = diff(record.old, record.new)
+            for change in changes:
+                index.record(change)
+        except TransientError as error:
+            result.failure_reasons[record.record_id] = f"members index: {error}"
+            continue
+        for change in changes:
+            entries.append(bus_entry(change, record.new, catalogue, bus_name))
+            owners.append((record.record_id, change))
+    failed_entries = set(publisher.publish(entries)) if entries else set()
+    for position, (record_id, _change) in enumerate(owners):
+        if position in failed_entries:
+            result.failure_reasons.setdefault(record_id, "EventBridge did not accept the event after resending")
+    for record_id, change in owners:
+        if record_id not in result.failure_reasons:
+            result.published.append(change)
+    result.failed = [r.record_id for r in records if r.record_id in result.failure_reasons]
+    return result

@@ -1,0 +1,60 @@
+"""The small interfaces the core talks to AWS through, and the domain errors adapters raise.
+
+Adapters for DynamoDB, S3 and EventBridge live in ``cdp.aws``; tests use in-memory fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cdp.profile import Profile
+
+
+class ConflictError(Exception):
+    """The profile changed since it was read (optimistic locking): reload and retry."""
+
+
+class TransientError(Exception):
+    """Throttling, a timeout or a service fault: retry later, never drop."""
+
+
+class ProfileStore(Protocol):
+    def load(self, customer_ids: Sequence[str]) -> dict[str, Profile]:
+        """The stored profiles among these ids (absent ids have none yet)."""
+        ...
+
+    def save(self, profile: Profile, expected_version: int) -> None:
+        """Write the profile if its stored version is still ``expected_version`` (0: not stored yet)."""
+        ...
+
+
+@dataclass(frozen=True)
+class QuarantinedRecord:
+    """A record that can never be applied, kept whole with the reason, for an operator to redrive."""
+
+    source: str  # e.g. "kinesis:<shard or stream>"
+    sequence: str
+    partition_key: str
+    data: bytes
+    reason: str
+    field: str
+    at: float
+
+    def as_json(self) -> dict[str, Any]:
+        import base64
+
+        return {"source": self.source, "sequence": self.sequence, "partition_key": self.partition_key,
+                "data": base64.b64encode(self.data).decode(), "reason": self.reason, "field": self.field,
+                "at": self.at}
+
+
+class Quarantine(Protocol):
+    def put(self, records: Sequence[QuarantinedRecord]) -> None: ...
+
+
+class Publisher(Protocol):
+    def publish(self, entries: Sequence[dict[str, Any]]) -> list[int]:
+        """Send bus entries; returns the indexes of entries that still failed after resending."""
+        ...
