@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from botocore.exceptions import BotoCoreError, ClientError
 
 from cdp.ports import ConflictError, TransientError
@@ -21,7 +23,7 @@ def domain_error(error: Exception) -> Exception:
             return ConflictError(code)
         if code in RETRYABLE_CODES or error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
             return TransientError(code or "service error")
-        return error
+        return cast(Exception, error)
     if isinstance(error, BotoCoreError):  # connection errors, timeouts
         return TransientError(type(error).__name__)
     return error
