@@ -91,13 +91,15 @@ def compare_values(op: str, actual: Any, expected: Any) -> bool:
     if op == "exists":
         return (actual is not None) == bool(expected)
     if op == "in":
-        return actual in expected
+        return any(_same(actual, option) for option in expected)
     if op == "contains":
         if isinstance(actual, str) and isinstance(expected, str):
             return expected in actual
-        return isinstance(actual, list) and expected in actual
-    if op in ("eq", "ne"):
-        return COMPARATORS[op](actual, expected)
+        return isinstance(actual, list) and any(_same(item, expected) for item in actual)
+    if op == "eq":
+        return _same(actual, expected)
+    if op == "ne":
+        return not _same(actual, expected)
     numeric = (int, float)
     if isinstance(actual, bool) or isinstance(expected, bool):
         return False
@@ -106,6 +108,13 @@ def compare_values(op: str, actual: Any, expected: Any) -> bool:
     if isinstance(actual, str) and isinstance(expected, str):
         return COMPARATORS[op](actual, expected)
     return False
+
+
+def _same(actual: Any, expected: Any) -> bool:
+    """JSON equality: true is not 1, and 1 equals 1.0."""
+    if isinstance(actual, bool) != isinstance(expected, bool):
+        return False
+    return bool(actual == expected)
 
 
 @dataclass(frozen=True, slots=True)
