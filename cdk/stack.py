@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_cdk import CfnOutput, Stack
 from aws_cdk import aws_kms as kms
 from constructs import Construct
 
+from cdk.changes import Changes
+from cdk.functions import Layers
+from cdk.ingest import Ingest
+from cdk.settings import Settings
 from cdk.storage import Storage
 
 
 class CdpStack(Stack):
-    def __init__(self, scope: Construct, construct_id: str, **kwargs: object) -> None:
-        super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, scope: Construct, construct_id: str, **kwargs: Any) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        settings = Settings.from_context(self)
         self.key = kms.Key(self, "DataKey", enable_key_rotation=True,
-                           description="Encrypts profiles, streams and queues at rest")
+                           description="Encrypts profiles, streams, queues and the quarantine at rest")
         self.storage = Storage(self, "Storage", key=self.key)
+        layers = Layers(self, "Layers", architecture=settings.architecture)
+        self.ingest = Ingest(self, "Ingest", settings=settings, storage=self.storage, layers=layers, key=self.key)
+        self.changes = Changes(self, "Changes", settings=settings, storage=self.storage, layers=layers, key=self.key)
+        CfnOutput(self, "EventsStreamName", value=self.ingest.stream.stream_name)
         CfnOutput(self, "ProfilesTableName", value=self.storage.profiles.table_name)
+        CfnOutput(self, "MembersTableName", value=self.storage.members.table_name)
+        CfnOutput(self, "QuarantineBucketName", value=self.storage.quarantine.bucket_name)
+        CfnOutput(self, "IngestFailuresQueueUrl", value=self.ingest.failures.queue_url)
+        CfnOutput(self, "EventBusName", value=self.changes.bus.event_bus_name)
+

@@ -1,32 +1,72 @@
-"""Storage: the profiles table, encrypted with the stack's key, with point-in-time recovery and a stream."""
+"""Storage: the profiles table, the members index and the quarantine bucket, all encrypted with the stack's key."""
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy
+from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 
-class Storage(Construct):
-    """The profiles table: profile, memberships, version and deadline in one item per customer.
+def _table(scope: Construct, construct_id: str, key: kms.IKey, removal_policy: RemovalPolicy,
+           **properties: object) -> dynamodb.Table:
+    return dynamodb.Table(
+        scope, construct_id,
+        billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+        encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED,
+        encryption_key=key,
+        point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+            point_in_time_recovery_enabled=True),
+        removal_policy=removal_policy,
+        **properties,  # type: ignore[arg-type]
+    )
 
-    The table's stream (new and old images) is the outbox that the changes function reads.
+
+class Storage(Construct):
+    """Profiles: profile, memberships, version and deadline in one item per customer. Its stream
+    (new and old images) is the outbox the changes function reads.
+
+    Members index: ``segment#NN`` -> customer, with NN a hash shard of the customer id, so no
+    segment is one hot partition; exits leave a tombstone that expires (TTL ``expires_at``).
+
+    Quarantine: records that can never be applied, one JSON Lines object per batch.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, key: kms.IKey,
                  removal_policy: RemovalPolicy = RemovalPolicy.RETAIN) -> None:
         super().__init__(scope, construct_id)
-        self.profiles = dynamodb.Table(
-            self,
-            "Profiles",
+        self.profiles = _table(
+            self, "Profiles", key, removal_policy,
             partition_key=dynamodb.Attribute(name="customer_id", type=dynamodb.AttributeType.STRING),
-            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
-            encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED,
-            encryption_key=key,
-            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
-                point_in_time_recovery_enabled=True
-            ),
             stream=dynamodb.StreamViewType.NEW_AND_OLD_IMAGES,
+        )
+        self.members = _table(
+            self, "Members", key, removal_policy,
+            partition_key=dynamodb.Attribute(name="segment_shard", type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name="customer_id", type=dynamodb.AttributeType.STRING),
+            time_to_live_attribute="expires_at",
+        )
+        self.access_logs = s3.Bucket(
+            self, "AccessLogs",
+            encryption=s3.BucketEncryption.S3_MANAGED,  # S3 server access logging cannot write to KMS buckets
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(90))],
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_PREFERRED,
+            removal_policy=removal_policy,
+        )
+        self.quarantine = s3.Bucket(
+            self, "Quarantine",
+            encryption=s3.BucketEncryption.KMS,
+            encryption_key=key,
+            bucket_key_enabled=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            versioned=True,
+            server_access_logs_bucket=self.access_logs,
+            server_access_logs_prefix="quarantine/",
+            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(90),
+                                              noncurrent_version_expiration=Duration.days(7))],
             removal_policy=removal_policy,
         )
