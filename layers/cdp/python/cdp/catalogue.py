@@ -87,33 +87,38 @@ class Catalogue:
         self.unit_of = {segment.id: unit for unit in self.units for segment in unit.segments}
 
     def _order_units(self) -> list[Unit]:
+        # Keyed apart so that a group and an ungrouped segment may share a name.
         grouped: dict[str, list[Segment]] = {}
         for segment in self.segments.values():
-            grouped.setdefault(segment.group or f"segment:{segment.id}", []).append(segment)
+            grouped.setdefault(f"group:{segment.group}" if segment.group else segment.id, []).append(segment)
         units: dict[str, Unit] = {}
         for name, members in grouped.items():
             members.sort(key=Segment.rank)
             inputs = frozenset().union(*(m.inputs for m in members))
             time_driven = any(node.time_driven for m in members for node in m.condition.walk())
-            units[name] = Unit(name, tuple(members), inputs, time_driven)
-        unit_name = {s.id: (s.group or f"segment:{s.id}") for s in self.segments.values()}
+            units[name] = Unit(name.removeprefix("group:"), tuple(members), inputs, time_driven)
+        unit_name = {s.id: f"group:{s.group}" if s.group else s.id for s in self.segments.values()}
         ordered: list[Unit] = []
         state: dict[str, str] = {}
 
-        def visit(name: str, trail: list[str]) -> None:
+        def visit(name: str, trail: list[Segment]) -> None:
             if state.get(name) == "done":
                 return
             if state.get(name) == "visiting":
-                raise DefinitionError("condition", "segment references form a cycle: " + " -> ".join(trail))
+                referrer = trail[-1]
+                cycle = " -> ".join(segment.id for segment in trail)
+                raise DefinitionError("condition",
+                                      f"segment references form a cycle: {cycle} -> {units[name].name}",
+                                      source=referrer.source, segment_id=referrer.id)
             state[name] = "visiting"
             for member in units[name].segments:
                 for reference in sorted(member.references):
-                    visit(unit_name[reference], [*trail, reference])
+                    visit(unit_name[reference], [*trail, member])
             state[name] = "done"
             ordered.append(units[name])
 
         for name in sorted(units):
-            visit(name, [name])
+            visit(name, [])
         return ordered
 
     @property

@@ -196,12 +196,13 @@ class Engine:
         new = [name for name in event.traits if name not in profile.traits]
         if len(profile.traits) + len(new) > MAX_TRAITS:
             return f"traits: the profile would hold {len(profile.traits) + len(new)} traits; the limit is {MAX_TRAITS}"
-        newest = event.timestamp >= profile.context.get("traits_at", 0)
+        moment_ms = round(event.timestamp * 1000)
+        newest = moment_ms >= profile.context.get("traits_ms", 0)
         for trait, value in event.traits.items():
             if newest or trait not in profile.traits:  # an older identify never overwrites a newer one
                 profile.traits[trait] = value
         if newest:
-            profile.context["traits_at"] = int(event.timestamp)
+            profile.context["traits_ms"] = moment_ms
         return None
 
     def _order(self, profile: Profile, event: Event, moment: int) -> str | None:

@@ -100,12 +100,24 @@ def parse_record(data: bytes) -> Event:
     if len(data) > MAX_MESSAGE_BYTES:
         raise InvalidEvent("message", f"is {len(data)} bytes; the limit is {MAX_MESSAGE_BYTES}")
     try:
-        message = json.loads(data)
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidEvent("message", "is not UTF-8 text") from None
+    try:
+        message = json.loads(text)
     except ValueError as error:
         raise InvalidEvent("message", f"is not JSON ({error.args[0]})") from None
+    if "\\u" in text and _has_lone_surrogate(message):
+        raise InvalidEvent("message", "contains an unpaired UTF-16 surrogate escape, which is not text")
     return normalise(message)
+
+
+def _has_lone_surrogate(message: object) -> bool:
+    try:
+        json.dumps(message, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def normalise(message: object) -> Event:
@@ -246,7 +258,7 @@ def _traits(message: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
 
 def _check_trait_sizes(traits: dict[str, Any]) -> None:
     for name, value in traits.items():
-        size = len(json.dumps(value, separators=(",", ":"), default=str).encode())
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode())
         if size > MAX_TRAIT_BYTES:
             raise InvalidEvent(f"traits.{name}", f"is {size} bytes; the limit for one trait is {MAX_TRAIT_BYTES}")
 
@@ -269,7 +281,7 @@ def _channel(message: dict[str, Any], context: dict[str, Any], name: str) -> str
     if name in EMAIL_EVENTS:
         return "email"
     explicit = message.get("channel")
-    if explicit is not None:
+    if explicit is not None and explicit != "client":  # Segment's browser libraries send "client"
         if explicit in CHANNELS:
             return str(explicit)
         if explicit == "sources":  # RudderStack's cloud sources are server-side

@@ -202,8 +202,8 @@ def _value_size(value: Any) -> int:
     if value is None or isinstance(value, bool):
         return 1
     if isinstance(value, (int, float, Decimal)):
-        digits = len(str(abs(Decimal(str(value)).normalize())).replace(".", "").lstrip("0")) or 1
-        return (digits + 1) // 2 + 1
+        digits = "".join(map(str, Decimal(str(value)).as_tuple().digits)).strip("0")
+        return (max(len(digits), 1) + 1) // 2 + 1
     if isinstance(value, dict):
         return 3 + sum(len(k.encode()) + _value_size(v) + 1 for k, v in value.items())
     if isinstance(value, (list, tuple)):
