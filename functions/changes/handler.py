@@ -55,12 +55,12 @@ class ChangeNotPublished(Exception):
 
 
 def table_change(raw: dict[str, Any]) -> TableChange:
-    from cdp.aws.dynamo import deserialise_item
+    from cdp.aws.dynamo import deserialise_stream_image
 
     body = raw.get("dynamodb", {})
     old, new = body.get("OldImage"), body.get("NewImage")
-    return TableChange(str(body.get("SequenceNumber", "")), deserialise_item(old) if old else None,
-                       deserialise_item(new) if new else None)
+    return TableChange(str(body.get("SequenceNumber", "")), deserialise_stream_image(old) if old else None,
+                       deserialise_stream_image(new) if new else None)
 
 
 def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependencies) -> dict[str, Any]:

@@ -60,11 +60,11 @@ class RecordNotApplied(Exception):
 def stream_record(raw: dict[str, Any]) -> StreamRecord:
     kinesis = raw.get("kinesis", {})
     source = raw.get("eventSourceARN", "kinesis").rsplit("/", 1)[-1]
+    received = str(kinesis.get("data", ""))
     try:
-        data: bytes | None = base64.b64decode(kinesis.get("data", ""), validate=True)
-        problem = ""
+        data, problem = base64.b64decode(received, validate=True), ""
     except (binascii.Error, ValueError):
-        data, problem = None, "is not valid base64"
+        data, problem = received.encode(), "is not valid base64"
     return StreamRecord(str(kinesis.get("sequenceNumber", "")), str(kinesis.get("partitionKey", "")), data,
                         f"kinesis:{source}", problem)
 

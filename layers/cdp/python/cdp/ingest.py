@@ -24,11 +24,12 @@ MAX_WRITE_ATTEMPTS = 3
 
 @dataclass(frozen=True)
 class StreamRecord:
-    """One record as the stream delivered it. ``data`` is None when it could not be decoded."""
+    """One record as the stream delivered it. When it could not be decoded, ``decode_error`` says why
+    and ``data`` holds what was received, so the quarantine still keeps it whole."""
 
     sequence: str
     partition_key: str
-    data: bytes | None
+    data: bytes
     source: str = "kinesis"
     decode_error: str = ""
 
@@ -55,12 +56,12 @@ def ingest_batch(records: Sequence[StreamRecord], engine: Engine, store: Profile
     now = clock.now()
     for record in records:
         try:
-            if record.data is None:
-                raise InvalidEvent("data", record.decode_error or "could not be decoded")
+            if record.decode_error:
+                raise InvalidEvent("data", record.decode_error)
             event = parse_record(record.data)
         except InvalidEvent as error:
             poison.append(QuarantinedRecord(record.source, record.sequence, record.partition_key,
-                                            record.data or b"", str(error), error.field, now))
+                                            record.data, str(error), error.field, now))
             continue
         by_customer.setdefault(event.customer_id, []).append((record, event))
 
@@ -115,7 +116,7 @@ def ingest_batch(records: Sequence[StreamRecord], engine: Engine, store: Profile
             if reason is not None:
                 field_name = reason.split(":", 1)[0]
                 poison.append(QuarantinedRecord(record.source, record.sequence, record.partition_key,
-                                                record.data or b"", reason, field_name, now))
+                                                record.data, reason, field_name, now))
 
     if poison:
         try:

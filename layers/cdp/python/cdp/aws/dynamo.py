@@ -6,6 +6,7 @@ attribute names), so it maps straight onto DynamoDB types with boto3's serialize
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Sequence
 from decimal import Decimal
@@ -56,6 +57,24 @@ def serialise_item(item: dict[str, Any]) -> dict[str, Any]:
 
 def deserialise_item(item: dict[str, Any]) -> dict[str, Any]:
     return {key: from_dynamo(_deserializer.deserialize(value)) for key, value in item.items()}
+
+
+def deserialise_stream_image(image: dict[str, Any]) -> dict[str, Any]:
+    """A table stream image as Lambda delivers it, where binary values arrive as base64 text."""
+    return deserialise_item({key: _binary_from_base64(value) for key, value in image.items()})
+
+
+def _binary_from_base64(value: dict[str, Any]) -> dict[str, Any]:
+    (kind, inner), = value.items()
+    if kind == "B" and isinstance(inner, str):
+        return {"B": base64.b64decode(inner)}
+    if kind == "BS":
+        return {"BS": [base64.b64decode(v) if isinstance(v, str) else v for v in inner]}
+    if kind == "M":
+        return {"M": {k: _binary_from_base64(v) for k, v in inner.items()}}
+    if kind == "L":
+        return {"L": [_binary_from_base64(v) for v in inner]}
+    return value
 
 
 class DynamoProfileStore:
