@@ -78,7 +78,8 @@ class PropertyFilter:
         current: Any = properties
         for part in self.path:
             if not isinstance(current, Mapping) or part not in current:
-                return self.op == "ne"  # a missing property is "not equal" to anything
+                # A missing property is "not equal" to anything, and does not exist.
+                return self.op == "ne" or (self.op == "exists" and not self.value)
             current = current[part]
         return compare_values(self.op, current, self.value)
 
@@ -473,7 +474,7 @@ class PercentileCondition(Condition):
     def evaluate(self, ctx: Context) -> Result:
         threshold = ctx.threshold(self.metric, self.top)
         value = ctx.rfm(self.metric)
-        return threshold is not None and value > 0 and value >= threshold, None
+        return threshold is not None and value > 0 and value > threshold, None
 
     def describe(self) -> str:
         return f"top {self.top:g}% by {self.metric}"

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 class PopulationStats:
     """Per metric, the value at each whole percentile 1..99 of the population (nearest rank).
 
-    ``top 20% by revenue`` means revenue at or above the 80th percentile value, and above zero.
-    Ties at the threshold are all included, so a segment can hold a little more than its share.
+    ``top 20% by revenue`` means revenue above the 80th percentile value (and above zero).
+    Customers tied at the threshold are all left out, so a segment never holds more than its share.
     """
 
     percentiles: Mapping[str, tuple[float, ...]]
