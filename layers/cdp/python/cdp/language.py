@@ -194,13 +194,17 @@ def _earliest(*deadlines: float | None) -> float | None:
     return min(present) if present else None
 
 
-class AllOf(Condition):
+class Combination(Condition):
+    """A node over a list of conditions."""
+
     def __init__(self, items: list[Condition]) -> None:
         self.items = tuple(items)
 
     def children(self) -> tuple[Condition, ...]:
         return self.items
 
+
+class AllOf(Combination):
     def evaluate(self, ctx: Context) -> Result:
         results = [item.evaluate(ctx) for item in self.items]
         if all(value for value, _ in results):
@@ -214,13 +218,7 @@ class AllOf(Condition):
         return "all of (" + "; ".join(item.describe() for item in self.items) + ")"
 
 
-class AnyOf(Condition):
-    def __init__(self, items: list[Condition]) -> None:
-        self.items = tuple(items)
-
-    def children(self) -> tuple[Condition, ...]:
-        return self.items
-
+class AnyOf(Combination):
     def evaluate(self, ctx: Context) -> Result:
         results = [item.evaluate(ctx) for item in self.items]
         passing = [d for value, d in results if value]
