@@ -27,7 +27,7 @@ class Layers(Construct):
         self.deps = lambda_.LayerVersion(
             self, "Deps", code=lambda_.Code.from_asset(str(ROOT / "layers" / "deps"), exclude=["requirements.txt"]),
             compatible_runtimes=[RUNTIME], compatible_architectures=[architecture],
-            description="Powertools, pynamodb, PyYAML (make layers)")
+            description="Powertools and PyYAML (make layers)")
         self.catalogue = lambda_.LayerVersion(
             self, "Catalogue", code=lambda_.Code.from_asset(str(ROOT / "segments"), exclude=["README.md"]),
             compatible_runtimes=[RUNTIME], compatible_architectures=[architecture],

@@ -49,7 +49,7 @@ def test_functions_run_newest_python_on_arm_with_all_layers_and_tracing(template
 def test_three_layers_core_deps_and_catalogue(template: Any) -> None:
     layers = template.find_resources("AWS::Lambda::LayerVersion")
     descriptions = sorted(layer["Properties"]["Description"] for layer in layers.values())
-    assert descriptions == ["Powertools, pynamodb, PyYAML (make layers)", "cdp core package",
+    assert descriptions == ["Powertools and PyYAML (make layers)", "cdp core package",
                             "segment definitions, unpacked at /opt"]
 
 
