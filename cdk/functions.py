@@ -21,7 +21,8 @@ class Layers(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, architecture: lambda_.Architecture) -> None:
         super().__init__(scope, construct_id)
         self.core = lambda_.LayerVersion(
-            self, "Core", code=lambda_.Code.from_asset(str(ROOT / "layers" / "cdp"), exclude=["**/__pycache__"]),
+            self, "Core",
+            code=lambda_.Code.from_asset(str(ROOT / "layers" / "cdp"), exclude=["**/__pycache__", "**/*.egg-info"]),
             compatible_runtimes=[RUNTIME], compatible_architectures=[architecture],
             description="cdp core package")
         self.deps = lambda_.LayerVersion(
