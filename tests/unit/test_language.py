@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cdp.catalogue import Catalogue, build_catalogue
+from cdp.catalogue import Catalogue, CatalogueError, build_catalogue
 from cdp.engine import Engine, ProfileView
 from cdp.events import Event, normalise
 from cdp.language import AbsenceCondition
@@ -750,3 +750,12 @@ def test_describe_has_no_python_reprs_of_objects() -> None:
         for node in segment.condition.walk():
             text = node.describe()
             assert text and "object at" not in text and "Condition" not in text and "MetricSpec" not in text
+
+
+def test_manual_must_be_the_whole_condition_and_true() -> None:
+    with pytest.raises(CatalogueError, match=r"condition.all\[0\].manual: must be the whole condition"):
+        build_catalogue([("t.yaml", {"id": "s", "name": "S", "condition": {"all": [{"manual": True}]}})])
+    with pytest.raises(CatalogueError, match="condition.manual: must be true"):
+        build_catalogue([("t.yaml", {"id": "s", "name": "S", "condition": {"manual": "yes"}})])
+    with pytest.raises(CatalogueError, match="group: a static"):
+        build_catalogue([("t.yaml", {"id": "s", "name": "S", "group": "g", "condition": {"manual": True}})])

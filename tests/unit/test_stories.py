@@ -149,7 +149,7 @@ STORIED_SEGMENTS = {
     "recent-buyers", "high-frequency", "premium-customers", "high-value-recent-buyer", "engaged-browsers",
     "potential-abandoners", "cart-abandoners", "high-intent-abandoners", "highly-engaged",
     "high-engagement-new", "repeat-buyers", "browsers", "email-responders", "web-only-visitors",
-    "loyal-customers",
+    "loyal-customers", "vip",
 }
 
 
@@ -705,3 +705,27 @@ def test_messages_carry_the_channel() -> None:
     assert normalise(message("page", "z", "2024-03-04 09:00")).channel == "web"
     assert normalise(message("identify", "z", "2024-03-04 09:00", context=MOBILE)).channel == "mobile"
     assert normalise(message("track", "z", "2024-03-04 09:00", event="Email Opened", context={})).channel == "email"
+
+
+# ---- vip: a static segment ---------------------------------------------------------------------
+
+
+def test_vip_is_kept_by_hand_and_never_by_events_or_time() -> None:
+    """Vera is put on the VIP list by hand; her events and weeks passing do not move her; removal does."""
+    replay = Replay(Engine(load_catalogue(SEGMENTS)))
+    start = datetime(2024, 3, 4, 9, tzinfo=UTC).timestamp()
+    profile = replay.profile("vera")
+    entered_by_hand = replay.engine.set_manual(profile, "vip", True, start)
+    assert entered_by_hand is not None
+    assert (entered_by_hand.kind, entered_by_hand.clause) == ("entered", "manual")
+    assert replay.engine.set_manual(profile, "vip", True, start + 1) is None  # already a member: no transition
+    view = {"type": "track", "event": "Product Viewed", "messageId": "v1", "userId": "vera",
+            "timestamp": "2024-03-04T10:00:00Z", "properties": {"product_id": "p1"}}
+    transitions, _ = replay.apply([normalise(view)])
+    transitions += replay.advance_to(start + 60 * 86400)
+    assert [t for t in transitions if t.segment_id == "vip"] == []
+    assert "vip" in profile.memberships
+    left = replay.engine.set_manual(profile, "vip", False, start + 61 * 86400)
+    assert left is not None and left.kind == "exited" and "vip" not in profile.memberships
+    with pytest.raises(ValueError, match="not an enabled static segment"):
+        replay.engine.set_manual(profile, "recent-buyers", True, start)

@@ -12,6 +12,7 @@ from cdp.language import (
     AbsenceCondition,
     Condition,
     DefinitionError,
+    ManualCondition,
     MetricSpec,
     Parser,
     SegmentCondition,
@@ -43,6 +44,10 @@ class Segment:
     @property
     def references(self) -> set[str]:
         return {node.segment_id for node in self.condition.walk() if isinstance(node, SegmentCondition)}
+
+    @property
+    def manual(self) -> bool:
+        return isinstance(self.condition, ManualCondition)
 
     def rank(self) -> tuple[int, float, str]:
         """Sort key for overlap: higher priority, then higher weight, then id, come first."""
@@ -161,6 +166,10 @@ def parse_definition(raw: object, source: str = "") -> tuple[Segment, Parser]:
             raise DefinitionError("condition", "is required")
         parser = Parser()
         condition = parser.parse(raw["condition"])
+        if isinstance(condition, ManualCondition):
+            if group is not None:
+                raise DefinitionError("group", "a static (manual) segment cannot be in an exclusive group")
+            condition.segment_id = segment_id
     except DefinitionError as error:
         raise error.located(source, shown_id) from None
     segment = Segment(segment_id, name, description, enabled, priority, group, float(weight),

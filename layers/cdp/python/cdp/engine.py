@@ -136,6 +136,26 @@ class Engine:
         outcome.next_deadline = profile.next_deadline
         return outcome
 
+    def set_manual(self, profile: Profile, segment_id: str, member: bool, now: float) -> Transition | None:
+        """Add a customer to, or remove them from, a static segment. The write carries the transition."""
+        segment = self.catalogue.segments.get(segment_id)
+        if segment is None or not segment.manual:
+            raise ValueError(f"{segment_id!r} is not an enabled static segment")
+        if (segment_id in profile.memberships) == member:
+            return None
+        if member:
+            profile.memberships[segment_id] = int(now)
+        else:
+            del profile.memberships[segment_id]
+        if not profile.created_at:
+            profile.created_at = int(now)
+        profile.updated_at = int(now)
+        transition = Transition(profile.customer_id, segment_id, segment.name, ENTERED if member else EXITED,
+                                int(now), "manual", "added by hand" if member else "removed by hand")
+        profile.transitions = [[transition.segment_id, transition.kind, transition.at, transition.clause,
+                                transition.reason]]
+        return transition
+
     # ---- overlap --------------------------------------------------------------------------------
 
     def primary_segment(self, profile: Profile) -> Segment | None:

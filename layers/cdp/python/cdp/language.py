@@ -450,6 +450,19 @@ class SegmentCondition(Condition):
         return f"member of {self.segment_id}"
 
 
+class ManualCondition(Condition):
+    """A static segment: members are added and removed through the API, never by events or time."""
+
+    def __init__(self) -> None:
+        self.segment_id = ""  # set by the catalogue
+
+    def evaluate(self, ctx: Context) -> Result:
+        return ctx.is_member(self.segment_id), None
+
+    def describe(self) -> str:
+        return "added by hand"
+
+
 class RfmCondition(Condition):
     def __init__(self, metric: str, op: str, value: float) -> None:
         self.metric, self.op, self.value = metric, op, value
@@ -497,6 +510,8 @@ class Parser:
         builder = self._builders().get(kind)
         if builder is None:
             raise DefinitionError(path, f"unknown operator {kind!r} (one of {', '.join(self._builders())})")
+        if path != "condition" and kind == "manual":
+            raise DefinitionError(where, "must be the whole condition of a static segment")
         if inside_when and kind in ("absence", "segment", "percentile"):
             raise DefinitionError(where, "cannot be used inside `when`")
         condition = builder(body, where, inside_when)
@@ -509,6 +524,7 @@ class Parser:
             "count": self._count, "sum": self._sum, "average": self._average, "recency": self._recency,
             "absence": self._absence, "ratio": self._ratio, "channel": self._channel,
             "segment": self._segment, "rfm": self._rfm, "percentile": self._percentile,
+            "manual": self._manual,
         }
 
     def _list(self, body: Any, path: str, inside_when: bool) -> list[Condition]:
@@ -621,6 +637,11 @@ class Parser:
         segment_id = _text(spec["id"], f"{path}.id")
         self.references.add(segment_id)
         return SegmentCondition(segment_id)
+
+    def _manual(self, body: Any, path: str, inside_when: bool) -> Condition:
+        if body is not True:
+            raise DefinitionError(path, f"must be true, not {body!r}")
+        return ManualCondition()
 
     def _rfm(self, body: Any, path: str, inside_when: bool) -> Condition:
         spec = _fields(body, path, required={"metric"}, optional=set(COMPARATORS))
