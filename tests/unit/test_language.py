@@ -755,7 +755,7 @@ def test_describe_has_no_python_reprs_of_objects() -> None:
 def test_manual_must_be_the_whole_condition_and_true() -> None:
     with pytest.raises(CatalogueError, match=r"condition.all\[0\].manual: must be the whole condition"):
         build_catalogue([("t.yaml", {"id": "s", "name": "S", "condition": {"all": [{"manual": True}]}})])
-    with pytest.raises(CatalogueError, match="condition.manual: must be true"):
+    with pytest.raises(CatalogueError, match=r"condition\.manual: must be true"):
         build_catalogue([("t.yaml", {"id": "s", "name": "S", "condition": {"manual": "yes"}})])
     with pytest.raises(CatalogueError, match="group: a static"):
         build_catalogue([("t.yaml", {"id": "s", "name": "S", "group": "g", "condition": {"manual": True}})])
