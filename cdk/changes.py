@@ -33,7 +33,7 @@ class Changes(Construct):
             environment={"MEMBERS_TABLE": storage.members.table_name, "EVENT_BUS_NAME": self.bus.event_bus_name,
                          "MEMBER_SHARDS": str(settings.member_shards)})
         role = self.function.role
-        storage.members.grant(role, "dynamodb:PutItem")
+        storage.members.grant(role, "dynamodb:PutItem", "dynamodb:UpdateItem")  # via TransactWriteItems
         role.add_to_policy(iam.PolicyStatement(actions=["events:PutEvents"], resources=[self.bus.event_bus_arn]))
         self.function.function.add_event_source(sources.DynamoEventSource(
             storage.profiles,

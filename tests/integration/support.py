@@ -293,6 +293,8 @@ class Stack:
         rows = {}
         for raw in self.scan(MEMBERS_TABLE):
             item = deserialise_item(raw)
+            if str(item["segment_shard"]).endswith("#size"):
+                continue  # a shard's size item, not a membership
             rows[(str(item["segment_shard"]).split("#")[0], str(item["customer_id"]))] = item
         return rows
 

@@ -244,7 +244,7 @@ def test_an_entry_that_keeps_failing_fails_its_stream_record_and_the_retry_is_id
     assert {(c, s, k) for c, s, k, _ in first} >= {("grace", "cart-abandoners", "entered"),
                                                    ("grace", "potential-abandoners", "exited")}
     index = stack.scan(MEMBERS_TABLE)
-    assert len(index) == 4  # the index was updated before publishing, for both customers
+    assert len(stack.members()) == 4  # the index was updated before publishing, for both customers
 
     # Lambda redelivers the batch from the failed record; EventBridge has recovered.
     assert failures(stack.changes(envelope)) == []
@@ -265,8 +265,8 @@ def test_a_throttled_put_events_call_is_resent(stack: Stack) -> None:
 def test_a_members_index_outage_fails_the_record_without_publishing_it(stack: Stack) -> None:
     envelope = frank_envelope()
     envelope["Records"].append(grace_record())
-    InjectedError(stack.dynamodb, "PutItem", "ProvisionedThroughputExceededException",
-                  lambda request: request["Item"]["customer_id"]["S"] == "frank")
+    InjectedError(stack.dynamodb, "TransactWriteItems", "ProvisionedThroughputExceededException",
+                  lambda request: request["TransactItems"][0]["Put"]["Item"]["customer_id"]["S"] == "frank")
 
     assert failures(stack.changes(envelope)) == [FRANK_SEQUENCE]
     assert {c for c, *_ in caught(stack)} == {"grace"}
@@ -309,7 +309,7 @@ def test_the_sample_stream_record_publishes_one_entry_and_one_exit(stack: Stack,
     assert failures(stack.changes(envelope)) == []
 
     # One conditional write per membership change, one PutEvents call for both entries.
-    assert stack.counter.of("dynamodb") == {"PutItem": 2}
+    assert stack.counter.of("dynamodb") == {"TransactWriteItems": 2}  # membership and size, together
     assert stack.counter.of("eventbridge") == {"PutEvents": 1}
     events = stack.drain_events()
     details = {d["change"]: d for d in (check_detail(validator, e, {"Frank@Example.com"}) for e in events)}

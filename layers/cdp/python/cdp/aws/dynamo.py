@@ -7,6 +7,7 @@ attribute names), so it maps straight onto DynamoDB types with boto3's serialize
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Sequence
 from decimal import Decimal
@@ -129,8 +130,32 @@ class DynamoProfileStore:
         return Profile.from_item(deserialise_item(item)) if item else None
 
 
+class InvalidCursor(ValueError):
+    """A listing cursor that this index did not make."""
+
+
+def _encode_cursor(shard: int, after: str) -> str:
+    raw = json.dumps([shard, after], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, shards: int) -> tuple[int, str]:
+    try:
+        shard, after = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError):
+        raise InvalidCursor("cursor: is not a cursor returned by this listing") from None
+    if not isinstance(shard, int) or not isinstance(after, str) or not 0 <= shard < shards:
+        raise InvalidCursor("cursor: is not a cursor returned by this listing")
+    return shard, after
+
+
 class DynamoMembersIndex:
-    """segment#shard -> customer, with the membership version; exits leave a tombstone that expires."""
+    """``segment#NN`` -> customer, with the membership version; exits leave a tombstone that expires.
+
+    Each shard also has a size item (``segment#NN#size``), changed in the same transaction as the
+    membership, so a segment's size is one BatchGetItem of its shards' size items and a redelivered
+    change (whose condition fails) never counts twice.
+    """
 
     def __init__(self, client: Any, table_name: str, shards: int) -> None:
         self.client = client
@@ -138,8 +163,9 @@ class DynamoMembersIndex:
         self.shards = shards
 
     def record(self, change: MembershipChange) -> None:
+        partition = members_partition(change.segment_id, change.customer_id, self.shards)
         item: dict[str, Any] = {
-            "segment_shard": {"S": members_partition(change.segment_id, change.customer_id, self.shards)},
+            "segment_shard": {"S": partition},
             "customer_id": {"S": change.customer_id},
             "v": {"N": str(change.version)},
             "since": {"N": str(change.at)},
@@ -147,14 +173,70 @@ class DynamoMembersIndex:
         if change.kind == "exited":
             item["exited_at"] = {"N": str(change.at)}
             item["expires_at"] = {"N": str(change.at + EXITED_MEMBER_TTL)}
+        put = {"TableName": self.table_name, "Item": item,
+               "ConditionExpression": "attribute_not_exists(customer_id) OR v < :v",
+               "ExpressionAttributeValues": {":v": {"N": str(change.version)}}}
+        size = {"TableName": self.table_name,
+                "Key": {"segment_shard": {"S": f"{partition}#size"}, "customer_id": {"S": "#"}},
+                "UpdateExpression": "ADD members :delta",
+                "ExpressionAttributeValues": {":delta": {"N": "1" if change.kind == "entered" else "-1"}}}
         try:
-            self.client.put_item(
-                TableName=self.table_name, Item=item,
-                ConditionExpression="attribute_not_exists(customer_id) OR v < :v",
-                ExpressionAttributeValues={":v": {"N": str(change.version)}},
-            )
+            self.client.transact_write_items(TransactItems=[{"Put": put}, {"Update": size}])
         except Exception as error:
+            reasons = getattr(error, "response", {}).get("CancellationReasons") or []
+            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+                return  # a newer version is already there: this change is old news
             mapped = domain_error(error)
             if isinstance(mapped, ConflictError):
-                return  # a newer version is already there: this change is old news
+                return
             raise mapped from error
+
+    def size(self, segment_id: str) -> int:
+        """Current members: the sum of the shards' size items, in one BatchGetItem (16 keys by default)."""
+        keys = [{"segment_shard": {"S": f"{segment_id}#{shard:02d}#size"}, "customer_id": {"S": "#"}}
+                for shard in range(self.shards)]
+        total = 0
+        for start in range(0, len(keys), BATCH_GET_LIMIT):
+            request: dict[str, Any] = {self.table_name: {"Keys": keys[start:start + BATCH_GET_LIMIT]}}
+            for attempt in range(UNPROCESSED_ATTEMPTS):
+                try:
+                    response = self.client.batch_get_item(RequestItems=request)
+                except Exception as error:
+                    raise domain_error(error) from error
+                for item in response.get("Responses", {}).get(self.table_name, []):
+                    total += int(item.get("members", {}).get("N", "0"))
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                time.sleep(min(0.05 * 2 ** attempt, 1.0))
+            else:
+                raise TransientError("segment size keys stayed unprocessed")
+        return max(total, 0)
+
+    def page(self, segment_id: str, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to ``limit`` current members in a stable order (shard, then customer id), and the next cursor."""
+        shard, after = _decode_cursor(cursor, self.shards) if cursor else (0, "")
+        members: list[dict[str, Any]] = []
+        while shard < self.shards and len(members) < limit:
+            request: dict[str, Any] = {
+                "TableName": self.table_name,
+                "KeyConditionExpression": "segment_shard = :p",
+                "FilterExpression": "attribute_not_exists(exited_at)",
+                "ExpressionAttributeValues": {":p": {"S": f"{segment_id}#{shard:02d}"}},
+                "Limit": limit - len(members),
+            }
+            if after:
+                request["ExclusiveStartKey"] = {"segment_shard": {"S": f"{segment_id}#{shard:02d}"},
+                                                "customer_id": {"S": after}}
+            try:
+                response = self.client.query(**request)
+            except Exception as error:
+                raise domain_error(error) from error
+            for item in response.get("Items", []):
+                members.append({"customer_id": item["customer_id"]["S"], "since": int(item["since"]["N"])})
+            last = response.get("LastEvaluatedKey")
+            if last:
+                after = last["customer_id"]["S"]
+            else:
+                shard, after = shard + 1, ""
+        return members, (None if shard >= self.shards else _encode_cursor(shard, after))
