@@ -60,3 +60,22 @@ class ChangesConfig:
     def from_env(cls, env: Mapping[str, str]) -> ChangesConfig:
         return cls(_required(env, "MEMBERS_TABLE"), _required(env, "EVENT_BUS_NAME"), _catalogue(env),
                    _whole(env, "MEMBER_SHARDS", 16, 1, 1000))
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    profiles_table: str
+    members_table: str
+    catalogue_path: Path
+    member_shards: int
+    me_claim: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ApiConfig:
+        return cls(_required(env, "PROFILES_TABLE"), _required(env, "MEMBERS_TABLE"), _catalogue(env),
+                   _whole(env, "MEMBER_SHARDS", 16, 1, 1000), env.get("ME_CLAIM", "").strip() or "sub")
+
+
+def cors_origins(env: Mapping[str, str]) -> list[str]:
+    """CORS_ORIGINS: comma-separated origins allowed to call the API from a browser (none by default)."""
+    return [origin.strip() for origin in env.get("CORS_ORIGINS", "").split(",") if origin.strip()]

@@ -1,0 +1,298 @@
+"""The HTTP API: profiles, memberships and segment definitions for frontends and operators.
+
+Operator routes are IAM-authorised at API Gateway; ``GET /me`` is behind a Cognito user pool
+authorizer and reads only the caller's own profile. Every error is a JSON body with a stable
+``code``. ``GET /openapi.json`` serves the generated OpenAPI 3 document.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Annotated, Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response, content_types
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.models import Server
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from cdp.api_models import (
+    CustomerProfile,
+    CustomerSegments,
+    MemberPage,
+    MembershipEdit,
+    MembershipEditResult,
+    Problem,
+    SegmentDefinition,
+    SegmentList,
+)
+from cdp.catalogue import Catalogue, load_catalogue
+from cdp.clock import Clock, WallClock
+from cdp.config import ApiConfig, cors_origins
+from cdp.engine import Engine
+from cdp.ports import ConflictError, TransientError
+from cdp.profile import Profile
+from cdp.views import memberships, profile_document, segment_document
+
+if TYPE_CHECKING:
+    from cdp.aws.dynamo import DynamoMembersIndex, DynamoProfileStore
+
+logger = Logger(service="cdp-api")
+metrics = Metrics(namespace="cdp", service="api")
+tracer = Tracer(service="cdp-api")
+
+_origins = cors_origins(os.environ)
+app = APIGatewayRestResolver(
+    enable_validation=True,
+    cors=CORSConfig(allow_origin=_origins[0], extra_origins=_origins[1:]) if _origins else None,
+)
+
+OPERATOR: list[dict[str, list[str]]] = [{"iam": []}]
+END_USER: list[dict[str, list[str]]] = [{"cognito": []}]
+ID = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^/]+$")]
+SEGMENT_ID = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]
+ERRORS: dict[int, Any] = {
+    code: {"description": text, "content": {"application/json": {"model": Problem}}}
+    for code, text in ((400, "The request is invalid; `field` names what is wrong."),
+                       (403, "Not allowed."), (404, "Not found."),
+                       (503, "A downstream service is throttling; retry after `Retry-After` seconds."))
+}
+WRITE_ATTEMPTS = 3
+
+
+class NotFound(Exception):
+    pass
+
+
+class Forbidden(Exception):
+    pass
+
+
+class Invalid(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    catalogue: Catalogue
+    profiles: DynamoProfileStore
+    members: DynamoMembersIndex
+    clock: Clock
+    me_claim: str
+
+
+_dependencies: Dependencies | None = None
+
+
+def configure(dependencies: Dependencies) -> None:
+    """Use these dependencies (tests and the local stack)."""
+    global _dependencies
+    _dependencies = dependencies
+
+
+@cache
+def _from_environment() -> Dependencies:
+    import boto3
+
+    from cdp.aws.dynamo import DynamoMembersIndex, DynamoProfileStore
+
+    config = ApiConfig.from_env(os.environ)
+    client = boto3.client("dynamodb")
+    return Dependencies(load_catalogue(config.catalogue_path), DynamoProfileStore(client, config.profiles_table),
+                        DynamoMembersIndex(client, config.members_table, config.member_shards), WallClock(),
+                        config.me_claim)
+
+
+def deps() -> Dependencies:
+    return _dependencies or _from_environment()
+
+
+def _problem(status: int, code: str, message: str, field: str | None = None,
+             headers: dict[str, str] | None = None) -> Response[str]:
+    body = Problem(code=code, message=message, field=field).model_dump_json()
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=body, headers=headers)
+
+
+@app.exception_handler(RequestValidationError)
+def _invalid_request(error: RequestValidationError) -> Response[str]:
+    first = error.errors()[0] if error.errors() else {}
+    location = [str(part) for part in first.get("loc", ()) if part not in ("path", "query", "body")]
+    field = ".".join(location) or None
+    return _problem(400, "invalid_request", f"{field or 'request'}: {first.get('msg', 'is invalid')}", field)
+
+
+@app.exception_handler(Invalid)
+def _invalid(error: Invalid) -> Response[str]:
+    return _problem(400, "invalid_request", str(error), error.field)
+
+
+@app.exception_handler(NotFound)
+def _not_found(error: NotFound) -> Response[str]:
+    return _problem(404, "not_found", str(error))
+
+
+@app.exception_handler(Forbidden)
+def _forbidden(error: Forbidden) -> Response[str]:
+    return _problem(403, "forbidden", str(error))
+
+
+@app.exception_handler(ConflictError)
+def _conflict(error: ConflictError) -> Response[str]:
+    return _problem(409, "conflict", "the profile kept changing while it was being updated; try again")
+
+
+@app.exception_handler(TransientError)
+def _throttled(error: TransientError) -> Response[str]:
+    return _problem(503, "unavailable", f"a downstream service is busy ({error}); try again", headers={
+        "Retry-After": "1"})
+
+
+@app.not_found
+def _no_route(_: Exception) -> Response[str]:
+    return _problem(404, "no_route", f"no route for {app.current_event.http_method} {app.current_event.path}")
+
+
+def _profile(customer_id: str) -> Profile:
+    profile = deps().profiles.get(customer_id)
+    if profile is None:
+        raise NotFound(f"customer {customer_id!r} has no profile")
+    return profile
+
+
+@app.get("/customers/<customerId>", summary="A customer's profile, memberships and score (one read)",
+         responses=ERRORS, security=OPERATOR, tags=["customers"])
+def get_customer(customerId: ID) -> CustomerProfile:
+    d = deps()
+    return CustomerProfile.model_validate(profile_document(_profile(customerId), d.catalogue, d.clock.now()))
+
+
+@app.get("/customers/<customerId>/segments", summary="A customer's segments, primary segment and score",
+         responses=ERRORS, security=OPERATOR, tags=["customers"])
+def get_customer_segments(customerId: ID) -> CustomerSegments:
+    profile = _profile(customerId)
+    catalogue = deps().catalogue
+    segments = memberships(profile, catalogue)
+    return CustomerSegments.model_validate({
+        "customer_id": profile.customer_id, "segments": segments,
+        "primary_segment": segments[0]["id"] if segments else None,
+        "score": sum(catalogue.segments[s["id"]].weight for s in segments)})
+
+
+@app.get("/me", summary="The signed-in end user's own profile", responses=ERRORS, security=END_USER,
+         tags=["customers"])
+def get_me() -> CustomerProfile:
+    d = deps()
+    authorizer: dict[str, Any] = dict(app.current_event.request_context.authorizer or {})
+    claims = authorizer.get("claims")
+    customer_id = claims.get(d.me_claim) if isinstance(claims, dict) else None
+    if not customer_id:
+        raise Forbidden("a verified identity token is required")
+    return CustomerProfile.model_validate(profile_document(_profile(str(customer_id)), d.catalogue, d.clock.now()))
+
+
+@app.get("/segments", summary="Every enabled segment's definition", responses=ERRORS, security=OPERATOR,
+         tags=["segments"])
+def list_segments() -> SegmentList:
+    segments = sorted(deps().catalogue.segments.values(), key=lambda s: s.rank())
+    return SegmentList(segments=[SegmentDefinition.model_validate(segment_document(s)) for s in segments])
+
+
+def _segment(segment_id: str) -> Any:
+    segment = deps().catalogue.segments.get(segment_id)
+    if segment is None:
+        raise NotFound(f"segment {segment_id!r} does not exist or is disabled")
+    return segment
+
+
+@app.get("/segments/<segmentId>", summary="A segment's definition and current size", responses=ERRORS,
+         security=OPERATOR, tags=["segments"])
+def get_segment(segmentId: SEGMENT_ID) -> SegmentDefinition:
+    segment = _segment(segmentId)
+    return SegmentDefinition.model_validate(segment_document(segment, deps().members.size(segment.id)))
+
+
+@app.get("/segments/<segmentId>/members", summary="A page of a segment's members", responses=ERRORS,
+         security=OPERATOR, tags=["segments"])
+def list_members(segmentId: SEGMENT_ID,
+                 limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                 cursor: Annotated[str | None, Query(max_length=512)] = None) -> MemberPage:
+    from cdp.aws.dynamo import InvalidCursor
+
+    segment = _segment(segmentId)
+    try:
+        members, next_cursor = deps().members.page(segment.id, limit, cursor)
+    except InvalidCursor as error:
+        raise Invalid("cursor", str(error)) from None
+    return MemberPage.model_validate({"segment_id": segment.id, "members": members, "next_cursor": next_cursor})
+
+
+@app.post("/segments/<segmentId>/members", summary="Add or remove customers of a static segment",
+          responses=ERRORS, security=OPERATOR, tags=["segments"])
+def edit_members(segmentId: SEGMENT_ID,
+                 edit: Annotated[MembershipEdit, Body()]) -> MembershipEditResult:
+    d = deps()
+    segment = _segment(segmentId)
+    if not segment.manual:
+        raise Invalid("segmentId", f"{segment.id!r} is not a static segment; its members follow its condition")
+    if len(edit.add) + len(edit.remove) > 100:
+        raise Invalid("add", "at most 100 customers per call, added and removed together")
+    both = set(edit.add) & set(edit.remove)
+    if both:
+        raise Invalid("remove", f"{sorted(both)[0]!r} is both added and removed")
+    for field_name, ids in (("add", edit.add), ("remove", edit.remove)):
+        for customer_id in ids:
+            if not customer_id or len(customer_id) > 256:
+                raise Invalid(field_name, "customer ids are 1 to 256 characters")
+    wanted = {**{c: True for c in edit.add}, **{c: False for c in edit.remove}}
+    engine = Engine(d.catalogue)
+    result = MembershipEditResult(segment_id=segment.id, added=[], removed=[], unchanged=[])
+    profiles = d.profiles.load(list(wanted))
+    for customer_id, member in wanted.items():
+        profile = profiles.get(customer_id) or Profile(customer_id)
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            expected = profile.version
+            if engine.set_manual(profile, segment.id, member, d.clock.now()) is None:
+                result.unchanged.append(customer_id)
+                break
+            profile.version = expected + 1
+            try:
+                d.profiles.save(profile, expected)  # the table stream publishes the change
+            except ConflictError:
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+                profile = d.profiles.load([customer_id]).get(customer_id) or Profile(customer_id)
+                continue
+            (result.added if member else result.removed).append(customer_id)
+            break
+    return result
+
+
+@app.get("/openapi.json", include_in_schema=False)
+def openapi() -> Response[str]:
+    return Response(status_code=200, content_type=content_types.APPLICATION_JSON, body=openapi_document())
+
+
+def openapi_document() -> str:
+    schema = app.get_openapi_json_schema(
+        title="cdp API", version="1", servers=[Server(url="/")],
+        description="Profiles, segment memberships and segment definitions. Operator routes use IAM "
+                    "(SigV4); /me uses a Cognito user pool token.",
+        security_schemes={
+            "iam": {"type": "apiKey", "name": "Authorization", "in": "header",
+                    "description": "AWS Signature Version 4"},  # type: ignore[dict-item]
+            "cognito": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},  # type: ignore[dict-item]
+        })
+    return json.dumps(json.loads(schema), separators=(",", ":"))
+
+
+@logger.inject_lambda_context(correlation_id_path="requestContext.requestId")
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

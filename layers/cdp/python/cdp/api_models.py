@@ -1,0 +1,129 @@
+"""The HTTP API's request and response models; they generate the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Problem(Model):
+    """Every error: a stable code and a message that says what is wrong."""
+
+    code: str = Field(examples=["not_found"])
+    message: str = Field(examples=["customer 'alice' has no profile"])
+    field: str | None = Field(default=None, examples=["limit"])
+
+
+class Rfm(Model):
+    orders: int
+    revenue: float
+    average_order_value: float | None
+    first_order_at: str | None
+    last_order_at: str | None
+    recency_days: int | None
+
+
+class WindowFigures(Model):
+    count: int
+    sum: float | None = None
+
+
+class Counter(Model):
+    key: str = Field(examples=["Product Viewed"])
+    event: str
+    lifetime: int
+    lifetime_sum: float | None = None
+    first_at: str | None
+    last_at: str | None
+    windows: dict[str, WindowFigures] = Field(examples=[{"24h": {"count": 7}, "30d": {"count": 31}}])
+
+
+class CartItem(Model):
+    product_id: str
+    quantity: int
+    price: float
+
+
+class LastAdded(Model):
+    product_id: str
+    at: str | None
+
+
+class Cart(Model):
+    items: list[CartItem]
+    last_added: LastAdded | None
+
+
+class Membership(Model):
+    id: str = Field(examples=["recent-buyers"])
+    name: str = Field(examples=["Recent buyers"])
+    since: str | None = Field(examples=["2026-10-02T09:00:00Z"])
+
+
+class CustomerProfile(Model):
+    customer_id: str = Field(examples=["alice"])
+    traits: dict[str, Any] = Field(examples=[{"first_name": "Alice", "plan": "gold"}])
+    rfm: Rfm
+    counters: list[Counter]
+    cart: Cart
+    channels: dict[str, str | None] = Field(examples=[{"web": "2026-10-04T09:00:00Z"}])
+    segments: list[Membership]
+    primary_segment: str | None = Field(examples=["recent-buyers"])
+    score: float = Field(examples=[3.0])
+    next_deadline: str | None = Field(description="The next moment a membership can change with no new event.")
+    version: int
+    updated_at: str | None
+
+
+class CustomerSegments(Model):
+    customer_id: str
+    segments: list[Membership]
+    primary_segment: str | None
+    score: float
+
+
+class SegmentDefinition(Model):
+    id: str = Field(examples=["cart-abandoners"])
+    name: str
+    description: str
+    enabled: bool
+    priority: int
+    group: str | None
+    weight: float
+    static: bool = Field(description="Members are kept by hand through POST /segments/{segmentId}/members.")
+    condition: Any = Field(examples=[{"recency": {"event": "Order Completed", "within": "7d"}}])
+    size: int | None = Field(default=None, description="Current members (on GET /segments/{segmentId}).")
+
+
+class SegmentList(Model):
+    segments: list[SegmentDefinition]
+
+
+class Member(Model):
+    customer_id: str
+    since: int = Field(description="Unix seconds")
+
+
+class MemberPage(Model):
+    segment_id: str
+    members: list[Member]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class MembershipEdit(Model):
+    """Customers to add to or remove from a static segment (at most 100 in all per call)."""
+
+    add: list[str] = Field(default_factory=list, max_length=100, examples=[["alice", "bob"]])
+    remove: list[str] = Field(default_factory=list, max_length=100, examples=[["carol"]])
+
+
+class MembershipEditResult(Model):
+    segment_id: str
+    added: list[str]
+    removed: list[str]
+    unchanged: list[str]

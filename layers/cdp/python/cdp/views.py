@@ -1,0 +1,108 @@
+"""What the API shows: a profile, its memberships and the segment definitions, in readable form.
+
+Pure functions over a profile and the catalogue; the handler only fetches and serialises.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from cdp.catalogue import Catalogue, Segment
+from cdp.counters import tier_for_window
+from cdp.durations import DAY, format_duration
+from cdp.language import MetricCondition, RatioCondition
+from cdp.profile import Profile
+
+
+def iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
+
+
+def windows_by_metric(catalogue: Catalogue) -> dict[str, set[int]]:
+    """For each counter, the windows the catalogue reads it over: those are the ones worth showing."""
+    windows: dict[str, set[int]] = {}
+    for segment in catalogue.segments.values():
+        for node in segment.condition.walk():
+            if isinstance(node, MetricCondition) and node.window:
+                windows.setdefault(node.metric.key, set()).add(node.window)
+            elif isinstance(node, RatioCondition):
+                for metric in (node.numerator, node.denominator):
+                    windows.setdefault(metric.key, set()).add(node.window)
+    return windows
+
+
+def memberships(profile: Profile, catalogue: Catalogue) -> list[dict[str, Any]]:
+    """The customer's segments, highest priority first."""
+    members = [(catalogue.segments[s], since) for s, since in profile.memberships.items() if s in catalogue.segments]
+    members.sort(key=lambda pair: Segment.rank(pair[0]))
+    return [{"id": segment.id, "name": segment.name, "since": iso(since)} for segment, since in members]
+
+
+def profile_document(profile: Profile, catalogue: Catalogue, now: float) -> dict[str, Any]:
+    windows = windows_by_metric(catalogue)
+    counters = []
+    for key in sorted(profile.counter_keys()):
+        counter = profile.counter(key)
+        if counter is None or counter.count == 0:
+            continue
+        spec = catalogue.metrics.get(key)
+        entry: dict[str, Any] = {"key": key, "event": spec.source.event if spec else key,
+                                 "lifetime": counter.count, "first_at": iso(counter.first),
+                                 "last_at": iso(counter.last), "windows": {}}
+        if spec is not None and spec.sum_property:
+            entry["lifetime_sum"] = counter.total / 100
+        for window in sorted(windows.get(key, ())):
+            count, total = counter.window(tier_for_window(window), window, now)
+            figures: dict[str, Any] = {"count": count}
+            if spec is not None and spec.sum_property:
+                figures["sum"] = total / 100
+            entry["windows"][format_duration(window)] = figures
+        counters.append(entry)
+    segments = memberships(profile, catalogue)
+    primary = segments[0]["id"] if segments else None
+    score = sum(catalogue.segments[s["id"]].weight for s in segments)
+    revenue = profile.revenue / 100
+    return {
+        "customer_id": profile.customer_id,
+        "traits": profile.traits,
+        "rfm": {
+            "orders": profile.orders,
+            "revenue": revenue,
+            "average_order_value": round(revenue / profile.orders, 2) if profile.orders else None,
+            "first_order_at": iso(profile.first_order),
+            "last_order_at": iso(profile.last_order),
+            "recency_days": int((now - profile.last_order) // DAY) if profile.last_order else None,
+        },
+        "counters": counters,
+        "cart": {"items": [{"product_id": pid, "quantity": item[0], "price": item[1] / 100}
+                           for pid, item in sorted(profile.cart.items())],
+                 "last_added": ({"product_id": profile.last_add[0], "at": iso(profile.last_add[1])}
+                                if profile.last_add else None)},
+        "channels": {channel: iso(seen) for channel, seen in sorted(profile.channels.items())},
+        "segments": segments,
+        "primary_segment": primary,
+        "score": score,
+        "next_deadline": iso(profile.next_deadline),
+        "version": profile.version,
+        "updated_at": iso(profile.updated_at or None),
+    }
+
+
+def segment_document(segment: Segment, size: int | None = None) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "id": segment.id,
+        "name": segment.name,
+        "description": segment.description,
+        "enabled": segment.enabled,
+        "priority": segment.priority,
+        "group": segment.group,
+        "weight": segment.weight,
+        "static": segment.manual,
+        "condition": segment.definition["condition"],
+    }
+    if size is not None:
+        document["size"] = size
+    return document
