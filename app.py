@@ -8,8 +8,8 @@ from cdk_nag import AwsSolutionsChecks
 from cdk.stack import CdpStack
 
 
-def build_app() -> cdk.App:
-    app = cdk.App()
+def build_app(context: dict[str, object] | None = None) -> cdk.App:
+    app = cdk.App(context=context)
     stage = app.node.try_get_context("stage") or "dev"
     CdpStack(app, f"Cdp-{stage}", description="Real-time behavioural segmentation (cdp)")
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(verbose=True))

@@ -25,6 +25,15 @@ def _int(scope: Construct, key: str, default: int, low: int, high: int) -> int:
     return value
 
 
+def _origins(scope: Construct) -> list[str]:
+    raw = scope.node.try_get_context("cors_origins") or []
+    origins = raw.split(",") if isinstance(raw, str) else list(raw)
+    for origin in origins:
+        if not str(origin).startswith(("https://", "http://localhost")):
+            raise SettingsError(f"context cors_origins: {origin!r} must be an https:// origin (or http://localhost)")
+    return [str(origin).strip() for origin in origins if str(origin).strip()]
+
+
 @dataclass(frozen=True)
 class Settings:
     stage: str
@@ -37,6 +46,9 @@ class Settings:
     retry_attempts: int
     max_record_age_hours: int
     member_shards: int
+    cors_origins: list[str]
+    api_rate_limit: int
+    api_burst_limit: int
 
     @classmethod
     def from_context(cls, scope: Construct) -> Settings:
@@ -54,4 +66,7 @@ class Settings:
             retry_attempts=_int(scope, "retry_attempts", 5, 0, 10000),
             max_record_age_hours=_int(scope, "max_record_age_hours", 24, 1, 168),
             member_shards=_int(scope, "member_shards", 16, 1, 1000),
+            cors_origins=_origins(scope),
+            api_rate_limit=_int(scope, "api_rate_limit", 100, 1, 10000),
+            api_burst_limit=_int(scope, "api_burst_limit", 200, 1, 5000),
         )

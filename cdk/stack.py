@@ -8,6 +8,7 @@ from aws_cdk import CfnOutput, Stack
 from aws_cdk import aws_kms as kms
 from constructs import Construct
 
+from cdk.api import Api
 from cdk.changes import Changes
 from cdk.functions import Layers
 from cdk.ingest import Ingest
@@ -25,6 +26,10 @@ class CdpStack(Stack):
         layers = Layers(self, "Layers", architecture=settings.architecture)
         self.ingest = Ingest(self, "Ingest", settings=settings, storage=self.storage, layers=layers, key=self.key)
         self.changes = Changes(self, "Changes", settings=settings, storage=self.storage, layers=layers, key=self.key)
+        self.api = Api(self, "Api", settings=settings, storage=self.storage, layers=layers, key=self.key)
+        CfnOutput(self, "ApiUrl", value=self.api.rest_api.url)
+        CfnOutput(self, "UserPoolId", value=self.api.user_pool.user_pool_id)
+        CfnOutput(self, "UserPoolClientId", value=self.api.user_pool_client.user_pool_client_id)
         CfnOutput(self, "EventsStreamName", value=self.ingest.stream.stream_name)
         CfnOutput(self, "ProfilesTableName", value=self.storage.profiles.table_name)
         CfnOutput(self, "MembersTableName", value=self.storage.members.table_name)

@@ -34,7 +34,7 @@ def test_the_events_stream_is_on_demand_and_encrypted(template: Any) -> None:
 
 def test_functions_run_newest_python_on_arm_with_all_layers_and_tracing(template: Any) -> None:
     functions = template.find_resources("AWS::Lambda::Function")
-    assert len(functions) == 2
+    assert len(functions) == 3
     for name, function in functions.items():
         properties = function["Properties"]
         assert properties["Runtime"] == "python3.14", name
@@ -64,7 +64,7 @@ def test_no_iam_statement_grants_a_whole_service_or_everything(template: Any) ->
 def test_each_function_has_its_own_role(template: Any) -> None:
     functions = template.find_resources("AWS::Lambda::Function")
     roles = [f["Properties"]["Role"]["Fn::GetAtt"][0] for f in functions.values()]
-    assert len(roles) == len(set(roles)) == 2
+    assert len(roles) == len(set(roles)) == 3
 
 
 def test_ingest_may_only_read_and_conditionally_write_profiles(template: Any) -> None:

@@ -68,9 +68,11 @@ def engine_for(*definitions: tuple[str, dict[str, Any]]) -> Engine:
 
 
 def item(profile: Profile) -> dict[str, Any]:
-    """The stored item, without ``tx`` (the transitions of the write that made it, not profile state)."""
+    """The stored item, without ``tx`` (the transitions of the write that made it) and ``cv`` (which
+    catalogue it was last evaluated against): bookkeeping, not profile state."""
     stored = profile.to_item()
     stored.pop("tx", None)
+    stored.pop("cv", None)
     return stored
 
 
@@ -498,13 +500,25 @@ def test_event_that_touches_no_input_does_not_reevaluate(monkeypatch: pytest.Mon
     profile = Profile("u1")
     outcome = engine.apply(profile, [view(T)], now=T)  # a server-side track: no trait, not web
     assert kinds(outcome) == {("viewers", ENTERED)}
-    assert (len(gold_calls), len(viewer_calls), len(web_calls)) == (0, 1, 0)
+    assert (len(gold_calls), len(viewer_calls), len(web_calls)) == (1, 1, 1)  # a new profile: everything once
+    engine.apply(profile, [view(T + 1)], now=T + 1)
+    assert (len(gold_calls), len(viewer_calls), len(web_calls)) == (1, 2, 1)
     engine.apply(profile, [identify(T + 1, plan="gold")], now=T + 1)
-    assert (len(gold_calls), len(viewer_calls), len(web_calls)) == (1, 1, 0)
+    assert (len(gold_calls), len(viewer_calls), len(web_calls)) == (2, 2, 1)
     engine.apply(profile, [message("page", T + 2, name="Home")], now=T + 2)
-    assert (len(gold_calls), len(viewer_calls), len(web_calls)) == (1, 1, 1)
-    engine.evaluate(profile, T + 3, None)  # everything, as after a catalogue change
     assert (len(gold_calls), len(viewer_calls), len(web_calls)) == (2, 2, 2)
+    engine.evaluate(profile, T + 3, None)  # everything, as after a catalogue change
+    assert (len(gold_calls), len(viewer_calls), len(web_calls)) == (3, 3, 3)
+
+
+def test_a_changed_catalogue_evaluates_a_stored_profile_in_full_once() -> None:
+    never_ordered = segment("never-ordered", {"not": {"recency": {"event": "Order Completed", "within": "30d"}}})
+    profile = Profile("u1")
+    engine_for(segment("viewers", {"count": {"event": "Product Viewed", "gte": 1}})).apply(profile, [view(T)], now=T)
+    stored = Profile.from_item(profile.to_item())
+    # The new segment reads nothing the next event touches, yet is true from nothing.
+    outcome = engine_for(never_ordered).apply(stored, [view(T + 60)], now=T + 60)
+    assert kinds(outcome) >= {("never-ordered", ENTERED)}
 
 
 def test_passed_deadline_forces_reevaluation(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -541,7 +555,9 @@ def test_segment_reading_a_membership_is_reevaluated_when_it_changes(monkeypatch
     calls = count_calls(monkeypatch, engine.catalogue, "fan")
     profile = Profile("u1")
     engine.apply(profile, [identify(T, city="Leeds")], now=T)
-    assert calls == []  # gold was evaluated but did not change
+    assert calls == [T]  # a new profile: everything once
+    engine.apply(profile, [identify(T, city="York")], now=T)
+    assert calls == [T]  # gold was evaluated but did not change
     outcome = engine.apply(profile, [identify(T + 1, plan="gold")], now=T + 1)
     assert [(t.segment_id, t.kind) for t in outcome.transitions] == [("gold", ENTERED), ("fan", ENTERED)]
     assert only(outcome.transitions, "fan").clause == "condition.segment"

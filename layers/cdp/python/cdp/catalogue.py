@@ -89,6 +89,7 @@ class Catalogue:
                     node.latch_key = f"{segment.id}:{node.path}"
                     self.latches.setdefault(node.trigger.source.event, []).append(node)
         self.units = self._order_units()
+        self.fingerprint = _fingerprint(self.segments.values())
         self.unit_of = {segment.id: unit for unit in self.units for segment in unit.segments}
 
     def _order_units(self) -> list[Unit]:
@@ -129,6 +130,15 @@ class Catalogue:
     @property
     def referenced_events(self) -> set[str]:
         return set(self.metrics_by_event)
+
+
+def _fingerprint(segments: Iterable[Segment]) -> str:
+    """Changes whenever an enabled definition does, so profiles know to be evaluated in full."""
+    import hashlib
+    import json
+
+    text = json.dumps(sorted((s.id, s.definition) for s in segments), sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
 
 
 def parse_definition(raw: object, source: str = "") -> tuple[Segment, Parser]:

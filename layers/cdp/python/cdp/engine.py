@@ -339,6 +339,11 @@ class Engine:
         view = ProfileView(profile, now, self.stats)
         transitions: list[Transition] = []
         segments = self.catalogue.segments
+        if profile.catalogue != self.catalogue.fingerprint:
+            # A new profile, or a changed catalogue: a condition can be true with none of its inputs
+            # touched (e.g. "no order within 30 days"), so every segment is evaluated once.
+            touched = None
+            profile.catalogue = self.catalogue.fingerprint
         for segment_id in [s for s in profile.memberships if s not in segments]:
             del profile.memberships[segment_id]
             transitions.append(Transition(profile.customer_id, segment_id, segment_id, EXITED, int(now),

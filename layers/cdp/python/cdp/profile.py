@@ -19,6 +19,7 @@ One DynamoDB item holds everything a profile read needs. Its attributes:
 ``dl``         segment id -> next moment its membership can change unprompted
 ``nd``         the earliest of ``dl`` (what the timers sweep queries)
 ``lt``         qualified trigger times for absence conditions with ``when``
+``cv``         fingerprint of the catalogue the profile was last evaluated against in full
 ``tx``         the transitions this write made: [segment, kind, time, clause, reason]
 ``al`` ``gr``  aliases (previous ids) and group ids
 =============  =============================================================
@@ -73,6 +74,7 @@ class Profile:
         self.deadlines: dict[str, int] = {}
         self.latches: dict[str, int] = {}
         self.transitions: list[list[Any]] = []
+        self.catalogue = ""
         self.aliases: list[str] = []
         self.groups: list[str] = []
 
@@ -149,6 +151,8 @@ class Profile:
             item["nd"] = min(self.deadlines.values())
         if self.latches:
             item["lt"] = self.latches
+        if self.catalogue:
+            item["cv"] = self.catalogue
         if self.transitions:
             item["tx"] = self.transitions
         if self.aliases:
@@ -184,6 +188,7 @@ class Profile:
         profile.latches = {k: int(v) for k, v in (item.get("lt") or {}).items()}
         profile.transitions = [[str(t[0]), str(t[1]), int(t[2]), str(t[3]), str(t[4])]
                                for t in item.get("tx") or []]
+        profile.catalogue = str(item.get("cv", ""))
         profile.aliases = [str(a) for a in item.get("al") or []]
         profile.groups = [str(g) for g in item.get("gr") or []]
         return profile

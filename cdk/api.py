@@ -1,0 +1,113 @@
+"""The HTTP API: API Gateway REST API in front of the api function.
+
+Operator routes use IAM (SigV4); ``GET /me`` uses a Cognito user pool authorizer, so an end user
+reads only their own profile. Stage throttling, access logs, request validation and CORS.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_apigateway as apigateway
+from aws_cdk import aws_cognito as cognito
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from cdk.functions import CdpFunction, Layers
+from cdk.nag import acknowledge, acknowledge_function
+from cdk.settings import Settings
+from cdk.storage import Storage
+
+
+class Api(Construct):
+    def __init__(self, scope: Construct, construct_id: str, *, settings: Settings, storage: Storage,
+                 layers: Layers, key: kms.IKey) -> None:
+        super().__init__(scope, construct_id)
+        self.function = CdpFunction(
+            self, "Api", folder="api", layers=layers, key=key, architecture=settings.architecture,
+            memory_mb=settings.memory_mb, timeout=Duration.seconds(10),
+            environment={"PROFILES_TABLE": storage.profiles.table_name,
+                         "MEMBERS_TABLE": storage.members.table_name,
+                         "MEMBER_SHARDS": str(settings.member_shards),
+                         "CORS_ORIGINS": ",".join(settings.cors_origins),
+                         "ME_CLAIM": "sub"})
+        role = self.function.role
+        storage.profiles.grant(role, "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem")
+        storage.members.grant(role, "dynamodb:Query", "dynamodb:BatchGetItem")
+        key.grant_encrypt_decrypt(role)
+        acknowledge_function(self.function)
+
+        self.user_pool = cognito.UserPool(
+            self, "Users", self_sign_up_enabled=False, sign_in_aliases=cognito.SignInAliases(email=True),
+            password_policy=cognito.PasswordPolicy(min_length=12, require_digits=True, require_symbols=True,
+                                                   require_lowercase=True, require_uppercase=True),
+            mfa=cognito.Mfa.OPTIONAL, mfa_second_factor=cognito.MfaSecondFactor(sms=False, otp=True),
+            removal_policy=RemovalPolicy.RETAIN)
+        self.user_pool_client = self.user_pool.add_client("Frontend", auth_flows=cognito.AuthFlow(user_srp=True))
+        for rule in ("COG3", "COG8"):
+            acknowledge(self.user_pool, rule, "Threat protection needs the Plus tier, priced per active user; "
+                                              "a deployment that wants it sets the pool's feature plan.")
+        acknowledge(self.user_pool, "COG2", "End users only read their own profile; TOTP MFA is offered, "
+                                            "not forced on shoppers.")
+
+        access_logs = logs.LogGroup(self, "AccessLogs", retention=logs.RetentionDays.THREE_MONTHS,
+                                    removal_policy=RemovalPolicy.DESTROY)
+        cors = (apigateway.CorsOptions(allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                                       allow_headers=["Authorization", "Content-Type", "X-Amz-Date",
+                                                      "X-Amz-Security-Token"])
+                if settings.cors_origins else None)
+        self.rest_api = apigateway.RestApi(
+            self, "Rest", rest_api_name=f"cdp-{settings.stage}",
+            description="Profiles, segment memberships and segment definitions",
+            default_cors_preflight_options=cors,
+            cloud_watch_role=True,
+            deploy_options=apigateway.StageOptions(
+                stage_name=settings.stage,
+                throttling_rate_limit=settings.api_rate_limit,
+                throttling_burst_limit=settings.api_burst_limit,
+                access_log_destination=apigateway.LogGroupLogDestination(access_logs),
+                access_log_format=apigateway.AccessLogFormat.json_with_standard_fields(
+                    caller=False, http_method=True, ip=False, protocol=True, request_time=True,
+                    resource_path=True, response_length=True, status=True, user=False),
+                logging_level=apigateway.MethodLoggingLevel.ERROR,
+                data_trace_enabled=False,  # request bodies may hold personal data
+                tracing_enabled=True,
+                metrics_enabled=True,
+            ),
+        )
+        validator = self.rest_api.add_request_validator("Validate", validate_request_parameters=True,
+                                                        validate_request_body=True)
+        integration = apigateway.LambdaIntegration(self.function.function)
+        iam_auth = {"authorization_type": apigateway.AuthorizationType.IAM, "request_validator": validator}
+        authorizer = apigateway.CognitoUserPoolsAuthorizer(self, "EndUsers", cognito_user_pools=[self.user_pool])
+
+        root = self.rest_api.root
+        customers = root.add_resource("customers").add_resource("{customerId}")
+        customers.add_method("GET", integration, **iam_auth,  # type: ignore[arg-type]
+                             request_parameters={"method.request.path.customerId": True})
+        customers.add_resource("segments").add_method("GET", integration, **iam_auth,  # type: ignore[arg-type]
+                                                      request_parameters={"method.request.path.customerId": True})
+        root.add_resource("me").add_method("GET", integration, authorizer=authorizer,
+                                           authorization_type=apigateway.AuthorizationType.COGNITO)
+        segments = root.add_resource("segments")
+        segments.add_method("GET", integration, **iam_auth)  # type: ignore[arg-type]
+        segment = segments.add_resource("{segmentId}")
+        segment.add_method("GET", integration, **iam_auth,  # type: ignore[arg-type]
+                           request_parameters={"method.request.path.segmentId": True})
+        members = segment.add_resource("members")
+        for method in ("GET", "POST"):
+            members.add_method(method, integration, **iam_auth,  # type: ignore[arg-type]
+                               request_parameters={"method.request.path.segmentId": True})
+        root.add_resource("openapi.json").add_method("GET", integration, **iam_auth)  # type: ignore[arg-type]
+
+        acknowledge(self.rest_api, "COG4", "Operator routes are authorised with IAM (SigV4), not end-user "
+                                           "tokens; only /me takes a Cognito token.")
+        acknowledge(self.rest_api, "APIG3", "Stage throttling and IAM/Cognito authorisation protect the API; "
+                                            "a WAF web ACL can be attached per deployment.")
+        acknowledge(self.rest_api, "IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                                   "AmazonAPIGatewayPushToCloudWatchLogs]",
+                    "The account-level role API Gateway uses to write its own logs; AWS's policy is the "
+                    "documented way to grant it.")
+        if cors:
+            acknowledge(self.rest_api, "APIG4", "CORS preflight (OPTIONS) requests carry no credentials by "
+                                                "design; every other method is authorised.")
