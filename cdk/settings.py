@@ -49,6 +49,7 @@ class Settings:
     cors_origins: list[str]
     api_rate_limit: int
     api_burst_limit: int
+    alarm_email: str | None
 
     @classmethod
     def from_context(cls, scope: Construct) -> Settings:
@@ -69,4 +70,5 @@ class Settings:
             cors_origins=_origins(scope),
             api_rate_limit=_int(scope, "api_rate_limit", 100, 1, 10000),
             api_burst_limit=_int(scope, "api_burst_limit", 200, 1, 5000),
+            alarm_email=str(scope.node.try_get_context("alarm_email") or "") or None,
         )

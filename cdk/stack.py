@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from aws_cdk import CfnOutput, Stack
@@ -12,6 +13,7 @@ from cdk.api import Api
 from cdk.changes import Changes
 from cdk.functions import Layers
 from cdk.ingest import Ingest
+from cdk.monitoring import Monitoring
 from cdk.settings import Settings
 from cdk.storage import Storage
 
@@ -27,6 +29,10 @@ class CdpStack(Stack):
         self.ingest = Ingest(self, "Ingest", settings=settings, storage=self.storage, layers=layers, key=self.key)
         self.changes = Changes(self, "Changes", settings=settings, storage=self.storage, layers=layers, key=self.key)
         self.api = Api(self, "Api", settings=settings, storage=self.storage, layers=layers, key=self.key)
+        self.monitoring = Monitoring(
+            self, "Monitoring", stage=settings.stage, ingest=self.ingest, changes=self.changes, api=self.api,
+            storage=self.storage, key=self.key, alarm_email=settings.alarm_email,
+            segment_ids=sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "segments").glob("*.yaml")))
         CfnOutput(self, "ApiUrl", value=self.api.rest_api.url)
         CfnOutput(self, "UserPoolId", value=self.api.user_pool.user_pool_id)
         CfnOutput(self, "UserPoolClientId", value=self.api.user_pool_client.user_pool_client_id)

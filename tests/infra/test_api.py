@@ -75,3 +75,19 @@ def test_bad_context_is_refused_with_its_name(tmp_path: Path, monkeypatch: pytes
         build_app({"cors_origins": "ftp://nope"})
     with pytest.raises(Exception, match="context batch_size must be between 1 and 100"):
         build_app({"batch_size": "500"})
+
+
+def test_dashboard_shows_the_pipeline_and_alarms_notify_a_topic(template: Any) -> None:
+    (dashboard,) = template.find_resources("AWS::CloudWatch::Dashboard").values()
+    body = "".join(str(part) for part in dashboard["Properties"]["DashboardBody"]["Fn::Join"][1])
+    for title in ("Ingest rate", "Iterator age", "Rejected and quarantined", "Transitions per segment",
+                  "table throttles", "EventBridge failed invocations and DLQ depth", "API latency"):
+        assert title in body, title
+    assert "SegmentEntered" in body and "cart-abandoners" in body
+    alarms = template.find_resources("AWS::CloudWatch::Alarm")
+    described = " ".join(a["Properties"]["AlarmDescription"] for a in alarms.values())
+    for what in ("behind the stream", "redrive", "function is failing", "throttling", "5xx"):
+        assert what in described, what
+    (topic,) = template.find_resources("AWS::SNS::Topic")
+    for alarm in alarms.values():
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic}]

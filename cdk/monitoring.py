@@ -1,0 +1,102 @@
+"""Monitoring: one dashboard for the pipeline, and alarms on what needs a person (optionally to SNS)."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as actions
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from cdk.api import Api
+from cdk.changes import Changes
+from cdk.ingest import Ingest
+from cdk.storage import Storage
+
+NAMESPACE = "cdp"
+
+
+def _metric(name: str, service: str, statistic: str = "Sum", **dimensions: str) -> cloudwatch.Metric:
+    return cloudwatch.Metric(namespace=NAMESPACE, metric_name=name, statistic=statistic, period=Duration.minutes(1),
+                             dimensions_map={"service": service, **dimensions})
+
+
+class Monitoring(Construct):
+    def __init__(self, scope: Construct, construct_id: str, *, stage: str, ingest: Ingest, changes: Changes,
+                 api: Api, storage: Storage, key: kms.IKey, alarm_email: str | None,
+                 segment_ids: list[str]) -> None:
+        super().__init__(scope, construct_id)
+        self.topic = sns.Topic(self, "Alarms", master_key=key, display_name=f"cdp {stage} alarms", enforce_ssl=True)
+        if alarm_email:
+            sns.Subscription(self, "Email", topic=self.topic, protocol=sns.SubscriptionProtocol.EMAIL,
+                             endpoint=alarm_email)
+
+        ingest_fn, changes_fn, api_fn = ingest.function.function, changes.function.function, api.function.function
+        iterator_age = ingest_fn.metric("IteratorAge", statistic="Maximum", period=Duration.minutes(1))
+        queues: list[tuple[str, sqs.IQueue]] = [("ingest failures", ingest.failures),
+                                                ("changes failures", changes.failures)]
+        self.alarms = [
+            cloudwatch.Alarm(self, "IngestBehind", metric=iterator_age, threshold=60_000, evaluation_periods=5,
+                             alarm_description="Ingest is more than a minute behind the stream for 5 minutes"),
+            cloudwatch.Alarm(self, "ChangesBehind",
+                             metric=changes_fn.metric("IteratorAge", statistic="Maximum", period=Duration.minutes(1)),
+                             threshold=60_000, evaluation_periods=5,
+                             alarm_description="Segment events lag the profile writes by over a minute"),
+            *[cloudwatch.Alarm(self, f"{name.title().replace(' ', '')}Waiting",
+                               metric=queue.metric_approximate_number_of_messages_visible(period=Duration.minutes(1)),
+                               threshold=0, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                               evaluation_periods=1, alarm_description=f"Batches in the {name} queue: redrive them")
+              for name, queue in queues],
+            *[cloudwatch.Alarm(self, f"{label}Errors", metric=fn.metric_errors(period=Duration.minutes(1)),
+                               threshold=0, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                               evaluation_periods=3, alarm_description=f"The {label.lower()} function is failing")
+              for label, fn in (("Ingest", ingest_fn), ("Changes", changes_fn), ("Api", api_fn))],
+            cloudwatch.Alarm(self, "ProfilesThrottled",
+                             metric=cloudwatch.MathExpression(
+                                 expression="read + write", period=Duration.minutes(1),
+                                 using_metrics={
+                                     "read": storage.profiles.metric("ReadThrottleEvents", statistic="Sum"),
+                                     "write": storage.profiles.metric("WriteThrottleEvents", statistic="Sum")}),
+                             threshold=0, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                             evaluation_periods=3, alarm_description="The profiles table is throttling"),
+            cloudwatch.Alarm(self, "Api5xx", metric=api.rest_api.metric_server_error(period=Duration.minutes(1)),
+                             threshold=0, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                             evaluation_periods=3, alarm_description="The API answers 5xx (a bug)"),
+        ]
+        for alarm in self.alarms:
+            alarm.add_alarm_action(actions.SnsAction(self.topic))
+
+        self.dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=f"cdp-{stage}")
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="Ingest rate (events applied, duplicates)", width=12, left=[
+                _metric("EventsApplied", "ingest"), _metric("EventsDuplicate", "ingest")]),
+            cloudwatch.GraphWidget(title="Iterator age (ms)", width=12, left=[
+                iterator_age, changes_fn.metric("IteratorAge", statistic="Maximum", period=Duration.minutes(1))]),
+        )
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="Rejected and quarantined events", width=12, left=[
+                _metric("EventsQuarantined", "ingest"), _metric("EventsBeyondRetention", "ingest"),
+                _metric("RecordsRetried", "ingest"), _metric("ProfileConflicts", "ingest")]),
+            cloudwatch.GraphWidget(title="Transitions per segment", width=12, stacked=True, left=[
+                _metric(f"Segment{kind}", "changes", segment=segment_id)
+                for segment_id in segment_ids for kind in ("Entered", "Exited")]),
+        )
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="Profiles table throttles", width=8, left=[
+                storage.profiles.metric("ReadThrottleEvents", statistic="Sum", period=Duration.minutes(1)),
+                storage.profiles.metric("WriteThrottleEvents", statistic="Sum", period=Duration.minutes(1))]),
+            cloudwatch.GraphWidget(title="EventBridge failed invocations and DLQ depth", width=8, left=[
+                cloudwatch.Metric(namespace="AWS/Events", metric_name="FailedInvocations", statistic="Sum",
+                                  period=Duration.minutes(1),
+                                  dimensions_map={"EventBusName": changes.bus.event_bus_name})],
+                right=[queue.metric_approximate_number_of_messages_visible(period=Duration.minutes(1))
+                       for _, queue in queues]),
+            cloudwatch.GraphWidget(title="API latency (p50, p99) and errors", width=8, left=[
+                api.rest_api.metric_latency(statistic="p50", period=Duration.minutes(1)),
+                api.rest_api.metric_latency(statistic="p99", period=Duration.minutes(1))],
+                right=[api.rest_api.metric_client_error(period=Duration.minutes(1)),
+                       api.rest_api.metric_server_error(period=Duration.minutes(1))]),
+        )
+
