@@ -4,7 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck check clean
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20
+LAMBDA_PLATFORM ?= manylinux2014_aarch64
+LAMBDA_PYTHON ?= 3.14
+
+.PHONY: setup demo test lint typecheck clean layers synth deploy
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,5 +34,26 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+## Third-party layer for Lambda, without Docker: wheels for the Lambda platform.
+layers: layers/deps/python/.built
+
+layers/deps/python/.built: layers/deps/requirements.txt
+	rm -rf layers/deps/python
+	$(BIN)/pip install --quiet --platform $(LAMBDA_PLATFORM) --python-version $(LAMBDA_PYTHON) \
+		--implementation cp --only-binary=:all: --target layers/deps/python -r layers/deps/requirements.txt
+	touch $@
+
+node_modules/.bin/cdk: package.json
+	npm install --no-audit --no-fund
+	touch $@
+
+## Synthesise the stack (offline) into cdk.out.
+synth: $(STAMP) node_modules/.bin/cdk
+	PATH="$(CURDIR)/$(BIN):$$PATH" npx cdk synth --no-notices --quiet
+
+## Deploy to the account and region of your AWS credentials.
+deploy: $(STAMP) layers node_modules/.bin/cdk
+	PATH="$(CURDIR)/$(BIN):$$PATH" npx cdk deploy --no-notices
+
 clean:
-	rm -rf $(VENV) cdk.out .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) cdk.out node_modules layers/deps/python .pytest_cache .mypy_cache .ruff_cache .hypothesis

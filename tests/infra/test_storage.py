@@ -59,3 +59,17 @@ def test_every_synth_runs_cdk_nag(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     sqs.Queue(stack, "QueueWithoutDeadLetters")  # AwsSolutions-SQS3 / SQS4
     with pytest.raises(Exception, match="AwsSolutions-SQS3"):
         app.synth()
+
+
+def test_cfn_lint_reports_no_errors(synthesised: Any) -> None:
+    import subprocess
+    import sys
+
+    _, assembly = synthesised
+    template_path = Path(assembly.directory) / assembly.stacks[0].template_file
+    run = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), "--format", "json", str(template_path)],
+                         capture_output=True, text=True, timeout=300, check=False)
+    findings = json.loads(run.stdout or "[]")
+    errors = [f for f in findings if f["Level"] == "Error"]
+    assert errors == [], errors
+    assert run.returncode in (0, 4, 8, 12)  # warnings and informational findings only
