@@ -49,11 +49,11 @@ node_modules/.bin/cdk: package.json
 
 ## Synthesise the stack (offline) into cdk.out.
 synth: $(STAMP) node_modules/.bin/cdk
-	PATH="$(CURDIR)/$(BIN):$$PATH" npx cdk synth --no-notices --quiet
+	PATH="$(CURDIR)/$(BIN):$$PATH" npx cdk synth --no-notices --quiet $(CDK_ARGS)
 
 ## Deploy to the account and region of your AWS credentials.
 deploy: $(STAMP) layers node_modules/.bin/cdk
-	PATH="$(CURDIR)/$(BIN):$$PATH" npx cdk deploy --no-notices
+	PATH="$(CURDIR)/$(BIN):$$PATH" npx cdk deploy --no-notices $(CDK_ARGS)
 
 clean:
 	rm -rf $(VENV) cdk.out node_modules layers/deps/python .pytest_cache .mypy_cache .ruff_cache .hypothesis
