@@ -1,4 +1,4 @@
-# The two commands a new user needs are `make demo` and `make test`.
+# The two commands a new user needs are `make run` and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +8,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20
 LAMBDA_PLATFORM ?= manylinux2014_aarch64
 LAMBDA_PYTHON ?= 3.14
 
-.PHONY: setup demo test lint typecheck clean layers synth deploy
+.PHONY: setup run demo test lint typecheck clean layers synth deploy
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+## The whole pipeline on this machine: AWS emulator on :4566, API on :3000, sample events replayed.
+## The sample is history (October 2026), so it is evaluated in event time by default (CLOCK=wall to change).
+CLOCK ?= event
+run: $(STAMP)
+	$(BIN)/cdp run --clock $(CLOCK) $(RUN_ARGS)
 
 ## Replay events/sample.jsonl through the core in event time and print every transition.
 demo: $(STAMP)

@@ -31,7 +31,7 @@ from cdp.api_models import (
     SegmentList,
 )
 from cdp.catalogue import Catalogue, load_catalogue
-from cdp.clock import Clock, WallClock
+from cdp.clock import Clock, clock_from_env
 from cdp.config import ApiConfig, cors_origins
 from cdp.engine import Engine
 from cdp.ports import ConflictError, TransientError
@@ -105,7 +105,8 @@ def _from_environment() -> Dependencies:
     config = ApiConfig.from_env(os.environ)
     client = boto3.client("dynamodb")
     return Dependencies(load_catalogue(config.catalogue_path), DynamoProfileStore(client, config.profiles_table),
-                        DynamoMembersIndex(client, config.members_table, config.member_shards), WallClock(),
+                        DynamoMembersIndex(client, config.members_table, config.member_shards),
+                        clock_from_env(os.environ.get("CDP_CLOCK", "")),
                         config.me_claim)
 
 

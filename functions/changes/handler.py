@@ -68,6 +68,8 @@ def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependenc
     result = publish_changes(changes, deps.catalogue, deps.index, deps.publisher, deps.bus_name)
     tally = Counter((change.segment_id, change.kind) for change in result.published)
     for (segment_id, kind), count in tally.items():
+        if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() == "true":
+            continue
         with single_metric(name=f"Segment{kind.capitalize()}", unit=MetricUnit.Count, value=count,
                            namespace=NAMESPACE, default_dimensions={"service": "changes", "segment": segment_id}):
             pass

@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import Ki
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cdp.catalogue import load_catalogue
-from cdp.clock import Clock, WallClock
+from cdp.clock import Clock, clock_from_env
 from cdp.config import IngestConfig
 from cdp.engine import Engine
 from cdp.ingest import BatchResult, StreamRecord, ingest_batch
@@ -49,7 +49,7 @@ def dependencies() -> Dependencies:
         engine=Engine(load_catalogue(config.catalogue_path)),
         store=DynamoProfileStore(boto3.client("dynamodb"), config.profiles_table),
         quarantine=S3Quarantine(boto3.client("s3"), config.quarantine_bucket),
-        clock=WallClock(),
+        clock=clock_from_env(os.environ.get("CDP_CLOCK", "")),
     )
 
 
@@ -94,6 +94,8 @@ def record_metrics(result: BatchResult) -> None:
     if result.lags:
         metrics.add_metric(name="LagSeconds", unit=MetricUnit.Seconds, value=max(result.lags))
     for field_name, count in result.quarantined.items():
+        if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() == "true":
+            continue
         with single_metric(name="EventsRejected", unit=MetricUnit.Count, value=count, namespace=NAMESPACE,
                            default_dimensions={"service": "ingest", "field": field_name}):
             pass

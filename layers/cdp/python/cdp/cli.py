@@ -1,5 +1,9 @@
 """The ``cdp`` command line: works against the local stack or a deployed stack (boto3's usual credentials).
 
+    cdp run [--no-sample] [--clock wall|event]       the whole pipeline on this machine
+    cdp send FILE.jsonl|- [--stream NAME]            put Segment-spec messages on the stream
+    cdp tail [--queue-url URL]                       follow segment transitions
+    cdp segments validate [DIR]                      check definitions
     cdp redrive failures --queue-url URL --stream NAME
     cdp redrive quarantine --bucket NAME [--prefix quarantine/2026/10/] --stream NAME
 
@@ -9,6 +13,7 @@ Errors are one clear line on standard error and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -16,7 +21,7 @@ from typing import Any
 def _client(service: str, args: argparse.Namespace) -> Any:
     import boto3
 
-    return boto3.client(service, endpoint_url=args.endpoint_url, region_name=args.region)
+    return boto3.client(service, endpoint_url=args.endpoint_url, region_name=args.region or "us-east-1")
 
 
 def _redrive(args: argparse.Namespace) -> int:
@@ -33,11 +38,125 @@ def _redrive(args: argparse.Namespace) -> int:
     return 0
 
 
+LOCAL_ENDPOINT = "http://127.0.0.1:4566"
+
+
+def _stream_name(args: argparse.Namespace, kinesis: Any) -> str:
+    if args.stream:
+        return str(args.stream)
+    names = kinesis.list_streams().get("StreamNames", [])
+    if len(names) != 1:
+        raise ValueError(f"--stream is needed: found {len(names)} streams ({', '.join(names) or 'none'})")
+    return str(names[0])
+
+
+def _send(args: argparse.Namespace) -> int:
+    from cdp.sender import send_lines
+
+    kinesis = _client("kinesis", args)
+    stream = _stream_name(args, kinesis)
+    if args.file == "-":
+        lines = sys.stdin.buffer.read().splitlines()
+    else:
+        with open(args.file, "rb") as handle:
+            lines = handle.read().splitlines()
+    report = send_lines(kinesis, stream, lines, progress=sys.stderr if len(lines) > 1000 else None)
+    print(f"sent {report.sent} messages to {stream}"
+          + (f"; {len(report.unreadable)} lines were not JSON objects with a user id and were not sent "
+             f"(first: line {report.unreadable[0]})" if report.unreadable else ""))
+    return 1 if report.unreadable else 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    import json
+
+    from cdp.local_stack import FEED_QUEUE
+
+    sqs = _client("sqs", args)
+    url = args.queue_url or sqs.get_queue_url(QueueName=FEED_QUEUE)["QueueUrl"]
+    while True:
+        for message in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=10).get(
+                "Messages", []):
+            print(format_event(json.loads(message["Body"])), flush=True)
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        if args.once:
+            return 0
+
+
+def format_event(event: dict[str, Any]) -> str:
+    detail = event.get("detail", {})
+    sign = "+" if detail.get("change") == "entered" else "-"
+    return (f"{detail.get('at', '')}  {detail.get('customer_id', ''):<14} {sign} {detail.get('change', ''):<7} "
+            f"{detail.get('segment', {}).get('id', ''):<24} {detail.get('clause', {}).get('reason', '')}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    from pathlib import Path
+
+    from cdp.local_stack import LocalStack
+
+    root = Path(args.root).resolve()
+    stack = LocalStack(root, aws_port=args.aws_port, api_port=args.api_port, clock=args.clock,
+                       feed=lambda event: print(format_event(event), flush=True))
+    done = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: done.set())
+    print("starting the local stack (synthesising the CDK template for its resources) ...", flush=True)
+    stack.start()
+    print(f"AWS emulator  {stack.endpoint}\nAPI           http://127.0.0.1:{args.api_port}"
+          f"  (GET /health, /segments, /customers/<id>)\nclock         {args.clock}\n", flush=True)
+    try:
+        if not args.no_sample:
+            from cdp.sender import send_lines
+
+            kinesis = stack.client("kinesis")
+            sample = (root / "events" / "sample.jsonl").read_bytes().splitlines()
+            report = send_lines(kinesis, stack.resources.streams[0], sample)
+            print(f"sent {report.sent} sample events; live segment transitions follow (Ctrl-C stops)\n", flush=True)
+        done.wait()
+    finally:
+        print("stopping ...", flush=True)
+        stack.stop()
+    return 0
+
+
+def _segments(args: argparse.Namespace) -> int:
+    from cdp.catalogue import load_catalogue
+
+    catalogue = load_catalogue(args.dir)
+    print(f"{len(catalogue.all_segments)} segments valid ({len(catalogue.segments)} enabled) in {args.dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdp", description="Operate a cdp stack.")
-    parser.add_argument("--endpoint-url", default=None, help="AWS endpoint (e.g. http://127.0.0.1:4566 locally)")
+    parser.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"),
+                        help="AWS endpoint (http://127.0.0.1:4566 for the local stack)")
     parser.add_argument("--region", default=None)
     commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the whole pipeline locally on an AWS emulator")
+    run.add_argument("--aws-port", type=int, default=int(os.environ.get("CDP_AWS_PORT", "4566")))
+    run.add_argument("--api-port", type=int, default=int(os.environ.get("CDP_API_PORT", "3000")))
+    run.add_argument("--clock", choices=("wall", "event"), default=os.environ.get("CDP_CLOCK", "wall") or "wall",
+                     help="event: evaluate in event time, so replayed history lands in the right windows")
+    run.add_argument("--no-sample", action="store_true", help="do not replay events/sample.jsonl")
+    run.add_argument("--root", default=".", help="the project folder")
+    run.set_defaults(run=_run, endpoint_url=None)
+    send = commands.add_parser("send", help="put Segment-spec messages (JSON Lines) on the stream")
+    send.add_argument("file", help="a .jsonl file, or - for standard input")
+    send.add_argument("--stream", default=None, help="stream name (default: the only stream there is)")
+    send.set_defaults(run=_send)
+    tail = commands.add_parser("tail", help="follow segment transitions")
+    tail.add_argument("--queue-url", default=None, help="a queue behind a bus rule (default: the local feed)")
+    tail.add_argument("--once", action="store_true", help="print what is waiting, then stop")
+    tail.set_defaults(run=_tail)
+    segments = commands.add_parser("segments", help="segment definitions as code")
+    segments_commands = segments.add_subparsers(dest="segments_command", required=True)
+    validate = segments_commands.add_parser("validate", help="check every definition in a folder")
+    validate.add_argument("dir", nargs="?", default="segments")
+    validate.set_defaults(run=_segments)
     redrive = commands.add_parser("redrive", help="put failed or quarantined records back on the stream")
     sources = redrive.add_subparsers(dest="source", required=True)
     failures = sources.add_parser("failures", help="from the ingest on-failure queue")

@@ -50,3 +50,12 @@ class FixedClock:
 
     def now(self) -> float:
         return self._now
+
+
+def clock_from_env(value: str) -> Clock:
+    """``CDP_CLOCK``: ``wall`` (the default) or ``event`` (replays evaluate in event time)."""
+    if value in ("", "wall"):
+        return WallClock()
+    if value == "event":
+        return EventClock()
+    raise ValueError(f"CDP_CLOCK must be wall or event, not {value!r}")

@@ -53,17 +53,26 @@ def ingest_batch(records: Sequence[StreamRecord], engine: Engine, store: Profile
     result = BatchResult()
     poison: list[QuarantinedRecord] = []
     by_customer: dict[str, list[tuple[StreamRecord, Event]]] = {}
-    now = clock.now()
+    decoded: list[tuple[StreamRecord, Event | InvalidEvent]] = []
     for record in records:
         try:
             if record.decode_error:
                 raise InvalidEvent("data", record.decode_error)
-            event = parse_record(record.data)
+            decoded.append((record, parse_record(record.data)))
         except InvalidEvent as error:
+            decoded.append((record, error))
+    observe = getattr(clock, "observe", None)  # an event-time clock follows the events it sees
+    if observe is not None:
+        for _, parsed in decoded:
+            if isinstance(parsed, Event):
+                observe(parsed.timestamp)
+    now = clock.now()
+    for record, parsed in decoded:
+        if isinstance(parsed, InvalidEvent):
             poison.append(QuarantinedRecord(record.source, record.sequence, record.partition_key,
-                                            record.data, str(error), error.field, now))
-            continue
-        by_customer.setdefault(event.customer_id, []).append((record, event))
+                                            record.data, str(parsed), parsed.field, now))
+        else:
+            by_customer.setdefault(parsed.customer_id, []).append((record, parsed))
 
     def fail(items: Sequence[tuple[StreamRecord, Event]], reason: str) -> None:
         for record, _ in items:

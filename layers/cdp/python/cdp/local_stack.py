@@ -1,0 +1,467 @@
+"""The whole pipeline on one machine: an AWS emulator (moto) plus the real handlers, wired like AWS.
+
+Resources come from the synthesised CDK template, so local and cloud cannot drift: every stream,
+table, bucket, queue and bus in the template is created on the emulator under its logical id, each
+function gets the environment the template gives it (references resolved to those names), and each
+event source mapping is emulated with the template's batch size, retries, bisect and on-failure
+destination. The API is served over HTTP as API Gateway proxy events.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+REGION = "us-east-1"
+FEED_QUEUE = "cdp-local-transitions"
+SOURCE = "cdp.segments"
+
+
+def synthesised_template(root: Path, context: dict[str, object] | None = None) -> dict[str, Any]:
+    """Synthesise the stack in-process (cdk-nag included) and return its CloudFormation template."""
+    import tempfile
+
+    os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+    sys.path.insert(0, str(root))
+    import aws_cdk as cdk
+
+    from app import build_app
+
+    with tempfile.TemporaryDirectory() as outdir:
+        previous = os.environ.get("CDK_OUTDIR")
+        os.environ["CDK_OUTDIR"] = outdir
+        try:
+            app = build_app(context)
+            stack = next(child for child in app.node.children if isinstance(child, cdk.Stack))
+            assembly = app.synth()
+            template: dict[str, Any] = assembly.get_stack_artifact(stack.artifact_id).template
+        finally:
+            if previous is None:
+                os.environ.pop("CDK_OUTDIR", None)
+            else:
+                os.environ["CDK_OUTDIR"] = previous
+    return template
+
+
+@dataclass
+class Mapping:
+    """One event source mapping, as the template defines it."""
+
+    function: str  # folder name: ingest, changes
+    source: str  # logical id of the stream or table
+    batch_size: int
+    retries: int
+    bisect: bool
+    failure_queue: str | None
+
+
+@dataclass
+class Resources:
+    names: dict[str, str] = field(default_factory=dict)  # logical id -> local name
+    streams: list[str] = field(default_factory=list)
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    buckets: list[str] = field(default_factory=list)
+    queues: list[str] = field(default_factory=list)
+    buses: list[str] = field(default_factory=list)
+    functions: dict[str, dict[str, str]] = field(default_factory=dict)  # folder -> environment
+    mappings: list[Mapping] = field(default_factory=list)
+
+
+def _ref(value: Any) -> str | None:
+    if isinstance(value, dict):
+        if "Ref" in value:
+            return str(value["Ref"])
+        if "Fn::GetAtt" in value:
+            return str(value["Fn::GetAtt"][0])
+    return None
+
+
+def resources_from_template(template: dict[str, Any], root: Path) -> Resources:
+    found = Resources()
+    items = template["Resources"]
+    for logical, resource in items.items():
+        kind, properties = resource["Type"], resource.get("Properties", {})
+        if kind == "AWS::Kinesis::Stream":
+            found.names[logical] = logical
+            found.streams.append(logical)
+        elif kind == "AWS::DynamoDB::Table":
+            found.names[logical] = logical
+            found.tables[logical] = properties
+        elif kind == "AWS::S3::Bucket":
+            found.names[logical] = logical.lower()
+            found.buckets.append(logical.lower())
+        elif kind == "AWS::SQS::Queue":
+            found.names[logical] = logical
+            found.queues.append(logical)
+        elif kind == "AWS::Events::EventBus":
+            found.names[logical] = str(properties["Name"])
+            found.buses.append(str(properties["Name"]))
+    folders: dict[str, str] = {}
+    for logical, resource in items.items():
+        if resource["Type"] != "AWS::Lambda::Function":
+            continue
+        variables = resource["Properties"].get("Environment", {}).get("Variables", {})
+        folder = str(variables.get("POWERTOOLS_SERVICE_NAME", "")).removeprefix("cdp-")
+        environment = {}
+        for name, value in variables.items():
+            reference = _ref(value)
+            environment[name] = found.names.get(reference, "") if reference else str(value)
+        environment["CATALOGUE_PATH"] = str(root / "segments")
+        found.functions[folder] = environment
+        folders[logical] = folder
+    for resource in items.values():
+        if resource["Type"] != "AWS::Lambda::EventSourceMapping":
+            continue
+        properties = resource["Properties"]
+        destination = properties.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+        found.mappings.append(Mapping(
+            function=folders[_ref(properties["FunctionName"]) or ""],
+            source=_ref(properties["EventSourceArn"]) or "",
+            batch_size=int(properties.get("BatchSize", 100)),
+            retries=int(properties.get("MaximumRetryAttempts", 0)),
+            bisect=bool(properties.get("BisectBatchOnFunctionError", False)),
+            failure_queue=found.names.get(_ref(destination) or "") if destination else None,
+        ))
+    return found
+
+
+def load_handler(root: Path, folder: str) -> ModuleType:
+    name = f"cdp_local_{folder}_handler"
+    spec = importlib.util.spec_from_file_location(name, root / "functions" / folder / "handler.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _lambda_image(image: dict[str, Any]) -> dict[str, Any]:
+    """A stream image as Lambda delivers it: binary values as base64 text."""
+    def convert(value: dict[str, Any]) -> dict[str, Any]:
+        ((kind, inner),) = value.items()
+        if kind == "B":
+            return {"B": base64.b64encode(inner).decode()}
+        if kind == "M":
+            return {"M": {k: convert(v) for k, v in inner.items()}}
+        if kind == "L":
+            return {"L": [convert(v) for v in inner]}
+        return value
+    return {key: convert(value) for key, value in image.items()}
+
+
+class LocalStack:
+    def __init__(self, root: Path, *, aws_port: int = 4566, api_port: int = 3000, clock: str = "wall",
+                 feed: Callable[[dict[str, Any]], None] | None = None, poll_seconds: float = 0.1) -> None:
+        self.root = root
+        self.aws_port, self.api_port = aws_port, api_port
+        self.clock_mode = clock
+        self.feed = feed
+        self.poll_seconds = poll_seconds
+        self.endpoint = f"http://127.0.0.1:{aws_port}"
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.errors: list[str] = []
+        self.resources = Resources()
+        self.feed_queue_url = ""
+        self._server: Any = None
+        self._http: ThreadingHTTPServer | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def start(self, template: dict[str, Any] | None = None) -> None:
+        from moto.server import ThreadedMotoServer
+
+        os.environ.update({"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
+                           "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "AWS_ENDPOINT_URL": self.endpoint,
+                           "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled", "POWERTOOLS_TRACE_DISABLED": "true",
+                           "POWERTOOLS_METRICS_NAMESPACE": "cdp", "POWERTOOLS_LOG_LEVEL": "WARNING",
+                           "POWERTOOLS_METRICS_DISABLED": "true", "CDP_CLOCK": self.clock_mode})
+        import logging
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the emulator's request log
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.aws_port, verbose=False)
+        self._server.start()
+        self.resources = resources_from_template(template or synthesised_template(self.root), self.root)
+        self._create()
+        for environment in self.resources.functions.values():
+            os.environ.update(environment)
+        os.environ["POWERTOOLS_SERVICE_NAME"] = "cdp-local"
+        self._wire()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        for thread in self.threads:
+            thread.join(timeout=5)
+        if self._server is not None:
+            self._server.stop()
+
+    def client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION)
+
+    def _create(self) -> None:
+        kinesis, dynamodb, s3, sqs, events = (self.client(s) for s in ("kinesis", "dynamodb", "s3", "sqs", "events"))
+        for stream in self.resources.streams:
+            kinesis.create_stream(StreamName=stream, ShardCount=2)
+        for name, properties in self.resources.tables.items():
+            spec: dict[str, Any] = {"TableName": name, "KeySchema": properties["KeySchema"],
+                                    "AttributeDefinitions": properties["AttributeDefinitions"],
+                                    "BillingMode": "PAY_PER_REQUEST"}
+            if "StreamSpecification" in properties:
+                spec["StreamSpecification"] = {"StreamEnabled": True, **properties["StreamSpecification"]}
+            dynamodb.create_table(**spec)
+        for bucket in self.resources.buckets:
+            s3.create_bucket(Bucket=bucket)
+        for queue in self.resources.queues:
+            sqs.create_queue(QueueName=queue)
+        self.feed_queue_url = sqs.create_queue(QueueName=FEED_QUEUE)["QueueUrl"]
+        feed_arn = sqs.get_queue_attributes(QueueUrl=self.feed_queue_url,
+                                            AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        for bus in self.resources.buses:
+            events.create_event_bus(Name=bus)
+            events.put_rule(Name="local-feed", EventBusName=bus, EventPattern=json.dumps({"source": [SOURCE]}))
+            events.put_targets(Rule="local-feed", EventBusName=bus, Targets=[{"Id": "feed", "Arn": feed_arn}])
+
+    def _wire(self) -> None:
+        from cdp.catalogue import load_catalogue
+        from cdp.clock import EventClock, WallClock
+
+        self.clock = EventClock() if self.clock_mode == "event" else WallClock()
+        handlers = {folder: load_handler(self.root, folder) for folder in self.resources.functions}
+        self.handlers = handlers
+        catalogue = load_catalogue(self.root / "segments")
+        self._dependencies: dict[str, Any] = {}
+        if "ingest" in handlers:
+            base = handlers["ingest"].dependencies()
+            self._dependencies["ingest"] = handlers["ingest"].Dependencies(
+                engine=base.engine, store=base.store, quarantine=base.quarantine, clock=self.clock)
+        if "changes" in handlers:
+            self._dependencies["changes"] = handlers["changes"].dependencies()
+        if "api" in handlers:
+            base = handlers["api"]._from_environment()
+            handlers["api"].configure(handlers["api"].Dependencies(catalogue, base.profiles, base.members,
+                                                                   self.clock, base.me_claim))
+        for mapping in self.resources.mappings:
+            if mapping.source in self.resources.streams:
+                self._thread(f"kinesis->{mapping.function}", self._poll_kinesis, mapping)
+            elif mapping.source in self.resources.tables:
+                self._thread(f"table stream->{mapping.function}", self._poll_table, mapping)
+        if self.feed is not None:
+            self._thread("feed", self._poll_feed)
+        if "api" in handlers:
+            self._serve_api()
+
+    def _thread(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        def run() -> None:
+            while not self.stopping.is_set():
+                try:
+                    target(*args)
+                    return
+                except Exception as error:  # keep the component alive; report, then carry on
+                    if self.stopping.is_set():
+                        return
+                    self.errors.append(f"{name}: {type(error).__name__}: {error}")
+                    time.sleep(0.5)
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    # ---- event source mapping emulation ---------------------------------------------------------
+
+    def _invoke(self, mapping: Mapping, event: dict[str, Any]) -> list[str]:
+        """Run the function; returns the failed item identifiers (all of them if it raised)."""
+        handler = self.handlers[mapping.function]
+        try:
+            response = handler.handle(event, None, self._dependencies[mapping.function])
+        except Exception as error:
+            self.errors.append(f"{mapping.function}: {type(error).__name__}: {error}")
+            return ["*"]
+        return [str(item["itemIdentifier"]) for item in response.get("batchItemFailures", [])]
+
+    def _deliver(self, mapping: Mapping, records: list[Any], envelope: Callable[[list[Any]], dict[str, Any]],
+                 sequence: Callable[[Any], str], failure_info: Callable[[list[Any]], dict[str, Any]]) -> None:
+        """Lambda's semantics: retry from the first failed record, bisect on errors, then give up to the
+        on-failure destination and move on."""
+        pending, attempts, size = list(records), 0, mapping.batch_size
+        while pending and not self.stopping.is_set():
+            batch = pending[:size]
+            failed = self._invoke(mapping, envelope(batch))
+            if not failed:
+                pending, attempts, size = pending[len(batch):], 0, mapping.batch_size
+                continue
+            first = 0 if "*" in failed else min(i for i, r in enumerate(batch) if sequence(r) in failed)
+            pending = pending[first:]
+            attempts += 1
+            if "*" in failed and mapping.bisect and len(batch) > 1:
+                size = max(1, len(batch) // 2)
+            elif attempts > mapping.retries:
+                given_up = batch[first:]
+                if mapping.failure_queue:
+                    sqs = self.client("sqs")
+                    url = sqs.get_queue_url(QueueName=mapping.failure_queue)["QueueUrl"]
+                    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(failure_info(given_up)))
+                pending, attempts, size = pending[len(given_up):], 0, mapping.batch_size
+            else:
+                time.sleep(min(0.05 * 2 ** attempts, 1.0))
+
+    def _poll_kinesis(self, mapping: Mapping) -> None:
+        kinesis = self.client("kinesis")
+        stream = mapping.source
+        description = kinesis.describe_stream(StreamName=stream)["StreamDescription"]
+        arn = description["StreamARN"]
+        iterators = {shard["ShardId"]: kinesis.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+            for shard in description["Shards"]}
+
+        def envelope(batch: list[dict[str, Any]]) -> dict[str, Any]:
+            return {"Records": [{
+                "kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": r["PartitionKey"],
+                            "sequenceNumber": r["SequenceNumber"], "data": base64.b64encode(r["Data"]).decode(),
+                            "approximateArrivalTimestamp": r["ApproximateArrivalTimestamp"].timestamp()},
+                "eventSource": "aws:kinesis", "eventVersion": "1.0", "eventName": "aws:kinesis:record",
+                "eventID": f"{r['_shard']}:{r['SequenceNumber']}", "awsRegion": REGION, "eventSourceARN": arn,
+            } for r in batch]}
+
+        def failure_info(batch: list[dict[str, Any]]) -> dict[str, Any]:
+            return {"KinesisBatchInfo": {"shardId": batch[0]["_shard"], "streamArn": arn, "batchSize": len(batch),
+                                         "startSequenceNumber": batch[0]["SequenceNumber"],
+                                         "endSequenceNumber": batch[-1]["SequenceNumber"]}}
+
+        while not self.stopping.is_set():
+            idle = True
+            for shard, iterator in list(iterators.items()):
+                response = kinesis.get_records(ShardIterator=iterator, Limit=mapping.batch_size)
+                iterators[shard] = response["NextShardIterator"]
+                records = [{**r, "_shard": shard} for r in response["Records"]]
+                if records:
+                    idle = False
+                    self._deliver(mapping, records, envelope, lambda r: str(r["SequenceNumber"]), failure_info)
+            if idle:
+                self.stopping.wait(self.poll_seconds)
+
+    def _poll_table(self, mapping: Mapping) -> None:
+        dynamodb, streams = self.client("dynamodb"), self.client("dynamodbstreams")
+        arn = dynamodb.describe_table(TableName=mapping.source)["Table"]["LatestStreamArn"]
+        iterators: dict[str, str] = {}
+
+        def envelope(batch: list[dict[str, Any]]) -> dict[str, Any]:
+            out = []
+            for record in batch:
+                body = dict(record["dynamodb"])
+                for image in ("NewImage", "OldImage"):
+                    if image in body:
+                        body[image] = _lambda_image(body[image])
+                body.pop("ApproximateCreationDateTime", None)
+                out.append({"eventID": record["eventID"], "eventName": record["eventName"], "eventVersion": "1.1",
+                            "eventSource": "aws:dynamodb", "awsRegion": REGION, "eventSourceARN": arn,
+                            "dynamodb": body})
+            return {"Records": out}
+
+        def failure_info(batch: list[dict[str, Any]]) -> dict[str, Any]:
+            return {"DDBStreamBatchInfo": {"streamArn": arn, "batchSize": len(batch),
+                                           "startSequenceNumber": batch[0]["dynamodb"]["SequenceNumber"],
+                                           "endSequenceNumber": batch[-1]["dynamodb"]["SequenceNumber"]}}
+
+        while not self.stopping.is_set():
+            for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
+                if shard["ShardId"] not in iterators:
+                    iterators[shard["ShardId"]] = streams.get_shard_iterator(
+                        StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+            idle = True
+            for shard_id, iterator in list(iterators.items()):
+                response = streams.get_records(ShardIterator=iterator, Limit=mapping.batch_size)
+                iterators[shard_id] = response.get("NextShardIterator") or iterator
+                if response["Records"]:
+                    idle = False
+                    self._deliver(mapping, response["Records"], envelope,
+                                  lambda r: str(r["dynamodb"]["SequenceNumber"]), failure_info)
+            if idle:
+                self.stopping.wait(self.poll_seconds)
+
+    def _poll_feed(self) -> None:
+        sqs = self.client("sqs")
+        while not self.stopping.is_set():
+            messages = sqs.receive_message(QueueUrl=self.feed_queue_url, MaxNumberOfMessages=10,
+                                           WaitTimeSeconds=1).get("Messages", [])
+            for message in messages:
+                if self.feed is not None:
+                    self.feed(json.loads(message["Body"]))
+                sqs.delete_message(QueueUrl=self.feed_queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    # ---- the API over HTTP ----------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if all(t.is_alive() for t in self.threads) else "degraded",
+            "aws_endpoint": self.endpoint,
+            "clock": self.clock_mode,
+            "components": {t.name: "running" if t.is_alive() else "stopped" for t in self.threads},
+            "resources": {"streams": self.resources.streams, "tables": sorted(self.resources.tables),
+                          "buckets": self.resources.buckets, "queues": [*self.resources.queues, FEED_QUEUE],
+                          "buses": self.resources.buses},
+            "environment": self.resources.functions,
+            "errors": self.errors[-10:],
+        }
+
+    def _serve_api(self) -> None:
+        stack = self
+        app = self.handlers["api"].app
+
+        class Handler(BaseHTTPRequestHandler):
+            def _respond(self) -> None:
+                url = urlsplit(self.path)
+                if url.path == "/health":
+                    body, status, headers = json.dumps(stack.health()), 200, {"Content-Type": "application/json"}
+                else:
+                    length = int(self.headers.get("Content-Length") or 0)
+                    raw = self.rfile.read(length).decode("utf-8", "replace") if length else None
+                    query = parse_qs(url.query, keep_blank_values=True)
+                    claims = ({"sub": self.headers["X-Local-User"]} if self.headers.get("X-Local-User") else None)
+                    event = {
+                        "resource": url.path, "path": url.path, "httpMethod": self.command,
+                        "headers": dict(self.headers.items()),
+                        "multiValueHeaders": {k: [v] for k, v in self.headers.items()},
+                        "queryStringParameters": {k: v[-1] for k, v in query.items()} or None,
+                        "multiValueQueryStringParameters": query or None,
+                        "pathParameters": None, "stageVariables": None, "body": raw, "isBase64Encoded": False,
+                        "requestContext": {"requestId": f"local-{time.monotonic_ns()}", "stage": "local",
+                                           "httpMethod": self.command, "path": url.path, "resourcePath": url.path,
+                                           "identity": {"sourceIp": "127.0.0.1"},
+                                           "authorizer": {"claims": claims} if claims else None},
+                    }
+                    response = app.resolve(event, None)
+                    status, body = response["statusCode"], response.get("body") or ""
+                    headers = dict(response.get("headers") or {})
+                encoded = body.encode()
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, str(value))
+                self.send_header("Content-Length", str(len(encoded)))
+                self.end_headers()
+                self.wfile.write(encoded)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _respond
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._http = ThreadingHTTPServer(("127.0.0.1", self.api_port), Handler)
+        thread = threading.Thread(target=self._http.serve_forever, name="api", daemon=True)
+        thread.start()
+        self.threads.append(thread)
