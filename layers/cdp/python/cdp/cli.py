@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
 
     root = Path(args.root).resolve()
     stack = LocalStack(root, aws_port=args.aws_port, api_port=args.api_port, clock=args.clock,
-                       feed=lambda event: print(format_event(event), flush=True))
+                       feed=None if args.no_feed else lambda event: print(format_event(event), flush=True))
     done = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: done.set())
@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--clock", choices=("wall", "event"), default=os.environ.get("CDP_CLOCK", "wall") or "wall",
                      help="event: evaluate in event time, so replayed history lands in the right windows")
     run.add_argument("--no-sample", action="store_true", help="do not replay events/sample.jsonl")
+    run.add_argument("--no-feed", action="store_true",
+                     help="leave transitions on the local queue (for cdp tail or tests) instead of printing them")
     run.add_argument("--root", default=".", help="the project folder")
     run.set_defaults(run=_run, endpoint_url=None)
     send = commands.add_parser("send", help="put Segment-spec messages (JSON Lines) on the stream")

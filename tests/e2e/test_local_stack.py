@@ -1,0 +1,120 @@
+"""End to end over the local stack: `cdp send`, then the HTTP API and a queue behind a bus rule."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.conftest import Running, wait_for
+
+
+def iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
+
+
+def track(customer: str, event: str, **properties: Any) -> dict[str, Any]:
+    return {"type": "track", "event": event, "userId": customer, "messageId": str(uuid.uuid4()),
+            "timestamp": iso(time.time()), "properties": properties,
+            "context": {"library": {"name": "analytics.js"}}}
+
+
+def customer() -> str:
+    return f"e2e-{uuid.uuid4().hex[:10]}"
+
+
+def bus_events(stack: Running, who: str) -> list[dict[str, Any]]:
+    """Drain the local queue behind the bus rule; keep this customer's events (others stay for their tests)."""
+    sqs = stack.client("sqs")
+    url = sqs.get_queue_url(QueueName="cdp-local-transitions")["QueueUrl"]
+    mine = []
+    for _ in range(10):
+        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                       VisibilityTimeout=0).get("Messages", [])
+        if not messages:
+            break
+        for message in messages:
+            event = json.loads(message["Body"])
+            if event["detail"]["customer_id"] == who:
+                mine.append(event)
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return mine
+
+
+def test_health_names_the_components_and_the_templates_resources(stack: Running) -> None:
+    status, health = stack.get("/health")
+    assert status == 200 and health["status"] == "ok"
+    assert set(health["components"]) >= {"kinesis->ingest", "table stream->changes", "api"}
+    resources = health["resources"]
+    assert len(resources["streams"]) == 1 and len(resources["tables"]) == 2 and resources["buses"] == ["cdp-dev"]
+    assert health["environment"]["ingest"]["PROFILES_TABLE"] in resources["tables"]
+
+
+def test_a_sent_event_updates_the_profile(stack: Running, tmp_path: Path) -> None:
+    who = customer()
+    sent = stack.send([track(who, "Product Viewed", product_id="p1"), track(who, "Product Viewed", product_id="p2")],
+                      tmp_path)
+    assert sent.returncode == 0, sent.stderr
+    assert "sent 2 messages" in sent.stdout
+    profile = wait_for(lambda: (lambda r: r[1] if r[0] == 200 else None)(stack.get(f"/customers/{who}")))
+    views = next(c for c in profile["counters"] if c["key"] == "Product Viewed")
+    assert views["lifetime"] == 2 and views["windows"]["24h"]["count"] == 2
+    assert profile["channels"].keys() == {"web"}
+
+
+def test_a_segment_is_entered_and_exited_on_the_bus(stack: Running, tmp_path: Path) -> None:
+    who = customer()
+    stack.send([track(who, "Product Added", product_id="p1", price=20)], tmp_path)
+    entered = wait_for(lambda: [e for e in bus_events(stack, who) if e["detail"]["segment"]["id"] ==
+                                "potential-abandoners"])
+    assert entered[0]["detail-type"] == "Segment Entered" and entered[0]["detail"]["change"] == "entered"
+    stack.send([track(who, "Order Completed", order_id=f"o-{who}", revenue=20)], tmp_path)
+    exited = wait_for(lambda: [e for e in bus_events(stack, who)
+                               if e["detail"]["segment"]["id"] == "potential-abandoners"])
+    assert exited[0]["detail-type"] == "Segment Exited"
+    status, segments = stack.get(f"/customers/{who}/segments")
+    assert status == 200 and "recent-buyers" in [s["id"] for s in segments["segments"]]
+
+
+def test_a_poison_pill_is_quarantined_and_the_rest_applied(stack: Running, tmp_path: Path) -> None:
+    who = customer()
+    poison = {"type": "track", "event": "Order Completed", "userId": who, "messageId": "poison-" + who,
+              "timestamp": iso(time.time()), "properties": {"revenue": 10}}  # no order_id
+    stack.send([track(who, "Product Viewed", product_id="p1"), poison, track(who, "Product Viewed", product_id="p2")],
+               tmp_path)
+    profile = wait_for(lambda: (lambda r: r[1] if r[0] == 200 and r[1]["counters"] else None)(
+        stack.get(f"/customers/{who}")))
+    assert next(c for c in profile["counters"] if c["key"] == "Product Viewed")["lifetime"] == 2
+    s3 = stack.client("s3")
+    bucket = next(b for b in stack.health["resources"]["buckets"] if "quarantine" in b)
+
+    def quarantined() -> list[dict[str, Any]]:
+        lines = []
+        for item in s3.list_objects_v2(Bucket=bucket, Prefix="quarantine/").get("Contents", []):
+            body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read().decode()
+            lines += [json.loads(line) for line in body.splitlines() if who in line or "poison-" + who in line]
+        return lines
+
+    (line,) = wait_for(quarantined)
+    assert line["field"] == "properties.order_id" and "required for Order Completed" in line["reason"]
+
+
+def test_duplicates_are_ignored(stack: Running, tmp_path: Path) -> None:
+    who = customer()
+    events = [track(who, "Product Added", product_id="p1", price=5), track(who, "Product Viewed", product_id="p1")]
+    stack.send(events, tmp_path)
+    first = wait_for(lambda: (lambda r: r[1] if r[0] == 200 and len(r[1]["counters"]) >= 2 else None)(
+        stack.get(f"/customers/{who}")))
+    wait_for(lambda: bus_events(stack, who))
+    stack.send(events, tmp_path)  # the same messages again, as a producer retry would
+    marker = track(who, "Page Viewed")
+    stack.send([marker], tmp_path)  # once this is applied, the duplicates before it have been seen too
+    after = wait_for(lambda: (lambda r: r[1] if r[0] == 200 and r[1]["version"] > first["version"] else None)(
+        stack.get(f"/customers/{who}")))
+    counts = {c["key"]: c["lifetime"] for c in after["counters"]}
+    assert counts["Product Added"] == 1 and counts["Product Viewed"] == 1
+    assert after["cart"]["items"] == [{"product_id": "p1", "quantity": 1, "price": 5.0}]
+    assert bus_events(stack, who) == []  # nothing new to publish
