@@ -13,6 +13,7 @@ import base64
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -163,7 +164,7 @@ def _lambda_image(image: dict[str, Any]) -> dict[str, Any]:
 
 class LocalStack:
     def __init__(self, root: Path, *, aws_port: int = 4566, api_port: int = 3000, clock: str = "wall",
-                 feed: Callable[[dict[str, Any]], None] | None = None, poll_seconds: float = 0.1) -> None:
+                 feed: Callable[[dict[str, Any]], None] | None = None, poll_seconds: float = 0.05) -> None:
         self.root = root
         self.aws_port, self.api_port = aws_port, api_port
         self.clock_mode = clock
@@ -181,18 +182,16 @@ class LocalStack:
     # ---- lifecycle ------------------------------------------------------------------------------
 
     def start(self, template: dict[str, Any] | None = None) -> None:
-        from moto.server import ThreadedMotoServer
-
         os.environ.update({"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
                            "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "AWS_ENDPOINT_URL": self.endpoint,
                            "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled", "POWERTOOLS_TRACE_DISABLED": "true",
                            "POWERTOOLS_METRICS_NAMESPACE": "cdp", "POWERTOOLS_LOG_LEVEL": "WARNING",
                            "POWERTOOLS_METRICS_DISABLED": "true", "CDP_CLOCK": self.clock_mode})
-        import logging
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the emulator's request log
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.aws_port, verbose=False)
-        self._server.start()
+        # The emulator runs in its own process, so it and the handlers use both cores.
+        self._server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                         "-p", str(self.aws_port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait_for_emulator()
         self.resources = resources_from_template(template or synthesised_template(self.root), self.root)
         self._create()
         for environment in self.resources.functions.values():
@@ -208,7 +207,25 @@ class LocalStack:
         for thread in self.threads:
             thread.join(timeout=5)
         if self._server is not None:
-            self._server.stop()
+            self._server.terminate()
+            try:
+                self._server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._server.kill()
+
+    def _wait_for_emulator(self, seconds: float = 30.0) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self._server is not None and self._server.poll() is not None:
+                raise RuntimeError(f"the AWS emulator exited (is port {self.aws_port} free?)")
+            try:
+                with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"the AWS emulator did not start on {self.endpoint}")
 
     def client(self, service: str) -> Any:
         import boto3
@@ -378,8 +395,12 @@ class LocalStack:
                                            "startSequenceNumber": batch[0]["dynamodb"]["SequenceNumber"],
                                            "endSequenceNumber": batch[-1]["dynamodb"]["SequenceNumber"]}}
 
+        described = 0.0
         while not self.stopping.is_set():
-            for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
+            if time.monotonic() - described > 5:  # new shards appear rarely
+                described = time.monotonic()
+                shards = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
+            for shard in shards:
                 if shard["ShardId"] not in iterators:
                     iterators[shard["ShardId"]] = streams.get_shard_iterator(
                         StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
