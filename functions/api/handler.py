@@ -12,10 +12,14 @@ import os
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import unquote
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response, content_types
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
 from aws_lambda_powertools.event_handler.openapi.models import Server
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -55,12 +59,18 @@ OPERATOR: list[dict[str, list[str]]] = [{"iam": []}]
 END_USER: list[dict[str, list[str]]] = [{"cognito": []}]
 ID = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^/]+$")]
 SEGMENT_ID = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]
-ERRORS: dict[int, Any] = {
-    code: {"description": text, "content": {"application/json": {"model": Problem}}}
-    for code, text in ((400, "The request is invalid; `field` names what is wrong."),
-                       (403, "Not allowed."), (404, "Not found."),
-                       (503, "A downstream service is throttling; retry after `Retry-After` seconds."))
-}
+PROBLEMS = {400: "The request is invalid; `field` names what is wrong.", 403: "Not allowed.",
+            404: "Not found.", 409: "The profile kept changing while it was being updated; try again.",
+            415: "The body is not application/json.",
+            503: "A downstream service is throttling; retry after `Retry-After` seconds."}
+
+
+def documented(model: type[Any], description: str, *problems: int) -> dict[int, Any]:
+    """The responses a route documents: its success model and the problems it can answer."""
+    responses: dict[int, Any] = {200: {"description": description, "content": {"application/json": {"model": model}}}}
+    for code in sorted({400, 404, *problems, 503}):
+        responses[code] = {"description": PROBLEMS[code], "content": {"application/json": {"model": Problem}}}
+    return responses
 WRITE_ATTEMPTS = 3
 
 
@@ -123,9 +133,16 @@ def _problem(status: int, code: str, message: str, field: str | None = None,
 @app.exception_handler(RequestValidationError)
 def _invalid_request(error: RequestValidationError) -> Response[str]:
     first = error.errors()[0] if error.errors() else {}
+    if first.get("type") == "json_invalid":
+        return _problem(400, "invalid_request", "body: is not valid JSON", "body")
     location = [str(part) for part in first.get("loc", ()) if part not in ("path", "query", "body")]
     field = ".".join(location) or None
     return _problem(400, "invalid_request", f"{field or 'request'}: {first.get('msg', 'is invalid')}", field)
+
+
+@app.exception_handler(RequestUnsupportedContentType)
+def _unsupported_media_type(error: RequestUnsupportedContentType) -> Response[str]:
+    return _problem(415, "unsupported_media_type", "the body must be application/json", "Content-Type")
 
 
 @app.exception_handler(Invalid)
@@ -160,6 +177,7 @@ def _no_route(_: Exception) -> Response[str]:
 
 
 def _profile(customer_id: str) -> Profile:
+    customer_id = unquote(customer_id)  # API Gateway passes the path as sent, percent-encoded
     profile = deps().profiles.get(customer_id)
     if profile is None:
         raise NotFound(f"customer {customer_id!r} has no profile")
@@ -167,14 +185,14 @@ def _profile(customer_id: str) -> Profile:
 
 
 @app.get("/customers/<customerId>", summary="A customer's profile, memberships and score (one read)",
-         responses=ERRORS, security=OPERATOR, tags=["customers"])
+         responses=documented(CustomerProfile, "The profile", 404), security=OPERATOR, tags=["customers"])
 def get_customer(customerId: ID) -> CustomerProfile:
     d = deps()
     return CustomerProfile.model_validate(profile_document(_profile(customerId), d.catalogue, d.clock.now()))
 
 
 @app.get("/customers/<customerId>/segments", summary="A customer's segments, primary segment and score",
-         responses=ERRORS, security=OPERATOR, tags=["customers"])
+         responses=documented(CustomerSegments, "The customer's segments", 404), security=OPERATOR, tags=["customers"])
 def get_customer_segments(customerId: ID) -> CustomerSegments:
     profile = _profile(customerId)
     catalogue = deps().catalogue
@@ -185,7 +203,8 @@ def get_customer_segments(customerId: ID) -> CustomerSegments:
         "score": sum(catalogue.segments[s["id"]].weight for s in segments)})
 
 
-@app.get("/me", summary="The signed-in end user's own profile", responses=ERRORS, security=END_USER,
+@app.get("/me", summary="The signed-in end user's own profile",
+         responses=documented(CustomerProfile, "The caller's own profile", 403, 404), security=END_USER,
          tags=["customers"])
 def get_me() -> CustomerProfile:
     d = deps()
@@ -197,7 +216,8 @@ def get_me() -> CustomerProfile:
     return CustomerProfile.model_validate(profile_document(_profile(str(customer_id)), d.catalogue, d.clock.now()))
 
 
-@app.get("/segments", summary="Every enabled segment's definition", responses=ERRORS, security=OPERATOR,
+@app.get("/segments", summary="Every enabled segment's definition",
+         responses=documented(SegmentList, "The enabled segments, highest priority first"), security=OPERATOR,
          tags=["segments"])
 def list_segments() -> SegmentList:
     segments = sorted(deps().catalogue.segments.values(), key=lambda s: s.rank())
@@ -211,14 +231,16 @@ def _segment(segment_id: str) -> Any:
     return segment
 
 
-@app.get("/segments/<segmentId>", summary="A segment's definition and current size", responses=ERRORS,
+@app.get("/segments/<segmentId>", summary="A segment's definition and current size",
+         responses=documented(SegmentDefinition, "The definition and size", 404),
          security=OPERATOR, tags=["segments"])
 def get_segment(segmentId: SEGMENT_ID) -> SegmentDefinition:
     segment = _segment(segmentId)
     return SegmentDefinition.model_validate(segment_document(segment, deps().members.size(segment.id)))
 
 
-@app.get("/segments/<segmentId>/members", summary="A page of a segment's members", responses=ERRORS,
+@app.get("/segments/<segmentId>/members", summary="A page of a segment's members",
+         responses=documented(MemberPage, "A page of members", 404),
          security=OPERATOR, tags=["segments"])
 def list_members(segmentId: SEGMENT_ID,
                  limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -234,7 +256,8 @@ def list_members(segmentId: SEGMENT_ID,
 
 
 @app.post("/segments/<segmentId>/members", summary="Add or remove customers of a static segment",
-          responses=ERRORS, security=OPERATOR, tags=["segments"])
+          responses=documented(MembershipEditResult, "What changed", 404, 409, 415), security=OPERATOR,
+          tags=["segments"])
 def edit_members(segmentId: SEGMENT_ID,
                  edit: Annotated[MembershipEdit, Body()]) -> MembershipEditResult:
     d = deps()
@@ -289,7 +312,14 @@ def openapi_document() -> str:
                     "description": "AWS Signature Version 4"},  # type: ignore[dict-item]
             "cognito": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},  # type: ignore[dict-item]
         })
-    return json.dumps(json.loads(schema), separators=(",", ":"))
+    document = json.loads(schema)
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            operation.get("responses", {}).pop("422", None)  # validation problems are answered as 400
+    schemas = document.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError", "ResponseValidationError"):
+        schemas.pop(unused, None)
+    return json.dumps(document, separators=(",", ":"))
 
 
 @logger.inject_lambda_context(correlation_id_path="requestContext.requestId")

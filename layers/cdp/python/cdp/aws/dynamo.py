@@ -218,12 +218,13 @@ class DynamoMembersIndex:
         shard, after = _decode_cursor(cursor, self.shards) if cursor else (0, "")
         members: list[dict[str, Any]] = []
         while shard < self.shards and len(members) < limit:
+            # No Limit: DynamoDB applies it before the filter, so tombstones would cost extra queries.
+            # A query reads up to 1 MB; the page stops at `limit` members and the cursor points there.
             request: dict[str, Any] = {
                 "TableName": self.table_name,
                 "KeyConditionExpression": "segment_shard = :p",
                 "FilterExpression": "attribute_not_exists(exited_at)",
                 "ExpressionAttributeValues": {":p": {"S": f"{segment_id}#{shard:02d}"}},
-                "Limit": limit - len(members),
             }
             if after:
                 request["ExclusiveStartKey"] = {"segment_shard": {"S": f"{segment_id}#{shard:02d}"},
@@ -232,8 +233,13 @@ class DynamoMembersIndex:
                 response = self.client.query(**request)
             except Exception as error:
                 raise domain_error(error) from error
-            for item in response.get("Items", []):
+            items = response.get("Items", [])
+            room = limit - len(members)
+            for item in items[:room]:
                 members.append({"customer_id": item["customer_id"]["S"], "since": int(item["since"]["N"])})
+                after = item["customer_id"]["S"]
+            if len(items) > room:
+                break  # stopped inside this query's items: resume after the last one returned
             last = response.get("LastEvaluatedKey")
             if last:
                 after = last["customer_id"]["S"]
