@@ -177,7 +177,6 @@ def _no_route(_: Exception) -> Response[str]:
 
 
 def _profile(customer_id: str) -> Profile:
-    customer_id = unquote(customer_id)  # API Gateway passes the path as sent, percent-encoded
     profile = deps().profiles.get(customer_id)
     if profile is None:
         raise NotFound(f"customer {customer_id!r} has no profile")
@@ -188,13 +187,15 @@ def _profile(customer_id: str) -> Profile:
          responses=documented(CustomerProfile, "The profile", 404), security=OPERATOR, tags=["customers"])
 def get_customer(customerId: ID) -> CustomerProfile:
     d = deps()
-    return CustomerProfile.model_validate(profile_document(_profile(customerId), d.catalogue, d.clock.now()))
+    # API Gateway passes the path as sent, percent-encoded.
+    return CustomerProfile.model_validate(profile_document(_profile(unquote(customerId)), d.catalogue,
+                                                           d.clock.now()))
 
 
 @app.get("/customers/<customerId>/segments", summary="A customer's segments, primary segment and score",
          responses=documented(CustomerSegments, "The customer's segments", 404), security=OPERATOR, tags=["customers"])
 def get_customer_segments(customerId: ID) -> CustomerSegments:
-    profile = _profile(customerId)
+    profile = _profile(unquote(customerId))
     catalogue = deps().catalogue
     segments = memberships(profile, catalogue)
     return CustomerSegments.model_validate({

@@ -217,14 +217,18 @@ class DynamoMembersIndex:
         """Up to ``limit`` current members in a stable order (shard, then customer id), and the next cursor."""
         shard, after = _decode_cursor(cursor, self.shards) if cursor else (0, "")
         members: list[dict[str, Any]] = []
+        stretch = 0
         while shard < self.shards and len(members) < limit:
-            # No Limit: DynamoDB applies it before the filter, so tombstones would cost extra queries.
-            # A query reads up to 1 MB; the page stops at `limit` members and the cursor points there.
+            # DynamoDB applies Limit before the filter, so leave room for some exit tombstones; the page
+            # stops at `limit` members and the cursor points just after the last one returned.
+            room = limit - len(members)
+            reach = min(1000, (room + 10) * 4 ** stretch)  # grows while a shard yields tombstones
             request: dict[str, Any] = {
                 "TableName": self.table_name,
                 "KeyConditionExpression": "segment_shard = :p",
                 "FilterExpression": "attribute_not_exists(exited_at)",
                 "ExpressionAttributeValues": {":p": {"S": f"{segment_id}#{shard:02d}"}},
+                "Limit": reach,
             }
             if after:
                 request["ExclusiveStartKey"] = {"segment_shard": {"S": f"{segment_id}#{shard:02d}"},
@@ -234,7 +238,6 @@ class DynamoMembersIndex:
             except Exception as error:
                 raise domain_error(error) from error
             items = response.get("Items", [])
-            room = limit - len(members)
             for item in items[:room]:
                 members.append({"customer_id": item["customer_id"]["S"], "since": int(item["since"]["N"])})
                 after = item["customer_id"]["S"]
@@ -243,6 +246,7 @@ class DynamoMembersIndex:
             last = response.get("LastEvaluatedKey")
             if last:
                 after = last["customer_id"]["S"]
+                stretch += 1
             else:
-                shard, after = shard + 1, ""
+                shard, after, stretch = shard + 1, "", 0
         return members, (None if shard >= self.shards else _encode_cursor(shard, after))
