@@ -30,7 +30,7 @@ class Layers(Construct):
             compatible_runtimes=[RUNTIME], compatible_architectures=[architecture],
             description="Powertools and PyYAML (make layers)")
         self.catalogue = lambda_.LayerVersion(
-            self, "Catalogue", code=lambda_.Code.from_asset(str(ROOT / "segments"), exclude=["README.md"]),
+            self, "Catalogue", code=lambda_.Code.from_asset(str(ROOT / "segments"), exclude=["README.md", "stories"]),
             compatible_runtimes=[RUNTIME], compatible_architectures=[architecture],
             description="segment definitions, unpacked at /opt")
 

@@ -4,6 +4,7 @@
     cdp send FILE.jsonl|- [--stream NAME]            put Segment-spec messages on the stream
     cdp tail [--queue-url URL]                       follow segment transitions
     cdp segments validate [DIR]                      check definitions
+    cdp segments test [DIR]                          run the stories in DIR/stories
     cdp redrive failures --queue-url URL --stream NAME
     cdp redrive quarantine --bucket NAME [--prefix quarantine/2026/10/] --stream NAME
 
@@ -130,6 +131,23 @@ def _segments(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segments_test(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cdp.catalogue import load_catalogue
+    from cdp.stories import run_stories
+
+    folder = Path(args.dir)
+    results = run_stories(folder / "stories", load_catalogue(folder))
+    for result in results:
+        print(f"{'pass' if result.passed else 'FAIL'}  {result.name}")
+        for problem in result.problems:
+            print(f"      {problem}")
+    failed = sum(not r.passed for r in results)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed or not results else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdp", description="Operate a cdp stack.")
     parser.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"),
@@ -159,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate = segments_commands.add_parser("validate", help="check every definition in a folder")
     validate.add_argument("dir", nargs="?", default="segments")
     validate.set_defaults(run=_segments)
+    story = segments_commands.add_parser("test", help="run the stories in DIR/stories under a simulated clock")
+    story.add_argument("dir", nargs="?", default="segments")
+    story.set_defaults(run=_segments_test)
     redrive = commands.add_parser("redrive", help="put failed or quarantined records back on the stream")
     sources = redrive.add_subparsers(dest="source", required=True)
     failures = sources.add_parser("failures", help="from the ingest on-failure queue")

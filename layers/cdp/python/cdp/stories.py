@@ -1,0 +1,107 @@
+"""Segment stories: scripted customers and the transitions they must make, under a simulated clock.
+
+A story file (``segments/stories/*.yaml``)::
+
+    name: Frank leaves his cart
+    start: 2026-10-01T09:00:00Z
+    until: 3d                      # how long to let time run after the start
+    events:
+      - {at: 0m, customer: frank, event: Product Added, properties: {product_id: p1}}
+    expect:                        # for each (customer, segment) named here: exactly these, in order
+      - {at: 0m, customer: frank, segment: potential-abandoners, change: entered}
+      - {at: 2d, customer: frank, segment: cart-abandoners, change: entered}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cdp.catalogue import Catalogue
+from cdp.durations import parse_duration
+from cdp.engine import Engine
+from cdp.events import InvalidEvent, normalise
+from cdp.replay import Replay
+
+
+@dataclass
+class StoryResult:
+    source: str
+    name: str
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+def _offset(value: Any, where: str) -> int:
+    try:
+        return parse_duration(str(value), allow_zero=True)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+def run_story(story: dict[str, Any], catalogue: Catalogue, source: str = "") -> StoryResult:
+    result = StoryResult(source, str(story.get("name", source)))
+    try:
+        start = datetime.fromisoformat(str(story["start"]).replace("Z", "+00:00")).timestamp()
+        replay = Replay(Engine(catalogue))
+        log = []
+        messages = []
+        for number, raw in enumerate(story.get("events") or []):
+            where = f"events[{number}]"
+            moment = start + _offset(raw.get("at", "0s"), f"{where}.at")
+            message = {"type": raw.get("type", "track"), "messageId": raw.get("message_id", f"story-{number}"),
+                       "userId": raw["customer"],
+                       "timestamp": datetime.fromtimestamp(moment, UTC).isoformat(),
+                       "properties": raw.get("properties") or {}, "traits": raw.get("traits") or {},
+                       "context": raw.get("context") or {}}
+            if message["type"] == "track":
+                message["event"] = raw["event"]
+            try:
+                messages.append(normalise(message))
+            except InvalidEvent as error:
+                raise ValueError(f"{where}: {error}") from None
+        for event in sorted(messages, key=lambda e: e.timestamp):
+            transitions, _ = replay.apply([event])
+            log += transitions
+        log += replay.advance_to(start + _offset(story.get("until", "0s"), "until"))
+        expected = [(e["customer"], e["segment"], e["change"], int(start + _offset(e.get("at", "0s"), "expect.at")))
+                    for e in story.get("expect") or []]
+    except (KeyError, ValueError, TypeError) as error:
+        result.problems.append(f"invalid story: {error}")
+        return result
+    pairs = {(customer, segment) for customer, segment, _, _ in expected}
+    actual = [(t.customer_id, t.segment_id, t.kind, t.at) for t in log if (t.customer_id, t.segment_id) in pairs]
+    for customer, segment in sorted(pairs):
+        want = [(c, k, at) for c, s, k, at in expected if (c, s) == (customer, segment)]
+        got = [(c, k, at) for c, s, k, at in actual if (c, s) == (customer, segment)]
+        if want != got:
+            def show(items: list[tuple[str, str, int]]) -> str:
+                return ", ".join(f"{k} at +{format_offset(at - start)}" for _, k, at in items) or "nothing"
+            result.problems.append(f"{customer} / {segment}: expected {show(want)}; got {show(got)}")
+    return result
+
+
+def format_offset(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return "".join(f"{v}{u}" for v, u in ((days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")) if v) or "0s"
+
+
+def run_stories(folder: Path, catalogue: Catalogue) -> list[StoryResult]:
+    import yaml
+
+    results = []
+    for path in sorted(folder.glob("*.yaml")):
+        story = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(story, dict):
+            results.append(StoryResult(str(path), path.stem, ["invalid story: not a mapping"]))
+            continue
+        results.append(run_story(story, catalogue, str(path)))
+    return results
