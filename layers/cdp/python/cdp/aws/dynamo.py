@@ -78,6 +78,26 @@ def _binary_from_base64(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+def batch_get(client: Any, table: str, keys: list[dict[str, Any]], consistent: bool = False) -> list[dict[str, Any]]:
+    """Every item of these keys: BatchGetItem 100 keys at a time, resending unprocessed keys with back-off."""
+    items: list[dict[str, Any]] = []
+    for start in range(0, len(keys), BATCH_GET_LIMIT):
+        request: dict[str, Any] = {table: {"Keys": keys[start:start + BATCH_GET_LIMIT], "ConsistentRead": consistent}}
+        for attempt in range(UNPROCESSED_ATTEMPTS):
+            try:
+                response = client.batch_get_item(RequestItems=request)
+            except Exception as error:
+                raise domain_error(error) from error
+            items += response.get("Responses", {}).get(table, [])
+            request = response.get("UnprocessedKeys") or {}
+            if not request:
+                break
+            time.sleep(min(0.05 * 2 ** attempt, 1.0))
+        else:
+            raise TransientError(f"{len(request[table]['Keys'])} keys stayed unprocessed")
+    return items
+
+
 class DynamoProfileStore:
     def __init__(self, client: Any, table_name: str) -> None:
         self.client = client
@@ -85,26 +105,10 @@ class DynamoProfileStore:
 
     def load(self, customer_ids: Sequence[str]) -> dict[str, Profile]:
         """BatchGetItem, 100 keys per call, resending unprocessed keys with back-off."""
-        profiles: dict[str, Profile] = {}
-        unique = list(dict.fromkeys(customer_ids))
-        for start in range(0, len(unique), BATCH_GET_LIMIT):
-            keys = [{"customer_id": {"S": cid}} for cid in unique[start:start + BATCH_GET_LIMIT]]
-            request: dict[str, Any] = {self.table_name: {"Keys": keys, "ConsistentRead": True}}
-            for attempt in range(UNPROCESSED_ATTEMPTS):
-                try:
-                    response = self.client.batch_get_item(RequestItems=request)
-                except Exception as error:
-                    raise domain_error(error) from error
-                for raw in response.get("Responses", {}).get(self.table_name, []):
-                    profile = Profile.from_item(deserialise_item(raw))
-                    profiles[profile.customer_id] = profile
-                request = response.get("UnprocessedKeys") or {}
-                if not request:
-                    break
-                time.sleep(min(0.05 * 2 ** attempt, 1.0))
-            else:
-                raise TransientError(f"{len(request[self.table_name]['Keys'])} keys stayed unprocessed")
-        return profiles
+        keys = [{"customer_id": {"S": cid}} for cid in dict.fromkeys(customer_ids)]
+        profiles = (Profile.from_item(deserialise_item(raw))
+                    for raw in batch_get(self.client, self.table_name, keys, consistent=True))
+        return {profile.customer_id: profile for profile in profiles}
 
     def save(self, profile: Profile, expected_version: int) -> None:
         """PutItem conditional on the version read (or on absence for a new profile)."""
@@ -195,22 +199,8 @@ class DynamoMembersIndex:
         """Current members: the sum of the shards' size items, in one BatchGetItem (16 keys by default)."""
         keys = [{"segment_shard": {"S": f"{segment_id}#{shard:02d}#size"}, "customer_id": {"S": "#"}}
                 for shard in range(self.shards)]
-        total = 0
-        for start in range(0, len(keys), BATCH_GET_LIMIT):
-            request: dict[str, Any] = {self.table_name: {"Keys": keys[start:start + BATCH_GET_LIMIT]}}
-            for attempt in range(UNPROCESSED_ATTEMPTS):
-                try:
-                    response = self.client.batch_get_item(RequestItems=request)
-                except Exception as error:
-                    raise domain_error(error) from error
-                for item in response.get("Responses", {}).get(self.table_name, []):
-                    total += int(item.get("members", {}).get("N", "0"))
-                request = response.get("UnprocessedKeys") or {}
-                if not request:
-                    break
-                time.sleep(min(0.05 * 2 ** attempt, 1.0))
-            else:
-                raise TransientError("segment size keys stayed unprocessed")
+        items = batch_get(self.client, self.table_name, keys)
+        total = sum(int(item.get("members", {}).get("N", "0")) for item in items)
         return max(total, 0)
 
     def page(self, segment_id: str, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
