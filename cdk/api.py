@@ -16,7 +16,7 @@ from constructs import Construct
 from cdk.functions import CdpFunction, Layers
 from cdk.nag import acknowledge, acknowledge_function
 from cdk.settings import Settings
-from cdk.storage import Storage
+from cdk.storage import Storage, grant_items
 
 
 class Api(Construct):
@@ -32,7 +32,7 @@ class Api(Construct):
                          "CORS_ORIGINS": ",".join(settings.cors_origins),
                          "ME_CLAIM": "sub"})
         role = self.function.role
-        storage.profiles.grant(role, "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem")
+        grant_items(role, storage.profiles, "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem")
         storage.members.grant(role, "dynamodb:Query", "dynamodb:BatchGetItem")
         key.grant_encrypt_decrypt(role)
         acknowledge_function(self.function)

@@ -14,7 +14,7 @@ from constructs import Construct
 from cdk.functions import CdpFunction, Layers
 from cdk.nag import acknowledge, acknowledge_failure_queue, acknowledge_function
 from cdk.settings import Settings
-from cdk.storage import Storage
+from cdk.storage import Storage, grant_items
 
 
 def encrypted_queue(scope: Construct, construct_id: str, key: kms.IKey) -> sqs.Queue:
@@ -42,7 +42,7 @@ class Ingest(Construct):
             environment={"PROFILES_TABLE": storage.profiles.table_name,
                          "QUARANTINE_BUCKET": storage.quarantine.bucket_name})
         role = self.function.role
-        storage.profiles.grant(role, "dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem")
+        grant_items(role, storage.profiles, "dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem")
         role.add_to_policy(iam.PolicyStatement(actions=["s3:PutObject"],
                                                resources=[storage.quarantine.arn_for_objects("quarantine/*")]))
         key.grant_encrypt_decrypt(role)

@@ -14,6 +14,7 @@ from cdk.api import Api
 from cdk.changes import Changes
 from cdk.ingest import Ingest
 from cdk.storage import Storage
+from cdk.timers import Timers
 
 NAMESPACE = "cdp"
 
@@ -25,7 +26,7 @@ def _metric(name: str, service: str, statistic: str = "Sum", **dimensions: str) 
 
 class Monitoring(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, stage: str, ingest: Ingest, changes: Changes,
-                 api: Api, storage: Storage, key: kms.IKey, alarm_email: str | None,
+                 api: Api, timers: Timers, storage: Storage, key: kms.IKey, alarm_email: str | None,
                  segment_ids: list[str]) -> None:
         super().__init__(scope, construct_id)
         self.topic = sns.Topic(self, "Alarms", master_key=key, display_name=f"cdp {stage} alarms", enforce_ssl=True)
@@ -34,9 +35,11 @@ class Monitoring(Construct):
                              endpoint=alarm_email)
 
         ingest_fn, changes_fn, api_fn = ingest.function.function, changes.function.function, api.function.function
+        timers_fn = timers.function.function
         iterator_age = ingest_fn.metric("IteratorAge", statistic="Maximum", period=Duration.minutes(1))
         queues: list[tuple[str, sqs.IQueue]] = [("ingest failures", ingest.failures),
-                                                ("changes failures", changes.failures)]
+                                                ("changes failures", changes.failures),
+                                                ("schedule failures", timers.failures)]
         self.alarms = [
             cloudwatch.Alarm(self, "IngestBehind", metric=iterator_age, threshold=60_000, evaluation_periods=5,
                              alarm_description="Ingest is more than a minute behind the stream for 5 minutes"),
@@ -52,7 +55,11 @@ class Monitoring(Construct):
             *[cloudwatch.Alarm(self, f"{label}Errors", metric=fn.metric_errors(period=Duration.minutes(1)),
                                threshold=0, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
                                evaluation_periods=3, alarm_description=f"The {label.lower()} function is failing")
-              for label, fn in (("Ingest", ingest_fn), ("Changes", changes_fn), ("Api", api_fn))],
+              for label, fn in (("Ingest", ingest_fn), ("Changes", changes_fn), ("Api", api_fn),
+                                ("Timers", timers_fn))],
+            cloudwatch.Alarm(self, "DeadlinesBehind", metric=_metric("DeadlineDelayMax", "timers", "Maximum"),
+                             threshold=300, evaluation_periods=5,
+                             alarm_description="Time-driven segments flip more than 5 minutes after their deadline"),
             cloudwatch.Alarm(self, "ProfilesThrottled",
                              metric=cloudwatch.MathExpression(
                                  expression="read + write", period=Duration.minutes(1),
@@ -99,4 +106,10 @@ class Monitoring(Construct):
                 right=[api.rest_api.metric_client_error(period=Duration.minutes(1)),
                        api.rest_api.metric_server_error(period=Duration.minutes(1))]),
         )
-
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="Timers: customers due, re-evaluated, transitioned", width=12, left=[
+                _metric("CustomersDue", "timers"), _metric("CustomersReevaluated", "timers"),
+                _metric("CustomersTransitioned", "timers"), _metric("SweepUnfinished", "timers")]),
+            cloudwatch.GraphWidget(title="Timers: delay behind the deadline (s)", width=12, left=[
+                _metric("DeadlineDelayP50", "timers", "Average"), _metric("DeadlineDelayMax", "timers", "Maximum")]),
+        )

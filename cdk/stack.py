@@ -16,6 +16,7 @@ from cdk.ingest import Ingest
 from cdk.monitoring import Monitoring
 from cdk.settings import Settings
 from cdk.storage import Storage
+from cdk.timers import Timers
 
 
 class CdpStack(Stack):
@@ -29,8 +30,10 @@ class CdpStack(Stack):
         self.ingest = Ingest(self, "Ingest", settings=settings, storage=self.storage, layers=layers, key=self.key)
         self.changes = Changes(self, "Changes", settings=settings, storage=self.storage, layers=layers, key=self.key)
         self.api = Api(self, "Api", settings=settings, storage=self.storage, layers=layers, key=self.key)
+        self.timers = Timers(self, "Timers", settings=settings, storage=self.storage, layers=layers, key=self.key)
         self.monitoring = Monitoring(
             self, "Monitoring", stage=settings.stage, ingest=self.ingest, changes=self.changes, api=self.api,
+            timers=self.timers,
             storage=self.storage, key=self.key, alarm_email=settings.alarm_email,
             segment_ids=sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "segments").glob("*.yaml")))
         CfnOutput(self, "ApiUrl", value=self.api.rest_api.url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
@@ -23,9 +24,15 @@ def _table(scope: Construct, construct_id: str, key: kms.IKey, removal_policy: R
     )
 
 
+def grant_items(role: iam.IRole, table: dynamodb.ITable, *actions: str) -> None:
+    """Item actions on the table itself, never on its indexes (``Table.grant`` adds ``index/*``)."""
+    role.add_to_principal_policy(iam.PolicyStatement(actions=list(actions), resources=[table.table_arn]))
+
+
 class Storage(Construct):
     """Profiles: profile, memberships, version and deadline in one item per customer. Its stream
-    (new and old images) is the outbox the changes function reads.
+    (new and old images) is the outbox the changes function reads; its due index is what the
+    timers sweep queries.
 
     Members index: ``segment#NN`` -> customer, with NN a hash shard of the customer id, so no
     segment is one hot partition; exits leave a tombstone that expires (TTL ``expires_at``).
@@ -40,6 +47,15 @@ class Storage(Construct):
             self, "Profiles", key, removal_policy,
             partition_key=dynamodb.Attribute(name="customer_id", type=dynamodb.AttributeType.STRING),
             stream=dynamodb.StreamViewType.NEW_AND_OLD_IMAGES,
+        )
+        # The due index: sparse (only profiles with a deadline carry ds and nd), sharded 32 ways by
+        # customer so a million deadlines in one minute are never one hot key (see cdp.due).
+        self.due_index_name = "due"
+        self.profiles.add_global_secondary_index(
+            index_name=self.due_index_name,
+            partition_key=dynamodb.Attribute(name="ds", type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name="nd", type=dynamodb.AttributeType.NUMBER),
+            projection_type=dynamodb.ProjectionType.KEYS_ONLY,
         )
         self.members = _table(
             self, "Members", key, removal_policy,

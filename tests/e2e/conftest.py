@@ -64,7 +64,7 @@ def stack() -> Iterator[Running]:
     aws_port, api_port = free_port(), free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "cdp.cli", "run", "--no-sample", "--no-feed", "--clock", "wall",
+        [sys.executable, "-m", "cdp.cli", "run", "--no-sample", "--no-feed", "--clock", "wall", "--timer-tick", "1",
          "--aws-port", str(aws_port), "--api-port", str(api_port), "--root", str(ROOT)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
     api = f"http://127.0.0.1:{api_port}"

@@ -16,9 +16,9 @@ def iso(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
 
 
-def track(customer: str, event: str, **properties: Any) -> dict[str, Any]:
+def track(customer: str, event: str, at: float | None = None, **properties: Any) -> dict[str, Any]:
     return {"type": "track", "event": event, "userId": customer, "messageId": str(uuid.uuid4()),
-            "timestamp": iso(time.time()), "properties": properties,
+            "timestamp": iso(time.time() if at is None else at), "properties": properties,
             "context": {"library": {"name": "analytics.js"}}}
 
 
@@ -47,7 +47,8 @@ def bus_events(stack: Running, who: str) -> list[dict[str, Any]]:
 def test_health_names_the_components_and_the_templates_resources(stack: Running) -> None:
     status, health = stack.get("/health")
     assert status == 200 and health["status"] == "ok"
-    assert set(health["components"]) >= {"kinesis->ingest", "table stream->changes", "api"}
+    assert set(health["components"]) >= {"kinesis->ingest", "table stream->changes", "schedule->timers", "api"}
+    assert health["schedules"] == {"timers": 1}
     resources = health["resources"]
     assert len(resources["streams"]) == 1 and len(resources["tables"]) == 2 and resources["buses"] == ["cdp-dev"]
     assert health["environment"]["ingest"]["PROFILES_TABLE"] in resources["tables"]
@@ -118,3 +119,18 @@ def test_duplicates_are_ignored(stack: Running, tmp_path: Path) -> None:
     assert counts["Product Added"] == 1 and counts["Product Viewed"] == 1
     assert after["cart"]["items"] == [{"product_id": "p1", "quantity": 1, "price": 5.0}]
     assert bus_events(stack, who) == []  # nothing new to publish
+
+
+def test_a_deadline_passing_enters_a_segment_with_no_new_event(stack: Running, tmp_path: Path) -> None:
+    """cart-abandoners: no Order Completed within 48 h of Product Added. The add is sent as if made
+    48 h less 3 s ago, so its deadline falls 3 s from now and only the timers tick can act on it."""
+    who = customer()
+    added = time.time() - 48 * 3600 + 3
+    stack.send([track(who, "Product Added", at=added, product_id="p1", price=20)], tmp_path)
+    profile = wait_for(lambda: (lambda r: r[1] if r[0] == 200 else None)(stack.get(f"/customers/{who}")))
+    assert "cart-abandoners" not in [s["id"] for s in profile["segments"]]
+    entered = wait_for(lambda: [e for e in bus_events(stack, who) if e["detail"]["segment"]["id"] ==
+                                "cart-abandoners"], timeout=30)
+    assert entered[0]["detail-type"] == "Segment Entered"
+    # profiles keep whole seconds, so the deadline is the add's second plus 48 h
+    assert datetime.fromisoformat(entered[0]["time"].replace("Z", "+00:00")).timestamp() >= int(added) + 48 * 3600

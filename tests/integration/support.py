@@ -31,6 +31,7 @@ SEGMENTS = ROOT / "segments"
 REGION = "eu-west-1"
 PROFILES_TABLE = "cdp-profiles"
 MEMBERS_TABLE = "cdp-members"
+DUE_INDEX = "due"
 QUARANTINE_BUCKET = "cdp-quarantine"
 BUS_NAME = "cdp-bus"
 QUEUE_NAME = "cdp-segment-events"
@@ -372,8 +373,14 @@ def create_resources(ddb: Any, s3: Any, events: Any, sqs: Any) -> tuple[str, str
     table = ddb.create_table(
         TableName=PROFILES_TABLE, BillingMode="PAY_PER_REQUEST",
         KeySchema=[{"AttributeName": "customer_id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "customer_id", "AttributeType": "S"}],
+        AttributeDefinitions=[{"AttributeName": "customer_id", "AttributeType": "S"},
+                              {"AttributeName": "ds", "AttributeType": "S"},
+                              {"AttributeName": "nd", "AttributeType": "N"}],
         StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+        GlobalSecondaryIndexes=[{"IndexName": DUE_INDEX,
+                                 "KeySchema": [{"AttributeName": "ds", "KeyType": "HASH"},
+                                               {"AttributeName": "nd", "KeyType": "RANGE"}],
+                                 "Projection": {"ProjectionType": "KEYS_ONLY"}}],
     )
     stream_arn = table["TableDescription"]["LatestStreamArn"]
     ddb.create_table(

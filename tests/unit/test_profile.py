@@ -67,7 +67,7 @@ def assert_same(a: Profile, b: Profile) -> None:
 def test_to_item_uses_the_documented_attribute_names() -> None:
     item = full_profile().to_item()
     assert set(item) == {"customer_id", "v", "ca", "ua", "t", "ch", "c", "o", "ro", "cart", "la", "cx", "ids", "m",
-                         "dl", "nd", "lt", "tx", "al", "gr"}
+                         "dl", "nd", "ds", "lt", "tx", "al", "gr"}
     assert item["customer_id"] == "cust-1"
     assert (item["v"], item["ca"], item["ua"]) == (7, B - DAY, B + MIN)
     assert item["o"] == [2, 15000, B - DAY, B]

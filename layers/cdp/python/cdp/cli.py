@@ -91,6 +91,18 @@ def format_event(event: dict[str, Any]) -> str:
             f"{detail.get('segment', {}).get('id', ''):<24} {detail.get('clause', {}).get('reason', '')}")
 
 
+def _seconds(raw: str | None) -> float | None:
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"cdp: CDP_TIMER_TICK must be a number of seconds, not {raw!r}") from None
+    if value <= 0:
+        raise SystemExit(f"cdp: CDP_TIMER_TICK must be positive, not {raw!r}")
+    return value
+
+
 def _run(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -100,7 +112,8 @@ def _run(args: argparse.Namespace) -> int:
 
     root = Path(args.root).resolve()
     stack = LocalStack(root, aws_port=args.aws_port, api_port=args.api_port, clock=args.clock,
-                       feed=None if args.no_feed else lambda event: print(format_event(event), flush=True))
+                       feed=None if args.no_feed else lambda event: print(format_event(event), flush=True),
+                       timer_tick=args.timer_tick)
     done = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: done.set())
@@ -159,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--api-port", type=int, default=int(os.environ.get("CDP_API_PORT", "3000")))
     run.add_argument("--clock", choices=("wall", "event"), default=os.environ.get("CDP_CLOCK", "wall") or "wall",
                      help="event: evaluate in event time, so replayed history lands in the right windows")
+    run.add_argument("--timer-tick", type=float, default=_seconds(os.environ.get("CDP_TIMER_TICK")),
+                     help="seconds between timers sweeps (default: the template's schedule, every minute)")
     run.add_argument("--no-sample", action="store_true", help="do not replay events/sample.jsonl")
     run.add_argument("--no-feed", action="store_true",
                      help="leave transitions on the local queue (for cdp tail or tests) instead of printing them")

@@ -79,3 +79,17 @@ class ApiConfig:
 def cors_origins(env: Mapping[str, str]) -> list[str]:
     """CORS_ORIGINS: comma-separated origins allowed to call the API from a browser (none by default)."""
     return [origin.strip() for origin in env.get("CORS_ORIGINS", "").split(",") if origin.strip()]
+
+
+@dataclass(frozen=True)
+class TimersConfig:
+    profiles_table: str
+    due_index: str
+    catalogue_path: Path
+    page_size: int
+    reserve_ms: int  # stop taking pages when less than this is left of the invocation
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TimersConfig:
+        return cls(_required(env, "PROFILES_TABLE"), _required(env, "DUE_INDEX_NAME"), _catalogue(env),
+                   _whole(env, "SWEEP_PAGE_SIZE", 100, 1, 100), _whole(env, "SWEEP_RESERVE_MS", 10_000, 0, 600_000))

@@ -69,6 +69,14 @@ class Mapping:
 
 
 @dataclass
+class Schedule:
+    """A scheduled rule that invokes a function, as the template defines it."""
+
+    function: str  # folder name
+    seconds: float
+
+
+@dataclass
 class Resources:
     names: dict[str, str] = field(default_factory=dict)  # logical id -> local name
     streams: list[str] = field(default_factory=list)
@@ -78,6 +86,7 @@ class Resources:
     buses: list[str] = field(default_factory=list)
     functions: dict[str, dict[str, str]] = field(default_factory=dict)  # folder -> environment
     mappings: list[Mapping] = field(default_factory=list)
+    schedules: list[Schedule] = field(default_factory=list)
 
 
 def _ref(value: Any) -> str | None:
@@ -135,7 +144,21 @@ def resources_from_template(template: dict[str, Any], root: Path) -> Resources:
             bisect=bool(properties.get("BisectBatchOnFunctionError", False)),
             failure_queue=found.names.get(_ref(destination) or "") if destination else None,
         ))
+    for resource in items.values():
+        properties = resource.get("Properties", {})
+        if resource["Type"] != "AWS::Events::Rule" or "ScheduleExpression" not in properties:
+            continue
+        for target in properties.get("Targets", []):
+            folder = folders.get(_ref(target["Arn"]) or "")
+            if folder:
+                found.schedules.append(Schedule(folder, _rate_seconds(str(properties["ScheduleExpression"]))))
     return found
+
+
+def _rate_seconds(expression: str) -> float:
+    """``rate(1 minute)``, ``rate(5 minutes)``, ``rate(1 hour)`` as seconds."""
+    amount, unit = expression.removeprefix("rate(").removesuffix(")").split()
+    return float(amount) * {"minute": 60, "hour": 3600, "day": 86400}[unit.rstrip("s")]
 
 
 def load_handler(root: Path, folder: str) -> ModuleType:
@@ -164,12 +187,15 @@ def _lambda_image(image: dict[str, Any]) -> dict[str, Any]:
 
 class LocalStack:
     def __init__(self, root: Path, *, aws_port: int = 4566, api_port: int = 3000, clock: str = "wall",
-                 feed: Callable[[dict[str, Any]], None] | None = None, poll_seconds: float = 0.05) -> None:
+                 feed: Callable[[dict[str, Any]], None] | None = None, poll_seconds: float = 0.05,
+                 timer_tick: float | None = None) -> None:
         self.root = root
         self.aws_port, self.api_port = aws_port, api_port
         self.clock_mode = clock
         self.feed = feed
         self.poll_seconds = poll_seconds
+        self.timer_tick = timer_tick  # None: the schedule's own rate
+        self.last_sweep: dict[str, Any] = {}
         self.endpoint = f"http://127.0.0.1:{aws_port}"
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -242,6 +268,8 @@ class LocalStack:
                                     "BillingMode": "PAY_PER_REQUEST"}
             if "StreamSpecification" in properties:
                 spec["StreamSpecification"] = {"StreamEnabled": True, **properties["StreamSpecification"]}
+            if "GlobalSecondaryIndexes" in properties:
+                spec["GlobalSecondaryIndexes"] = properties["GlobalSecondaryIndexes"]
             dynamodb.create_table(**spec)
         for bucket in self.resources.buckets:
             s3.create_bucket(Bucket=bucket)
@@ -279,6 +307,13 @@ class LocalStack:
                 self._thread(f"kinesis->{mapping.function}", self._poll_kinesis, mapping)
             elif mapping.source in self.resources.tables:
                 self._thread(f"table stream->{mapping.function}", self._poll_table, mapping)
+        if "timers" in handlers:
+            base = handlers["timers"].dependencies()
+            self._dependencies["timers"] = handlers["timers"].Dependencies(
+                engine=base.engine, store=base.store, index=base.index, clock=self.clock,
+                page_size=base.page_size, reserve_ms=base.reserve_ms)
+        for schedule in self.resources.schedules:
+            self._thread(f"schedule->{schedule.function}", self._tick, schedule)
         if self.feed is not None:
             self._thread("feed", self._poll_feed)
         if "api" in handlers:
@@ -415,6 +450,19 @@ class LocalStack:
             if idle:
                 self.stopping.wait(self.poll_seconds)
 
+    def _tick(self, schedule: Schedule) -> None:
+        """EventBridge's schedule: a Scheduled Event to the function at every tick."""
+        seconds = self.timer_tick if self.timer_tick is not None else schedule.seconds
+        handler = self.handlers[schedule.function]
+        while not self.stopping.wait(seconds):
+            event = {"version": "0", "id": f"local-{time.monotonic_ns()}", "detail-type": "Scheduled Event",
+                     "source": "aws.events", "account": "000000000000", "region": REGION,
+                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "resources": [], "detail": {}}
+            try:
+                self.last_sweep = handler.handle(event, None, self._dependencies[schedule.function])
+            except Exception as error:  # the schedule retries on the next tick, as in AWS
+                self.errors.append(f"{schedule.function}: {type(error).__name__}: {error}")
+
     def _poll_feed(self) -> None:
         sqs = self.client("sqs")
         while not self.stopping.is_set():
@@ -437,6 +485,8 @@ class LocalStack:
                           "buckets": self.resources.buckets, "queues": [*self.resources.queues, FEED_QUEUE],
                           "buses": self.resources.buses},
             "environment": self.resources.functions,
+            "schedules": {s.function: self.timer_tick or s.seconds for s in self.resources.schedules},
+            "last_sweep": self.last_sweep,
             "errors": self.errors[-10:],
         }
 

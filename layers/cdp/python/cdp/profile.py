@@ -18,6 +18,7 @@ One DynamoDB item holds everything a profile read needs. Its attributes:
 ``m``          segment id -> member since
 ``dl``         segment id -> next moment its membership can change unprompted
 ``nd``         the earliest of ``dl`` (what the timers sweep queries)
+``ds``         the due shard, ``00``..``31``: with ``nd``, the key of the due index
 ``lt``         qualified trigger times for absence conditions with ``when``
 ``cv``         fingerprint of the catalogue the profile was last evaluated against in full
 ``tx``         the transitions this write made: [segment, kind, time, clause, reason]
@@ -43,6 +44,7 @@ RECENT_ORDERS = 8
 MAX_ALIASES = 8
 MAX_GROUPS = 8
 DIGEST_BYTES = 8
+DUE_SHARDS = 32  # see cdp.due for the sizing
 
 
 def message_digest(message_id: str) -> bytes:
@@ -149,6 +151,7 @@ class Profile:
         if self.deadlines:
             item["dl"] = self.deadlines
             item["nd"] = min(self.deadlines.values())
+            item["ds"] = due_shard(self.customer_id)  # with nd, the key of the (sparse) due index
         if self.latches:
             item["lt"] = self.latches
         if self.catalogue:
@@ -192,6 +195,12 @@ class Profile:
         profile.aliases = [str(a) for a in item.get("al") or []]
         profile.groups = [str(g) for g in item.get("gr") or []]
         return profile
+
+
+def due_shard(customer_id: str) -> str:
+    """The due-index shard of a customer (see ``cdp.due``); stable across processes, unlike ``hash``."""
+    digest = hashlib.blake2b(customer_id.encode(), digest_size=4).digest()
+    return f"{int.from_bytes(digest, 'big') % DUE_SHARDS:02d}"
 
 
 def item_size(item: dict[str, Any]) -> int:

@@ -17,6 +17,7 @@ from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 
 from cdp.aws.errors import domain_error
 from cdp.changes import MembershipChange, members_partition
+from cdp.due import DueEntry, DuePage
 from cdp.ports import ConflictError, TransientError
 from cdp.profile import Profile
 
@@ -240,3 +241,27 @@ class DynamoMembersIndex:
             else:
                 shard, after, stretch = shard + 1, "", 0
         return members, (None if shard >= self.shards else _encode_cursor(shard, after))
+
+
+class DynamoDueIndex:
+    """The profiles table's sparse due index, keyed (``ds``, ``nd``): customers by next deadline, per shard."""
+
+    def __init__(self, client: Any, table_name: str, index_name: str) -> None:
+        self.client = client
+        self.table_name = table_name
+        self.index_name = index_name
+
+    def due(self, shard: str, until: int, limit: int, cursor: object | None) -> DuePage:
+        request: dict[str, Any] = {
+            "TableName": self.table_name, "IndexName": self.index_name, "Limit": limit,
+            "KeyConditionExpression": "ds = :shard AND nd <= :until",
+            "ExpressionAttributeValues": {":shard": {"S": shard}, ":until": {"N": str(until)}},
+        }
+        if cursor is not None:
+            request["ExclusiveStartKey"] = cursor
+        try:
+            response = self.client.query(**request)
+        except Exception as error:
+            raise domain_error(error) from error
+        entries = [DueEntry(item["customer_id"]["S"], int(item["nd"]["N"])) for item in response.get("Items", [])]
+        return DuePage(entries, response.get("LastEvaluatedKey"))

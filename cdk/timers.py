@@ -1,0 +1,47 @@
+"""Timers: a schedule that wakes the timers function every minute to re-evaluate the customers now due."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from constructs import Construct
+
+from cdk.functions import CdpFunction, Layers
+from cdk.ingest import encrypted_queue
+from cdk.nag import acknowledge, acknowledge_function
+from cdk.settings import Settings
+from cdk.storage import Storage, grant_items
+
+SWEEP_TIMEOUT = Duration.seconds(60)  # one schedule period: runs rarely overlap, and locking keeps overlaps safe
+
+
+class Timers(Construct):
+    def __init__(self, scope: Construct, construct_id: str, *, settings: Settings, storage: Storage,
+                 layers: Layers, key: kms.IKey) -> None:
+        super().__init__(scope, construct_id)
+        self.function = CdpFunction(
+            self, "Timers", folder="timers", layers=layers, key=key, architecture=settings.architecture,
+            memory_mb=settings.memory_mb, timeout=SWEEP_TIMEOUT,
+            environment={"PROFILES_TABLE": storage.profiles.table_name,
+                         "DUE_INDEX_NAME": storage.due_index_name,
+                         "SWEEP_PAGE_SIZE": "100", "SWEEP_RESERVE_MS": "10000"})
+        role = self.function.role
+        role.add_to_policy(iam.PolicyStatement(
+            actions=["dynamodb:Query"],
+            resources=[f"{storage.profiles.table_arn}/index/{storage.due_index_name}"]))
+        grant_items(role, storage.profiles, "dynamodb:BatchGetItem", "dynamodb:PutItem")
+        key.grant_encrypt_decrypt(role)
+        # Schedule deliveries the function could not take (throttled, failing) land here with the reason.
+        self.failures = encrypted_queue(self, "ScheduleFailures", key)
+        key.grant_encrypt_decrypt(iam.ServicePrincipal("events.amazonaws.com"))
+        self.schedule = events.Rule(
+            self, "EveryMinute", schedule=events.Schedule.rate(Duration.minutes(1)),
+            description="Re-evaluate the customers whose next deadline has passed",
+            targets=[targets.LambdaFunction(self.function.function, retry_attempts=2,
+                                            max_event_age=Duration.minutes(2), dead_letter_queue=self.failures)])
+        acknowledge_function(self.function)
+        acknowledge(self.failures, "SQS3", "This queue is itself the dead-letter queue of the schedule's target; "
+                                           "a missed tick needs no redrive, the next run sweeps the same customers.")

@@ -1,0 +1,93 @@
+"""Timers: every minute, re-evaluate the customers whose next deadline has passed.
+
+Their transitions are written with the profile, like ingest's, and flow out through the table stream.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from cdp.catalogue import load_catalogue
+from cdp.clock import Clock, clock_from_env
+from cdp.config import TimersConfig
+from cdp.due import DUE_SHARDS, DueIndex, SweepResult, sweep
+from cdp.engine import Engine
+from cdp.ports import ProfileStore
+
+logger = Logger(service="cdp-timers")
+metrics = Metrics(namespace="cdp", service="timers")
+tracer = Tracer(service="cdp-timers")
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    engine: Engine
+    store: ProfileStore
+    index: DueIndex
+    clock: Clock
+    page_size: int = 100
+    reserve_ms: int = 10_000
+
+
+@cache
+def dependencies() -> Dependencies:
+    """Built on the first invocation (cold start), not at import."""
+    import boto3
+
+    from cdp.aws.dynamo import DynamoDueIndex, DynamoProfileStore
+
+    config = TimersConfig.from_env(os.environ)
+    client = boto3.client("dynamodb")
+    return Dependencies(
+        engine=Engine(load_catalogue(config.catalogue_path)),
+        store=DynamoProfileStore(client, config.profiles_table),
+        index=DynamoDueIndex(client, config.profiles_table, config.due_index),
+        clock=clock_from_env(os.environ.get("CDP_CLOCK", "")),
+        page_size=config.page_size,
+        reserve_ms=config.reserve_ms,
+    )
+
+
+def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependencies) -> dict[str, Any]:
+    remaining: Callable[[], int] | None = getattr(context, "get_remaining_time_in_millis", None)
+
+    def has_time() -> bool:
+        return remaining is None or remaining() > deps.reserve_ms
+
+    # Each minute's run starts at a different shard, so no shard always waits behind the others.
+    first_shard = int(deps.clock.now() // 60) % DUE_SHARDS
+    result = sweep(deps.index, deps.store, deps.engine, deps.clock, page_size=deps.page_size,
+                   has_time=has_time, first_shard=first_shard)
+    record_metrics(result)
+    return {"due": result.due, "reevaluated": result.reevaluated, "stale": result.stale,
+            "transitioned": result.transitioned, "transitions": len(result.transitions),
+            "unfinished": result.unfinished, "delay_p50_seconds": result.delay_p50,
+            "delay_max_seconds": result.delay_max}
+
+
+def record_metrics(result: SweepResult) -> None:
+    for name, value in (("CustomersDue", result.due), ("CustomersReevaluated", result.reevaluated),
+                        ("CustomersTransitioned", result.transitioned), ("ProfileConflicts", result.conflicts),
+                        ("SweepUnfinished", int(result.unfinished)), ("SweepFailures", len(result.failures))):
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    if result.delays:
+        metrics.add_metric(name="DeadlineDelayP50", unit=MetricUnit.Seconds, value=result.delay_p50)
+        metrics.add_metric(name="DeadlineDelayMax", unit=MetricUnit.Seconds, value=result.delay_max)
+    if result.failures:
+        # Reasons only: no identifiers, so no personal data reaches the logs.
+        logger.warning("sweep left work for the next run", extra={"reasons": sorted(set(result.failures))})
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return handle(event, context, dependencies())

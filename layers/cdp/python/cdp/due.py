@@ -1,0 +1,158 @@
+"""Deadlines that pass with no new event: the due index and the sweep that re-evaluates those customers.
+
+Every stored profile with a deadline carries ``nd`` (its next deadline, Unix seconds) and ``ds``
+(its due shard, ``00``..``31`` from a hash of the customer id). The due index is keyed
+``(ds, nd)`` and holds only those profiles, so the sweep reads, per shard, exactly the customers
+whose deadline has passed, oldest first, and nobody else.
+
+Why 32 shards: a DynamoDB partition (a GSI's too) takes about 1,000 writes/s. When a million
+customers fall due in the same minute, the sweep rewrites a million profiles, and each rewrite
+moves an index entry. Spread over 32 shards that is about 520 index writes/s per shard at one
+minute's pace, inside the limit; one key would need 16,700/s. An idle sweep costs 32 queries,
+whatever the table's size.
+
+The index is the work queue: a re-evaluated profile gets a later deadline (or none) and leaves
+the due range, so a run that stops early hands the rest to the next run by doing nothing at all,
+and nothing is skipped. The index is eventually consistent, so each due customer is read again
+(strongly consistent) and skipped when it is no longer due.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cdp.clock import Clock
+from cdp.engine import Engine, Transition
+from cdp.ports import ConflictError, ProfileStore, TransientError
+from cdp.profile import DUE_SHARDS, due_shard
+
+__all__ = ["DUE_SHARDS", "DueEntry", "DueIndex", "DuePage", "SweepResult", "due_shard", "sweep"]
+
+MAX_WRITE_ATTEMPTS = 3
+PAGE_SIZE = 100  # one BatchGetItem of profiles per page
+
+
+@dataclass(frozen=True, slots=True)
+class DueEntry:
+    customer_id: str
+    due_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class DuePage:
+    entries: list[DueEntry]
+    cursor: object | None  # where the next page of this shard starts; None when the shard is done
+
+
+class DueIndex(Protocol):
+    def due(self, shard: str, until: int, limit: int, cursor: object | None) -> DuePage:
+        """Up to ``limit`` customers of ``shard`` whose next deadline is at or before ``until``, oldest first."""
+        ...
+
+
+@dataclass
+class SweepResult:
+    due: int = 0  # index entries read
+    reevaluated: int = 0  # profiles read and still due
+    stale: int = 0  # index entries whose profile had already moved on
+    transitioned: int = 0  # customers with at least one transition
+    written: int = 0
+    conflicts: int = 0
+    pages: int = 0
+    unfinished: bool = False  # stopped early: the next run carries on
+    failures: list[str] = field(default_factory=list)  # reasons only, never identifiers
+    delays: list[float] = field(default_factory=list)  # seconds from each deadline to its re-evaluation
+    transitions: list[Transition] = field(default_factory=list)
+
+    @property
+    def delay_p50(self) -> float:
+        ordered = sorted(self.delays)
+        return ordered[len(ordered) // 2] if ordered else 0.0
+
+    @property
+    def delay_max(self) -> float:
+        return max(self.delays, default=0.0)
+
+
+def sweep(index: DueIndex, store: ProfileStore, engine: Engine, clock: Clock, *,
+          page_size: int = PAGE_SIZE, has_time: Callable[[], bool] = lambda: True,
+          first_shard: int = 0) -> SweepResult:
+    """Re-evaluate every customer now due, shard by shard, while ``has_time()`` says there is time.
+
+    ``first_shard`` rotates where a run starts, so that when runs keep stopping early no shard
+    waits behind the others.
+    """
+    result = SweepResult()
+    now = clock.now()
+    until = int(now)
+    for step in range(DUE_SHARDS):
+        shard = f"{(first_shard + step) % DUE_SHARDS:02d}"
+        cursor: object | None = None
+        while True:
+            if not has_time():
+                result.unfinished = True
+                return result
+            try:
+                page = index.due(shard, until, page_size, cursor)
+            except TransientError as error:
+                result.failures.append(f"due index could not be read: {error}")
+                result.unfinished = True
+                break
+            result.pages += 1
+            result.due += len(page.entries)
+            if page.entries:
+                _reevaluate(page.entries, store, engine, now, result)
+            if page.cursor is None:
+                break
+            cursor = page.cursor
+    return result
+
+
+def _reevaluate(entries: Sequence[DueEntry], store: ProfileStore, engine: Engine, now: float,
+                result: SweepResult) -> None:
+    try:
+        profiles = store.load([entry.customer_id for entry in entries])
+    except TransientError as error:
+        result.failures.append(f"profiles could not be loaded: {error}")
+        result.unfinished = True
+        return
+    for entry in entries:
+        profile = profiles.get(entry.customer_id)
+        for attempt in range(1, MAX_WRITE_ATTEMPTS + 1):
+            deadline = profile.next_deadline if profile is not None else None
+            if profile is None or deadline is None or deadline > now:
+                result.stale += 1  # a newer write already moved the deadline on
+                break
+            if attempt == 1:
+                result.reevaluated += 1
+                result.delays.append(now - deadline)
+            expected = profile.version
+            transitions = engine.evaluate(profile, now, set())
+            profile.version = expected + 1
+            try:
+                store.save(profile, expected)
+            except ConflictError:
+                result.conflicts += 1
+                if attempt == MAX_WRITE_ATTEMPTS:
+                    result.failures.append(f"profile changed concurrently {MAX_WRITE_ATTEMPTS} times")
+                    result.unfinished = True
+                    break
+                try:
+                    profile = store.load([entry.customer_id]).get(entry.customer_id)
+                except TransientError as error:
+                    result.failures.append(f"profile could not be reloaded: {error}")
+                    result.unfinished = True
+                    break
+                continue
+            except TransientError as error:
+                result.failures.append(f"profile could not be written: {error}")
+                result.unfinished = True
+                break
+            result.written += 1
+            if transitions:
+                result.transitioned += 1
+                result.transitions += transitions
+            break
+
