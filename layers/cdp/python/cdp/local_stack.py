@@ -149,9 +149,9 @@ def resources_from_template(template: dict[str, Any], root: Path) -> Resources:
         if resource["Type"] != "AWS::Events::Rule" or "ScheduleExpression" not in properties:
             continue
         for target in properties.get("Targets", []):
-            folder = folders.get(_ref(target["Arn"]) or "")
-            if folder:
-                found.schedules.append(Schedule(folder, _rate_seconds(str(properties["ScheduleExpression"]))))
+            invoked = folders.get(_ref(target["Arn"]) or "")
+            if invoked:
+                found.schedules.append(Schedule(invoked, _rate_seconds(str(properties["ScheduleExpression"]))))
     return found
 
 
