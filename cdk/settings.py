@@ -50,6 +50,7 @@ class Settings:
     api_rate_limit: int
     api_burst_limit: int
     alarm_email: str | None
+    sweep_workers: int  # concurrent timers sweeps per minute, each over its share of the due shards
 
     @classmethod
     def from_context(cls, scope: Construct) -> Settings:
@@ -71,4 +72,5 @@ class Settings:
             api_rate_limit=_int(scope, "api_rate_limit", 100, 1, 10000),
             api_burst_limit=_int(scope, "api_burst_limit", 200, 1, 5000),
             alarm_email=str(scope.node.try_get_context("alarm_email") or "") or None,
+            sweep_workers=_int(scope, "sweep_workers", 4, 1, 5),  # EventBridge allows 5 targets per rule
         )

@@ -14,6 +14,7 @@ from cdk.ingest import encrypted_queue
 from cdk.nag import acknowledge, acknowledge_function
 from cdk.settings import Settings
 from cdk.storage import Storage, grant_items
+from cdp.due import shard_groups
 
 SWEEP_TIMEOUT = Duration.seconds(60)  # one schedule period: runs rarely overlap, and locking keeps overlaps safe
 
@@ -40,8 +41,11 @@ class Timers(Construct):
         self.schedule = events.Rule(
             self, "EveryMinute", schedule=events.Schedule.rate(Duration.minutes(1)),
             description="Re-evaluate the customers whose next deadline has passed",
-            targets=[targets.LambdaFunction(self.function.function, retry_attempts=2,
-                                            max_event_age=Duration.minutes(2), dead_letter_queue=self.failures)])
+            # One target per shard group: the groups sweep concurrently, each its own invocation.
+            targets=[targets.LambdaFunction(self.function.function, event=events.RuleTargetInput.from_object(
+                         {"shards": group}), retry_attempts=2, max_event_age=Duration.minutes(2),
+                         dead_letter_queue=self.failures)
+                     for group in shard_groups(settings.sweep_workers)])
         acknowledge_function(self.function)
         acknowledge(self.failures, "SQS3", "This queue is itself the dead-letter queue of the schedule's target; "
                                            "a missed tick needs no redrive, the next run sweeps the same customers.")

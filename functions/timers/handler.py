@@ -62,15 +62,27 @@ def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependenc
     def has_time() -> bool:
         return remaining is None or remaining() > deps.reserve_ms
 
+    shards = sweep_shards(event)
     # Each minute's run starts at a different shard, so no shard always waits behind the others.
-    first_shard = int(deps.clock.now() // 60) % DUE_SHARDS
+    rotation = int(deps.clock.now() // 60) % len(shards)
     result = sweep(deps.index, deps.store, deps.engine, deps.clock, page_size=deps.page_size,
-                   has_time=has_time, first_shard=first_shard)
+                   has_time=has_time, shards=shards, rotation=rotation)
     record_metrics(result)
     return {"due": result.due, "reevaluated": result.reevaluated, "stale": result.stale,
             "transitioned": result.transitioned, "transitions": len(result.transitions),
             "unfinished": result.unfinished, "delay_p50_seconds": result.delay_p50,
             "delay_max_seconds": result.delay_max}
+
+
+def sweep_shards(event: dict[str, Any]) -> list[int]:
+    """The shards this run sweeps: the schedule target's ``{"shards": [...]}`` input, or all of them."""
+    shards = event.get("shards") if isinstance(event, dict) else None
+    if shards is None:
+        return list(range(DUE_SHARDS))
+    if (not isinstance(shards, list) or not shards
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < DUE_SHARDS for s in shards)):
+        raise ValueError(f"shards: must be a non-empty list of due shards 0..{DUE_SHARDS - 1}")
+    return sorted(set(shards))
 
 
 def record_metrics(result: SweepResult) -> None:

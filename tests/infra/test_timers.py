@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aws_cdk.assertions import Match
@@ -38,10 +39,14 @@ def test_the_timers_function_runs_every_minute_with_retries_and_a_dead_letter_qu
     rules = [r["Properties"] for r in template.find_resources("AWS::Events::Rule").values()
              if "ScheduleExpression" in r["Properties"]]
     assert [r["ScheduleExpression"] for r in rules] == ["rate(1 minute)"]
-    (target,) = rules[0]["Targets"]
-    assert target["Arn"] == {"Fn::GetAtt": [timers, "Arn"]}
-    assert target["RetryPolicy"]["MaximumRetryAttempts"] == 2
-    assert "Arn" in target["DeadLetterConfig"]
+    swept: list[int] = []
+    for target in rules[0]["Targets"]:
+        assert target["Arn"] == {"Fn::GetAtt": [timers, "Arn"]}
+        assert target["RetryPolicy"]["MaximumRetryAttempts"] == 2
+        assert "Arn" in target["DeadLetterConfig"]
+        swept += json.loads(target["Input"])["shards"]
+    assert len(rules[0]["Targets"]) == 4  # the default sweep_workers
+    assert sorted(swept) == list(range(32))  # every due shard, each by exactly one target
 
 
 def test_the_timers_function_reads_the_due_index_and_writes_profiles_only(template: Any) -> None:

@@ -28,7 +28,7 @@ from cdp.engine import Engine, Transition
 from cdp.ports import ConflictError, ProfileStore, TransientError
 from cdp.profile import DUE_SHARDS, due_shard
 
-__all__ = ["DUE_SHARDS", "DueEntry", "DueIndex", "DuePage", "SweepResult", "due_shard", "sweep"]
+__all__ = ["DUE_SHARDS", "DueEntry", "DueIndex", "DuePage", "SweepResult", "due_shard", "shard_groups", "sweep"]
 
 MAX_WRITE_ATTEMPTS = 3
 PAGE_SIZE = 100  # one BatchGetItem of profiles per page
@@ -76,19 +76,25 @@ class SweepResult:
         return max(self.delays, default=0.0)
 
 
+def shard_groups(workers: int) -> list[list[int]]:
+    """The due shards split into ``workers`` disjoint groups, one per concurrent sweep."""
+    return [list(range(DUE_SHARDS))[start::workers] for start in range(workers)]
+
+
 def sweep(index: DueIndex, store: ProfileStore, engine: Engine, clock: Clock, *,
           page_size: int = PAGE_SIZE, has_time: Callable[[], bool] = lambda: True,
-          first_shard: int = 0) -> SweepResult:
-    """Re-evaluate every customer now due, shard by shard, while ``has_time()`` says there is time.
+          shards: Sequence[int] = range(DUE_SHARDS), rotation: int = 0) -> SweepResult:
+    """Re-evaluate every customer now due in ``shards``, shard by shard, while ``has_time()`` says there is time.
 
-    ``first_shard`` rotates where a run starts, so that when runs keep stopping early no shard
-    waits behind the others.
+    Concurrent sweeps take disjoint ``shards``. ``rotation`` moves where a run starts, so that when
+    runs keep stopping early no shard waits behind the others.
     """
     result = SweepResult()
     now = clock.now()
     until = int(now)
-    for step in range(DUE_SHARDS):
-        shard = f"{(first_shard + step) % DUE_SHARDS:02d}"
+    order = list(shards)
+    for step in range(len(order)):
+        shard = f"{order[(rotation + step) % len(order)]:02d}"
         cursor: object | None = None
         while True:
             if not has_time():

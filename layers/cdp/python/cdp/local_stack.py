@@ -74,6 +74,7 @@ class Schedule:
 
     function: str  # folder name
     seconds: float
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # one event per target of the rule
 
 
 @dataclass
@@ -148,10 +149,14 @@ def resources_from_template(template: dict[str, Any], root: Path) -> Resources:
         properties = resource.get("Properties", {})
         if resource["Type"] != "AWS::Events::Rule" or "ScheduleExpression" not in properties:
             continue
+        by_function: dict[str, Schedule] = {}
         for target in properties.get("Targets", []):
             invoked = folders.get(_ref(target["Arn"]) or "")
             if invoked:
-                found.schedules.append(Schedule(invoked, _rate_seconds(str(properties["ScheduleExpression"]))))
+                schedule = by_function.setdefault(
+                    invoked, Schedule(invoked, _rate_seconds(str(properties["ScheduleExpression"]))))
+                schedule.inputs.append(json.loads(target["Input"]) if "Input" in target else {})
+        found.schedules += by_function.values()
     return found
 
 
@@ -455,13 +460,16 @@ class LocalStack:
         seconds = self.timer_tick if self.timer_tick is not None else schedule.seconds
         handler = self.handlers[schedule.function]
         while not self.stopping.wait(seconds):
-            event = {"version": "0", "id": f"local-{time.monotonic_ns()}", "detail-type": "Scheduled Event",
-                     "source": "aws.events", "account": "000000000000", "region": REGION,
-                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "resources": [], "detail": {}}
-            try:
-                self.last_sweep = handler.handle(event, None, self._dependencies[schedule.function])
-            except Exception as error:  # the schedule retries on the next tick, as in AWS
-                self.errors.append(f"{schedule.function}: {type(error).__name__}: {error}")
+            scheduled = {"version": "0", "id": f"local-{time.monotonic_ns()}", "detail-type": "Scheduled Event",
+                         "source": "aws.events", "account": "000000000000", "region": REGION,
+                         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "resources": [], "detail": {}}
+            summaries = []
+            for given in schedule.inputs:  # a target with an Input gets that instead of the scheduled event
+                try:
+                    summaries.append(handler.handle(given or scheduled, None, self._dependencies[schedule.function]))
+                except Exception as error:  # the schedule retries on the next tick, as in AWS
+                    self.errors.append(f"{schedule.function}: {type(error).__name__}: {error}")
+            self.last_sweep = {"targets": summaries}
 
     def _poll_feed(self) -> None:
         sqs = self.client("sqs")
