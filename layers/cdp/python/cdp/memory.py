@@ -8,8 +8,9 @@ same calls, so a simulation can report requests per customer without an emulator
 from __future__ import annotations
 
 import bisect
+import pickle
 from collections import Counter as Tally
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from cdp.due import DueEntry, DuePage
@@ -19,34 +20,60 @@ from cdp.profile import Profile
 BATCH_GET_LIMIT = 100
 
 
+class StoredItems(Mapping[str, dict[str, Any]]):
+    """The stored items by customer id, decoded on access."""
+
+    def __init__(self, encoded: dict[str, bytes]) -> None:
+        self._encoded = encoded
+
+    def __getitem__(self, customer_id: str) -> dict[str, Any]:
+        return dict(pickle.loads(self._encoded[customer_id]))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._encoded)
+
+    def __len__(self) -> int:
+        return len(self._encoded)
+
+
 class MemoryProfileStore:
-    """Profiles as stored items, with the same conditional write as the DynamoDB store."""
+    """Profiles as stored items, with the same conditional write as the DynamoDB store.
+
+    Items are kept encoded, as a database keeps them outside the process: reading one decodes a
+    fresh copy, and a million stored profiles do not sit in the process as live objects.
+    """
 
     def __init__(self) -> None:
-        self.items: dict[str, dict[str, Any]] = {}
+        self._encoded: dict[str, bytes] = {}
+        self.items = StoredItems(self._encoded)
         self.requests: Tally[str] = Tally()
         self._due: dict[str, list[tuple[int, str]]] = {}  # shard -> sorted (deadline, customer id)
 
     def load(self, customer_ids: Sequence[str]) -> dict[str, Profile]:
         unique = list(dict.fromkeys(customer_ids))
         self.requests["BatchGetItem"] += -(-len(unique) // BATCH_GET_LIMIT)
-        return {cid: Profile.from_item(self.items[cid]) for cid in unique if cid in self.items}
+        return {cid: Profile.from_item(self.item(cid) or {}) for cid in unique if cid in self._encoded}
+
+    def item(self, customer_id: str) -> dict[str, Any] | None:
+        """The stored item of a customer, decoded."""
+        return self.items.get(customer_id)
 
     def save(self, profile: Profile, expected_version: int) -> None:
         self.requests["PutItem"] += 1
-        stored = self.items.get(profile.customer_id)
+        stored = self.item(profile.customer_id)
         if (int(stored["v"]) if stored else 0) != expected_version:
             raise ConflictError(profile.customer_id)
-        self._store(profile.to_item())
+        self.put(profile.to_item())
 
-    def _store(self, item: dict[str, Any]) -> None:
-        old = self.items.get(item["customer_id"])
+    def put(self, item: dict[str, Any]) -> None:
+        """Store an item as it is, unconditionally (for seeding a simulation)."""
+        old = self.item(item["customer_id"])
         if old is not None and "ds" in old:
             entries = self._due[old["ds"]]
             del entries[bisect.bisect_left(entries, (old["nd"], old["customer_id"]))]
         if "ds" in item:
             bisect.insort(self._due.setdefault(item["ds"], []), (item["nd"], item["customer_id"]))
-        self.items[item["customer_id"]] = item
+        self._encoded[item["customer_id"]] = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class MemoryDueIndex:
