@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from cdp.changes import members_partition
-from cdp.identifiers import normalise_email
+from cdp.identifiers import normalise_email, normalise_email_for_google
 
 from .support import (
     MEMBER_SHARDS,
@@ -125,7 +125,9 @@ def test_the_sample_batch_flows_from_kinesis_to_the_bus(stack: Stack, validator:
         transition = next(t for t in item["tx"] if t[0] == detail["segment"]["id"])
         assert detail["clause"] == {"path": transition[3], "reason": transition[4]}
         email = normalise_email((item.get("t") or {}).get("email"))
-        assert detail["identifiers"] == ({"email_sha256": sha256(email)} if email else {})
+        google = normalise_email_for_google((item.get("t") or {}).get("email"))
+        assert detail["identifiers"] == ({"email_sha256": sha256(email), "google_email_sha256": sha256(google or "")}
+                                         if email else {})
     frank = next(d for d in details if d["customer_id"] == "frank" and d["segment"]["id"] == "cart-abandoners")
     assert frank["clause"] == {"path": "condition.absence",
                                "reason": "no Order Completed within 2d after Product Added"}
@@ -327,7 +329,8 @@ def test_the_sample_stream_record_publishes_one_entry_and_one_exit(stack: Stack,
         assert detail["at"] == iso(FRANK_AT)
         assert detail["primary_segment"] == "cart-abandoners"
         assert detail["segments"] == ["cart-abandoners"]
-        assert detail["identifiers"] == {"email_sha256": sha256("frank@example.com")}
+        assert detail["identifiers"] == {"email_sha256": sha256("frank@example.com"),
+                                         "google_email_sha256": sha256("frank@example.com")}
     assert entered["event_id"] != exited["event_id"]
 
     members = stack.members()

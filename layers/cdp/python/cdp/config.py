@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -93,3 +95,44 @@ class TimersConfig:
     def from_env(cls, env: Mapping[str, str]) -> TimersConfig:
         return cls(_required(env, "PROFILES_TABLE"), _required(env, "DUE_INDEX_NAME"), _catalogue(env),
                    _whole(env, "SWEEP_PAGE_SIZE", 100, 1, 100), _whole(env, "SWEEP_RESERVE_MS", 10_000, 0, 600_000))
+
+
+def _json_object(env: Mapping[str, str], name: str, required: bool = True) -> dict[str, Any]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        if required:
+            raise ConfigError(f"environment variable {name} is required")
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name} must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"environment variable {name} must be a JSON object")
+    return value
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    """An integration function: where its segments go, its credentials, its ledger and dead-letter queue."""
+
+    targets: dict[str, str]  # segment id -> audience, list or template
+    ledger_table: str
+    dead_letter_queue_url: str
+    secret_arn: str  # empty when the integration needs no secret
+    base_url: str  # empty: the platform's own
+    api_version: str  # empty: the module's default
+    options: dict[str, Any]  # integration-specific settings
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DestinationConfig:
+        targets = _json_object(env, "TARGETS")
+        for segment_id, target in targets.items():
+            if not isinstance(target, str) or not target:
+                raise ConfigError(f"environment variable TARGETS: {segment_id!r} must map to a non-empty string")
+        base_url = env.get("BASE_URL", "").strip()
+        if base_url and not base_url.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+            raise ConfigError("environment variable BASE_URL must be an https:// URL")
+        return cls(targets, _required(env, "LEDGER_TABLE"), _required(env, "DEAD_LETTER_QUEUE_URL"),
+                   env.get("SECRET_ARN", "").strip(), base_url.rstrip("/"), env.get("API_VERSION", "").strip(),
+                   _json_object(env, "OPTIONS", required=False))

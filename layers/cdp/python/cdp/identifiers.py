@@ -33,17 +33,46 @@ def normalise_phone(value: object) -> str | None:
     return digits if 8 <= len(digits) <= 15 else None
 
 
+GMAIL_DOMAINS = ("gmail.com", "googlemail.com")
+
+
+def normalise_email_for_google(value: object) -> str | None:
+    """Google Customer Match's rule on top of the usual one: no dots before @gmail.com / @googlemail.com."""
+    email = normalise_email(value)
+    if email is None:
+        return None
+    local, _, domain = email.partition("@")
+    return f"{local.replace('.', '')}@{domain}" if domain in GMAIL_DOMAINS else email
+
+
+def normalise_phone_for_google(value: object) -> str | None:
+    """Google wants E.164 with its plus: '+49301234567'."""
+    digits = normalise_phone(value)
+    return f"+{digits}" if digits else None
+
+
+def is_sha256(value: object) -> bool:
+    """64 lower-case hex digits: what every platform here accepts as a hashed identifier."""
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def hashed_identifiers(traits: dict[str, Any]) -> dict[str, str]:
-    """The hashed identifiers the integrations match on, from a profile's traits."""
+    """The hashed identifiers the integrations match on, from a profile's traits.
+
+    ``email_sha256`` / ``phone_sha256`` follow Meta's normalisation (and most platforms'):
+    trimmed lower-case email; phone digits with the country code and no plus.
+    ``google_email_sha256`` / ``google_phone_sha256`` follow Google Customer Match's: Gmail
+    addresses without dots in the local part; phone in E.164 with the plus.
+    """
     hashed: dict[str, str] = {}
-    email = normalise_email(traits.get("email"))
-    if email:
-        hashed["email_sha256"] = sha256(email)
-    phone = normalise_phone(traits.get("phone"))
-    if phone:
-        hashed["phone_sha256"] = sha256(phone)
+    email, phone = traits.get("email"), traits.get("phone")
+    for key, normalised in (("email_sha256", normalise_email(email)), ("phone_sha256", normalise_phone(phone)),
+                            ("google_email_sha256", normalise_email_for_google(email)),
+                            ("google_phone_sha256", normalise_phone_for_google(phone))):
+        if normalised:
+            hashed[key] = sha256(normalised)
     return hashed

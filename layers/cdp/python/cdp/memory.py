@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from cdp.due import DueEntry, DuePage
+from cdp.fanout import LedgerEntry
 from cdp.ports import ConflictError
 from cdp.profile import Profile
 
@@ -93,3 +94,29 @@ class MemoryDueIndex:
             page.append(DueEntry(customer_id, deadline))
         more = len(page) == limit  # like DynamoDB: a full page always comes with a cursor
         return DuePage(page, (page[-1].due_at, page[-1].customer_id) if more else None)
+
+
+class MemoryDeliveryLedger:
+    """The delivery ledger in memory, with the DynamoDB ledger's conditional write."""
+
+    def __init__(self) -> None:
+        self.entries_by_key: dict[tuple[str, str, str], LedgerEntry] = {}
+
+    def entries(self, destination: str, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], LedgerEntry]:
+        found = {key: self.entries_by_key.get((destination, *key)) for key in keys}
+        return {key: entry for key, entry in found.items() if entry is not None}
+
+    def record(self, destination: str, key: tuple[str, str], entry: LedgerEntry) -> bool:
+        current = self.entries_by_key.get((destination, *key))
+        if current is not None and current.version >= entry.version:
+            return False
+        self.entries_by_key[(destination, *key)] = entry
+        return True
+
+
+class MemoryDeadLetters:
+    def __init__(self) -> None:
+        self.letters: list[tuple[str, str]] = []  # (body, reason)
+
+    def put(self, body: str, reason: str) -> None:
+        self.letters.append((body, reason))

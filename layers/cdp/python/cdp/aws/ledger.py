@@ -1,0 +1,55 @@
+"""The delivery ledger on DynamoDB: one item per (destination, segment, customer), written conditionally."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from cdp.aws.dynamo import batch_get
+from cdp.aws.errors import domain_error
+from cdp.fanout import EXITED, LedgerEntry
+from cdp.ports import ConflictError
+
+EXITED_TTL = 30 * 86400  # past any queue's retention: a late event older than this cannot arrive
+
+
+def ledger_key(destination: str, key: tuple[str, str]) -> str:
+    segment_id, customer_id = key
+    return f"{destination}\x1f{segment_id}\x1f{customer_id}"
+
+
+class DynamoDeliveryLedger:
+    def __init__(self, client: Any, table_name: str) -> None:
+        self.client = client
+        self.table_name = table_name
+
+    def entries(self, destination: str, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], LedgerEntry]:
+        wanted = {ledger_key(destination, key): key for key in keys}
+        items = batch_get(self.client, self.table_name, [{"delivery": {"S": k}} for k in wanted], consistent=True)
+        found = {}
+        for item in items:
+            key = wanted.get(item["delivery"]["S"])
+            if key is not None:
+                found[key] = LedgerEntry(int(item["v"]["N"]), item["kind"]["S"], item["event_id"]["S"],
+                                         json.loads(item["ids"]["S"]) if "ids" in item else {})
+        return found
+
+    def record(self, destination: str, key: tuple[str, str], entry: LedgerEntry) -> bool:
+        item: dict[str, Any] = {"delivery": {"S": ledger_key(destination, key)}, "v": {"N": str(entry.version)},
+                                "kind": {"S": entry.kind}, "event_id": {"S": entry.event_id}}
+        if entry.identifiers:
+            item["ids"] = {"S": json.dumps(dict(entry.identifiers), sort_keys=True)}
+        if entry.kind == EXITED:
+            item["expires_at"] = {"N": str(int(time.time()) + EXITED_TTL)}
+        try:
+            self.client.put_item(TableName=self.table_name, Item=item,
+                                 ConditionExpression="attribute_not_exists(delivery) OR v < :v",
+                                 ExpressionAttributeValues={":v": {"N": str(entry.version)}})
+        except Exception as error:
+            mapped = domain_error(error)
+            if isinstance(mapped, ConflictError):
+                return False  # a newer version got there first
+            raise mapped from error
+        return True

@@ -1,0 +1,300 @@
+"""Fan-out: segment events delivered to email and ad platforms exactly once, in membership order.
+
+Every integration reads ``Segment Entered`` / ``Segment Exited`` bus events from its own queue, in
+batches. For each (destination, segment, customer) a delivery ledger keeps the membership
+version last applied and the identifiers that were sent with the add. That one record gives:
+
+* idempotency: an event whose version is already applied (a redelivery, a replay from the
+  archive, a republished change) is skipped; its ``event_id`` is stable across all of those;
+* order: a late ``Entered`` whose version is older than an applied ``Exited`` never re-adds;
+* correct exits: a removal uses the identifiers that were added, even if the email or phone
+  changed since.
+
+Within one batch only the newest version per key is acted on; older ones are superseded.
+Problems with one event (unparseable, a poisoned identifier) fail that event alone, with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cdp.identifiers import is_sha256
+from cdp.ports import TransientError
+
+ENTERED, EXITED = "entered", "exited"
+DETAIL_TYPES = {"Segment Entered": ENTERED, "Segment Exited": EXITED}
+
+
+class InvalidDelivery(ValueError):
+    """An event that can never be delivered, with the reason (never the personal data in it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipEvent:
+    message_id: str  # the queue message that carried it, for the partial-batch response
+    event_id: str
+    kind: str
+    customer_id: str
+    segment_id: str
+    version: int
+    at: str
+    primary_segment: str | None
+    identifiers: Mapping[str, str]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.segment_id, self.customer_id)
+
+
+def parse_message(message_id: str, body: str) -> MembershipEvent:
+    """A bus event (as the rule's queue target delivers it) as a :class:`MembershipEvent`."""
+    try:
+        event = json.loads(body)
+    except ValueError:
+        raise InvalidDelivery("body: is not JSON") from None
+    if not isinstance(event, dict):
+        raise InvalidDelivery("body: is not a JSON object")
+    kind = DETAIL_TYPES.get(str(event.get("detail-type")))
+    if kind is None:
+        raise InvalidDelivery(f"detail-type: must be one of {sorted(DETAIL_TYPES)}")
+    detail = event.get("detail")
+    if not isinstance(detail, dict):
+        raise InvalidDelivery("detail: is missing")
+    if str(detail.get("schema_version")) != "1":
+        raise InvalidDelivery("detail.schema_version: only version 1 is understood")
+    segment = detail.get("segment")
+    segment_id = segment.get("id") if isinstance(segment, dict) else None
+    version = detail.get("membership_version")
+    fields = {"detail.event_id": detail.get("event_id"), "detail.customer_id": detail.get("customer_id"),
+              "detail.segment.id": segment_id}
+    for name, value in fields.items():
+        if not isinstance(value, str) or not value:
+            raise InvalidDelivery(f"{name}: must be a non-empty string")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise InvalidDelivery("detail.membership_version: must be a positive whole number")
+    if detail.get("change") != kind:
+        raise InvalidDelivery("detail.change: does not match the detail-type")
+    identifiers = detail.get("identifiers") or {}
+    if not isinstance(identifiers, dict) or not all(isinstance(v, str) for v in identifiers.values()):
+        raise InvalidDelivery("detail.identifiers: must be an object of strings")
+    primary = detail.get("primary_segment")
+    return MembershipEvent(message_id, str(detail["event_id"]), kind, str(detail["customer_id"]), str(segment_id),
+                           version, str(detail.get("at", "")), primary if isinstance(primary, str) else None,
+                           dict(identifiers))
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """What was last applied at one destination for one (segment, customer)."""
+
+    version: int
+    kind: str
+    event_id: str
+    identifiers: Mapping[str, str] = field(default_factory=dict)  # those sent with the add
+
+
+class DeliveryLedger(Protocol):
+    def entries(self, destination: str, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], LedgerEntry]:
+        """The applied entries among these (segment, customer) keys."""
+        ...
+
+    def record(self, destination: str, key: tuple[str, str], entry: LedgerEntry) -> bool:
+        """Store the entry unless a newer version is there already; False when it was."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One change to make at a destination: add or remove one customer, with the identifiers to use."""
+
+    event: MembershipEvent
+    kind: str  # entered: add; exited: remove
+    identifiers: Mapping[str, str]
+
+
+@dataclass
+class Plan:
+    actions: list[Action] = field(default_factory=list)
+    skipped: list[tuple[MembershipEvent, str]] = field(default_factory=list)  # already applied, superseded
+
+
+def plan(events: Sequence[MembershipEvent], applied: Mapping[tuple[str, str], LedgerEntry]) -> Plan:
+    """What to do for a batch: the newest event per key, unless the ledger has it or something newer."""
+    result = Plan()
+    newest: dict[tuple[str, str], MembershipEvent] = {}
+    for event in events:
+        current = newest.get(event.key)
+        if current is None or event.version > current.version:
+            if current is not None:
+                result.skipped.append((current, "superseded by a newer change in the same batch"))
+            newest[event.key] = event
+        else:
+            result.skipped.append((event, "superseded by a newer change in the same batch"))
+    for key, event in newest.items():
+        entry = applied.get(key)
+        if entry is not None and entry.version >= event.version:
+            why = "already delivered" if entry.event_id == event.event_id else "older than the change already applied"
+            result.skipped.append((event, why))
+            continue
+        identifiers = event.identifiers
+        if event.kind == EXITED and entry is not None and entry.kind == ENTERED and entry.identifiers:
+            identifiers = entry.identifiers  # remove what was added, even if the traits changed since
+        result.actions.append(Action(event, event.kind, identifiers))
+    return result
+
+
+def applied_entry(action: Action) -> LedgerEntry:
+    """The ledger entry that records an action as done."""
+    kept = dict(action.identifiers) if action.kind == ENTERED else {}
+    return LedgerEntry(action.event.version, action.kind, action.event.event_id, kept)
+
+
+def valid_hashes(identifiers: Mapping[str, str], wanted: Sequence[str]) -> dict[str, str]:
+    """The wanted identifiers, checked to be SHA-256 hex; a malformed one is refused, never sent."""
+    chosen = {name: identifiers[name] for name in wanted if name in identifiers}
+    for name, value in chosen.items():
+        if not is_sha256(value):
+            raise InvalidDelivery(f"identifiers.{name}: is not a SHA-256 hex digest")
+    return chosen
+
+
+@dataclass
+class DeliveryResult:
+    """What a handler reports: messages to retry, and messages refused for good (to the DLQ, with why)."""
+
+    retry: dict[str, str] = field(default_factory=dict)  # message id -> reason
+    refused: dict[str, str] = field(default_factory=dict)  # message id -> reason
+    delivered: list[Action] = field(default_factory=list)
+    skipped: list[tuple[MembershipEvent, str]] = field(default_factory=list)
+
+
+class DeadLetters(Protocol):
+    def put(self, body: str, reason: str) -> None:
+        """Keep a message that can never be delivered, with the reason, for an operator to replay."""
+        ...
+
+
+def parse_batch(messages: Sequence[tuple[str, str]], result: DeliveryResult) -> list[MembershipEvent]:
+    """Parse every (message id, body); the unparseable ones are refused with their reason."""
+    events = []
+    for message_id, body in messages:
+        try:
+            events.append(parse_message(message_id, body))
+        except InvalidDelivery as error:
+            result.refused[message_id] = str(error)
+    return events
+
+
+def dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One add or remove as a platform receives it: hashed identifiers only, tied to its event."""
+
+    event_id: str
+    identifiers: Mapping[str, str]
+
+
+@dataclass
+class SendOutcome:
+    """A platform's answer for a batch of rows; rows in neither dict were applied."""
+
+    retry: dict[str, str] = field(default_factory=dict)  # event id -> reason: send these rows again
+    refused: dict[str, str] = field(default_factory=dict)  # event id -> reason: these rows can never succeed
+
+
+class Destination(Protocol):
+    """An ad platform or list: where a segment's members are added and removed in batches."""
+
+    name: str  # the ledger's namespace, e.g. "meta"
+    identifier_names: tuple[str, ...]  # the hashed identifiers it matches on, in order of preference
+
+    def target(self, segment_id: str) -> str | None:
+        """The audience or list a segment maps to; None when the segment is not configured."""
+        ...
+
+    def send(self, target: str, kind: str, rows: Sequence[Row]) -> SendOutcome:
+        """Add (``entered``) or remove (``exited``) these rows; raises TransientError when nothing was applied."""
+        ...
+
+
+def deliver(messages: Sequence[tuple[str, str]], destination: Destination, ledger: DeliveryLedger) -> DeliveryResult:
+    """One queue batch to one destination: plan against the ledger, send per audience and kind, record."""
+    result = DeliveryResult()
+    by_target: dict[str, list[MembershipEvent]] = {}
+    for event in parse_batch(messages, result):
+        target = destination.target(event.segment_id)
+        if target is None:
+            result.skipped.append((event, "segment not configured for this destination"))
+        else:
+            by_target.setdefault(target, []).append(event)
+    for target, events in by_target.items():
+        namespace = f"{destination.name}:{target}"
+        try:
+            applied = ledger.entries(namespace, [e.key for e in events])
+        except TransientError as error:
+            for event in events:
+                result.retry[event.message_id] = f"delivery ledger unavailable: {error}"
+            continue
+        planned = plan(events, applied)
+        result.skipped += planned.skipped
+        for kind in (ENTERED, EXITED):
+            actions = [a for a in planned.actions if a.kind == kind]
+            rows, by_event = [], {}
+            for action in actions:
+                try:
+                    identifiers = valid_hashes(action.identifiers, destination.identifier_names)
+                except InvalidDelivery as error:
+                    result.refused[action.event.message_id] = str(error)
+                    continue
+                if not identifiers:  # nothing to match on: done, and recorded so order still holds
+                    _record(ledger, namespace, action, result)
+                    result.skipped.append((action.event, "no identifiers this destination matches on"))
+                    continue
+                rows.append(Row(action.event.event_id, identifiers))
+                by_event[action.event.event_id] = action
+            if not rows:
+                continue
+            try:
+                outcome = destination.send(target, kind, rows)
+            except TransientError as error:
+                for action in by_event.values():
+                    result.retry[action.event.message_id] = str(error)
+                continue
+            for event_id, action in by_event.items():
+                if event_id in outcome.refused:
+                    result.refused[action.event.message_id] = outcome.refused[event_id]
+                elif event_id in outcome.retry:
+                    result.retry[action.event.message_id] = outcome.retry[event_id]
+                elif _record(ledger, namespace, action, result):
+                    result.delivered.append(action)
+    return result
+
+
+def _record(ledger: DeliveryLedger, namespace: str, action: Action, result: DeliveryResult) -> bool:
+    try:
+        ledger.record(namespace, action.event.key, applied_entry(action))
+    except TransientError as error:
+        # Applied but not recorded: resending is harmless (adds and removes are idempotent there).
+        result.retry[action.event.message_id] = f"delivery ledger unavailable: {error}"
+        return False
+    return True
+
+
+def settle(messages: Sequence[tuple[str, str]], result: DeliveryResult, dead_letters: DeadLetters) -> list[str]:
+    """Refused messages go to the dead letters with their reason; returns the message ids to retry."""
+    retry = dict(result.retry)
+    for message_id, body in messages:
+        reason = result.refused.get(message_id)
+        if reason is None or message_id in retry:
+            continue
+        try:
+            dead_letters.put(body, reason)
+        except TransientError as error:
+            retry[message_id] = f"dead-letter queue unavailable: {error}"
+    return [message_id for message_id, _ in messages if message_id in retry]
