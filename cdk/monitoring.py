@@ -12,6 +12,7 @@ from constructs import Construct
 
 from cdk.api import Api
 from cdk.changes import Changes
+from cdk.fanout import Fanout
 from cdk.ingest import Ingest
 from cdk.storage import Storage
 from cdk.timers import Timers
@@ -26,7 +27,7 @@ def _metric(name: str, service: str, statistic: str = "Sum", **dimensions: str) 
 
 class Monitoring(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, stage: str, ingest: Ingest, changes: Changes,
-                 api: Api, timers: Timers, storage: Storage, key: kms.IKey, alarm_email: str | None,
+                 api: Api, timers: Timers, fanout: Fanout, storage: Storage, key: kms.IKey, alarm_email: str | None,
                  segment_ids: list[str]) -> None:
         super().__init__(scope, construct_id)
         self.topic = sns.Topic(self, "Alarms", master_key=key, display_name=f"cdp {stage} alarms", enforce_ssl=True)
@@ -40,6 +41,7 @@ class Monitoring(Construct):
         queues: list[tuple[str, sqs.IQueue]] = [("ingest failures", ingest.failures),
                                                 ("changes failures", changes.failures),
                                                 ("schedule failures", timers.failures)]
+        queues += [(f"{d.integration.name} dead letters", d.dead_letters) for d in fanout.deliveries]
         self.alarms = [
             cloudwatch.Alarm(self, "IngestBehind", metric=iterator_age, threshold=60_000, evaluation_periods=5,
                              alarm_description="Ingest is more than a minute behind the stream for 5 minutes"),
@@ -56,7 +58,8 @@ class Monitoring(Construct):
                                threshold=0, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
                                evaluation_periods=3, alarm_description=f"The {label.lower()} function is failing")
               for label, fn in (("Ingest", ingest_fn), ("Changes", changes_fn), ("Api", api_fn),
-                                ("Timers", timers_fn))],
+                                ("Timers", timers_fn),
+                                *((d.integration.name.title(), d.function.function) for d in fanout.deliveries))],
             cloudwatch.Alarm(self, "DeadlinesBehind", metric=_metric("DeadlineDelayMax", "timers", "Maximum"),
                              threshold=300, evaluation_periods=5,
                              alarm_description="Time-driven segments flip more than 5 minutes after their deadline"),
@@ -113,3 +116,8 @@ class Monitoring(Construct):
             cloudwatch.GraphWidget(title="Timers: delay behind the deadline (s)", width=12, left=[
                 _metric("DeadlineDelayP50", "timers", "Average"), _metric("DeadlineDelayMax", "timers", "Maximum")]),
         )
+        if fanout.deliveries:
+            self.dashboard.add_widgets(cloudwatch.GraphWidget(
+                title="Integrations: delivered, skipped, refused (dead letters), retried", width=24, left=[
+                    _metric(name, d.integration.name) for d in fanout.deliveries
+                    for name in ("Delivered", "Skipped", "Refused", "Retried")]))

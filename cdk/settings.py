@@ -34,6 +34,65 @@ def _origins(scope: Construct) -> list[str]:
     return [str(origin).strip() for origin in origins if str(origin).strip()]
 
 
+INTEGRATIONS = ("email", "webhook", "meta", "google")
+
+
+@dataclass(frozen=True)
+class Integration:
+    """One fan-out integration from context ``integrations.<name>``."""
+
+    name: str
+    segments: dict[str, str]  # segment id -> template, list or audience
+    secret_name: str
+    options: dict[str, object]
+    base_url: str
+    api_version: str
+    batch_size: int
+    batching_window_seconds: int
+
+
+def _integrations(scope: Construct) -> list[Integration]:
+    raw = scope.node.try_get_context("integrations") or {}
+    if not isinstance(raw, dict):
+        raise SettingsError("context integrations must be an object of integration name -> settings")
+    found = []
+    for name, given in raw.items():
+        if name not in INTEGRATIONS:
+            raise SettingsError(f"context integrations.{name}: unknown; known: {', '.join(INTEGRATIONS)}")
+        if not isinstance(given, dict):
+            raise SettingsError(f"context integrations.{name} must be an object")
+        if not given.get("enabled", False):
+            continue
+        segments = given.get("segments") or {}
+        if not isinstance(segments, dict) or not segments or not all(
+                isinstance(v, str) and v for v in segments.values()):
+            raise SettingsError(f"context integrations.{name}.segments must map segment ids to non-empty strings")
+        secret_name = str(given.get("secret_name") or "")
+        if name != "email" and not secret_name:
+            raise SettingsError(f"context integrations.{name}.secret_name is required (a Secrets Manager secret)")
+        options = given.get("options") or {}
+        if not isinstance(options, dict):
+            raise SettingsError(f"context integrations.{name}.options must be an object")
+        if name == "email" and "@" not in str(options.get("source", "")):
+            raise SettingsError("context integrations.email.options.source must be the verified sender address")
+        if name == "webhook" and not str(options.get("url", "")).startswith("https://"):
+            raise SettingsError("context integrations.webhook.options.url must be an https:// URL")
+        if name == "google" and not str(options.get("customer_id", "")).replace("-", "").isdigit():
+            raise SettingsError("context integrations.google.options.customer_id must be the Ads customer id")
+        batch = given.get("batch_size", 10 if name in ("email", "webhook") else 100)
+        window = given.get("batching_window_seconds", 0 if name == "email" else 20)
+        if not isinstance(batch, int) or not 1 <= batch <= 10_000:
+            raise SettingsError(f"context integrations.{name}.batch_size must be between 1 and 10000")
+        if not isinstance(window, int) or not 0 <= window <= 300:
+            raise SettingsError(f"context integrations.{name}.batching_window_seconds must be between 0 and 300")
+        if batch > 10 and window == 0:
+            raise SettingsError(f"context integrations.{name}: a batch_size above 10 needs a batching window")
+        found.append(Integration(name, {str(k): str(v) for k, v in segments.items()}, secret_name, options,
+                                 str(given.get("base_url") or ""), str(given.get("api_version") or ""),
+                                 batch, window))
+    return found
+
+
 @dataclass(frozen=True)
 class Settings:
     stage: str
@@ -51,6 +110,7 @@ class Settings:
     api_burst_limit: int
     alarm_email: str | None
     sweep_workers: int  # concurrent timers sweeps per minute, each over its share of the due shards
+    integrations: list[Integration]
 
     @classmethod
     def from_context(cls, scope: Construct) -> Settings:
@@ -73,4 +133,5 @@ class Settings:
             api_burst_limit=_int(scope, "api_burst_limit", 200, 1, 5000),
             alarm_email=str(scope.node.try_get_context("alarm_email") or "") or None,
             sweep_workers=_int(scope, "sweep_workers", 4, 1, 5),  # EventBridge allows 5 targets per rule
+            integrations=_integrations(scope),
         )

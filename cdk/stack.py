@@ -6,11 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from aws_cdk import CfnOutput, Stack
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from cdk.api import Api
 from cdk.changes import Changes
+from cdk.fanout import Fanout
 from cdk.functions import Layers
 from cdk.ingest import Ingest
 from cdk.monitoring import Monitoring
@@ -25,15 +27,19 @@ class CdpStack(Stack):
         settings = Settings.from_context(self)
         self.key = kms.Key(self, "DataKey", enable_key_rotation=True,
                            description="Encrypts profiles, streams, queues and the quarantine at rest")
+        # EventBridge delivers to the encrypted queues (schedule and integration targets, their DLQs).
+        self.key.grant_encrypt_decrypt(iam.ServicePrincipal("events.amazonaws.com"))
         self.storage = Storage(self, "Storage", key=self.key)
         layers = Layers(self, "Layers", architecture=settings.architecture)
         self.ingest = Ingest(self, "Ingest", settings=settings, storage=self.storage, layers=layers, key=self.key)
         self.changes = Changes(self, "Changes", settings=settings, storage=self.storage, layers=layers, key=self.key)
         self.api = Api(self, "Api", settings=settings, storage=self.storage, layers=layers, key=self.key)
+        self.fanout = Fanout(self, "Fanout", settings=settings, storage=self.storage, bus=self.changes.bus,
+                             layers=layers, key=self.key)
         self.timers = Timers(self, "Timers", settings=settings, storage=self.storage, layers=layers, key=self.key)
         self.monitoring = Monitoring(
             self, "Monitoring", stage=settings.stage, ingest=self.ingest, changes=self.changes, api=self.api,
-            timers=self.timers,
+            timers=self.timers, fanout=self.fanout,
             storage=self.storage, key=self.key, alarm_email=settings.alarm_email,
             segment_ids=sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "segments").glob("*.yaml")))
         CfnOutput(self, "ApiUrl", value=self.api.rest_api.url)
@@ -45,4 +51,5 @@ class CdpStack(Stack):
         CfnOutput(self, "QuarantineBucketName", value=self.storage.quarantine.bucket_name)
         CfnOutput(self, "IngestFailuresQueueUrl", value=self.ingest.failures.queue_url)
         CfnOutput(self, "EventBusName", value=self.changes.bus.event_bus_name)
-
+        for delivery in self.fanout.deliveries:
+            CfnOutput(self, f"{delivery.integration.name.title()}DeadLettersUrl", value=delivery.dead_letters.queue_url)

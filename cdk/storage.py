@@ -10,7 +10,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 
-def _table(scope: Construct, construct_id: str, key: kms.IKey, removal_policy: RemovalPolicy,
+def encrypted_table(scope: Construct, construct_id: str, key: kms.IKey, removal_policy: RemovalPolicy,
            **properties: object) -> dynamodb.Table:
     return dynamodb.Table(
         scope, construct_id,
@@ -43,7 +43,7 @@ class Storage(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, key: kms.IKey,
                  removal_policy: RemovalPolicy = RemovalPolicy.RETAIN) -> None:
         super().__init__(scope, construct_id)
-        self.profiles = _table(
+        self.profiles = encrypted_table(
             self, "Profiles", key, removal_policy,
             partition_key=dynamodb.Attribute(name="customer_id", type=dynamodb.AttributeType.STRING),
             stream=dynamodb.StreamViewType.NEW_AND_OLD_IMAGES,
@@ -57,7 +57,7 @@ class Storage(Construct):
             sort_key=dynamodb.Attribute(name="nd", type=dynamodb.AttributeType.NUMBER),
             projection_type=dynamodb.ProjectionType.KEYS_ONLY,
         )
-        self.members = _table(
+        self.members = encrypted_table(
             self, "Members", key, removal_policy,
             partition_key=dynamodb.Attribute(name="segment_shard", type=dynamodb.AttributeType.STRING),
             sort_key=dynamodb.Attribute(name="customer_id", type=dynamodb.AttributeType.STRING),

@@ -37,7 +37,6 @@ class Timers(Construct):
         key.grant_encrypt_decrypt(role)
         # Schedule deliveries the function could not take (throttled, failing) land here with the reason.
         self.failures = encrypted_queue(self, "ScheduleFailures", key)
-        key.grant_encrypt_decrypt(iam.ServicePrincipal("events.amazonaws.com"))
         self.schedule = events.Rule(
             self, "EveryMinute", schedule=events.Schedule.rate(Duration.minutes(1)),
             description="Re-evaluate the customers whose next deadline has passed",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,17 +13,18 @@ import pytest
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 
-@pytest.fixture(scope="session")
-def synthesised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def synthesise(outdir: Path, context: dict[str, object] | None = None) -> Any:
     import aws_cdk as cdk
 
     from app import build_app
 
-    outdir = tmp_path_factory.mktemp("cdk.out")
     previous = os.environ.get("CDK_OUTDIR")
     os.environ["CDK_OUTDIR"] = str(outdir)
     try:
-        app = build_app()
+        app = build_app(context)
         assembly = app.synth()  # raises ValidationFailed on any unacknowledged cdk-nag finding
     finally:
         if previous is None:
@@ -29,7 +32,29 @@ def synthesised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         else:
             os.environ["CDK_OUTDIR"] = previous
     stack = next(child for child in app.node.children if isinstance(child, cdk.Stack))
-    yield stack, assembly
+    return stack, assembly
+
+
+def every_integration_enabled() -> dict[str, object]:
+    """cdk.json's context, with each documented integration switched on."""
+    context = json.loads((ROOT / "cdk.json").read_text())["context"]
+    for settings in context["integrations"].values():
+        settings["enabled"] = True
+    return dict(context)
+
+
+@pytest.fixture(scope="session")
+def synthesised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    yield synthesise(tmp_path_factory.mktemp("cdk.out"))
+
+
+@pytest.fixture(scope="session")
+def integrated(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The stack with every integration enabled, as cdk.json documents them."""
+    from aws_cdk.assertions import Template
+
+    stack, _ = synthesise(tmp_path_factory.mktemp("cdk.out"), every_integration_enabled())
+    return Template.from_stack(stack)
 
 
 @pytest.fixture(scope="session")

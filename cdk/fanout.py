@@ -1,0 +1,129 @@
+"""Fan-out: one bus rule, queue, dead-letter queue and function per enabled integration, plus the delivery ledger.
+
+Each rule routes ``Segment Entered`` / ``Segment Exited`` of the integration's segments to its queue
+(retry policy and dead-letter queue on the target). The queue buffers into batches for the
+function, redrives to the same dead-letter queue after repeated failures, and the function puts
+messages that can never be delivered there itself, with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+
+from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda_event_sources as sources
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from cdk.functions import CdpFunction, Layers
+from cdk.ingest import encrypted_queue
+from cdk.nag import acknowledge, acknowledge_function
+from cdk.settings import Integration, Settings
+from cdk.storage import Storage, encrypted_table, grant_items
+
+FUNCTION_TIMEOUT = Duration.seconds(60)
+MAX_RECEIVES = 5  # deliveries a message gets before the queue moves it to the dead-letter queue
+
+
+class Delivery(Construct):
+    """One integration: rule -> queue -> function, and the dead-letter queue for all three."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, integration: Integration, settings: Settings,
+                 storage: Storage, ledger: dynamodb.ITable, bus: events.IEventBus, layers: Layers,
+                 key: kms.IKey) -> None:
+        super().__init__(scope, construct_id)
+        name = integration.name
+        self.integration = integration
+        self.dead_letters = encrypted_queue(self, "DeadLetters", key)
+        self.queue = sqs.Queue(self, "Queue", encryption=sqs.QueueEncryption.KMS, encryption_master_key=key,
+                               enforce_ssl=True, retention_period=Duration.days(4),
+                               visibility_timeout=Duration.seconds(FUNCTION_TIMEOUT.to_seconds() * 6),
+                               dead_letter_queue=sqs.DeadLetterQueue(max_receive_count=MAX_RECEIVES,
+                                                                     queue=self.dead_letters))
+        environment = {"TARGETS": json.dumps(integration.segments, sort_keys=True),
+                       "LEDGER_TABLE": ledger.table_name,
+                       "DEAD_LETTER_QUEUE_URL": self.dead_letters.queue_url,
+                       "OPTIONS": json.dumps(integration.options, sort_keys=True)}
+        if integration.base_url:
+            environment["BASE_URL"] = integration.base_url
+        if integration.api_version:
+            environment["API_VERSION"] = integration.api_version
+        reads_profiles = name == "email" or bool(integration.options.get("include_email"))
+        if reads_profiles:
+            environment["PROFILES_TABLE"] = storage.profiles.table_name
+        secret = None
+        if integration.secret_name:
+            secret = secretsmanager.Secret.from_secret_name_v2(self, "Secret", integration.secret_name)
+            environment["SECRET_ARN"] = secret.secret_arn
+        self.function = CdpFunction(
+            self, "Function", folder=name, layers=layers, key=key, architecture=settings.architecture,
+            memory_mb=settings.memory_mb, timeout=FUNCTION_TIMEOUT, environment=environment)
+        role = self.function.role
+        ledger_actions = ["dynamodb:BatchGetItem", "dynamodb:PutItem"]
+        if name == "email":
+            ledger_actions += ["dynamodb:GetItem", "dynamodb:UpdateItem"]  # the frequency cap
+        grant_items(role, ledger, *ledger_actions)
+        if reads_profiles:
+            grant_items(role, storage.profiles, "dynamodb:BatchGetItem")
+        if secret is not None:
+            role.add_to_policy(iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"],
+                                                   resources=[f"{secret.secret_arn}-??????"]))
+        if name == "email":
+            self._allow_email(role, integration)
+        role.add_to_policy(iam.PolicyStatement(actions=["sqs:SendMessage"],
+                                               resources=[self.dead_letters.queue_arn]))
+        key.grant_encrypt_decrypt(role)
+        self.function.function.add_event_source(sources.SqsEventSource(
+            self.queue, batch_size=integration.batch_size, report_batch_item_failures=True,
+            max_batching_window=(Duration.seconds(integration.batching_window_seconds)
+                                 if integration.batching_window_seconds else None)))
+        self.rule = events.Rule(
+            self, "Rule", event_bus=bus, description=f"Segment changes for the {name} integration",
+            event_pattern=events.EventPattern(
+                source=["cdp.segments"], detail_type=["Segment Entered", "Segment Exited"],
+                detail={"segment": {"id": sorted(integration.segments)}}),
+            targets=[targets.SqsQueue(self.queue, retry_attempts=185, max_event_age=Duration.hours(24),
+                                      dead_letter_queue=self.dead_letters)])
+        acknowledge_function(self.function)
+        acknowledge(self.dead_letters, "SQS3", "This queue is itself the dead-letter queue of the integration's "
+                                               "rule target, queue and function; replay is in the README.")
+
+    def _allow_email(self, role: iam.IRole, integration: Integration) -> None:
+        stack = Stack.of(self)
+        source = str(integration.options["source"])
+        identities = [source.split("@")[-1].strip(">").strip(), source.split("<")[-1].strip(">").strip()]
+        resources = [stack.format_arn(service="ses", resource="identity", resource_name=identity)
+                     for identity in dict.fromkeys(identities)]
+        resources += [stack.format_arn(service="ses", resource="template", resource_name=template)
+                      for template in sorted(set(integration.segments.values()))]
+        configuration_set = integration.options.get("configuration_set")
+        if configuration_set:
+            resources.append(stack.format_arn(service="ses", resource="configuration-set",
+                                              resource_name=str(configuration_set)))
+        role.add_to_principal_policy(iam.PolicyStatement(actions=["ses:SendTemplatedEmail"], resources=resources))
+
+
+class Fanout(Construct):
+    def __init__(self, scope: Construct, construct_id: str, *, settings: Settings, storage: Storage,
+                 bus: events.IEventBus, layers: Layers, key: kms.IKey,
+                 removal_policy: RemovalPolicy = RemovalPolicy.RETAIN) -> None:
+        super().__init__(scope, construct_id)
+        self.deliveries: list[Delivery] = []
+        self.ledger: dynamodb.Table | None = None
+        if not settings.integrations:
+            return
+        # (destination, segment, customer) -> the membership version last applied; see cdp.fanout.
+        self.ledger = encrypted_table(
+            self, "Ledger", key, removal_policy,
+            partition_key=dynamodb.Attribute(name="delivery", type=dynamodb.AttributeType.STRING),
+            time_to_live_attribute="expires_at")
+        for integration in settings.integrations:
+            self.deliveries.append(Delivery(
+                self, integration.name.title(), integration=integration, settings=settings, storage=storage,
+                ledger=self.ledger, bus=bus, layers=layers, key=key))
