@@ -55,7 +55,7 @@ class DueIndex(Protocol):
 @dataclass
 class SweepResult:
     due: int = 0  # index entries read
-    reevaluated: int = 0  # profiles read and still due
+    reevaluated: int = 0  # due profiles re-evaluated and written
     stale: int = 0  # index entries whose profile had already moved on
     transitioned: int = 0  # customers with at least one transition
     written: int = 0
@@ -131,9 +131,6 @@ def _reevaluate(entries: Sequence[DueEntry], store: ProfileStore, engine: Engine
             if profile is None or deadline is None or deadline > now:
                 result.stale += 1  # a newer write already moved the deadline on
                 break
-            if attempt == 1:
-                result.reevaluated += 1
-                result.delays.append(now - deadline)
             expected = profile.version
             transitions = engine.evaluate(profile, now, set())
             profile.version = expected + 1
@@ -157,6 +154,8 @@ def _reevaluate(entries: Sequence[DueEntry], store: ProfileStore, engine: Engine
                 result.unfinished = True
                 break
             result.written += 1
+            result.reevaluated += 1
+            result.delays.append(now - deadline)  # behind the deadline this write acted on
             if transitions:
                 result.transitioned += 1
                 result.transitions += transitions
