@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from cdp.aws.dynamo import DynamoMembersIndex, DynamoProfileStore, deserialise_item
+from cdp.aws.dynamo import DynamoDueIndex, DynamoMembersIndex, DynamoProfileStore, deserialise_item
 from cdp.aws.eventbridge import EventBridgePublisher
 from cdp.aws.quarantine import S3Quarantine
 from cdp.catalogue import Catalogue
@@ -50,6 +50,7 @@ def load_module(name: str, path: Path) -> ModuleType:
 
 ingest_handler = load_module("ingest_handler", ROOT / "functions" / "ingest" / "handler.py")
 changes_handler = load_module("changes_handler", ROOT / "functions" / "changes" / "handler.py")
+timers_handler = load_module("timers_handler", ROOT / "functions" / "timers" / "handler.py")
 
 
 # ---- envelopes --------------------------------------------------------------------------------
@@ -256,6 +257,13 @@ class Stack:
         values.update(overrides)
         return changes_handler.Dependencies(**values)
 
+    def timers_deps(self, **overrides: Any) -> Any:
+        values: dict[str, Any] = {"engine": Engine(self.catalogue), "store": self.store(),
+                                  "index": DynamoDueIndex(self.dynamodb, PROFILES_TABLE, DUE_INDEX),
+                                  "clock": self.clock}
+        values.update(overrides)
+        return timers_handler.Dependencies(**values)
+
     # running the handlers
 
     def ingest(self, envelope: dict[str, Any], **overrides: Any) -> dict[str, Any]:
@@ -264,6 +272,10 @@ class Stack:
 
     def changes(self, envelope: dict[str, Any], **overrides: Any) -> dict[str, Any]:
         response: dict[str, Any] = changes_handler.handle(envelope, None, self.changes_deps(**overrides))
+        return response
+
+    def timers(self, event: dict[str, Any], context: Any = None, **overrides: Any) -> dict[str, Any]:
+        response: dict[str, Any] = timers_handler.handle(event, context, self.timers_deps(**overrides))
         return response
 
     # reading state
