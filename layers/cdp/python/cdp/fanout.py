@@ -113,6 +113,7 @@ class Action:
     event: MembershipEvent
     kind: str  # entered: add; exited: remove
     identifiers: Mapping[str, str]
+    records: bool = True  # False for a clean-up removal that goes with the event's add
 
 
 @dataclass
@@ -142,6 +143,12 @@ def plan(events: Sequence[MembershipEvent], applied: Mapping[tuple[str, str], Le
         identifiers = event.identifiers
         if event.kind == EXITED and entry is not None and entry.kind == ENTERED and entry.identifiers:
             identifiers = entry.identifiers  # remove what was added, even if the traits changed since
+        if event.kind == ENTERED and entry is not None and entry.kind == ENTERED:
+            # Re-entered after an exit this destination never saw (superseded or late), with changed
+            # identifiers: the ones added before and not added now come off first.
+            stale = {k: v for k, v in entry.identifiers.items() if event.identifiers.get(k) != v}
+            if stale:
+                result.actions.append(Action(event, EXITED, stale, records=False))
         result.actions.append(Action(event, event.kind, identifiers))
     return result
 
@@ -243,8 +250,10 @@ def deliver(messages: Sequence[tuple[str, str]], destination: Destination, ledge
             continue
         planned = plan(events, applied)
         result.skipped += planned.skipped
-        for kind in (ENTERED, EXITED):
-            actions = [a for a in planned.actions if a.kind == kind]
+        # Clean-up removals first: if one fails, its event's add waits for the retry with it.
+        for kind, records in ((EXITED, False), (ENTERED, True), (EXITED, True)):
+            actions = [a for a in planned.actions if a.kind == kind and a.records == records
+                       and a.event.message_id not in result.retry and a.event.message_id not in result.refused]
             rows, by_event = [], {}
             for action in actions:
                 try:
@@ -253,8 +262,9 @@ def deliver(messages: Sequence[tuple[str, str]], destination: Destination, ledge
                     result.refused[action.event.message_id] = str(error)
                     continue
                 if not identifiers:  # nothing to match on: done, and recorded so order still holds
-                    _record(ledger, namespace, action, result)
-                    result.skipped.append((action.event, "no identifiers this destination matches on"))
+                    if action.records:
+                        _record(ledger, namespace, action, result)
+                        result.skipped.append((action.event, "no identifiers this destination matches on"))
                     continue
                 rows.append(Row(action.event.event_id, identifiers))
                 by_event[action.event.event_id] = action
@@ -271,19 +281,50 @@ def deliver(messages: Sequence[tuple[str, str]], destination: Destination, ledge
                     result.refused[action.event.message_id] = outcome.refused[event_id]
                 elif event_id in outcome.retry:
                     result.retry[action.event.message_id] = outcome.retry[event_id]
+                elif not action.records:
+                    continue
                 elif _record(ledger, namespace, action, result):
                     result.delivered.append(action)
+                elif action.event.message_id not in result.retry:
+                    _reconcile(destination, target, namespace, action, ledger, result)
     return result
 
 
 def _record(ledger: DeliveryLedger, namespace: str, action: Action, result: DeliveryResult) -> bool:
+    """Record an applied action; False when a newer change was recorded meanwhile (or the ledger failed)."""
     try:
-        ledger.record(namespace, action.event.key, applied_entry(action))
+        return ledger.record(namespace, action.event.key, applied_entry(action))
     except TransientError as error:
         # Applied but not recorded: resending is harmless (adds and removes are idempotent there).
         result.retry[action.event.message_id] = f"delivery ledger unavailable: {error}"
         return False
-    return True
+
+
+def _reconcile(destination: Destination, target: str, namespace: str, action: Action, ledger: DeliveryLedger,
+               result: DeliveryResult) -> None:
+    """A concurrent delivery applied a newer change while this one was on its way (the queue does not
+    order per customer): put the destination back in the state the newer change recorded."""
+    try:
+        newer = ledger.entries(namespace, [action.event.key]).get(action.event.key)
+        if newer is None:
+            return
+        rows: list[Row] = []
+        if action.kind == ENTERED:
+            kept = newer.identifiers if newer.kind == ENTERED else {}
+            stale = {k: v for k, v in action.identifiers.items() if kept.get(k) != v}
+            chosen = valid_hashes(stale, destination.identifier_names)
+            kind = EXITED
+        else:
+            chosen = valid_hashes(newer.identifiers, destination.identifier_names) if newer.kind == ENTERED else {}
+            kind = ENTERED
+        if chosen:
+            rows.append(Row(action.event.event_id, chosen))
+            outcome = destination.send(target, kind, rows)
+            if outcome.retry or outcome.refused:
+                raise TransientError("the destination did not take the correction")
+        result.skipped.append((action.event, "overtaken by a newer change delivered concurrently"))
+    except (TransientError, InvalidDelivery) as error:
+        result.retry[action.event.message_id] = f"could not reconcile with a concurrent change: {error}"
 
 
 def settle(messages: Sequence[tuple[str, str]], result: DeliveryResult, dead_letters: DeadLetters) -> list[str]:

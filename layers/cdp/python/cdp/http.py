@@ -6,6 +6,7 @@ hashed or personal identifiers).
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -37,21 +38,32 @@ class Transport(Protocol):
     def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> HttpResponse: ...
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx itself becomes the answer
+
+
 class UrllibTransport:
-    """The standard library's HTTP client: no dependency, and enough for JSON and form APIs."""
+    """The standard library's HTTP client: no dependency, and enough for JSON and form APIs.
+
+    A redirect is an answer, never followed: urllib would follow a 301/302/303 after a POST with a
+    bodiless GET and return that answer as the POST's, so a redirecting URL would look like success.
+    A broken connection is an answer too (status 0), for the caller to resend.
+    """
 
     def __init__(self, timeout: float = 10.0) -> None:
         self.timeout = timeout
+        self._opener = urllib.request.build_opener(_NoRedirects)
 
     def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> HttpResponse:
         request = urllib.request.Request(url, data=body, method=method, headers=dict(headers))
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with self._opener.open(request, timeout=self.timeout) as response:
                 return HttpResponse(response.status, response.read(), dict(response.headers.items()))
         except urllib.error.HTTPError as error:
             return HttpResponse(error.code, error.read(), dict(error.headers.items()))
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-            return HttpResponse(0, str(getattr(error, "reason", error)).encode())
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
+            return HttpResponse(0, type(error).__name__.encode())
 
 
 def retry_after(response: HttpResponse, attempt: int) -> float:

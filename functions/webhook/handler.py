@@ -1,0 +1,109 @@
+"""Webhook list sync: segment events from this integration's queue, added to and removed from a provider's lists.
+
+Configuration (validated at cold start): ``TARGETS`` (segment -> list id), ``OPTIONS`` (``url``,
+``batch_size``, ``include_email``; see ``cdp.integrations.webhook``), ``SECRET_ARN`` (a secret holding
+``{"signing_secret": "..."}``), ``LEDGER_TABLE``, ``DEAD_LETTER_QUEUE_URL``, and ``PROFILES_TABLE``
+when ``include_email`` is on (the email trait is read from the profiles).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from cdp.fanout import DeadLetters, DeliveryLedger, DeliveryResult, settle
+from cdp.integrations.webhook import ProfileReader, WebhookLists, deliver_batch
+
+logger = Logger(service="cdp-webhook")
+metrics = Metrics(namespace="cdp", service="webhook")
+tracer = Tracer(service="cdp-webhook")
+
+MIN_SECRET_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    destination: WebhookLists
+    ledger: DeliveryLedger
+    dead_letters: DeadLetters
+    profiles: ProfileReader | None  # only with include_email
+
+
+def signing_secret(secret: Mapping[str, Any]) -> str:
+    """The secret's ``signing_secret``, long enough to be one."""
+    from cdp.config import ConfigError
+
+    value = secret.get("signing_secret")
+    if not isinstance(value, str) or len(value) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"the webhook secret must hold {{\"signing_secret\": \"...\"}} of at least "
+                          f"{MIN_SECRET_LENGTH} characters")
+    return value
+
+
+def profiles_table(env: Mapping[str, str], include_email: bool) -> str | None:
+    """PROFILES_TABLE: required only when the email is sent."""
+    from cdp.config import ConfigError
+
+    table = env.get("PROFILES_TABLE", "").strip()
+    if include_email and not table:
+        raise ConfigError("environment variable PROFILES_TABLE is required when OPTIONS.include_email is true")
+    return table if include_email else None
+
+
+@cache
+def dependencies() -> Dependencies:
+    """Built on the first invocation (cold start), not at import."""
+    import boto3
+
+    from cdp.aws.dead_letters import SqsDeadLetters
+    from cdp.aws.dynamo import DynamoProfileStore
+    from cdp.aws.ledger import DynamoDeliveryLedger
+    from cdp.aws.secrets import read_secret
+    from cdp.config import ConfigError, DestinationConfig
+    from cdp.http import UrllibTransport
+    from cdp.integrations.webhook import WebhookOptions
+
+    config = DestinationConfig.from_env(os.environ)
+    options = WebhookOptions.parse(config.options)
+    if not config.secret_arn:
+        raise ConfigError("environment variable SECRET_ARN is required")
+    table = profiles_table(os.environ, options.include_email)
+    secret = signing_secret(read_secret(boto3.client("secretsmanager"), config.secret_arn))
+    dynamodb = boto3.client("dynamodb")
+    lists = WebhookLists(config.targets, options, secret, UrllibTransport())
+    return Dependencies(lists, DynamoDeliveryLedger(dynamodb, config.ledger_table),
+                        SqsDeadLetters(boto3.client("sqs"), config.dead_letter_queue_url, "webhook"),
+                        DynamoProfileStore(dynamodb, table) if table else None)
+
+
+def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependencies) -> dict[str, Any]:
+    messages = [(str(r["messageId"]), str(r["body"])) for r in event.get("Records", [])]
+    result = deliver_batch(messages, deps.destination, deps.ledger, deps.profiles)
+    # The original bodies: deliver_batch's enriched ones hold emails, which never go to the dead letters.
+    retry = settle(messages, result, deps.dead_letters)
+    record_metrics(result, len(retry))
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in retry]}
+
+
+def record_metrics(result: DeliveryResult, retried: int) -> None:
+    for name, value in (("Delivered", len(result.delivered)), ("Skipped", len(result.skipped)),
+                        ("Refused", len(result.refused)), ("Retried", retried)):
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    if result.refused or result.retry:
+        # Reasons only: never identifiers, hashed or not, nor emails.
+        logger.warning("deliveries not made", extra={"refused": sorted(set(result.refused.values())),
+                                                     "retried": sorted(set(result.retry.values()))})
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return handle(event, context, dependencies())
