@@ -1,0 +1,113 @@
+"""Email (Amazon SES): a templated email when a customer enters a segment, from this integration's queue.
+
+The rules (templates, overlap, consent, frequency cap, at most once) are in ``cdp.integrations.email``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from cdp.clock import Clock, WallClock
+from cdp.fanout import DeadLetters, DeliveryResult, settle
+from cdp.integrations.email import (
+    UNKNOWN_OUTCOME,
+    EmailLedger,
+    EmailOptions,
+    EmailSender,
+    FrequencyCapStore,
+    ProfileReader,
+    deliver_emails,
+)
+
+logger = Logger(service="cdp-email")
+metrics = Metrics(namespace="cdp", service="email")
+tracer = Tracer(service="cdp-email")
+
+SES_CONNECT_TIMEOUT = 5
+SES_READ_TIMEOUT = 15
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    templates: Mapping[str, str]  # segment id -> SES template name
+    profiles: ProfileReader
+    ledger: EmailLedger
+    cap: FrequencyCapStore
+    sender: EmailSender
+    dead_letters: DeadLetters
+    options: EmailOptions
+    clock: Clock = field(default_factory=WallClock)
+
+
+@cache
+def dependencies() -> Dependencies:
+    """Built on the first invocation (cold start), not at import; the configuration is validated first."""
+    from cdp.config import ConfigError, DestinationConfig
+
+    config = DestinationConfig.from_env(os.environ)
+    profiles_table = os.environ.get("PROFILES_TABLE", "").strip()
+    if not profiles_table:
+        raise ConfigError("environment variable PROFILES_TABLE is required")
+    if not config.targets:
+        raise ConfigError("environment variable TARGETS must map at least one segment to an SES template")
+    options = EmailOptions.from_options(config.options)
+
+    import boto3
+    from botocore.config import Config
+
+    from cdp.aws.dead_letters import SqsDeadLetters
+    from cdp.aws.dynamo import DynamoProfileStore
+    from cdp.aws.ses import DynamoEmailLedger, DynamoFrequencyCap, SesEmailSender
+
+    dynamodb = boto3.client("dynamodb")
+    # No botocore retries for SES: a resent request whose first answer was lost could send twice.
+    ses = boto3.client("ses", config=Config(retries={"mode": "standard", "total_max_attempts": 1},
+                                            connect_timeout=SES_CONNECT_TIMEOUT, read_timeout=SES_READ_TIMEOUT))
+    return Dependencies(
+        templates=dict(config.targets),
+        profiles=DynamoProfileStore(dynamodb, profiles_table),
+        ledger=DynamoEmailLedger(dynamodb, config.ledger_table),
+        cap=DynamoFrequencyCap(dynamodb, config.ledger_table),
+        sender=SesEmailSender(ses, options.source, options.configuration_set),
+        dead_letters=SqsDeadLetters(boto3.client("sqs"), config.dead_letter_queue_url, "email"),
+        options=options,
+    )
+
+
+def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependencies) -> dict[str, Any]:
+    messages = [(str(r["messageId"]), str(r["body"])) for r in event.get("Records", [])]
+    result = deliver_emails(messages, deps.templates, deps.profiles, deps.ledger, deps.cap, deps.sender,
+                            deps.clock.now(), deps.options)
+    retry = settle(messages, result, deps.dead_letters)
+    record_metrics(result, len(retry))
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in retry]}
+
+
+def record_metrics(result: DeliveryResult, retried: int) -> None:
+    lost = sum(1 for _, reason in result.skipped if reason.startswith((UNKNOWN_OUTCOME, "not sent and not retried")))
+    for name, value in (("Sent", len(result.delivered)), ("Skipped", len(result.skipped)),
+                        ("Refused", len(result.refused)), ("Retried", retried), ("NotRetried", lost)):
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    # Reasons and segment ids only: never an email address.
+    if result.skipped:
+        logger.info("emails not sent", extra={"skipped": dict(Counter(reason for _, reason in result.skipped))})
+    if result.refused or result.retry or lost:
+        logger.warning("deliveries not made", extra={"refused": sorted(set(result.refused.values())),
+                                                     "retried": sorted(set(result.retry.values())),
+                                                     "not_retried": lost})
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return handle(event, context, dependencies())

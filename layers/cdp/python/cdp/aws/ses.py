@@ -1,0 +1,152 @@
+"""The email integration on AWS: SES v1 templated sends, the frequency cap and claim release on the ledger table.
+
+Errors carry SES's error code, never its message: a rejection's message can name the address.
+The SES client should be built without botocore's own retries (``total_max_attempts=1``), so a
+request whose answer was lost is never resent behind the caller's back; :class:`SesEmailSender`
+resends only what SES answered with throttling or a fault, when nothing was sent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as NoConnection
+
+from cdp.aws.errors import domain_error
+from cdp.aws.ledger import EXITED_TTL, DynamoDeliveryLedger, ledger_key
+from cdp.fanout import EXITED, LedgerEntry
+from cdp.integrations.email import CapRecord, EmailRefused, Send, SendOutcomeUnknown
+from cdp.ports import ConflictError, TransientError
+
+THROTTLED = frozenset({"Throttling", "ThrottlingException", "MaxSendingRateExceeded", "TooManyRequestsException"})
+FAULTS = frozenset({"InternalFailure", "ServiceUnavailable", "InternalServerError"})
+# This message can never be sent: rejected (e.g. on the account's suppression list) or an address SES won't take.
+REFUSED = frozenset({"MessageRejected", "InvalidParameterValue"})
+# Nothing was sent, and nothing will be until an operator acts (account or configuration); retried meanwhile,
+# and the queue's redrive moves the message to the dead-letter queue after its receives.
+UNAVAILABLE = frozenset({"AccountSendingPausedException", "ConfigurationSetSendingPausedException",
+                         "MailFromDomainNotVerifiedException", "TemplateDoesNotExistException",
+                         "TemplateDoesNotExist", "ConfigurationSetDoesNotExistException", "AccessDenied",
+                         "AccessDeniedException"})
+CAP_PREFIX = "email-cap"
+
+
+class SesEmailSender:
+    """EmailSender over the SES v1 client's ``send_templated_email``, one recipient per message."""
+
+    def __init__(self, client: Any, source: str, configuration_set: str | None = None, attempts: int = 3,
+                 backoff_seconds: float = 0.2, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.client = client
+        self.source = source
+        self.configuration_set = configuration_set
+        self.attempts = attempts
+        self.backoff_seconds = backoff_seconds
+        self.sleep = sleep
+
+    def send(self, template: str, to_address: str, template_data: Mapping[str, str]) -> str:
+        request: dict[str, Any] = {
+            "Source": self.source, "Destination": {"ToAddresses": [to_address]}, "Template": template,
+            "TemplateData": json.dumps(dict(template_data), separators=(",", ":"), sort_keys=True)}
+        if self.configuration_set:
+            request["ConfigurationSetName"] = self.configuration_set
+        code = ""
+        for attempt in range(self.attempts):
+            if attempt:
+                self.sleep(self.backoff_seconds * 2 ** (attempt - 1))
+            try:
+                response = self.client.send_templated_email(**request)
+            except ClientError as error:
+                code = str(error.response.get("Error", {}).get("Code", "")) or "unknown"
+                status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+                if code in THROTTLED or code in FAULTS or status >= 500:
+                    continue  # SES answered: nothing was sent
+                if code in REFUSED:
+                    raise EmailRefused(f"SES {code}") from None
+                if code in UNAVAILABLE:
+                    raise TransientError(f"SES cannot send now: {code}") from None
+                raise TransientError(f"SES error {code}") from None
+            except NoConnection as error:  # no connection was made: the request never went out
+                raise TransientError(f"SES unreachable: {type(error).__name__}") from None
+            except HTTPClientError as error:  # read timeout, connection closed: the request may have gone out
+                raise SendOutcomeUnknown(f"SES's answer was lost: {type(error).__name__}") from None
+            except BotoCoreError as error:  # no credentials, invalid parameters: nothing was sent
+                raise TransientError(f"SES not called: {type(error).__name__}") from None
+            return str(response["MessageId"])
+        raise TransientError(f"SES throttled or failed the send: {code}")
+
+
+def cap_key(customer_id: str) -> str:
+    return f"{CAP_PREFIX}\x1f{customer_id}"
+
+
+class DynamoFrequencyCap:
+    """FrequencyCapStore on the ledger table: item ``email-cap\\x1f<customer>`` with the recent sends
+    (``sends``: a list of [time, event id]) and a version ``v``, written with PutItem conditional on it."""
+
+    def __init__(self, client: Any, table_name: str) -> None:
+        self.client = client
+        self.table_name = table_name
+
+    def read(self, customer_id: str) -> CapRecord:
+        try:
+            response = self.client.get_item(TableName=self.table_name, Key={"delivery": {"S": cap_key(customer_id)}},
+                                            ConsistentRead=True)
+        except Exception as error:
+            raise domain_error(error) from error
+        item = response.get("Item")
+        if not item:
+            return CapRecord((), 0)
+        sends = tuple(Send(int(pair["L"][0]["N"]), pair["L"][1]["S"]) for pair in item.get("sends", {}).get("L", []))
+        return CapRecord(tuple(sorted(sends, key=lambda s: s.at)), int(item["v"]["N"]))
+
+    def write(self, customer_id: str, sends: Sequence[Send], expected_version: int, expires_at: int) -> bool:
+        item = {"delivery": {"S": cap_key(customer_id)}, "v": {"N": str(expected_version + 1)},
+                "sends": {"L": [{"L": [{"N": str(s.at)}, {"S": s.event_id}]} for s in sends]},
+                "expires_at": {"N": str(expires_at)}}
+        condition: dict[str, Any]
+        if expected_version == 0:
+            condition = {"ConditionExpression": "attribute_not_exists(delivery)"}
+        else:
+            condition = {"ConditionExpression": "v = :expected",
+                         "ExpressionAttributeValues": {":expected": {"N": str(expected_version)}}}
+        try:
+            self.client.put_item(TableName=self.table_name, Item=item, **condition)
+        except Exception as error:
+            mapped = domain_error(error)
+            if isinstance(mapped, ConflictError):
+                return False
+            raise mapped from error
+        return True
+
+
+class DynamoEmailLedger(DynamoDeliveryLedger):
+    """The delivery ledger, plus releasing a claim whose email was not sent.
+
+    With no previous entry the claim is replaced by a version-0 placeholder that expires (the function
+    may put and get items but not delete them); any event's version is newer than it.
+    """
+
+    def release(self, destination: str, key: tuple[str, str], claim: LedgerEntry,
+                previous: LedgerEntry | None) -> bool:
+        entry = previous or LedgerEntry(0, EXITED, "released", {})
+        item: dict[str, Any] = {"delivery": {"S": ledger_key(destination, key)}, "v": {"N": str(entry.version)},
+                                "kind": {"S": entry.kind}, "event_id": {"S": entry.event_id}}
+        if entry.identifiers:
+            item["ids"] = {"S": json.dumps(dict(entry.identifiers), sort_keys=True)}
+        if entry.kind == EXITED:
+            item["expires_at"] = {"N": str(int(time.time()) + EXITED_TTL)}
+        try:
+            self.client.put_item(TableName=self.table_name, Item=item,
+                                 ConditionExpression="v = :claimed AND event_id = :event",
+                                 ExpressionAttributeValues={":claimed": {"N": str(claim.version)},
+                                                            ":event": {"S": claim.event_id}})
+        except Exception as error:
+            mapped = domain_error(error)
+            if isinstance(mapped, ConflictError):
+                return False  # something newer replaced the claim: leave it
+            raise mapped from error
+        return True
