@@ -75,7 +75,7 @@ def _integrations(scope: Construct) -> list[Integration]:
             raise SettingsError(f"context integrations.{name}.options must be an object")
         if name == "email" and "@" not in str(options.get("source", "")):
             raise SettingsError("context integrations.email.options.source must be the verified sender address")
-        if name == "webhook" and not str(options.get("url", "")).startswith("https://"):
+        if name == "webhook" and not str(options.get("url", "")).startswith(("https://", "http://127.0.0.1:")):
             raise SettingsError("context integrations.webhook.options.url must be an https:// URL")
         if name == "google" and not str(options.get("customer_id", "")).replace("-", "").isdigit():
             raise SettingsError("context integrations.google.options.customer_id must be the Ads customer id")

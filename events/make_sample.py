@@ -85,6 +85,7 @@ views("dave", at(2), 3, gap_minutes=40)
 views("dave", at(4), 3, gap_minutes=40)
 
 # erin: signs up, subscribes, views, adds to cart, all in her first week: highly engaged and new.
+send("erin", at(5), kind="identify", traits={"email": " Erin.K@GMail.com", "phone": "+49 30 1234567"})
 send("erin", at(5), "Signed Up", properties={"method": "email"})
 send("erin", at(5, minutes=5), "Newsletter Subscribed", properties={"list": "weekly"})
 views("erin", at(5, hours=1), 4, gap_minutes=5, context=MOBILE)
@@ -92,6 +93,7 @@ send("erin", at(5, hours=2), "Product Added", properties={"product_id": "sku-101
      context=MOBILE)
 
 # frank: adds to cart and is gone: potential, then cart abandoner after 48 hours.
+send("frank", at(6), kind="identify", traits={"email": "frank@example.com", "first_name": "Frank"})
 send("frank", at(6), "Product Added", properties={"product_id": "sku-200", "price": 19.9})
 # frank's add is redelivered by the producer: same messageId, ignored.
 lines.append(dict(lines[-1]))

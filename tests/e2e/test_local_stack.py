@@ -47,10 +47,11 @@ def bus_events(stack: Running, who: str) -> list[dict[str, Any]]:
 def test_health_names_the_components_and_the_templates_resources(stack: Running) -> None:
     status, health = stack.get("/health")
     assert status == 200 and health["status"] == "ok"
-    assert set(health["components"]) >= {"kinesis->ingest", "table stream->changes", "schedule->timers", "api"}
+    assert set(health["components"]) >= {"kinesis->ingest", "table stream->changes", "schedule->timers", "api",
+                                         "queue->email", "queue->webhook", "queue->meta", "queue->google"}
     assert health["schedules"] == {"timers": 1}
     resources = health["resources"]
-    assert len(resources["streams"]) == 1 and len(resources["tables"]) == 2 and resources["buses"] == ["cdp-dev"]
+    assert len(resources["streams"]) == 1 and len(resources["tables"]) == 3 and resources["buses"] == ["cdp-dev"]
     assert health["environment"]["ingest"]["PROFILES_TABLE"] in resources["tables"]
 
 
@@ -134,3 +135,30 @@ def test_a_deadline_passing_enters_a_segment_with_no_new_event(stack: Running, t
     assert entered[0]["detail-type"] == "Segment Entered"
     # profiles keep whole seconds, so the deadline is the add's second plus 48 h
     assert datetime.fromisoformat(entered[0]["time"].replace("Z", "+00:00")).timestamp() >= int(added) + 48 * 3600
+
+
+def test_a_segment_entry_reaches_the_ad_audience_and_the_email_ledger(stack: Running, tmp_path: Path) -> None:
+    """The bus rule of each integration delivers to its queue, whose consumer calls the integration:
+    cart-abandoners goes to a Meta audience (the local sandbox) and to an SES template (the emulator)."""
+    who = customer()
+    added = time.time() - 48 * 3600 + 2
+    identify = {"type": "identify", "userId": who, "messageId": str(uuid.uuid4()), "timestamp": iso(added),
+                "traits": {"email": f"{who}@example.com"}}
+    stack.send([identify, track(who, "Product Added", at=added, product_id="p1", price=20)], tmp_path)
+    audience = json.loads((Path(__file__).resolve().parents[2] / "cdk.json").read_text())[
+        "context"]["integrations"]["meta"]["segments"]["cart-abandoners"]
+
+    def meta_rows() -> int:
+        deliveries = stack.get("/health")[1]["sandbox"]["deliveries"]
+        return sum(d["rows"] for d in deliveries if d["integration"] == "meta" and d["target"] == audience)
+
+    before = meta_rows()
+    wait_for(lambda: meta_rows() > before, timeout=40)
+    dynamodb = stack.client("dynamodb")
+    ledger = next(t for t in dynamodb.list_tables()["TableNames"] if "Ledger" in t)
+
+    def emailed() -> bool:
+        key = {"delivery": {"S": f"email\x1fcart-abandoners\x1f{who}"}}
+        return "Item" in dynamodb.get_item(TableName=ledger, Key=key)
+
+    wait_for(emailed, timeout=20)

@@ -85,6 +85,10 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def format_event(event: dict[str, Any]) -> str:
+    if "integration" in event:  # a delivery seen by the local sandbox
+        sign = "+" if event["action"] == "add" else "-"
+        return (f"{'':20}  {'-> ' + event['integration']:<14} {sign} {event['rows']} row(s)  "
+                f"{event['action']} {event['target']}")
     detail = event.get("detail", {})
     sign = "+" if detail.get("change") == "entered" else "-"
     return (f"{detail.get('at', '')}  {detail.get('customer_id', ''):<14} {sign} {detail.get('change', ''):<7} "

@@ -10,6 +10,7 @@ destination. The API is served over HTTP as API Gateway proxy events.
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import json
 import os
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 REGION = "us-east-1"
+LOCAL_VISIBILITY_SECONDS = 2  # a failed integration batch comes back this soon (the template's is minutes)
 FEED_QUEUE = "cdp-local-transitions"
 SOURCE = "cdp.segments"
 
@@ -78,6 +80,16 @@ class Schedule:
 
 
 @dataclass
+class Rule:
+    """A bus rule with an event pattern, delivering to queues."""
+
+    name: str
+    bus: str
+    pattern: dict[str, Any]
+    queues: list[str]
+
+
+@dataclass
 class Resources:
     names: dict[str, str] = field(default_factory=dict)  # logical id -> local name
     streams: list[str] = field(default_factory=list)
@@ -88,6 +100,9 @@ class Resources:
     functions: dict[str, dict[str, str]] = field(default_factory=dict)  # folder -> environment
     mappings: list[Mapping] = field(default_factory=list)
     schedules: list[Schedule] = field(default_factory=list)
+    rules: list[Rule] = field(default_factory=list)
+    redrives: dict[str, tuple[str, int]] = field(default_factory=dict)  # queue -> (dead-letter queue, receives)
+    queue_refs: dict[str, dict[str, str]] = field(default_factory=dict)  # folder -> variable -> queue (a URL)
 
 
 def _ref(value: Any) -> str | None:
@@ -116,6 +131,9 @@ def resources_from_template(template: dict[str, Any], root: Path) -> Resources:
         elif kind == "AWS::SQS::Queue":
             found.names[logical] = logical
             found.queues.append(logical)
+            redrive = properties.get("RedrivePolicy")
+            if redrive:
+                found.redrives[logical] = (_ref(redrive["deadLetterTargetArn"]) or "", int(redrive["maxReceiveCount"]))
         elif kind == "AWS::Events::EventBus":
             found.names[logical] = str(properties["Name"])
             found.buses.append(str(properties["Name"]))
@@ -128,7 +146,14 @@ def resources_from_template(template: dict[str, Any], root: Path) -> Resources:
         environment = {}
         for name, value in variables.items():
             reference = _ref(value)
-            environment[name] = found.names.get(reference, "") if reference else str(value)
+            if reference in found.queues:
+                found.queue_refs.setdefault(folder, {})[name] = reference  # a queue's Ref is its URL
+            if reference:
+                environment[name] = found.names.get(reference, "")
+            elif isinstance(value, dict) and "Fn::Join" in value:
+                environment[name] = _joined(value)
+            else:
+                environment[name] = str(value)
         environment["CATALOGUE_PATH"] = str(root / "segments")
         found.functions[folder] = environment
         folders[logical] = folder
@@ -145,8 +170,13 @@ def resources_from_template(template: dict[str, Any], root: Path) -> Resources:
             bisect=bool(properties.get("BisectBatchOnFunctionError", False)),
             failure_queue=found.names.get(_ref(destination) or "") if destination else None,
         ))
-    for resource in items.values():
+    for logical, resource in items.items():
         properties = resource.get("Properties", {})
+        if resource["Type"] == "AWS::Events::Rule" and "EventPattern" in properties:
+            queues = [q for q in (_ref(t["Arn"]) for t in properties.get("Targets", [])) if q in found.queues]
+            bus = found.names.get(_ref(properties.get("EventBusName")) or "", "")
+            if queues and bus:
+                found.rules.append(Rule(logical, bus, properties["EventPattern"], queues))
         if resource["Type"] != "AWS::Events::Rule" or "ScheduleExpression" not in properties:
             continue
         by_function: dict[str, Schedule] = {}
@@ -158,6 +188,32 @@ def resources_from_template(template: dict[str, Any], root: Path) -> Resources:
                 schedule.inputs.append(json.loads(target["Input"]) if "Input" in target else {})
         found.schedules += by_function.values()
     return found
+
+
+def local_context(root: Path, sandbox_url: str) -> dict[str, object]:
+    """cdk.json's context with every documented integration on, pointed at the local sandbox."""
+    context: dict[str, Any] = json.loads((root / "cdk.json").read_text()).get("context", {})
+    for name, settings in context.get("integrations", {}).items():
+        settings["enabled"] = True
+        options = settings.setdefault("options", {})
+        if name in ("meta", "google"):
+            settings["base_url"] = sandbox_url
+        if name == "google":
+            options["token_url"] = f"{sandbox_url}/token"
+        if name == "webhook":
+            options["url"] = f"{sandbox_url}/webhook"
+    return context
+
+
+def _joined(value: dict[str, Any]) -> str:
+    """An ``Fn::Join`` of text and pseudo parameters, as the emulator's account sees it; a secret's ARN
+    becomes its name, which the emulator resolves for sure."""
+    pseudo = {"AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": "123456789012",
+              "AWS::URLSuffix": "amazonaws.com"}
+    separator, parts = value["Fn::Join"]
+    text: str = str(separator).join(str(pseudo.get(p["Ref"], "")) if isinstance(p, dict) and "Ref" in p else str(p)
+                          for p in parts)
+    return text.split(":secret:", 1)[1] if ":secret:" in text else text
 
 
 def _rate_seconds(expression: str) -> float:
@@ -207,12 +263,22 @@ class LocalStack:
         self.errors: list[str] = []
         self.resources = Resources()
         self.feed_queue_url = ""
+        self.queue_urls: dict[str, str] = {}
+        self.sandbox: Any = None
         self._server: Any = None
         self._http: ThreadingHTTPServer | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
     def start(self, template: dict[str, Any] | None = None) -> None:
+        """Start everything; if any part fails, stop what was started and raise."""
+        try:
+            self._start(template)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, template: dict[str, Any] | None) -> None:
         os.environ.update({"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
                            "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "AWS_ENDPOINT_URL": self.endpoint,
                            "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled", "POWERTOOLS_TRACE_DISABLED": "true",
@@ -223,15 +289,23 @@ class LocalStack:
                                          "-p", str(self.aws_port)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_for_emulator()
-        self.resources = resources_from_template(template or synthesised_template(self.root), self.root)
+        from cdp.sandbox import Sandbox
+
+        self.sandbox = Sandbox(0, self.feed)
+        self.threads.append(self.sandbox.start())
+        if template is None:
+            template = synthesised_template(self.root, local_context(self.root, self.sandbox.url))
+        self.resources = resources_from_template(template, self.root)
         self._create()
         for environment in self.resources.functions.values():
             os.environ.update(environment)
-        os.environ["POWERTOOLS_SERVICE_NAME"] = "cdp-local"
+        os.environ.update({"POWERTOOLS_SERVICE_NAME": "cdp-local", "POWERTOOLS_LOG_LEVEL": "WARNING"})
         self._wire()
 
     def stop(self) -> None:
         self.stopping.set()
+        if self.sandbox is not None:
+            self.sandbox.stop()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
@@ -278,8 +352,19 @@ class LocalStack:
             dynamodb.create_table(**spec)
         for bucket in self.resources.buckets:
             s3.create_bucket(Bucket=bucket)
-        for queue in self.resources.queues:
-            sqs.create_queue(QueueName=queue)
+        self.queue_urls = {}
+        for queue in sorted(self.resources.queues, key=lambda q: q in self.resources.redrives):  # DLQs first
+            attributes = {"VisibilityTimeout": str(LOCAL_VISIBILITY_SECONDS)}
+            if queue in self.resources.redrives:
+                target, receives = self.resources.redrives[queue]
+                target_arn = sqs.get_queue_attributes(QueueUrl=self.queue_urls[target],
+                                                      AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+                attributes["RedrivePolicy"] = json.dumps({"deadLetterTargetArn": target_arn,
+                                                          "maxReceiveCount": str(receives)})
+            self.queue_urls[queue] = sqs.create_queue(QueueName=queue, Attributes=attributes)["QueueUrl"]
+        for folder, variables in self.resources.queue_refs.items():
+            for variable, queue in variables.items():
+                self.resources.functions[folder][variable] = self.queue_urls[queue]
         self.feed_queue_url = sqs.create_queue(QueueName=FEED_QUEUE)["QueueUrl"]
         feed_arn = sqs.get_queue_attributes(QueueUrl=self.feed_queue_url,
                                             AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -287,6 +372,32 @@ class LocalStack:
             events.create_event_bus(Name=bus)
             events.put_rule(Name="local-feed", EventBusName=bus, EventPattern=json.dumps({"source": [SOURCE]}))
             events.put_targets(Rule="local-feed", EventBusName=bus, Targets=[{"Id": "feed", "Arn": feed_arn}])
+        for rule in self.resources.rules:
+            events.put_rule(Name=rule.name, EventBusName=rule.bus, EventPattern=json.dumps(rule.pattern))
+            events.put_targets(Rule=rule.name, EventBusName=rule.bus, Targets=[
+                {"Id": queue, "Arn": sqs.get_queue_attributes(QueueUrl=self.queue_urls[queue], AttributeNames=[
+                    "QueueArn"])["Attributes"]["QueueArn"]} for queue in rule.queues])
+        self._create_integration_accounts()
+
+    def _create_integration_accounts(self) -> None:
+        """What a user sets up by hand before enabling an integration: its secret, SES identity and templates."""
+        secrets = {"meta": {"access_token": "local-meta-token"},
+                   "google": {"developer_token": "local", "client_id": "local", "client_secret": "local",
+                              "refresh_token": "local"},
+                   "webhook": {"signing_secret": "local-signing-secret"}}
+        for folder, environment in self.resources.functions.items():
+            if environment.get("SECRET_ARN") and folder in secrets:
+                self.client("secretsmanager").create_secret(Name=environment["SECRET_ARN"],
+                                                            SecretString=json.dumps(secrets[folder]))
+            if folder == "email":
+                ses = self.client("ses")
+                options = json.loads(environment.get("OPTIONS") or "{}")
+                source = str(options.get("source", "")).split("<")[-1].strip(">").strip()
+                ses.verify_email_identity(EmailAddress=source)
+                for template in sorted(set(json.loads(environment["TARGETS"]).values())):
+                    ses.create_template(Template={"TemplateName": template, "SubjectPart": "Hello {{first_name}}",
+                                                  "TextPart": f"{template} for {{{{customer_id}}}}",
+                                                  "HtmlPart": f"<p>{template}</p>"})
 
     def _wire(self) -> None:
         from cdp.catalogue import load_catalogue
@@ -312,6 +423,10 @@ class LocalStack:
                 self._thread(f"kinesis->{mapping.function}", self._poll_kinesis, mapping)
             elif mapping.source in self.resources.tables:
                 self._thread(f"table stream->{mapping.function}", self._poll_table, mapping)
+            elif mapping.source in self.resources.queues:
+                with self._environment_of(mapping.function):  # integrations share variable names
+                    self._dependencies[mapping.function] = handlers[mapping.function].dependencies()
+                self._thread(f"queue->{mapping.function}", self._poll_queue, mapping)
         if "timers" in handlers:
             base = handlers["timers"].dependencies()
             self._dependencies["timers"] = handlers["timers"].Dependencies(
@@ -323,6 +438,17 @@ class LocalStack:
             self._thread("feed", self._poll_feed)
         if "api" in handlers:
             self._serve_api()
+
+    @contextlib.contextmanager
+    def _environment_of(self, folder: str) -> Iterator[None]:
+        """The function's own environment while its cold start reads it, as each Lambda has its own."""
+        saved = dict(os.environ)
+        os.environ.update(self.resources.functions[folder])
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
 
     def _thread(self, name: str, target: Callable[..., None], *args: Any) -> None:
         def run() -> None:
@@ -349,6 +475,8 @@ class LocalStack:
         except Exception as error:
             self.errors.append(f"{mapping.function}: {type(error).__name__}: {error}")
             return ["*"]
+        finally:
+            handler.metrics.clear_metrics()  # Lambda flushes them per invocation; nothing here reads them
         return [str(item["itemIdentifier"]) for item in response.get("batchItemFailures", [])]
 
     def _deliver(self, mapping: Mapping, records: list[Any], envelope: Callable[[list[Any]], dict[str, Any]],
@@ -455,6 +583,33 @@ class LocalStack:
             if idle:
                 self.stopping.wait(self.poll_seconds)
 
+    def _poll_queue(self, mapping: Mapping) -> None:
+        """Lambda's SQS poller: batches up to the mapping's size, deletes what the function did not report
+        as failed; the rest comes back after the visibility timeout and the queue redrives it in the end."""
+        sqs = self.client("sqs")
+        url = self.queue_urls[mapping.source]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        while not self.stopping.is_set():
+            messages: list[dict[str, Any]] = []
+            while len(messages) < mapping.batch_size:
+                received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=min(10, mapping.batch_size),
+                                               WaitTimeSeconds=0 if messages else 1, AttributeNames=["All"],
+                                               MessageAttributeNames=["All"]).get("Messages", [])
+                if not received:
+                    break
+                messages += received
+            if not messages:
+                continue
+            event = {"Records": [{
+                "messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+                "attributes": m.get("Attributes", {}), "messageAttributes": m.get("MessageAttributes", {}),
+                "md5OfBody": m["MD5OfBody"], "eventSource": "aws:sqs", "eventSourceARN": arn, "awsRegion": REGION,
+            } for m in messages]}
+            failed = set(self._invoke(mapping, event))
+            for message in messages:
+                if "*" not in failed and message["MessageId"] not in failed:
+                    sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
     def _tick(self, schedule: Schedule) -> None:
         """EventBridge's schedule: a Scheduled Event to the function at every tick."""
         seconds = self.timer_tick if self.timer_tick is not None else schedule.seconds
@@ -469,6 +624,8 @@ class LocalStack:
                     summaries.append(handler.handle(given or scheduled, None, self._dependencies[schedule.function]))
                 except Exception as error:  # the schedule retries on the next tick, as in AWS
                     self.errors.append(f"{schedule.function}: {type(error).__name__}: {error}")
+                finally:
+                    handler.metrics.clear_metrics()
             self.last_sweep = {"targets": summaries}
 
     def _poll_feed(self) -> None:
@@ -494,6 +651,8 @@ class LocalStack:
                           "buses": self.resources.buses},
             "environment": self.resources.functions,
             "schedules": {s.function: self.timer_tick or s.seconds for s in self.resources.schedules},
+            "sandbox": {"url": self.sandbox.url if self.sandbox else None,
+                        "deliveries": list(self.sandbox.deliveries[-50:]) if self.sandbox else []},
             "last_sweep": self.last_sweep,
             "errors": self.errors[-10:],
         }
@@ -525,6 +684,7 @@ class LocalStack:
                                            "authorizer": {"claims": claims} if claims else None},
                     }
                     response = app.resolve(event, None)
+                    stack.handlers["api"].metrics.clear_metrics()
                     status, body = response["statusCode"], response.get("body") or ""
                     headers = dict(response.get("headers") or {})
                 encoded = body.encode()
