@@ -8,7 +8,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20
 LAMBDA_PLATFORM ?= manylinux2014_aarch64
 LAMBDA_PYTHON ?= 3.14
 
-.PHONY: setup run demo test lint typecheck clean layers synth deploy
+.PHONY: setup run demo test lint typecheck clean layers synth deploy bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ run: $(STAMP)
 ## Replay events/sample.jsonl through the core in event time and print every transition.
 demo: $(STAMP)
 	$(BIN)/python -m cdp.demo events/sample.jsonl --segments segments
+
+## Every benchmark against its target; writes bench/out/latest.json (BENCH_ARGS=--quick for a short run).
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ## Lint, type-check and run the whole test suite.
 test: $(STAMP)

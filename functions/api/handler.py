@@ -14,7 +14,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import unquote
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestUnsupportedContentType,
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 logger = Logger(service="cdp-api")
 metrics = Metrics(namespace="cdp", service="api")
-tracer = Tracer(service="cdp-api")
 
 _origins = cors_origins(os.environ)
 app = APIGatewayRestResolver(
@@ -324,7 +323,6 @@ def openapi_document() -> str:
 
 
 @logger.inject_lambda_context(correlation_id_path="requestContext.requestId")
-@tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
@@ -22,7 +22,6 @@ from cdp.ports import Publisher
 NAMESPACE = "cdp"
 logger = Logger(service="cdp-changes")
 metrics = Metrics(namespace=NAMESPACE, service="changes")
-tracer = Tracer(service="cdp-changes")
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,6 @@ def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependenc
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return handle(event, context, dependencies())

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -30,7 +30,6 @@ from cdp.integrations.email import (
 
 logger = Logger(service="cdp-email")
 metrics = Metrics(namespace="cdp", service="email")
-tracer = Tracer(service="cdp-email")
 
 SES_CONNECT_TIMEOUT = 5
 SES_READ_TIMEOUT = 15
@@ -107,7 +106,6 @@ def record_metrics(result: DeliveryResult, retried: int) -> None:
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return handle(event, context, dependencies())

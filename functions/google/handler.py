@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -15,7 +15,6 @@ from cdp.fanout import DeadLetters, DeliveryLedger, DeliveryResult, Destination,
 
 logger = Logger(service="cdp-google")
 metrics = Metrics(namespace="cdp", service="google")
-tracer = Tracer(service="cdp-google")
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,6 @@ def record_metrics(result: DeliveryResult, retried: int) -> None:
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return handle(event, context, dependencies())

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
@@ -25,7 +25,6 @@ from cdp.ports import ProfileStore, Quarantine
 NAMESPACE = "cdp"
 logger = Logger(service="cdp-ingest")
 metrics = Metrics(namespace=NAMESPACE, service="ingest")
-tracer = Tracer(service="cdp-ingest")
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,6 @@ def record_metrics(result: BatchResult) -> None:
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return handle(event, context, dependencies())

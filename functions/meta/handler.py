@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -15,7 +15,6 @@ from cdp.fanout import DeadLetters, DeliveryLedger, DeliveryResult, Destination,
 
 logger = Logger(service="cdp-meta")
 metrics = Metrics(namespace="cdp", service="meta")
-tracer = Tracer(service="cdp-meta")
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,6 @@ def record_metrics(result: DeliveryResult, retried: int) -> None:
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return handle(event, context, dependencies())

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -24,7 +24,6 @@ from cdp.ports import ProfileStore
 
 logger = Logger(service="cdp-timers")
 metrics = Metrics(namespace="cdp", service="timers")
-tracer = Tracer(service="cdp-timers")
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,6 @@ def record_metrics(result: SweepResult) -> None:
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return handle(event, context, dependencies())

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -23,7 +23,6 @@ from cdp.integrations.webhook import ProfileReader, WebhookLists, deliver_batch
 
 logger = Logger(service="cdp-webhook")
 metrics = Metrics(namespace="cdp", service="webhook")
-tracer = Tracer(service="cdp-webhook")
 
 MIN_SECRET_LENGTH = 16
 
@@ -103,7 +102,6 @@ def record_metrics(result: DeliveryResult, retried: int) -> None:
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return handle(event, context, dependencies())

@@ -1,0 +1,32 @@
+"""AWS on-demand prices the cost model multiplies by: us-east-1, from AWS's public pricing pages.
+
+Taken 2025-06 (after DynamoDB's November 2024 on-demand reduction). Prices change: check the pages
+below before relying on a figure, and update this file, the one place they live.
+
+- https://aws.amazon.com/lambda/pricing/
+- https://aws.amazon.com/dynamodb/pricing/on-demand/
+- https://aws.amazon.com/kinesis/data-streams/pricing/
+- https://aws.amazon.com/eventbridge/pricing/
+- https://aws.amazon.com/sqs/pricing/
+"""
+
+REGION = "us-east-1"
+TAKEN = "2025-06"
+
+LAMBDA_ARM_GB_SECOND = 0.0000133334
+LAMBDA_REQUEST = 0.20 / 1e6
+DYNAMODB_WRITE_REQUEST_UNIT = 0.625 / 1e6  # 1 KB per unit; a transaction costs two per KB
+DYNAMODB_READ_REQUEST_UNIT = 0.125 / 1e6  # 4 KB per unit, strongly consistent
+KINESIS_ON_DEMAND_INGEST_GB = 0.08  # each record rounded up to 1 KB
+KINESIS_ON_DEMAND_RETRIEVAL_GB = 0.04
+KINESIS_ON_DEMAND_STREAM_HOUR = 0.04  # fixed, whatever the traffic
+EVENTBRIDGE_CUSTOM_EVENT = 1.00 / 1e6  # per 64 KB chunk
+EVENTBRIDGE_ARCHIVE_GB = 0.10
+SQS_REQUEST = 0.40 / 1e6
+
+# DynamoDB Streams reads made by Lambda triggers are free; stated here so the model can say so.
+DYNAMODB_STREAM_READ_BY_LAMBDA = 0.0
+
+# Round-trip times the model assumes inside a region (Lambda is billed for the time it waits).
+LATENCY_SECONDS = {"BatchGetItem": 0.008, "PutItem": 0.005, "Query": 0.005, "TransactWriteItems": 0.010,
+                   "PutEvents": 0.015, "GetItem": 0.004}
