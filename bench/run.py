@@ -76,7 +76,8 @@ def measure(quick: bool) -> dict[str, Any]:
     from bench import cold_import, core_speed, e2e_latency, pipeline_requests, profile_size, timers_sweep
     from cdp.catalogue import load_catalogue
     from cdp.engine import Engine
-    from cdp.profile import item_size
+    from cdp.events import parse_record
+    from cdp.profile import Profile, item_size
 
     figures: dict[str, Any] = {"machine": {"python": platform.python_version(), "cpu": platform.machine()},
                                "taken": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -86,8 +87,8 @@ def measure(quick: bool) -> dict[str, Any]:
 
     def fold_catalogue() -> None:
         for records in batches:
-            parsed = [core_speed.parse_record(r) for r in records]
-            engine.apply(core_speed.Profile(parsed[0].customer_id), parsed, parsed[-1].timestamp)
+            parsed = [parse_record(r) for r in records]
+            engine.apply(Profile(parsed[0].customer_id), parsed, parsed[-1].timestamp)
 
     core["us_per_event_catalogue"] = core_speed.best_of(3, fold_catalogue) / (300 * 20) * 1e6
     core["record_bytes_mean"] = sum(len(r) for b in batches for r in b) / (300 * 20)
