@@ -49,11 +49,16 @@ def synthesised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def integrated(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The stack with every integration enabled, as cdk.json documents them."""
+def integrated_synthesised(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The stack with every integration enabled, as cdk.json documents them: (stack, assembly)."""
+    return synthesise(tmp_path_factory.mktemp("cdk.out"), every_integration_enabled())
+
+
+@pytest.fixture(scope="session")
+def integrated(integrated_synthesised: Any) -> Any:
     from aws_cdk.assertions import Template
 
-    stack, _ = synthesise(tmp_path_factory.mktemp("cdk.out"), every_integration_enabled())
+    stack, _ = integrated_synthesised
     return Template.from_stack(stack)
 
 

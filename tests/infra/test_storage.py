@@ -61,11 +61,12 @@ def test_every_synth_runs_cdk_nag(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         app.synth()
 
 
-def test_cfn_lint_reports_no_errors(synthesised: Any) -> None:
+@pytest.mark.parametrize("variant", ["synthesised", "integrated_synthesised"])
+def test_cfn_lint_reports_no_errors(variant: str, request: pytest.FixtureRequest) -> None:
     import subprocess
     import sys
 
-    _, assembly = synthesised
+    _, assembly = request.getfixturevalue(variant)
     template_path = Path(assembly.directory) / assembly.stacks[0].template_file
     run = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), "--format", "json", str(template_path)],
                          capture_output=True, text=True, timeout=300, check=False)
