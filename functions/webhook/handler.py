@@ -18,7 +18,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from cdp.fanout import DeadLetters, DeliveryLedger, DeliveryResult, settle
+from cdp.fanout import DeadLetters, DeliveryLedger, DeliveryResult, batch_response, queue_messages, report, settle
 from cdp.integrations.webhook import ProfileReader, WebhookLists, deliver_batch
 
 logger = Logger(service="cdp-webhook")
@@ -83,22 +83,17 @@ def dependencies() -> Dependencies:
 
 
 def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependencies) -> dict[str, Any]:
-    messages = [(str(r["messageId"]), str(r["body"])) for r in event.get("Records", [])]
+    messages = queue_messages(event)
     result = deliver_batch(messages, deps.destination, deps.ledger, deps.profiles)
     # The original bodies: deliver_batch's enriched ones hold emails, which never go to the dead letters.
     retry = settle(messages, result, deps.dead_letters)
     record_metrics(result, len(retry))
-    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in retry]}
+    return batch_response(retry)
 
 
 def record_metrics(result: DeliveryResult, retried: int) -> None:
-    for name, value in (("Delivered", len(result.delivered)), ("Skipped", len(result.skipped)),
-                        ("Refused", len(result.refused)), ("Retried", retried)):
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
-    if result.refused or result.retry:
-        # Reasons only: never identifiers, hashed or not, nor emails.
-        logger.warning("deliveries not made", extra={"refused": sorted(set(result.refused.values())),
-                                                     "retried": sorted(set(result.retry.values()))})
+    report(result, retried, lambda name, value: metrics.add_metric(name=name, unit=MetricUnit.Count, value=value),
+           lambda message, extra: logger.warning(message, extra=extra))
 
 
 @logger.inject_lambda_context

@@ -17,7 +17,7 @@ Problems with one event (unparseable, a poisoned identifier) fail that event alo
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -339,3 +339,24 @@ def settle(messages: Sequence[tuple[str, str]], result: DeliveryResult, dead_let
         except TransientError as error:
             retry[message_id] = f"dead-letter queue unavailable: {error}"
     return [message_id for message_id, _ in messages if message_id in retry]
+
+
+def queue_messages(event: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(message id, body) of each record of an SQS event."""
+    return [(str(record["messageId"]), str(record["body"])) for record in event.get("Records", [])]
+
+
+def batch_response(retry: Sequence[str]) -> dict[str, Any]:
+    """The partial-batch response that hands these messages back to the queue."""
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in retry]}
+
+
+def report(result: DeliveryResult, retried: int, count: Callable[[str, int], None],
+           warn: Callable[[str, dict[str, Any]], None]) -> None:
+    """Counts per outcome, and the reasons of what was not delivered: never identifiers, hashed or not."""
+    for name, value in (("Delivered", len(result.delivered)), ("Skipped", len(result.skipped)),
+                        ("Refused", len(result.refused)), ("Retried", retried)):
+        count(name, value)
+    if result.refused or result.retry:
+        warn("deliveries not made", {"refused": sorted(set(result.refused.values())),
+                                     "retried": sorted(set(result.retry.values()))})

@@ -37,19 +37,28 @@ class DynamoDeliveryLedger:
         return found
 
     def record(self, destination: str, key: tuple[str, str], entry: LedgerEntry) -> bool:
-        item: dict[str, Any] = {"delivery": {"S": ledger_key(destination, key)}, "v": {"N": str(entry.version)},
-                                "kind": {"S": entry.kind}, "event_id": {"S": entry.event_id}}
-        if entry.identifiers:
-            item["ids"] = {"S": json.dumps(dict(entry.identifiers), sort_keys=True)}
-        if entry.kind == EXITED:
-            item["expires_at"] = {"N": str(int(time.time()) + EXITED_TTL)}
+        return self._put(entry_item(destination, key, entry), "attribute_not_exists(delivery) OR v < :v",
+                         {":v": {"N": str(entry.version)}})
+
+    def _put(self, item: dict[str, Any], condition: str, values: dict[str, Any]) -> bool:
+        """A conditional PutItem; False when the condition failed (something newer is there)."""
         try:
-            self.client.put_item(TableName=self.table_name, Item=item,
-                                 ConditionExpression="attribute_not_exists(delivery) OR v < :v",
-                                 ExpressionAttributeValues={":v": {"N": str(entry.version)}})
+            self.client.put_item(TableName=self.table_name, Item=item, ConditionExpression=condition,
+                                 ExpressionAttributeValues=values)
         except Exception as error:
             mapped = domain_error(error)
             if isinstance(mapped, ConflictError):
-                return False  # a newer version got there first
+                return False
             raise mapped from error
         return True
+
+
+def entry_item(destination: str, key: tuple[str, str], entry: LedgerEntry) -> dict[str, Any]:
+    """The ledger item of one entry; an exit's expires once no late event can arrive any more."""
+    item: dict[str, Any] = {"delivery": {"S": ledger_key(destination, key)}, "v": {"N": str(entry.version)},
+                            "kind": {"S": entry.kind}, "event_id": {"S": entry.event_id}}
+    if entry.identifiers:
+        item["ids"] = {"S": json.dumps(dict(entry.identifiers), sort_keys=True)}
+    if entry.kind == EXITED:
+        item["expires_at"] = {"N": str(int(time.time()) + EXITED_TTL)}
+    return item

@@ -17,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as NoConnection
 
 from cdp.aws.errors import domain_error
-from cdp.aws.ledger import EXITED_TTL, DynamoDeliveryLedger, ledger_key
+from cdp.aws.ledger import DynamoDeliveryLedger, entry_item
 from cdp.fanout import EXITED, LedgerEntry
 from cdp.integrations.email import CapRecord, EmailRefused, Send, SendOutcomeUnknown
 from cdp.ports import ConflictError, TransientError
@@ -133,20 +133,6 @@ class DynamoEmailLedger(DynamoDeliveryLedger):
     def release(self, destination: str, key: tuple[str, str], claim: LedgerEntry,
                 previous: LedgerEntry | None) -> bool:
         entry = previous or LedgerEntry(0, EXITED, "released", {})
-        item: dict[str, Any] = {"delivery": {"S": ledger_key(destination, key)}, "v": {"N": str(entry.version)},
-                                "kind": {"S": entry.kind}, "event_id": {"S": entry.event_id}}
-        if entry.identifiers:
-            item["ids"] = {"S": json.dumps(dict(entry.identifiers), sort_keys=True)}
-        if entry.kind == EXITED:
-            item["expires_at"] = {"N": str(int(time.time()) + EXITED_TTL)}
-        try:
-            self.client.put_item(TableName=self.table_name, Item=item,
-                                 ConditionExpression="v = :claimed AND event_id = :event",
-                                 ExpressionAttributeValues={":claimed": {"N": str(claim.version)},
-                                                            ":event": {"S": claim.event_id}})
-        except Exception as error:
-            mapped = domain_error(error)
-            if isinstance(mapped, ConflictError):
-                return False  # something newer replaced the claim: leave it
-            raise mapped from error
-        return True
+        # False: something newer replaced the claim, so leave it.
+        return self._put(entry_item(destination, key, entry), "v = :claimed AND event_id = :event",
+                         {":claimed": {"N": str(claim.version)}, ":event": {"S": claim.event_id}})
