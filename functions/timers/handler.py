@@ -16,8 +16,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cdp.catalogue import load_catalogue
-from cdp.clock import Clock, clock_from_env
-from cdp.config import TimersConfig
+from cdp.clock import Clock, WallClock, clock_from_env
+from cdp.config import ConfigError, TimersConfig
 from cdp.due import DUE_SHARDS, DueIndex, SweepResult, sweep
 from cdp.engine import Engine
 from cdp.ports import ProfileStore
@@ -49,10 +49,19 @@ def dependencies() -> Dependencies:
         engine=Engine(load_catalogue(config.catalogue_path)),
         store=DynamoProfileStore(client, config.profiles_table),
         index=DynamoDueIndex(client, config.profiles_table, config.due_index),
-        clock=clock_from_env(os.environ.get("CDP_CLOCK", "")),
+        clock=sweep_clock(os.environ.get("CDP_CLOCK", "")),
         page_size=config.page_size,
         reserve_ms=config.reserve_ms,
     )
+
+
+def sweep_clock(value: str) -> Clock:
+    """Wall time: an event-time clock here would never move (the sweep sees no events), so nothing would fall
+    due. Replays drive the sweep with the ingest's own event clock instead (as the local stack does)."""
+    clock = clock_from_env(value)
+    if not isinstance(clock, WallClock):
+        raise ConfigError("CDP_CLOCK: the timers function runs on wall time; event time needs a shared clock")
+    return clock
 
 
 def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependencies) -> dict[str, Any]:

@@ -606,3 +606,13 @@ def test_the_function_refuses_to_start_without_its_index_name(monkeypatch: pytes
         assert (deps.page_size, deps.reserve_ms, deps.index.index_name) == (25, 10_000, DUE_INDEX)
     finally:
         timers_handler.dependencies.cache_clear()
+
+
+def test_the_timers_function_refuses_an_event_time_clock_it_could_never_advance() -> None:
+    from cdp.clock import WallClock
+    from cdp.config import ConfigError
+
+    assert isinstance(timers_handler.sweep_clock(""), WallClock)
+    assert isinstance(timers_handler.sweep_clock("wall"), WallClock)
+    with pytest.raises(ConfigError, match="CDP_CLOCK"):
+        timers_handler.sweep_clock("event")
