@@ -22,6 +22,7 @@ from cdp.fanout import (
     report,
     settle,
 )
+from cdp.http import seconds_left, time_limit
 
 logger = Logger(service="cdp-meta")
 metrics = Metrics(namespace="cdp", service="meta")
@@ -59,7 +60,8 @@ def dependencies() -> Dependencies:
 
 def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependencies) -> dict[str, Any]:
     messages = queue_messages(event)
-    result = deliver(messages, deps.destination, deps.ledger)
+    with time_limit(seconds_left(context)):  # give rows back rather than time out
+        result = deliver(messages, deps.destination, deps.ledger)
     retry = settle(messages, result, deps.dead_letters)
     record_metrics(result, len(retry))
     return batch_response(retry)

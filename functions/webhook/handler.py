@@ -19,6 +19,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cdp.fanout import DeadLetters, DeliveryLedger, DeliveryResult, batch_response, queue_messages, report, settle
+from cdp.http import seconds_left, time_limit
 from cdp.integrations.webhook import ProfileReader, WebhookLists, deliver_batch
 
 logger = Logger(service="cdp-webhook")
@@ -84,7 +85,8 @@ def dependencies() -> Dependencies:
 
 def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependencies) -> dict[str, Any]:
     messages = queue_messages(event)
-    result = deliver_batch(messages, deps.destination, deps.ledger, deps.profiles)
+    with time_limit(seconds_left(context)):  # give rows back rather than time out
+        result = deliver_batch(messages, deps.destination, deps.ledger, deps.profiles)
     # The original bodies: deliver_batch's enriched ones hold emails, which never go to the dead letters.
     retry = settle(messages, result, deps.dead_letters)
     record_metrics(result, len(retry))

@@ -11,7 +11,9 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -76,6 +78,26 @@ def retry_after(response: HttpResponse, attempt: int) -> float:
     return min(max(wait, 0.0), MAX_WAIT_SECONDS)
 
 
+_give_up_at: ContextVar[float | None] = ContextVar("give_up_at", default=None)
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Within this block, ``send`` waits for no back-off that would end after ``seconds`` from now: it gives
+    the rows back for a retry instead, before the function's own timeout would lose the whole batch."""
+    token = _give_up_at.set(None if seconds is None else time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _give_up_at.reset(token)
+
+
+def seconds_left(context: Any, reserve: float = 10.0) -> float | None:
+    """A Lambda context's remaining time, less ``reserve`` for recording results; None outside Lambda."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return None if remaining is None else max(remaining() / 1000 - reserve, 0.0)
+
+
 def send(transport: Transport, method: str, url: str, headers: Mapping[str, str], body: bytes | None, *,
          service: str, attempts: int = 5, throttled: Callable[[HttpResponse], bool] = lambda r: False,
          sleep: Callable[[float], None] = time.sleep) -> HttpResponse:
@@ -85,11 +107,16 @@ def send(transport: Transport, method: str, url: str, headers: Mapping[str, str]
     TransientError when the platform still says 'later' after ``attempts``.
     """
     response = HttpResponse(0, b"")
+    give_up_at = _give_up_at.get()
     for attempt in range(attempts):
         response = transport.request(method, url, headers, body)
         if response.status and response.status not in RETRY_STATUSES and not throttled(response):
             return response
         if attempt + 1 < attempts:
-            sleep(retry_after(response, attempt))
+            wait = retry_after(response, attempt)
+            if give_up_at is not None and time.monotonic() + wait > give_up_at:
+                status = f"HTTP {response.status}" if response.status else "no connection"
+                raise TransientError(f"{service} answered {status}; no time left in this invocation to wait")
+            sleep(wait)
     status = f"HTTP {response.status}" if response.status else "no connection"
     raise TransientError(f"{service} still answered {status} after {attempts} attempts")
