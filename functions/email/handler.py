@@ -17,7 +17,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cdp.clock import Clock, WallClock
-from cdp.fanout import DeadLetters, DeliveryResult, settle
+from cdp.fanout import DeadLetters, DeliveryResult, batch_response, queue_messages, settle
 from cdp.integrations.email import (
     UNKNOWN_OUTCOME,
     EmailLedger,
@@ -83,12 +83,12 @@ def dependencies() -> Dependencies:
 
 
 def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependencies) -> dict[str, Any]:
-    messages = [(str(r["messageId"]), str(r["body"])) for r in event.get("Records", [])]
+    messages = queue_messages(event)
     result = deliver_emails(messages, deps.templates, deps.profiles, deps.ledger, deps.cap, deps.sender,
                             deps.clock.now(), deps.options)
     retry = settle(messages, result, deps.dead_letters)
     record_metrics(result, len(retry))
-    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in retry]}
+    return batch_response(retry)
 
 
 def record_metrics(result: DeliveryResult, retried: int) -> None:

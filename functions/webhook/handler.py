@@ -15,11 +15,10 @@ from functools import cache
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from cdp.fanout import DeadLetters, DeliveryLedger, DeliveryResult, batch_response, queue_messages, report, settle
-from cdp.http import seconds_left, time_limit
+from cdp.fanout import DeadLetters, DeliveryLedger, run_batch
+from cdp.http import seconds_left
 from cdp.integrations.webhook import ProfileReader, WebhookLists, deliver_batch
 
 logger = Logger(service="cdp-webhook")
@@ -62,40 +61,27 @@ def dependencies() -> Dependencies:
     """Built on the first invocation (cold start), not at import."""
     import boto3
 
-    from cdp.aws.dead_letters import SqsDeadLetters
     from cdp.aws.dynamo import DynamoProfileStore
-    from cdp.aws.ledger import DynamoDeliveryLedger
+    from cdp.aws.ledger import delivery_stores
     from cdp.aws.secrets import read_secret
-    from cdp.config import ConfigError, DestinationConfig
+    from cdp.config import DestinationConfig
     from cdp.http import UrllibTransport
     from cdp.integrations.webhook import WebhookOptions
 
     config = DestinationConfig.from_env(os.environ)
     options = WebhookOptions.parse(config.options)
-    if not config.secret_arn:
-        raise ConfigError("environment variable SECRET_ARN is required")
     table = profiles_table(os.environ, options.include_email)
-    secret = signing_secret(read_secret(boto3.client("secretsmanager"), config.secret_arn))
-    dynamodb = boto3.client("dynamodb")
+    secret = signing_secret(read_secret(boto3.client("secretsmanager"), config.secret_id("the signing secret")))
     lists = WebhookLists(config.targets, options, secret, UrllibTransport())
-    return Dependencies(lists, DynamoDeliveryLedger(dynamodb, config.ledger_table),
-                        SqsDeadLetters(boto3.client("sqs"), config.dead_letter_queue_url, "webhook"),
-                        DynamoProfileStore(dynamodb, table) if table else None)
+    ledger, dead_letters = delivery_stores(config, "webhook")
+    return Dependencies(lists, ledger, dead_letters,
+                        DynamoProfileStore(boto3.client("dynamodb"), table) if table else None)
 
 
 def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependencies) -> dict[str, Any]:
-    messages = queue_messages(event)
-    with time_limit(seconds_left(context)):  # give rows back rather than time out
-        result = deliver_batch(messages, deps.destination, deps.ledger, deps.profiles)
-    # The original bodies: deliver_batch's enriched ones hold emails, which never go to the dead letters.
-    retry = settle(messages, result, deps.dead_letters)
-    record_metrics(result, len(retry))
-    return batch_response(retry)
-
-
-def record_metrics(result: DeliveryResult, retried: int) -> None:
-    report(result, retried, lambda name, value: metrics.add_metric(name=name, unit=MetricUnit.Count, value=value),
-           lambda message, extra: logger.warning(message, extra=extra))
+    # Dead letters get the original bodies: deliver_batch's enriched ones hold emails.
+    return run_batch(event, lambda messages: deliver_batch(messages, deps.destination, deps.ledger, deps.profiles),
+                     deps.dead_letters, seconds_left(context), metrics, logger)
 
 
 @logger.inject_lambda_context

@@ -33,6 +33,7 @@ from cdp.fanout import (
     parse_message,
     plan,
     settle,
+    valid_identifiers,
 )
 from cdp.identifiers import hashed_identifiers, sha256
 from cdp.memory import MemoryDeadLetters, MemoryDeliveryLedger
@@ -628,3 +629,17 @@ def test_an_event_refused_by_the_destination_is_dead_lettered_whole() -> None:
     assert settle(messages, deliver(messages, destination, ledger), dead) == []
     assert dead.letters == [(messages[0][1], "rejected by the platform")]
     assert ledger.entries_by_key == {}
+
+
+def test_rows_carry_the_customer_and_the_membership_version_they_apply() -> None:
+    destination, ledger = FakeDestination(), MemoryDeliveryLedger()
+    deliver([message(ENTERED, "alice", 2), message(EXITED, "bob", 5)], destination, ledger)
+    assert [(kind, row.customer_id, row.version) for _, kind, rows in destination.sent for row in rows] == [
+        (ENTERED, "alice", 2), (EXITED, "bob", 5)]
+
+
+def test_an_email_identifier_must_be_normalised_to_be_sent() -> None:
+    assert valid_identifiers({"email": "a@b.co", "email_sha256": "0" * 64}, ["email", "email_sha256"]) == {
+        "email": "a@b.co", "email_sha256": "0" * 64}
+    with pytest.raises(InvalidDelivery, match=r"identifiers\.email: is not a normalised email address"):
+        valid_identifiers({"email": " A@B.co"}, ["email"])

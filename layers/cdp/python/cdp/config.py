@@ -97,19 +97,24 @@ class TimersConfig:
                    _whole(env, "SWEEP_PAGE_SIZE", 100, 1, 100), _whole(env, "SWEEP_RESERVE_MS", 10_000, 0, 600_000))
 
 
+def json_object(raw: str, what: str) -> dict[str, Any]:
+    """``raw`` parsed as a JSON object; otherwise a ConfigError naming ``what`` it came from."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} must be a JSON object")
+    return value
+
+
 def _json_object(env: Mapping[str, str], name: str, required: bool = True) -> dict[str, Any]:
     raw = env.get(name, "").strip()
     if not raw:
         if required:
             raise ConfigError(f"environment variable {name} is required")
         return {}
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        raise ConfigError(f"environment variable {name} must be a JSON object") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"environment variable {name} must be a JSON object")
-    return value
+    return json_object(raw, f"environment variable {name}")
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,12 @@ class DestinationConfig:
     base_url: str  # empty: the platform's own
     api_version: str  # empty: the module's default
     options: dict[str, Any]  # integration-specific settings
+
+    def secret_id(self, holds: str) -> str:
+        """SECRET_ARN, which this integration cannot do without; ``holds`` says what the secret is."""
+        if not self.secret_arn:
+            raise ConfigError(f"environment variable SECRET_ARN is required ({holds})")
+        return self.secret_arn
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DestinationConfig:

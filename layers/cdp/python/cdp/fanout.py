@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cdp.identifiers import is_sha256
+from cdp.identifiers import is_sha256, normalise_email
 from cdp.ports import TransientError
 
 ENTERED, EXITED = "entered", "exited"
@@ -159,12 +159,15 @@ def applied_entry(action: Action) -> LedgerEntry:
     return LedgerEntry(action.event.version, action.kind, action.event.event_id, kept)
 
 
-def valid_hashes(identifiers: Mapping[str, str], wanted: Sequence[str]) -> dict[str, str]:
-    """The wanted identifiers, checked to be SHA-256 hex; a malformed one is refused, never sent."""
+def valid_identifiers(identifiers: Mapping[str, str], wanted: Sequence[str]) -> dict[str, str]:
+    """The wanted identifiers, each checked for its form (``*_sha256``: SHA-256 hex; ``email``: a normalised
+    address); a malformed one is refused, never sent."""
     chosen = {name: identifiers[name] for name in wanted if name in identifiers}
     for name, value in chosen.items():
-        if not is_sha256(value):
+        if name.endswith("_sha256") and not is_sha256(value):
             raise InvalidDelivery(f"identifiers.{name}: is not a SHA-256 hex digest")
+        if name == "email" and normalise_email(value) != value:
+            raise InvalidDelivery("identifiers.email: is not a normalised email address")
     return chosen
 
 
@@ -201,10 +204,12 @@ def dump(value: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One add or remove as a platform receives it: hashed identifiers only, tied to its event."""
+    """One add or remove as a platform receives it: the identifiers it matches on, tied to its event."""
 
     event_id: str
     identifiers: Mapping[str, str]
+    customer_id: str = ""
+    version: int = 0  # the membership version the row applies
 
 
 @dataclass
@@ -257,7 +262,7 @@ def deliver(messages: Sequence[tuple[str, str]], destination: Destination, ledge
             rows, by_event = [], {}
             for action in actions:
                 try:
-                    identifiers = valid_hashes(action.identifiers, destination.identifier_names)
+                    identifiers = valid_identifiers(action.identifiers, destination.identifier_names)
                 except InvalidDelivery as error:
                     result.refused[action.event.message_id] = str(error)
                     continue
@@ -266,7 +271,7 @@ def deliver(messages: Sequence[tuple[str, str]], destination: Destination, ledge
                         _record(ledger, namespace, action, result)
                         result.skipped.append((action.event, "no identifiers this destination matches on"))
                     continue
-                rows.append(Row(action.event.event_id, identifiers))
+                rows.append(Row(action.event.event_id, identifiers, action.event.customer_id, action.event.version))
                 by_event[action.event.event_id] = action
             if not rows:
                 continue
@@ -312,13 +317,13 @@ def _reconcile(destination: Destination, target: str, namespace: str, action: Ac
         if action.kind == ENTERED:
             kept = newer.identifiers if newer.kind == ENTERED else {}
             stale = {k: v for k, v in action.identifiers.items() if kept.get(k) != v}
-            chosen = valid_hashes(stale, destination.identifier_names)
+            chosen = valid_identifiers(stale, destination.identifier_names)
             kind = EXITED
         else:
-            chosen = valid_hashes(newer.identifiers, destination.identifier_names) if newer.kind == ENTERED else {}
+            chosen = valid_identifiers(newer.identifiers, destination.identifier_names) if newer.kind == ENTERED else {}
             kind = ENTERED
         if chosen:
-            rows.append(Row(action.event.event_id, chosen))
+            rows.append(Row(action.event.event_id, chosen, action.event.customer_id, action.event.version))
             outcome = destination.send(target, kind, rows)
             if outcome.retry or outcome.refused:
                 raise TransientError("the destination did not take the correction")
@@ -351,12 +356,35 @@ def batch_response(retry: Sequence[str]) -> dict[str, Any]:
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in retry]}
 
 
-def report(result: DeliveryResult, retried: int, count: Callable[[str, int], None],
-           warn: Callable[[str, dict[str, Any]], None]) -> None:
-    """Counts per outcome, and the reasons of what was not delivered: never identifiers, hashed or not."""
+def report(result: DeliveryResult, retried: int, metrics: Any, logger: Any) -> None:
+    """Counts per outcome (Powertools ``Metrics``), and the reasons of what was not delivered (``Logger``):
+    never identifiers, hashed or not."""
     for name, value in (("Delivered", len(result.delivered)), ("Skipped", len(result.skipped)),
                         ("Refused", len(result.refused)), ("Retried", retried)):
-        count(name, value)
+        metrics.add_metric(name=name, unit="Count", value=value)
     if result.refused or result.retry:
-        warn("deliveries not made", {"refused": sorted(set(result.refused.values())),
-                                     "retried": sorted(set(result.retry.values()))})
+        logger.warning("deliveries not made", extra={"refused": sorted(set(result.refused.values())),
+                                                     "retried": sorted(set(result.retry.values()))})
+
+
+@dataclass(frozen=True)
+class BatchDelivery:
+    """What a batch integration function works with: its destination, the ledger and its dead letters."""
+
+    destination: Destination
+    ledger: DeliveryLedger
+    dead_letters: DeadLetters
+
+
+def run_batch(event: Mapping[str, Any], deliver_messages: Callable[[list[tuple[str, str]]], DeliveryResult],
+              dead_letters: DeadLetters, seconds_left: float | None, metrics: Any, logger: Any) -> dict[str, Any]:
+    """One SQS batch through a delivery: rows given back rather than waiting past the time left, refused
+    messages to the dead letters (their original bodies), and the partial-batch response."""
+    from cdp.http import time_limit
+
+    messages = queue_messages(event)
+    with time_limit(seconds_left):
+        result = deliver_messages(messages)
+    retry = settle(messages, result, dead_letters)
+    report(result, len(retry), metrics, logger)
+    return batch_response(retry)

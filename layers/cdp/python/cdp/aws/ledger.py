@@ -7,12 +7,22 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from cdp.aws.dead_letters import SqsDeadLetters
 from cdp.aws.dynamo import batch_get
 from cdp.aws.errors import domain_error
+from cdp.config import DestinationConfig
 from cdp.fanout import EXITED, LedgerEntry
 from cdp.ports import ConflictError
 
 EXITED_TTL = 30 * 86400  # past any queue's retention: a late event older than this cannot arrive
+
+
+def delivery_stores(config: DestinationConfig, source: str) -> tuple[DynamoDeliveryLedger, SqsDeadLetters]:
+    """The ledger and dead-letter queue an integration function is configured with."""
+    import boto3
+
+    return (DynamoDeliveryLedger(boto3.client("dynamodb"), config.ledger_table),
+            SqsDeadLetters(boto3.client("sqs"), config.dead_letter_queue_url, source))
 
 
 def ledger_key(destination: str, key: tuple[str, str]) -> str:
@@ -41,16 +51,21 @@ class DynamoDeliveryLedger:
                          {":v": {"N": str(entry.version)}})
 
     def _put(self, item: dict[str, Any], condition: str, values: dict[str, Any]) -> bool:
-        """A conditional PutItem; False when the condition failed (something newer is there)."""
-        try:
-            self.client.put_item(TableName=self.table_name, Item=item, ConditionExpression=condition,
-                                 ExpressionAttributeValues=values)
-        except Exception as error:
-            mapped = domain_error(error)
-            if isinstance(mapped, ConflictError):
-                return False
-            raise mapped from error
-        return True
+        return conditional_put(self.client, self.table_name, item, condition, values)
+
+
+def conditional_put(client: Any, table_name: str, item: dict[str, Any], condition: str,
+                    values: dict[str, Any] | None = None) -> bool:
+    """A conditional PutItem; False when the condition failed (something newer is there)."""
+    extra = {"ExpressionAttributeValues": values} if values else {}
+    try:
+        client.put_item(TableName=table_name, Item=item, ConditionExpression=condition, **extra)
+    except Exception as error:
+        mapped = domain_error(error)
+        if isinstance(mapped, ConflictError):
+            return False
+        raise mapped from error
+    return True
 
 
 def entry_item(destination: str, key: tuple[str, str], entry: LedgerEntry) -> dict[str, Any]:

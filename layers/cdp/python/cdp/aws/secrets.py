@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from cdp.aws.errors import domain_error
-from cdp.config import ConfigError
+from cdp.config import json_object
 
 
 def read_secret(client: Any, secret_id: str) -> dict[str, Any]:
@@ -14,10 +13,4 @@ def read_secret(client: Any, secret_id: str) -> dict[str, Any]:
         raw = client.get_secret_value(SecretId=secret_id)["SecretString"]
     except Exception as error:
         raise domain_error(error) from error
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        raise ConfigError(f"secret {secret_id}: must hold a JSON object") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"secret {secret_id}: must hold a JSON object")
-    return value
+    return json_object(raw, f"secret {secret_id}")

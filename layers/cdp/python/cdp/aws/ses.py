@@ -17,10 +17,10 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as NoConnection
 
 from cdp.aws.errors import domain_error
-from cdp.aws.ledger import DynamoDeliveryLedger, entry_item
+from cdp.aws.ledger import DynamoDeliveryLedger, conditional_put, entry_item
 from cdp.fanout import EXITED, LedgerEntry
 from cdp.integrations.email import CapRecord, EmailRefused, Send, SendOutcomeUnknown
-from cdp.ports import ConflictError, TransientError
+from cdp.ports import TransientError
 
 THROTTLED = frozenset({"Throttling", "ThrottlingException", "MaxSendingRateExceeded", "TooManyRequestsException"})
 FAULTS = frozenset({"InternalFailure", "ServiceUnavailable", "InternalServerError"})
@@ -107,20 +107,10 @@ class DynamoFrequencyCap:
         item = {"delivery": {"S": cap_key(customer_id)}, "v": {"N": str(expected_version + 1)},
                 "sends": {"L": [{"L": [{"N": str(s.at)}, {"S": s.event_id}]} for s in sends]},
                 "expires_at": {"N": str(expires_at)}}
-        condition: dict[str, Any]
         if expected_version == 0:
-            condition = {"ConditionExpression": "attribute_not_exists(delivery)"}
-        else:
-            condition = {"ConditionExpression": "v = :expected",
-                         "ExpressionAttributeValues": {":expected": {"N": str(expected_version)}}}
-        try:
-            self.client.put_item(TableName=self.table_name, Item=item, **condition)
-        except Exception as error:
-            mapped = domain_error(error)
-            if isinstance(mapped, ConflictError):
-                return False
-            raise mapped from error
-        return True
+            return conditional_put(self.client, self.table_name, item, "attribute_not_exists(delivery)")
+        return conditional_put(self.client, self.table_name, item, "v = :expected",
+                               {":expected": {"N": str(expected_version)}})
 
 
 class DynamoEmailLedger(DynamoDeliveryLedger):

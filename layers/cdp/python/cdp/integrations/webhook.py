@@ -55,8 +55,7 @@ Options (``OPTIONS``)
 ``url`` (required, ``https://``), ``batch_size`` (operations per request, default 100, at most 1000),
 ``include_email`` (default false). With ``include_email`` the function reads each customer's email
 trait from the profiles table (one BatchGetItem per 100 customers) and the delivery ledger keeps the
-email sent with an add, so the later remove names the same address. See :func:`deliver_batch` for
-how the email reaches the request without changing :func:`cdp.fanout.deliver`.
+email sent with an add, so the later remove names the same address (:func:`deliver_batch`).
 """
 
 from __future__ import annotations
@@ -67,7 +66,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -76,13 +75,9 @@ from cdp.fanout import (
     ENTERED,
     DeliveryLedger,
     DeliveryResult,
-    LedgerEntry,
-    MembershipEvent,
     Row,
     SendOutcome,
     deliver,
-    parse_batch,
-    plan,
 )
 from cdp.http import HttpResponse, Transport, send
 from cdp.identifiers import normalise_email
@@ -208,49 +203,6 @@ class Operation:
         return document
 
 
-class BatchContext:
-    """One queue batch: its events by id, and the ledger entries deliver() planned them against.
-
-    A :class:`~cdp.fanout.Row` carries an event id and the hashed identifiers only; the request also
-    needs the customer id, the membership version and (with ``include_email``) the email that
-    :func:`~cdp.fanout.plan` chose: the event's own for an add, the one recorded with the add for a
-    remove. The context answers those from the parsed events and from the ledger reads it taps.
-    """
-
-    def __init__(self, events: Sequence[MembershipEvent]) -> None:
-        self.events = {event.event_id: event for event in events}
-        self.applied: dict[tuple[str, str, str], LedgerEntry] = {}  # (namespace, segment, customer) -> entry
-
-    def tap(self, ledger: DeliveryLedger) -> DeliveryLedger:
-        """The ledger, remembering what it answered for this batch."""
-        return _LedgerTap(ledger, self)
-
-    def operation(self, namespace: str, row: Row) -> Operation:
-        event = self.events.get(row.event_id)
-        if event is None:
-            raise LookupError("webhook: a row outside this batch; send through deliver_batch()")
-        entry = self.applied.get((namespace, *event.key))
-        # The identifiers plan() chose for this event (stored ones for a remove), the same rule as the hashes.
-        actions = plan([event], {event.key: entry} if entry is not None else {}).actions
-        identifiers = actions[0].identifiers if actions else event.identifiers
-        return Operation(event.event_id, event.customer_id, event.version, dict(row.identifiers),
-                         identifiers.get(EMAIL))
-
-
-@dataclass
-class _LedgerTap:
-    inner: DeliveryLedger
-    context: BatchContext
-
-    def entries(self, destination: str, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], LedgerEntry]:
-        found = self.inner.entries(destination, keys)
-        self.context.applied.update({(destination, *key): entry for key, entry in found.items()})
-        return found
-
-    def record(self, destination: str, key: tuple[str, str], entry: LedgerEntry) -> bool:
-        return self.inner.record(destination, key, entry)
-
-
 # ---- the destination --------------------------------------------------------------------------
 
 
@@ -265,11 +217,13 @@ class WebhookLists:
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     attempts: int = 5
-    context: BatchContext | None = field(default=None, repr=False)
     name: str = "webhook"
     identifier_names: tuple[str, ...] = IDENTIFIERS
 
     def __post_init__(self) -> None:
+        if self.options.include_email:
+            # The email travels as an identifier: the ledger keeps the one added, so a remove names it.
+            self.identifier_names = (*IDENTIFIERS, EMAIL)
         if not url_allowed(self.options.url):
             raise ValueError("webhook url must be https://")
         if not 1 <= self.options.batch_size <= MAX_BATCH_SIZE:
@@ -281,26 +235,14 @@ class WebhookLists:
     def include_email(self) -> bool:
         return self.options.include_email
 
-    def for_batch(self, context: BatchContext) -> WebhookLists:
-        return replace(self, context=context)
-
     def target(self, segment_id: str) -> str | None:
         return self.lists.get(segment_id)
 
     def send(self, target: str, kind: str, rows: Sequence[Row]) -> SendOutcome:
-        if self.context is None:
-            raise LookupError("webhook: send() needs the batch; deliver through deliver_batch()")
-        outcome = SendOutcome()
-        namespace = f"{self.name}:{target}"
-        operations = []
-        for row in rows:
-            operation = self.context.operation(namespace, row)
-            email = operation.email if self.include_email else None
-            if email is not None and normalise_email(email) != email:
-                outcome.refused[row.event_id] = "identifiers.email: is not a normalised email address"
-                continue
-            operations.append(operation)
-        return self.post(target, kind, operations, outcome)
+        return self.post(target, kind, [
+            Operation(row.event_id, row.customer_id, row.version,
+                      {name: value for name, value in row.identifiers.items() if name != EMAIL},
+                      row.identifiers.get(EMAIL)) for row in rows])
 
     def post(self, list_id: str, kind: str, operations: Sequence[Operation],
              outcome: SendOutcome | None = None) -> SendOutcome:
@@ -418,17 +360,9 @@ def _bus_event(body: str) -> dict[str, Any] | None:
 
 def deliver_batch(messages: Sequence[tuple[str, str]], lists: WebhookLists, ledger: DeliveryLedger,
                   profiles: ProfileReader | None = None) -> DeliveryResult:
-    """One queue batch to the webhook, through :func:`cdp.fanout.deliver` unchanged.
-
-    ``deliver`` hands a destination rows of validated hashes only (``valid_hashes`` refuses any
-    identifier that is not SHA-256, so a plain email cannot be one of ``identifier_names``), and a
-    row has no customer id or membership version. So the batch is prepared around it:
-
-    1. with ``include_email``, each event gets its customer's email in ``detail.identifiers.email``
-       (:func:`with_emails`). ``plan`` treats it like any identifier: an add carries it and the
-       ledger records it with the add; a remove gets the one recorded, not the current one.
-    2. the ledger is tapped (:class:`BatchContext`), so ``send`` can look up, per row, the event and
-       the identifiers ``plan`` chose, and put the email (and customer id, version) in the request.
+    """One queue batch to the webhook. With ``include_email``, each event first gets its customer's email
+    in ``detail.identifiers.email`` (:func:`with_emails`); ``plan`` treats it like any identifier, so the
+    ledger records it with the add and a remove names the one added, not the current one.
 
     Dead-letter the **original** messages (``settle(messages, ...)``): the enriched bodies hold the
     email and must not leave the function.
@@ -441,5 +375,4 @@ def deliver_batch(messages: Sequence[tuple[str, str]], lists: WebhookLists, ledg
         except TransientError as error:
             return DeliveryResult(retry={message_id: f"profile store unavailable: {error}"
                                          for message_id, _ in messages})
-    context = BatchContext(parse_batch(messages, DeliveryResult()))
-    return deliver(messages, lists.for_batch(context), context.tap(ledger))
+    return deliver(messages, lists, ledger)
