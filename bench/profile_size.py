@@ -2,7 +2,9 @@
 
     python bench/profile_size.py [--events 1000000]
 
-Sizes are DynamoDB item sizes by DynamoDB's own rules (what write units are billed on).
+Sizes are DynamoDB item sizes by DynamoDB's own rules (what write units are billed on). The
+dedupe state (message ids kept for 8 days, completed order ids, the shard watermark ingest keeps)
+is reported apart: for the heavy customer it is at its caps.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from cdp.catalogue import load_catalogue
 from cdp.engine import Engine
 from cdp.events import normalise
 from cdp.profile import Profile, item_size
+
+SHARD = "shardId-000000000000"
+DEDUPE = ("mi", "od", "sq")  # message ids, completed orders, shard watermarks (cdp.profile)
 
 ROOT = Path(__file__).resolve().parent.parent
 YEAR = 365 * 86400
@@ -63,6 +68,7 @@ def heavy_profile(engine: Engine, events: int, batch: int = 100) -> tuple[Profil
         chunk = [normalise(message("heavy", n, rng.choices(names, weights)[0], START + n * step, rng))
                  for n in range(first, min(events, first + batch))]
         engine.apply(profile, chunk, chunk[-1].timestamp)
+        profile.mark_delivered(SHARD, sequence(min(events, first + batch)), chunk[-1].timestamp)  # as ingest does
         item = profile.to_item()  # what ingest writes after every batch
         profile = Profile.from_item(item)
     return profile, time.perf_counter() - started
@@ -83,9 +89,27 @@ def typical_profile(engine: Engine) -> Profile:
     for number, name in enumerate(plan, start=1):
         moment += rng.uniform(3600, 2 * 86400)
         sessions.append(normalise(message(profile.customer_id, number, name, moment, rng)))
-    for event in sessions:
+    for number, event in enumerate(sessions):
         engine.apply(profile, [event], event.timestamp)
+        profile.mark_delivered(SHARD, sequence(number), event.timestamp)  # as ingest does
     return profile
+
+
+def sequence(number: int) -> str:
+    """A Kinesis sequence number: 56 decimal digits."""
+    return f"4963{number:052d}"
+
+
+def dedupe_bytes(profile: Profile) -> int:
+    """What the dedupe state adds to the item: its attributes, by DynamoDB's rules."""
+    item = profile.to_item()
+    return item_size({name: item[name] for name in DEDUPE if name in item})
+
+
+def dedupe_entries(profile: Profile) -> dict[str, int]:
+    item = profile.to_item()
+    return {"message_ids": profile.message_ids, "orders": len(item.get("od", b"")) // 8,
+            "shards": len(profile.shard_marks)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,10 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(load_catalogue(ROOT / "segments"))
     typical = typical_profile(engine)
     heavy, seconds = heavy_profile(engine, args.events)
+    heavy_name = "1m" if args.events == 1_000_000 else str(args.events)
     result = {
         "profile.bytes_typical": item_size(typical.to_item()),
-        "profile.bytes_1m_events" if args.events == 1_000_000 else f"profile.bytes_{args.events}_events":
-            item_size(heavy.to_item()),
+        f"profile.bytes_{heavy_name}_events": item_size(heavy.to_item()),
+        "profile.dedupe_bytes_typical": dedupe_bytes(typical),
+        f"profile.dedupe_bytes_{heavy_name}_events": dedupe_bytes(heavy),
+        "profile.dedupe_entries_typical": dedupe_entries(typical),
+        f"profile.dedupe_entries_{heavy_name}_events": dedupe_entries(heavy),
         "profile.heavy_events": args.events,
         "profile.heavy_fold_seconds": round(seconds, 1),
     }

@@ -1,7 +1,8 @@
 """The HTTP API: API Gateway REST API in front of the api function.
 
 Operator routes use IAM (SigV4); ``GET /me`` uses a Cognito user pool authorizer, so an end user
-reads only their own profile. Stage throttling, access logs, request validation and CORS.
+reads only their own profile. Stage throttling (``/me`` in its own, smaller bucket), reserved concurrency for
+the function, access logs, request validation and CORS.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class Api(Construct):
         self.function = CdpFunction(
             self, "Api", folder="api", layers=layers, key=key, architecture=settings.architecture,
             memory_mb=settings.memory_mb, timeout=Duration.seconds(10),
+            # A cap as much as a guarantee: an API flood cannot take the concurrency ingest needs.
+            reserved_concurrency=settings.api_reserved_concurrency or None,
             environment={"PROFILES_TABLE": storage.profiles.table_name,
                          "MEMBERS_TABLE": storage.members.table_name,
                          "MEMBER_SHARDS": str(settings.member_shards),
@@ -63,8 +66,15 @@ class Api(Construct):
             cloud_watch_role=True,
             deploy_options=apigateway.StageOptions(
                 stage_name=settings.stage,
-                throttling_rate_limit=settings.api_rate_limit,
+                throttling_rate_limit=settings.api_rate_limit,  # every method its own bucket of this size
                 throttling_burst_limit=settings.api_burst_limit,
+                # End users share one method and get a smaller bucket of their own: shoppers cannot use up the
+                # api function's reserved concurrency that the operator routes need (see Settings).
+                method_options={"/me/GET": apigateway.MethodDeploymentOptions(
+                    throttling_rate_limit=settings.api_me_rate_limit,
+                    throttling_burst_limit=settings.api_me_burst_limit,
+                    logging_level=apigateway.MethodLoggingLevel.ERROR, data_trace_enabled=False,
+                    metrics_enabled=True)},
                 access_log_destination=apigateway.LogGroupLogDestination(access_logs),
                 access_log_format=apigateway.AccessLogFormat.json_with_standard_fields(
                     caller=False, http_method=True, ip=False, protocol=True, request_time=True,

@@ -17,11 +17,15 @@ from cdk.settings import Settings
 from cdk.storage import Storage
 
 
+def bus_name(stage: str) -> str:
+    return f"cdp-{stage}"
+
+
 class Changes(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, settings: Settings, storage: Storage,
                  layers: Layers, key: kms.IKey) -> None:
         super().__init__(scope, construct_id)
-        self.bus = events.EventBus(self, "Bus", event_bus_name=f"cdp-{settings.stage}")
+        self.bus = events.EventBus(self, "Bus", event_bus_name=bus_name(settings.stage))
         self.archive = self.bus.archive("Archive", archive_name=f"cdp-{settings.stage}-segments",
                                         description="Every Segment Entered / Exited, for replay",
                                         event_pattern=events.EventPattern(source=["cdp.segments"]),

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 
+import jsii
 from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_events as events
-from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda_event_sources as sources
@@ -21,6 +21,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from cdk.changes import bus_name
 from cdk.functions import CdpFunction, Layers
 from cdk.ingest import encrypted_queue
 from cdk.nag import acknowledge, acknowledge_function
@@ -29,6 +30,36 @@ from cdk.storage import Storage, encrypted_table, grant_items
 
 FUNCTION_TIMEOUT = Duration.seconds(60)
 MAX_RECEIVES = 5  # deliveries a message gets before the queue moves it to the dead-letter queue
+EVENTS = iam.ServicePrincipal("events.amazonaws.com")
+
+
+def rule_name(stage: str, integration: str) -> str:
+    """Named, not generated, so the stack's key policy can name the rule's ARN without referencing it (a
+    reference would be a cycle: key -> rule -> queue -> key)."""
+    return f"cdp-{stage}-{integration}"
+
+
+@jsii.implements(events.IRuleTarget)
+class EncryptedQueueTarget:
+    """``targets.SqsQueue`` without its grants. For a queue with a customer managed key, SqsQueue lets *any*
+    EventBridge rule send (no ``aws:SourceArn`` on the queue policy) and adds an unconditioned grant on the key;
+    here the queue and its dead-letter queue take messages from this rule only, and the stack grants the key."""
+
+    def __init__(self, queue: sqs.Queue, dead_letters: sqs.Queue, retry_attempts: int, max_event_age: Duration):
+        self.queue, self.dead_letters = queue, dead_letters
+        self.retry_attempts, self.max_event_age = retry_attempts, max_event_age
+
+    def bind(self, rule: events.IRule, id: str | None = None) -> events.RuleTargetConfig:
+        for queue in (self.queue, self.dead_letters):
+            queue.add_to_resource_policy(iam.PolicyStatement(
+                principals=[EVENTS], actions=["sqs:SendMessage"], resources=[queue.queue_arn],
+                conditions={"ArnEquals": {"aws:SourceArn": rule.rule_arn}}))
+        return events.RuleTargetConfig(
+            arn=self.queue.queue_arn, target_resource=self.queue,
+            retry_policy=events.CfnRule.RetryPolicyProperty(
+                maximum_retry_attempts=self.retry_attempts,
+                maximum_event_age_in_seconds=int(self.max_event_age.to_seconds())),
+            dead_letter_config=events.CfnRule.DeadLetterConfigProperty(arn=self.dead_letters.queue_arn))
 
 
 class Delivery(Construct):
@@ -83,13 +114,17 @@ class Delivery(Construct):
             self.queue, batch_size=integration.batch_size, report_batch_item_failures=True,
             max_batching_window=(Duration.seconds(integration.batching_window_seconds)
                                  if integration.batching_window_seconds else None)))
+        self.rule_name = rule_name(settings.stage, name)
         self.rule = events.Rule(
-            self, "Rule", event_bus=bus, description=f"Segment changes for the {name} integration",
+            self, "Rule", event_bus=bus, rule_name=self.rule_name,
+            description=f"Segment changes for the {name} integration",
             event_pattern=events.EventPattern(
                 source=["cdp.segments"], detail_type=["Segment Entered", "Segment Exited"],
                 detail={"segment": {"id": sorted(integration.segments)}}),
-            targets=[targets.SqsQueue(self.queue, retry_attempts=185, max_event_age=Duration.hours(24),
-                                      dead_letter_queue=self.dead_letters)])
+            targets=[EncryptedQueueTarget(self.queue, self.dead_letters, 185, Duration.hours(24))])
+        # The rule's ARN as a string (no reference to the rule): what the key policy allows EventBridge for.
+        self.rule_arn = Stack.of(self).format_arn(service="events", resource="rule",
+                                                  resource_name=f"{bus_name(settings.stage)}/{self.rule_name}")
         acknowledge_function(self.function)
         acknowledge(self.dead_letters, "SQS3", "This queue is itself the dead-letter queue of the integration's "
                                                "rule target, queue and function; replay is in the README.")

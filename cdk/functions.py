@@ -44,7 +44,7 @@ class CdpFunction(Construct):
 
     def __init__(self, scope: Construct, construct_id: str, *, folder: str, layers: Layers, key: kms.IKey,
                  architecture: lambda_.Architecture, memory_mb: int, timeout: Duration,
-                 environment: dict[str, str]) -> None:
+                 environment: dict[str, str], reserved_concurrency: int | None = None) -> None:
         super().__init__(scope, construct_id)
         self.log_group = logs.LogGroup(self, "Logs", retention=logs.RetentionDays.ONE_MONTH,
                                        removal_policy=RemovalPolicy.DESTROY)
@@ -62,6 +62,7 @@ class CdpFunction(Construct):
             layers=layers.all,
             memory_size=memory_mb,
             timeout=timeout,
+            reserved_concurrent_executions=reserved_concurrency,
             role=self.role,
             log_group=self.log_group,
             tracing=lambda_.Tracing.ACTIVE,

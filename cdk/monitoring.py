@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration
+from aws_cdk import ArnFormat, Duration, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as actions
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
@@ -31,6 +32,7 @@ class Monitoring(Construct):
                  segment_ids: list[str]) -> None:
         super().__init__(scope, construct_id)
         self.topic = sns.Topic(self, "Alarms", master_key=key, display_name=f"cdp {stage} alarms", enforce_ssl=True)
+        self._allow_alarms_to_publish(key)
         if alarm_email:
             sns.Subscription(self, "Email", topic=self.topic, protocol=sns.SubscriptionProtocol.EMAIL,
                              endpoint=alarm_email)
@@ -75,6 +77,17 @@ class Monitoring(Construct):
                              threshold=0, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
                              evaluation_periods=3, alarm_description="The API answers 5xx (a bug)"),
         ]
+        rules = [timers.rule_name, *(d.rule_name for d in fanout.deliveries)]
+        self.alarms.append(cloudwatch.Alarm(
+            self, "RuleDeliveriesFailing", threshold=0, evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            alarm_description="EventBridge cannot deliver to a rule's target (permissions, the key, the queue)",
+            metric=cloudwatch.MathExpression(
+                expression="SUM(METRICS())", period=Duration.minutes(1),
+                using_metrics={f"r{i}": cloudwatch.Metric(namespace="AWS/Events", metric_name="FailedInvocations",
+                                                          statistic="Sum", dimensions_map={"RuleName": rule})
+                               for i, rule in enumerate(rules)})))
         for alarm in self.alarms:
             alarm.add_alarm_action(actions.SnsAction(self.topic))
 
@@ -121,3 +134,19 @@ class Monitoring(Construct):
                 title="Integrations: delivered, skipped, refused (dead letters), retried", width=24, left=[
                     _metric(name, d.integration.name) for d in fanout.deliveries
                     for name in ("Delivered", "Skipped", "Refused", "Retried")]))
+
+    def _allow_alarms_to_publish(self, key: kms.IKey) -> None:
+        """CloudWatch publishes alarm notifications as its service principal: the topic policy (which replaces
+        SNS's default one) and the topic's key must allow it, for this account's alarms only."""
+        stack = Stack.of(self)
+        principal = iam.ServicePrincipal("cloudwatch.amazonaws.com")
+        conditions = {"StringEquals": {"aws:SourceAccount": stack.account},
+                      "ArnLike": {"aws:SourceArn": stack.format_arn(
+                          service="cloudwatch", resource="alarm", resource_name="*",
+                          arn_format=ArnFormat.COLON_RESOURCE_NAME)}}
+        self.topic.add_to_resource_policy(iam.PolicyStatement(
+            sid="CloudWatchAlarmsPublish", principals=[principal], actions=["sns:Publish"],
+            resources=[self.topic.topic_arn], conditions=conditions))
+        key.add_to_resource_policy(iam.PolicyStatement(
+            sid="CloudWatchAlarmsPublishToTheEncryptedTopic", principals=[principal],
+            actions=["kms:GenerateDataKey*", "kms:Decrypt"], resources=["*"], conditions=conditions))

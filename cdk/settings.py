@@ -106,8 +106,11 @@ class Settings:
     max_record_age_hours: int
     member_shards: int
     cors_origins: list[str]
-    api_rate_limit: int
+    api_rate_limit: int  # operator routes: each method's own bucket (API Gateway applies stage limits per method)
     api_burst_limit: int
+    api_me_rate_limit: int  # GET /me (end users): its own, smaller bucket
+    api_me_burst_limit: int
+    api_reserved_concurrency: int  # 0: none (accounts whose concurrency quota is too small to reserve any)
     alarm_email: str | None
     sweep_workers: int  # concurrent timers sweeps per minute, each over its share of the due shards
     integrations: list[Integration]
@@ -117,12 +120,18 @@ class Settings:
         architecture = str(scope.node.try_get_context("architecture") or "arm64")
         if architecture not in ("arm64", "x86_64"):
             raise SettingsError(f"context architecture must be arm64 or x86_64, not {architecture!r}")
+        reserved = _int(scope, "api_reserved_concurrency", 50, 0, 1000)
+        me_burst = _int(scope, "api_me_burst_limit", 40, 1, 5000)
+        if reserved and me_burst >= reserved:
+            # A burst of /me requests runs that many api functions at once: it must leave some for the operators.
+            raise SettingsError(f"context api_me_burst_limit ({me_burst}) must be below api_reserved_concurrency "
+                                f"({reserved}), so end users cannot take every api function from the operators")
         return cls(
             stage=str(scope.node.try_get_context("stage") or "dev"),
             stream_shards=_int(scope, "stream_shards", 0, 0, 500),
             architecture=lambda_.Architecture.ARM_64 if architecture == "arm64" else lambda_.Architecture.X86_64,
             memory_mb=_int(scope, "memory_mb", 512, 128, 10240),
-            batch_size=_int(scope, "batch_size", 100, 1, 100),  # dedupe remembers 100 ids per customer
+            batch_size=_int(scope, "batch_size", 100, 1, 100),
             batching_window_seconds=_int(scope, "batching_window_seconds", 0, 0, 300),
             parallelization_factor=_int(scope, "parallelization_factor", 1, 1, 10),
             retry_attempts=_int(scope, "retry_attempts", 5, 0, 10000),
@@ -131,6 +140,9 @@ class Settings:
             cors_origins=_origins(scope),
             api_rate_limit=_int(scope, "api_rate_limit", 100, 1, 10000),
             api_burst_limit=_int(scope, "api_burst_limit", 200, 1, 5000),
+            api_me_rate_limit=_int(scope, "api_me_rate_limit", 20, 1, 10000),
+            api_me_burst_limit=me_burst,
+            api_reserved_concurrency=reserved,
             alarm_email=str(scope.node.try_get_context("alarm_email") or "") or None,
             sweep_workers=_int(scope, "sweep_workers", 4, 1, 5),  # EventBridge allows 5 targets per rule
             integrations=_integrations(scope),

@@ -27,8 +27,6 @@ class CdpStack(Stack):
         settings = Settings.from_context(self)
         self.key = kms.Key(self, "DataKey", enable_key_rotation=True,
                            description="Encrypts profiles, streams, queues and the quarantine at rest")
-        # EventBridge delivers to the encrypted queues (schedule and integration targets, their DLQs).
-        self.key.grant_encrypt_decrypt(iam.ServicePrincipal("events.amazonaws.com"))
         self.storage = Storage(self, "Storage", key=self.key)
         layers = Layers(self, "Layers", architecture=settings.architecture)
         self.ingest = Ingest(self, "Ingest", settings=settings, storage=self.storage, layers=layers, key=self.key)
@@ -37,6 +35,17 @@ class CdpStack(Stack):
         self.fanout = Fanout(self, "Fanout", settings=settings, storage=self.storage, bus=self.changes.bus,
                              layers=layers, key=self.key)
         self.timers = Timers(self, "Timers", settings=settings, storage=self.storage, layers=layers, key=self.key)
+        # EventBridge delivers to the encrypted queues (integration targets, their and the schedule's dead-letter
+        # queues): only for this account's rules of this stack, so no one else's rule can make EventBridge use
+        # the key (confused deputy). The ARNs are built from the rules' names, not referenced (that is a cycle).
+        self.key.add_to_resource_policy(iam.PolicyStatement(
+            sid="EventBridgeDeliversToTheEncryptedQueues",
+            principals=[iam.ServicePrincipal("events.amazonaws.com")],
+            actions=["kms:GenerateDataKey", "kms:Decrypt"],  # what an SQS producer needs
+            resources=["*"],
+            conditions={"StringEquals": {"aws:SourceAccount": self.account},
+                        "ArnEquals": {"aws:SourceArn": [self.timers.rule_arn,
+                                                        *(d.rule_arn for d in self.fanout.deliveries)]}}))
         self.monitoring = Monitoring(
             self, "Monitoring", stage=settings.stage, ingest=self.ingest, changes=self.changes, api=self.api,
             timers=self.timers, fanout=self.fanout,

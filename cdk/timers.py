@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -37,8 +37,11 @@ class Timers(Construct):
         key.grant_encrypt_decrypt(role)
         # Schedule deliveries the function could not take (throttled, failing) land here with the reason.
         self.failures = encrypted_queue(self, "ScheduleFailures", key)
+        # Named (on the default bus) so the stack's key policy can name its ARN without referencing the rule.
+        self.rule_name = f"cdp-{settings.stage}-timers"
+        self.rule_arn = Stack.of(self).format_arn(service="events", resource="rule", resource_name=self.rule_name)
         self.schedule = events.Rule(
-            self, "EveryMinute", schedule=events.Schedule.rate(Duration.minutes(1)),
+            self, "EveryMinute", rule_name=self.rule_name, schedule=events.Schedule.rate(Duration.minutes(1)),
             description="Re-evaluate the customers whose next deadline has passed",
             # One target per shard group: the groups sweep concurrently, each its own invocation.
             targets=[targets.LambdaFunction(self.function.function, event=events.RuleTargetInput.from_object(

@@ -41,6 +41,7 @@ from cdp.engine import Engine
 from cdp.ports import ConflictError, TransientError
 from cdp.profile import Profile
 from cdp.views import memberships, profile_document, segment_document
+from cdp.wiring import assemble
 
 if TYPE_CHECKING:
     from cdp.aws.dynamo import DynamoMembersIndex, DynamoProfileStore
@@ -106,21 +107,32 @@ def configure(dependencies: Dependencies) -> None:
 
 
 @cache
-def _from_environment() -> Dependencies:
+def dependencies() -> Dependencies:
+    """Built on the first request (cold start), not at import."""
+    return build()
+
+
+def build(**overrides: Any) -> Dependencies:
+    """The dependencies from the environment; a part given by name is used instead and never built
+    (the local stack gives its shared clock: ``configure(build(clock=...))``)."""
     import boto3
 
     from cdp.aws.dynamo import DynamoMembersIndex, DynamoProfileStore
 
     config = ApiConfig.from_env(os.environ)
     client = boto3.client("dynamodb")
-    return Dependencies(load_catalogue(config.catalogue_path), DynamoProfileStore(client, config.profiles_table),
-                        DynamoMembersIndex(client, config.members_table, config.member_shards),
-                        clock_from_env(os.environ.get("CDP_CLOCK", "")),
-                        config.me_claim)
+    return assemble(
+        Dependencies, overrides,
+        catalogue=lambda: load_catalogue(config.catalogue_path),
+        profiles=lambda: DynamoProfileStore(client, config.profiles_table),
+        members=lambda: DynamoMembersIndex(client, config.members_table, config.member_shards),
+        clock=lambda: clock_from_env(os.environ.get("CDP_CLOCK", "")),
+        me_claim=lambda: config.me_claim,
+    )
 
 
 def deps() -> Dependencies:
-    return _dependencies or _from_environment()
+    return _dependencies or dependencies()
 
 
 def _problem(status: int, code: str, message: str, field: str | None = None,
@@ -172,13 +184,14 @@ def _throttled(error: TransientError) -> Response[str]:
 
 @app.not_found
 def _no_route(_: Exception) -> Response[str]:
-    return _problem(404, "no_route", f"no route for {app.current_event.http_method} {app.current_event.path}")
+    # The path is not repeated back: it can hold a customer id. The routes are in /openapi.json.
+    return _problem(404, "no_route", f"no {app.current_event.http_method} route matches this path (see /openapi.json)")
 
 
 def _profile(customer_id: str) -> Profile:
     profile = deps().profiles.get(customer_id)
     if profile is None:
-        raise NotFound(f"customer {customer_id!r} has no profile")
+        raise NotFound("customerId: no profile has this customer id")  # the id is not repeated back
     return profile
 
 
@@ -227,7 +240,7 @@ def list_segments() -> SegmentList:
 def _segment(segment_id: str) -> Any:
     segment = deps().catalogue.segments.get(segment_id)
     if segment is None:
-        raise NotFound(f"segment {segment_id!r} does not exist or is disabled")
+        raise NotFound("segmentId: no enabled segment has this id")
     return segment
 
 
@@ -268,7 +281,7 @@ def edit_members(segmentId: SEGMENT_ID,
         raise Invalid("add", "at most 100 customers per call, added and removed together")
     both = set(edit.add) & set(edit.remove)
     if both:
-        raise Invalid("remove", f"{sorted(both)[0]!r} is both added and removed")
+        raise Invalid("remove", f"{len(both)} customer id(s) are both added and removed")
     for field_name, ids in (("add", edit.add), ("remove", edit.remove)):
         for customer_id in ids:
             if not customer_id or len(customer_id) > 256:

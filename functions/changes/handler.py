@@ -17,7 +17,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from cdp.catalogue import Catalogue, load_catalogue
 from cdp.changes import MembersIndex, TableChange, publish_changes
 from cdp.config import ChangesConfig
+from cdp.envelopes import MalformedEnvelope, table_stream_records
 from cdp.ports import Publisher
+from cdp.wiring import assemble
 
 NAMESPACE = "cdp"
 logger = Logger(service="cdp-changes")
@@ -35,17 +37,23 @@ class Dependencies:
 @cache
 def dependencies() -> Dependencies:
     """Built on the first invocation (cold start), not at import."""
+    return build()
+
+
+def build(**overrides: Any) -> Dependencies:
+    """The dependencies from the environment; a part given by name is used instead and never built."""
     import boto3
 
     from cdp.aws.dynamo import DynamoMembersIndex
     from cdp.aws.eventbridge import EventBridgePublisher
 
     config = ChangesConfig.from_env(os.environ)
-    return Dependencies(
-        catalogue=load_catalogue(config.catalogue_path),
-        index=DynamoMembersIndex(boto3.client("dynamodb"), config.members_table, config.member_shards),
-        publisher=EventBridgePublisher(boto3.client("events")),
-        bus_name=config.event_bus,
+    return assemble(
+        Dependencies, overrides,
+        catalogue=lambda: load_catalogue(config.catalogue_path),
+        index=lambda: DynamoMembersIndex(boto3.client("dynamodb"), config.members_table, config.member_shards),
+        publisher=lambda: EventBridgePublisher(boto3.client("events")),
+        bus_name=lambda: config.event_bus,
     )
 
 
@@ -56,14 +64,32 @@ class ChangeNotPublished(Exception):
 def table_change(raw: dict[str, Any]) -> TableChange:
     from cdp.aws.dynamo import deserialise_stream_image
 
-    body = raw.get("dynamodb", {})
-    old, new = body.get("OldImage"), body.get("NewImage")
-    return TableChange(str(body.get("SequenceNumber", "")), deserialise_stream_image(old) if old else None,
-                       deserialise_stream_image(new) if new else None)
+    body = raw["dynamodb"]  # there, with its SequenceNumber: checked with the envelope
+    sequence = str(body["SequenceNumber"])
+    images: dict[str, Any] = {}
+    for name in ("OldImage", "NewImage"):
+        image = body.get(name)
+        try:
+            if image is not None and not isinstance(image, dict):
+                raise TypeError(name)
+            images[name] = deserialise_stream_image(image) if image else None
+        except (TypeError, ValueError, AttributeError, ArithmeticError) as error:
+            # A foreign or hand-edited item: this record fails alone; the reason names no value.
+            return TableChange(sequence, None, None,
+                               f"{name} is not a DynamoDB item image ({type(error).__name__})")
+    return TableChange(sequence, images["OldImage"], images["NewImage"])
 
 
 def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependencies) -> dict[str, Any]:
-    changes = [table_change(r) for r in event.get("Records", [])]
+    try:
+        raw_records = table_stream_records(event)
+    except MalformedEnvelope as error:
+        # No record in it can be reported on its own: the invocation fails, saying why (never what it held).
+        logger.error("malformed DynamoDB stream envelope; the invocation fails", extra={"reason": str(error)})
+        raise
+    if not raw_records:
+        return {"batchItemFailures": []}
+    changes = [table_change(r) for r in raw_records]
     result = publish_changes(changes, deps.catalogue, deps.index, deps.publisher, deps.bus_name)
     tally = Counter((change.segment_id, change.kind) for change in result.published)
     for (segment_id, kind), count in tally.items():

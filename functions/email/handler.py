@@ -27,6 +27,7 @@ from cdp.integrations.email import (
     ProfileReader,
     deliver_emails,
 )
+from cdp.wiring import assemble
 
 logger = Logger(service="cdp-email")
 metrics = Metrics(namespace="cdp", service="email")
@@ -50,6 +51,11 @@ class Dependencies:
 @cache
 def dependencies() -> Dependencies:
     """Built on the first invocation (cold start), not at import; the configuration is validated first."""
+    return build()
+
+
+def build(**overrides: Any) -> Dependencies:
+    """The dependencies from the environment; a part given by name is used instead and never built."""
     from cdp.config import ConfigError, DestinationConfig
 
     config = DestinationConfig.from_env(os.environ)
@@ -71,14 +77,16 @@ def dependencies() -> Dependencies:
     # No botocore retries for SES: a resent request whose first answer was lost could send twice.
     ses = boto3.client("ses", config=Config(retries={"mode": "standard", "total_max_attempts": 1},
                                             connect_timeout=SES_CONNECT_TIMEOUT, read_timeout=SES_READ_TIMEOUT))
-    return Dependencies(
-        templates=dict(config.targets),
-        profiles=DynamoProfileStore(dynamodb, profiles_table),
-        ledger=DynamoEmailLedger(dynamodb, config.ledger_table),
-        cap=DynamoFrequencyCap(dynamodb, config.ledger_table),
-        sender=SesEmailSender(ses, options.source, options.configuration_set),
-        dead_letters=SqsDeadLetters(boto3.client("sqs"), config.dead_letter_queue_url, "email"),
-        options=options,
+    return assemble(
+        Dependencies, overrides,
+        templates=lambda: dict(config.targets),
+        profiles=lambda: DynamoProfileStore(dynamodb, profiles_table),
+        ledger=lambda: DynamoEmailLedger(dynamodb, config.ledger_table),
+        cap=lambda: DynamoFrequencyCap(dynamodb, config.ledger_table),
+        sender=lambda: SesEmailSender(ses, options.source, options.configuration_set),
+        dead_letters=lambda: SqsDeadLetters(boto3.client("sqs"), config.dead_letter_queue_url, "email"),
+        options=lambda: options,
+        clock=WallClock,  # the frequency cap counts emails as their readers get them: in wall time
     )
 
 

@@ -11,6 +11,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cdp.fanout import BatchDelivery, deliver, run_batch
 from cdp.http import seconds_left
+from cdp.wiring import assemble
 
 logger = Logger(service="cdp-google")
 metrics = Metrics(namespace="cdp", service="google")
@@ -20,6 +21,12 @@ Dependencies = BatchDelivery
 @cache
 def dependencies() -> BatchDelivery:
     """Built on the first invocation (cold start), not at import; a ConfigError says what to fix."""
+    return build()
+
+
+def build(**overrides: Any) -> BatchDelivery:
+    """The dependencies from the environment; a part given by name is used instead and never built
+    (a given ``destination`` reads no secret)."""
     import boto3
 
     from cdp.aws.ledger import delivery_stores
@@ -29,10 +36,15 @@ def dependencies() -> BatchDelivery:
     from cdp.integrations.google import GoogleCustomerMatch
 
     config = DestinationConfig.from_env(os.environ)
-    secret = read_secret(boto3.client("secretsmanager"), config.secret_id("the Google Ads credentials"))
-    user_lists = GoogleCustomerMatch.from_settings(config.targets, config.options, secret, UrllibTransport(),
-                                                   api_version=config.api_version, base_url=config.base_url)
-    return BatchDelivery(user_lists, *delivery_stores(config, "google"))
+
+    def user_lists() -> GoogleCustomerMatch:
+        secret = read_secret(boto3.client("secretsmanager"), config.secret_id("the Google Ads credentials"))
+        return GoogleCustomerMatch.from_settings(config.targets, config.options, secret, UrllibTransport(),
+                                                 api_version=config.api_version, base_url=config.base_url)
+
+    ledger, dead_letters = delivery_stores(config, "google")
+    return assemble(BatchDelivery, overrides, destination=user_lists, ledger=lambda: ledger,
+                    dead_letters=lambda: dead_letters)
 
 
 def handle(event: dict[str, Any], context: LambdaContext | None, deps: BatchDelivery) -> dict[str, Any]:

@@ -19,8 +19,10 @@ from cdp.catalogue import load_catalogue
 from cdp.clock import Clock, clock_from_env
 from cdp.config import IngestConfig
 from cdp.engine import Engine
+from cdp.envelopes import MalformedEnvelope, kinesis_records
 from cdp.ingest import BatchResult, StreamRecord, ingest_batch
 from cdp.ports import ProfileStore, Quarantine
+from cdp.wiring import assemble
 
 NAMESPACE = "cdp"
 logger = Logger(service="cdp-ingest")
@@ -38,17 +40,24 @@ class Dependencies:
 @cache
 def dependencies() -> Dependencies:
     """Built on the first invocation (cold start), not at import."""
+    return build()
+
+
+def build(**overrides: Any) -> Dependencies:
+    """The dependencies from the environment; a part given by name is used instead and never built
+    (the local stack gives its shared clock: ``build(clock=...)``)."""
     import boto3
 
     from cdp.aws.dynamo import DynamoProfileStore
     from cdp.aws.quarantine import S3Quarantine
 
     config = IngestConfig.from_env(os.environ)
-    return Dependencies(
-        engine=Engine(load_catalogue(config.catalogue_path)),
-        store=DynamoProfileStore(boto3.client("dynamodb"), config.profiles_table),
-        quarantine=S3Quarantine(boto3.client("s3"), config.quarantine_bucket),
-        clock=clock_from_env(os.environ.get("CDP_CLOCK", "")),
+    return assemble(
+        Dependencies, overrides,
+        engine=lambda: Engine(load_catalogue(config.catalogue_path), max_future_skew=config.max_future_skew),
+        store=lambda: DynamoProfileStore(boto3.client("dynamodb"), config.profiles_table),
+        quarantine=lambda: S3Quarantine(boto3.client("s3"), config.quarantine_bucket),
+        clock=lambda: clock_from_env(os.environ.get("CDP_CLOCK", ""), config.max_future_skew),
     )
 
 
@@ -57,19 +66,28 @@ class RecordNotApplied(Exception):
 
 
 def stream_record(raw: dict[str, Any]) -> StreamRecord:
-    kinesis = raw.get("kinesis", {})
-    source = raw.get("eventSourceARN", "kinesis").rsplit("/", 1)[-1]
+    kinesis = raw["kinesis"]  # there: checked with the envelope
+    source = str(raw.get("eventSourceARN") or "kinesis").rsplit("/", 1)[-1]
     received = str(kinesis.get("data", ""))
     try:
         data, problem = base64.b64decode(received, validate=True), ""
     except (binascii.Error, ValueError):
         data, problem = received.encode(), "is not valid base64"
+    shard = str(raw.get("eventID", "")).split(":", 1)[0]  # eventID is "<shard id>:<sequence number>"
     return StreamRecord(str(kinesis.get("sequenceNumber", "")), str(kinesis.get("partitionKey", "")), data,
-                        f"kinesis:{source}", problem)
+                        f"kinesis:{source}", problem, shard)
 
 
 def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependencies) -> dict[str, Any]:
-    result = ingest_batch([stream_record(r) for r in event.get("Records", [])], deps.engine, deps.store,
+    try:
+        raw_records = kinesis_records(event)
+    except MalformedEnvelope as error:
+        # No record in it can be reported on its own: the invocation fails, saying why (never what it held).
+        logger.error("malformed Kinesis envelope; the invocation fails", extra={"reason": str(error)})
+        raise
+    if not raw_records:
+        return {"batchItemFailures": []}
+    result = ingest_batch([stream_record(r) for r in raw_records], deps.engine, deps.store,
                           deps.quarantine, deps.clock)
     record_metrics(result)
     failed = result.failure_reasons

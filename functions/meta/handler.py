@@ -11,6 +11,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cdp.fanout import BatchDelivery, deliver, run_batch
 from cdp.http import seconds_left
+from cdp.wiring import assemble
 
 logger = Logger(service="cdp-meta")
 metrics = Metrics(namespace="cdp", service="meta")
@@ -20,6 +21,12 @@ Dependencies = BatchDelivery
 @cache
 def dependencies() -> BatchDelivery:
     """Built on the first invocation (cold start), not at import."""
+    return build()
+
+
+def build(**overrides: Any) -> BatchDelivery:
+    """The dependencies from the environment; a part given by name is used instead and never built
+    (a given ``destination`` reads no secret)."""
     import boto3
 
     from cdp.aws.ledger import delivery_stores
@@ -29,13 +36,20 @@ def dependencies() -> BatchDelivery:
     from cdp.integrations.meta import MetaAudiences
 
     config = DestinationConfig.from_env(os.environ)
-    token = read_secret(boto3.client("secretsmanager"), config.secret_id("the Meta access token")).get("access_token")
-    if not isinstance(token, str) or not token:
-        raise ConfigError("the Meta secret must hold {\"access_token\": \"...\"}")
-    audiences = MetaAudiences(config.targets, token, UrllibTransport())
-    audiences.api_version = config.api_version or audiences.api_version
-    audiences.base_url = config.base_url or audiences.base_url
-    return BatchDelivery(audiences, *delivery_stores(config, "meta"))
+
+    def audiences() -> MetaAudiences:
+        secret = read_secret(boto3.client("secretsmanager"), config.secret_id("the Meta access token"))
+        token = secret.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise ConfigError("the Meta secret must hold {\"access_token\": \"...\"}")
+        built = MetaAudiences(config.targets, token, UrllibTransport())
+        built.api_version = config.api_version or built.api_version
+        built.base_url = config.base_url or built.base_url
+        return built
+
+    ledger, dead_letters = delivery_stores(config, "meta")
+    return assemble(BatchDelivery, overrides, destination=audiences, ledger=lambda: ledger,
+                    dead_letters=lambda: dead_letters)
 
 
 def handle(event: dict[str, Any], context: LambdaContext | None, deps: BatchDelivery) -> dict[str, Any]:

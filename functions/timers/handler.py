@@ -21,6 +21,7 @@ from cdp.config import ConfigError, TimersConfig
 from cdp.due import DUE_SHARDS, DueIndex, SweepResult, sweep
 from cdp.engine import Engine
 from cdp.ports import ProfileStore
+from cdp.wiring import assemble
 
 logger = Logger(service="cdp-timers")
 metrics = Metrics(namespace="cdp", service="timers")
@@ -39,25 +40,32 @@ class Dependencies:
 @cache
 def dependencies() -> Dependencies:
     """Built on the first invocation (cold start), not at import."""
+    return build()
+
+
+def build(**overrides: Any) -> Dependencies:
+    """The dependencies from the environment; a part given by name is used instead and never built. The local
+    stack gives its shared clock (``build(clock=...)``), which the ingest moves: then the sweep runs in event time."""
     import boto3
 
     from cdp.aws.dynamo import DynamoDueIndex, DynamoProfileStore
 
     config = TimersConfig.from_env(os.environ)
     client = boto3.client("dynamodb")
-    return Dependencies(
-        engine=Engine(load_catalogue(config.catalogue_path)),
-        store=DynamoProfileStore(client, config.profiles_table),
-        index=DynamoDueIndex(client, config.profiles_table, config.due_index),
-        clock=sweep_clock(os.environ.get("CDP_CLOCK", "")),
-        page_size=config.page_size,
-        reserve_ms=config.reserve_ms,
+    return assemble(
+        Dependencies, overrides,
+        engine=lambda: Engine(load_catalogue(config.catalogue_path)),
+        store=lambda: DynamoProfileStore(client, config.profiles_table),
+        index=lambda: DynamoDueIndex(client, config.profiles_table, config.due_index),
+        clock=lambda: sweep_clock(os.environ.get("CDP_CLOCK", "")),
+        page_size=lambda: config.page_size,
+        reserve_ms=lambda: config.reserve_ms,
     )
 
 
 def sweep_clock(value: str) -> Clock:
-    """Wall time: an event-time clock here would never move (the sweep sees no events), so nothing would fall
-    due. Replays drive the sweep with the ingest's own event clock instead (as the local stack does)."""
+    """Wall time: in Lambda nothing shares an event clock with the ingest, and one of its own would never move
+    (the sweep sees no events), so nothing would fall due. Event time needs a clock given to ``build``."""
     clock = clock_from_env(value)
     if not isinstance(clock, WallClock):
         raise ConfigError("CDP_CLOCK: the timers function runs on wall time; event time needs a shared clock")

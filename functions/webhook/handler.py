@@ -20,6 +20,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from cdp.fanout import DeadLetters, DeliveryLedger, run_batch
 from cdp.http import seconds_left
 from cdp.integrations.webhook import ProfileReader, WebhookLists, deliver_batch
+from cdp.wiring import assemble
 
 logger = Logger(service="cdp-webhook")
 metrics = Metrics(namespace="cdp", service="webhook")
@@ -59,6 +60,12 @@ def profiles_table(env: Mapping[str, str], include_email: bool) -> str | None:
 @cache
 def dependencies() -> Dependencies:
     """Built on the first invocation (cold start), not at import."""
+    return build()
+
+
+def build(**overrides: Any) -> Dependencies:
+    """The dependencies from the environment; a part given by name is used instead and never built
+    (a given ``destination`` reads no secret)."""
     import boto3
 
     from cdp.aws.dynamo import DynamoProfileStore
@@ -71,11 +78,15 @@ def dependencies() -> Dependencies:
     config = DestinationConfig.from_env(os.environ)
     options = WebhookOptions.parse(config.options)
     table = profiles_table(os.environ, options.include_email)
-    secret = signing_secret(read_secret(boto3.client("secretsmanager"), config.secret_id("the signing secret")))
-    lists = WebhookLists(config.targets, options, secret, UrllibTransport())
+
+    def lists() -> WebhookLists:
+        secret = signing_secret(read_secret(boto3.client("secretsmanager"), config.secret_id("the signing secret")))
+        return WebhookLists(config.targets, options, secret, UrllibTransport())
+
     ledger, dead_letters = delivery_stores(config, "webhook")
-    return Dependencies(lists, ledger, dead_letters,
-                        DynamoProfileStore(boto3.client("dynamodb"), table) if table else None)
+    return assemble(Dependencies, overrides, destination=lists, ledger=lambda: ledger,
+                    dead_letters=lambda: dead_letters,
+                    profiles=lambda: DynamoProfileStore(boto3.client("dynamodb"), table) if table else None)
 
 
 def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependencies) -> dict[str, Any]:

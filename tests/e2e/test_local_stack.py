@@ -2,46 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import Running, wait_for
-
-
-def iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
-
-
-def track(customer: str, event: str, at: float | None = None, **properties: Any) -> dict[str, Any]:
-    return {"type": "track", "event": event, "userId": customer, "messageId": str(uuid.uuid4()),
-            "timestamp": iso(time.time() if at is None else at), "properties": properties,
-            "context": {"library": {"name": "analytics.js"}}}
-
-
-def customer() -> str:
-    return f"e2e-{uuid.uuid4().hex[:10]}"
-
-
-def bus_events(stack: Running, who: str) -> list[dict[str, Any]]:
-    """Drain the local queue behind the bus rule; keep this customer's events (others stay for their tests)."""
-    sqs = stack.client("sqs")
-    url = sqs.get_queue_url(QueueName="cdp-local-transitions")["QueueUrl"]
-    mine = []
-    for _ in range(10):
-        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
-                                       VisibilityTimeout=0).get("Messages", [])
-        if not messages:
-            break
-        for message in messages:
-            event = json.loads(message["Body"])
-            if event["detail"]["customer_id"] == who:
-                mine.append(event)
-                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-    return mine
+from tests.e2e.conftest import Running, bus_events, customer, iso, track, wait_for
 
 
 def test_health_names_the_components_and_the_templates_resources(stack: Running) -> None:
@@ -139,26 +108,40 @@ def test_a_deadline_passing_enters_a_segment_with_no_new_event(stack: Running, t
 
 def test_a_segment_entry_reaches_the_ad_audience_and_the_email_ledger(stack: Running, tmp_path: Path) -> None:
     """The bus rule of each integration delivers to its queue, whose consumer calls the integration:
-    cart-abandoners goes to a Meta audience (the local sandbox) and to an SES template (the emulator)."""
+    cart-abandoners goes to a Meta audience (the local sandbox) and to an SES template (the emulator).
+    Everything checked is this test's own customer's: no other test's delivery can satisfy it."""
     who = customer()
+    email = f"{who}@example.com"
+    hashed = hashlib.sha256(email.encode()).hexdigest()  # Meta's EMAIL_SHA256 of the normalised address
     added = time.time() - 48 * 3600 + 2
     identify = {"type": "identify", "userId": who, "messageId": str(uuid.uuid4()), "timestamp": iso(added),
-                "traits": {"email": f"{who}@example.com"}}
+                "traits": {"email": email}}
     stack.send([identify, track(who, "Product Added", at=added, product_id="p1", price=20)], tmp_path)
     audience = json.loads((Path(__file__).resolve().parents[2] / "cdk.json").read_text())[
         "context"]["integrations"]["meta"]["segments"]["cart-abandoners"]
+    entered = wait_for(lambda: [e for e in bus_events(stack, who) if e["detail"]["segment"]["id"] ==
+                                "cart-abandoners" and e["detail"]["change"] == "entered"], timeout=40)
+    event_id = entered[0]["detail"]["event_id"]
 
-    def meta_rows() -> int:
+    def delivered_to_meta() -> list[dict[str, Any]]:
         deliveries = stack.get("/health")[1]["sandbox"]["deliveries"]
-        return sum(d["rows"] for d in deliveries if d["integration"] == "meta" and d["target"] == audience)
+        return [d for d in deliveries if d["integration"] == "meta" and d["target"] == audience
+                and d["action"] == "add" and hashed in d["identifiers"]]
 
-    before = meta_rows()
-    wait_for(lambda: meta_rows() > before, timeout=40)
+    wait_for(delivered_to_meta, timeout=40)
     dynamodb = stack.client("dynamodb")
     ledger = next(t for t in dynamodb.list_tables()["TableNames"] if "Ledger" in t)
 
-    def emailed() -> bool:
-        key = {"delivery": {"S": f"email\x1fcart-abandoners\x1f{who}"}}
-        return "Item" in dynamodb.get_item(TableName=ledger, Key=key)
+    def item(key: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = dynamodb.get_item(TableName=ledger, Key={"delivery": {"S": key}},
+                                                         ConsistentRead=True).get("Item")
+        return found
 
-    wait_for(emailed, timeout=20)
+    meta = wait_for(lambda: item(f"meta:{audience}\x1fcart-abandoners\x1f{who}"))
+    assert (meta["kind"]["S"], meta["event_id"]["S"]) == ("entered", event_id)
+    assert hashed in meta["ids"]["S"]  # the identifiers an exit will remove
+    emailed = wait_for(lambda: item(f"email\x1fcart-abandoners\x1f{who}"), timeout=20)
+    assert (emailed["kind"]["S"], emailed["event_id"]["S"]) == ("entered", event_id)
+    # Sent, not skipped: the send took the customer's frequency-cap slot under this event's id.
+    cap = item(f"email-cap\x1f{who}")
+    assert cap is not None and [pair["L"][1]["S"] for pair in cap["sends"]["L"]] == [event_id]

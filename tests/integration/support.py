@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import itertools
 import json
 import sys
 from collections import Counter
@@ -61,23 +62,30 @@ def load_envelope(relative: str) -> dict[str, Any]:
     return document
 
 
-def kinesis_record(number: int, message: dict[str, Any] | bytes, partition_key: str | None = None) -> dict[str, Any]:
+def kinesis_record(number: int, message: dict[str, Any] | bytes, partition_key: str | None = None,
+                   batch: int = 0, shard: int = 0) -> dict[str, Any]:
     """One Kinesis record as Lambda delivers it (the layout of events/make_envelopes.py)."""
     data = message if isinstance(message, bytes) else json.dumps(message).encode()
     key = partition_key or (str(message.get("userId") or message.get("anonymousId"))
                             if isinstance(message, dict) else "unknown")
-    sequence = f"4963{number:052d}"
+    sequence = f"4963{batch:012d}{number:040d}"
     return {
         "kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": key, "sequenceNumber": sequence,
                     "data": base64.b64encode(data).decode(), "approximateArrivalTimestamp": 1790000000.0 + number},
-        "eventSource": "aws:kinesis", "eventVersion": "1.0", "eventID": f"shardId-000000000000:{sequence}",
+        "eventSource": "aws:kinesis", "eventVersion": "1.0", "eventID": f"shardId-{shard:012d}:{sequence}",
         "eventName": "aws:kinesis:record", "invokeIdentityArn": "arn:aws:iam::123456789012:role/cdp-ingest",
         "awsRegion": REGION, "eventSourceARN": KINESIS_ARN,
     }
 
 
-def kinesis_envelope(messages: Iterable[dict[str, Any] | bytes], first: int = 1) -> dict[str, Any]:
-    return {"Records": [kinesis_record(n, m) for n, m in enumerate(messages, start=first)]}
+_puts = itertools.count(1)
+
+
+def kinesis_envelope(messages: Iterable[dict[str, Any] | bytes], first: int = 1, shard: int = 0) -> dict[str, Any]:
+    """A batch of new records: as on a real stream, their sequence numbers are above every earlier
+    envelope's in the shard (ingest keeps a per-shard watermark), and ordered by ``first`` within it."""
+    batch = next(_puts)
+    return {"Records": [kinesis_record(n, m, batch=batch, shard=shard) for n, m in enumerate(messages, start=first)]}
 
 
 def decoded_messages(envelope: dict[str, Any]) -> list[dict[str, Any] | None]:

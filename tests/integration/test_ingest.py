@@ -207,13 +207,14 @@ class InterferingStore:
 
 
 def writer_b(stack: Stack, customer_id: str) -> Any:
-    """A second ingest invocation for the same customer, with its own events, through its own store."""
+    """A second ingest invocation for the same customer, with its own events, through its own store
+    (from another shard: within one shard a customer's records are handled in order)."""
 
     def write(round_number: int) -> None:
         now = stack.clock.now()
         other = kinesis_envelope([track(customer_id, "Product Viewed", now - 30, f"b-{round_number}-1"),
                                   track(customer_id, "Product Viewed", now - 20, f"b-{round_number}-2")],
-                                 first=100 * round_number)
+                                 first=100 * round_number, shard=1)
         assert failures(stack.ingest(other)) == []
 
     return write
@@ -389,7 +390,7 @@ def test_repeated_message_ids_are_applied_once(stack: Stack) -> None:
     for customer_id in ("alice", "bob", "carol"):
         item = stack.profile_item(customer_id)
         assert item is not None and item["v"] == 1
-        assert len(item["ids"]) == 8  # one remembered message id
+        assert len(item["mi"]) == 12  # one remembered message id: its digest and when it was applied
         assert count(stack.profile(customer_id), "Identify") == 1
 
     # Delivered again later: nothing to write.
@@ -463,6 +464,7 @@ def test_cold_start_without_configuration_fails_naming_the_variable(monkeypatch:
 def test_quarantine_lines_are_json_objects_with_the_documented_fields(stack: Stack) -> None:
     stack.ingest(load_envelope("kinesis/poison.json"))
     for line in stack.quarantined():
-        assert set(line) == {"source", "sequence", "partition_key", "data", "reason", "field", "at"}
+        assert set(line) == {"source", "shard", "sequence", "partition_key", "data", "reason", "field", "at"}
+        assert line["shard"] == "shardId-000000000000"
         assert line["at"] == stack.clock.now()
         json.dumps(line)

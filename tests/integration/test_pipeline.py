@@ -137,14 +137,14 @@ def test_the_sample_batch_flows_from_kinesis_to_the_bus(stack: Stack, validator:
 def test_the_changes_function_reads_binary_attributes_as_lambda_delivers_them(stack: Stack) -> None:
     """Lambda hands the function JSON, in which DynamoDB binary (B) values are base64 text.
 
-    Every written profile has binary attributes (``ids``, the packed counters ``c``).
+    Every written profile has binary attributes (the message ids ``mi``, the packed counters ``c``).
     """
     now = stack.clock.now()
     assert failures(stack.ingest(kinesis_envelope([track("max", "Product Added", now - 3 * DAY, "max-1",
                                                          product_id="sku-1", price=5)]))) == []
     stream = stack.stream_envelope()
     image = stream["Records"][0]["dynamodb"]["NewImage"]
-    assert isinstance(image["ids"]["B"], str)
+    assert isinstance(image["mi"]["B"], str)
 
     assert failures(stack.changes(stream)) == []
     assert [(e["detail"]["segment"]["id"], e["detail"]["change"]) for e in stack.drain_events()] == [

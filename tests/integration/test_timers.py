@@ -616,3 +616,21 @@ def test_the_timers_function_refuses_an_event_time_clock_it_could_never_advance(
     assert isinstance(timers_handler.sweep_clock("wall"), WallClock)
     with pytest.raises(ConfigError, match="CDP_CLOCK"):
         timers_handler.sweep_clock("event")
+
+
+def test_given_a_shared_clock_the_timers_function_builds_in_event_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the local stack builds it: ``build(clock=...)`` never reads CDP_CLOCK, so event time is no refusal;
+    with no clock given (Lambda) CDP_CLOCK=event still is."""
+    from cdp.clock import EventClock
+    from cdp.config import ConfigError
+
+    for name, value in valid_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CDP_CLOCK", "event")
+    shared = EventClock()
+    deps = timers_handler.build(clock=shared)
+    assert deps.clock is shared and deps.index.index_name == DUE_INDEX
+    with pytest.raises(ConfigError, match="CDP_CLOCK"):
+        timers_handler.build()
+    with pytest.raises(TypeError, match="clok"):
+        timers_handler.build(clok=shared)

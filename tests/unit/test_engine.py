@@ -186,7 +186,7 @@ def test_event_more_than_five_minutes_ahead_is_refused() -> None:
     assert outcome.applied == 1
     [(refused, reason)] = outcome.rejected
     assert refused is ahead
-    assert reason.startswith("timestamp:") and "future" in reason and "5 minutes" in reason
+    assert reason == "timestamp: is more than 300 s in the future"
     assert profile.counter("Product Viewed").count == 1
     # refused, not remembered: once the clock catches up it is applied
     later = engine.apply(profile, [ahead], now=T + 1)
@@ -270,7 +270,7 @@ def test_refund_of_unknown_order_without_amount_is_refused() -> None:
     assert outcome.applied == 0
     [(refused, reason)] = outcome.rejected
     assert refused is refund
-    assert reason.startswith("properties.revenue") and "o-unknown" in reason
+    assert reason.startswith("properties.revenue") and "o-unknown" not in reason  # never echoes the value
     assert (profile.orders, profile.revenue) == (2, 15000)
     assert item(profile) == before
 
@@ -292,7 +292,7 @@ def test_duplicate_order_id_is_refused() -> None:
     outcome = engine.apply(profile, [order(T + HOUR, "o1", 500)], now=T + HOUR)
     assert outcome.applied == 0
     [(_, reason)] = outcome.rejected
-    assert reason.startswith("properties.order_id") and "o1" in reason
+    assert reason == "properties.order_id: this order was already completed"  # never echoes the value
     assert (profile.orders, profile.revenue) == (2, 15000)
     assert profile.counter("Order Completed").count == 2
 

@@ -1,4 +1,4 @@
-"""The profile item: round trip through DynamoDB, the dedupe ring, item size, next deadline."""
+"""The profile item: round trip through DynamoDB, the dedupe state and its bounds, item size, next deadline."""
 
 from __future__ import annotations
 
@@ -9,7 +9,17 @@ import pytest
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from cdp.counters import Counter
-from cdp.profile import DIGEST_BYTES, RECENT_IDS, Profile, item_size, message_digest
+from cdp.profile import (
+    DEDUPE_HORIZON,
+    DIGEST_BYTES,
+    MAX_MESSAGE_IDS,
+    MAX_ORDER_DIGESTS,
+    MAX_SHARD_MARKS,
+    MIN_MESSAGE_IDS,
+    Profile,
+    item_size,
+    message_digest,
+)
 
 MIN, HOUR, DAY = 60, 3600, 86400
 B = 1_704_844_800  # 2024-01-10T00:00:00Z
@@ -40,8 +50,11 @@ def full_profile() -> Profile:
     profile.cart = {"sku-1": [2, 1999, B], "sku-2": [1, 500, B - MIN]}
     profile.last_add = ["sku-1", B]
     profile.context = {"device": "ios", "first_campaign": "spring", "last_campaign": "summer"}
-    profile.remember("m-1")
-    profile.remember("m-2")
+    profile.remember_order("o-1")
+    profile.remember_order("o-2")
+    profile.remember("m-1", B)
+    profile.remember("m-2", B + MIN)
+    profile.mark_delivered("shardId-000000000000", "49630000000000000000000000000000000000000000000000000042", B)
     profile.memberships = {"vip": B - DAY, "shoppers": B}
     profile.deadlines = {"vip": B + DAY, "lapsed": B + HOUR}
     profile.latches = {"cart-abandon": B}
@@ -54,7 +67,8 @@ def full_profile() -> Profile:
 def assert_same(a: Profile, b: Profile) -> None:
     for name in ("customer_id", "version", "created_at", "updated_at", "traits", "channels", "orders", "revenue",
                  "first_order", "last_order", "recent_orders", "cart", "last_add", "context", "memberships",
-                 "deadlines", "latches", "transitions", "aliases", "groups", "next_deadline"):
+                 "deadlines", "latches", "transitions", "aliases", "groups", "next_deadline", "shard_marks",
+                 "message_ids"):
         assert getattr(a, name) == getattr(b, name), name
     assert sorted(a.counter_keys()) == sorted(b.counter_keys())
     for key in a.counter_keys():
@@ -66,13 +80,17 @@ def assert_same(a: Profile, b: Profile) -> None:
 
 def test_to_item_uses_the_documented_attribute_names() -> None:
     item = full_profile().to_item()
-    assert set(item) == {"customer_id", "v", "ca", "ua", "t", "ch", "c", "o", "ro", "cart", "la", "cx", "ids", "m",
-                         "dl", "nd", "ds", "lt", "tx", "al", "gr"}
+    assert set(item) == {"customer_id", "v", "ca", "ua", "t", "ch", "c", "o", "ro", "cart", "la", "cx", "mi", "od",
+                         "sq", "m", "dl", "nd", "ds", "lt", "tx", "al", "gr"}
     assert item["customer_id"] == "cust-1"
     assert (item["v"], item["ca"], item["ua"]) == (7, B - DAY, B + MIN)
     assert item["o"] == [2, 15000, B - DAY, B]
     assert item["nd"] == B + HOUR
-    assert item["ids"] == message_digest("m-1") + message_digest("m-2")
+    # per message id: its 8-byte digest and the 4-byte time it was applied
+    assert item["mi"] == (message_digest("m-1") + B.to_bytes(4, "big")
+                          + message_digest("m-2") + (B + MIN).to_bytes(4, "big"))
+    assert item["od"] == message_digest("o-1") + message_digest("o-2")
+    assert item["sq"] == {"shardId-000000000000": ["49630000000000000000000000000000000000000000000000000042", B]}
     assert all(isinstance(value, bytes) for value in item["c"].values())
 
 
@@ -86,6 +104,10 @@ def test_round_trip_keeps_every_attribute() -> None:
     restored = Profile.from_item(item)
     assert_same(profile, restored)
     assert restored.seen("m-1") and restored.seen("m-2") and not restored.seen("m-3")
+    assert restored.order_completed("o-1") and not restored.order_completed("o-3")
+    sequence = 49630000000000000000000000000000000000000000000000000042
+    assert restored.delivered("shardId-000000000000", str(sequence))
+    assert not restored.delivered("shardId-000000000000", str(sequence + 1))
     assert restored.to_item() == item
 
 
@@ -100,7 +122,8 @@ def test_round_trip_through_dynamodb_types() -> None:
     assert_same(profile, restored)
     assert isinstance(restored.version, int) and isinstance(restored.channels["web"], int)
     assert isinstance(restored.recent_orders[0][1], int) and isinstance(restored.cart["sku-1"][0], int)
-    assert restored.seen("m-2")
+    assert restored.seen("m-2") and restored.order_completed("o-2")
+    assert restored.shard_marks == profile.shard_marks
 
 
 def test_from_item_with_only_a_key_has_defaults() -> None:
@@ -143,13 +166,13 @@ def test_counter_for_update_creates_or_extends() -> None:
     assert profile.counter_keys() == []
 
 
-# ---- dedupe ring ------------------------------------------------------------------------------------
+# ---- dedupe state ---------------------------------------------------------------------------------
 
 
 def test_seen_only_after_remember() -> None:
     profile = Profile("c")
     assert not profile.seen("m-1")
-    profile.remember("m-1")
+    profile.remember("m-1", B)
     assert profile.seen("m-1")
     assert not profile.seen("m-2")
 
@@ -160,28 +183,142 @@ def test_digest_is_8_bytes_and_stable() -> None:
     assert message_digest("m-1") == message_digest("m-1") != message_digest("m-2")
 
 
-def test_ring_keeps_the_last_100_ids() -> None:
+def test_ids_are_kept_for_the_horizon_whatever_came_after() -> None:
+    assert DEDUPE_HORIZON == 8 * DAY  # the stream's 7-day retention and a day for a redrive
     profile = Profile("c")
-    for n in range(RECENT_IDS):
-        profile.remember(f"m-{n}")
-    assert all(profile.seen(f"m-{n}") for n in range(RECENT_IDS))
-    assert len(profile.to_item()["ids"]) == RECENT_IDS * DIGEST_BYTES
-    profile.remember("m-new")
-    assert not profile.seen("m-0")  # the oldest is forgotten
-    assert all(profile.seen(f"m-{n}") for n in range(1, RECENT_IDS))
-    assert profile.seen("m-new")
-    assert len(profile.to_item()["ids"]) == RECENT_IDS * DIGEST_BYTES
+    profile.remember("m-old", B)
+    for n in range(500):
+        profile.remember(f"m-{n}", B + (n + 1) * MIN)
+    profile.prune_dedupe(B + DEDUPE_HORIZON)
+    assert profile.seen("m-old") and profile.message_ids == 501
+    profile.prune_dedupe(B + DEDUPE_HORIZON + 1)  # m-old was applied more than 8 days ago
+    assert not profile.seen("m-old") and profile.seen("m-0") and profile.message_ids == 500
+    profile.prune_dedupe(B + 30 * DAY)  # however old, the newest 100 are kept
+    assert profile.message_ids == MIN_MESSAGE_IDS == 100 and profile.seen("m-499") and not profile.seen("m-399")
 
 
-def test_ring_survives_the_item_in_order() -> None:
+def test_the_newest_ids_are_kept_whatever_their_age() -> None:
+    # In event time (a replay), the clock can move weeks between two batches of one customer.
     profile = Profile("c")
-    for n in range(RECENT_IDS):
-        profile.remember(f"m-{n}")
+    for n in range(MIN_MESSAGE_IDS):
+        profile.remember(f"m-{n}", B + n)
+    profile.prune_dedupe(B + 365 * DAY)
+    assert all(profile.seen(f"m-{n}") for n in range(MIN_MESSAGE_IDS))
+    profile.remember("m-new", B + 365 * DAY)
+    profile.prune_dedupe(B + 365 * DAY)
+    assert not profile.seen("m-0") and profile.seen("m-1") and profile.message_ids == MIN_MESSAGE_IDS
+
+
+def test_the_cap_forgets_the_oldest_first_and_bounds_the_bytes() -> None:
+    assert MAX_MESSAGE_IDS == 1_000
+    profile = Profile("c")
+    for n in range(MAX_MESSAGE_IDS):
+        profile.remember(f"m-{n}", B + n)
+    profile.prune_dedupe(B + DAY)
+    assert all(profile.seen(f"m-{n}") for n in range(MAX_MESSAGE_IDS))
+    assert len(profile.to_item()["mi"]) == MAX_MESSAGE_IDS * 12 == 12_000
+    profile.remember("m-new", B + DAY)
+    profile.remember("m-newer", B + DAY)
+    assert profile.seen("m-0")  # a batch being folded never forgets: a duplicate later in it is still known
+    profile.prune_dedupe(B + DAY)
+    assert not profile.seen("m-0") and not profile.seen("m-1")  # the oldest are forgotten
+    assert all(profile.seen(f"m-{n}") for n in range(2, MAX_MESSAGE_IDS)) and profile.seen("m-newer")
+    assert len(profile.to_item()["mi"]) == MAX_MESSAGE_IDS * 12
+
+
+def test_the_cap_goes_by_the_time_applied() -> None:
+    profile = Profile("c")
+    profile.remember("m-late", B + 10)
+    for n in range(MAX_MESSAGE_IDS):
+        profile.remember(f"m-{n}", B)
+    profile.prune_dedupe(B + 10)
+    assert profile.seen("m-late") and not profile.seen("m-0") and profile.seen("m-1")
+
+
+def test_the_ids_survive_the_item_in_order() -> None:
+    profile = Profile("c")
+    for n in range(MAX_MESSAGE_IDS):
+        profile.remember(f"m-{n}", B + n)
     restored = Profile.from_item(profile.to_item())
-    restored.remember("m-new")
-    restored.remember("m-newer")
+    restored.remember("m-new", B + DAY)
+    restored.remember("m-newer", B + DAY)
+    restored.prune_dedupe(B + DAY)
     assert not restored.seen("m-0") and not restored.seen("m-1")
-    assert restored.seen("m-2") and restored.seen("m-99") and restored.seen("m-newer")
+    assert restored.seen("m-2") and restored.seen("m-999") and restored.seen("m-newer")
+
+
+def test_the_legacy_ids_attribute_is_read_as_applied_at_the_last_update() -> None:
+    legacy = {"customer_id": "c", "v": 3, "ua": B, "ids": message_digest("m-1") + message_digest("m-2")}
+    profile = Profile.from_item(legacy)
+    assert profile.seen("m-1") and profile.seen("m-2") and not profile.seen("m-3")
+    item = profile.to_item()
+    assert "ids" not in item
+    assert item["mi"] == message_digest("m-1") + B.to_bytes(4, "big") + message_digest("m-2") + B.to_bytes(4, "big")
+    for n in range(MIN_MESSAGE_IDS):
+        profile.remember(f"m-new-{n}", B + DEDUPE_HORIZON)
+    profile.prune_dedupe(B + DEDUPE_HORIZON)
+    assert profile.seen("m-1")
+    profile.prune_dedupe(B + DEDUPE_HORIZON + 1)
+    assert not profile.seen("m-1") and not profile.seen("m-2")
+
+
+def test_completed_orders_are_kept_up_to_their_cap() -> None:
+    assert MAX_ORDER_DIGESTS == 500
+    profile = Profile("c")
+    for n in range(MAX_ORDER_DIGESTS + 1):
+        profile.remember_order(f"o-{n}")
+    assert not profile.order_completed("o-0")
+    assert all(profile.order_completed(f"o-{n}") for n in range(1, MAX_ORDER_DIGESTS + 1))
+    assert len(profile.to_item()["od"]) == MAX_ORDER_DIGESTS * DIGEST_BYTES == 4_000
+    restored = Profile.from_item(profile.to_item())
+    assert restored.order_completed(f"o-{MAX_ORDER_DIGESTS}") and not restored.order_completed("o-0")
+
+
+def test_recent_orders_of_a_legacy_profile_count_as_completed() -> None:
+    profile = Profile.from_item({"customer_id": "c", "ro": [["o-1", B, 5000]]})
+    assert profile.order_completed("o-1") and not profile.order_completed("o-2")
+
+
+def test_the_shard_watermark() -> None:
+    profile = Profile("c")
+    assert not profile.delivered("shard-1", "100")
+    profile.mark_delivered("shard-1", "100", B)
+    assert profile.delivered("shard-1", "100") and profile.delivered("shard-1", "99")
+    assert not profile.delivered("shard-1", "101") and not profile.delivered("shard-2", "50")
+    profile.mark_delivered("shard-1", "90", B + 1)  # never lowered
+    assert profile.shard_marks == {"shard-1": ["100", B]}
+    # compared as numbers, not text: sequence numbers grow in length
+    profile.mark_delivered("shard-1", "1000", B + 2)
+    assert profile.delivered("shard-1", "999") and not profile.delivered("shard-1", "1001")
+    # no shard or a sequence that is not a number (tests, other sources): no watermark
+    profile.mark_delivered("", "5", B)
+    profile.mark_delivered("shard-3", "seq-5", B)
+    assert set(profile.shard_marks) == {"shard-1"}
+    assert not profile.delivered("", "5") and not profile.delivered("shard-1", "seq-5")
+
+
+def test_shard_watermarks_expire_after_the_horizon_and_are_capped() -> None:
+    profile = Profile("c")
+    for n in range(MAX_SHARD_MARKS + 2):
+        profile.mark_delivered(f"shard-{n}", "7", B + n)
+    assert len(profile.shard_marks) == MAX_SHARD_MARKS and "shard-0" not in profile.shard_marks
+    profile.prune_dedupe(B + 5 + DEDUPE_HORIZON)
+    assert sorted(profile.shard_marks) == [f"shard-{n}" for n in range(5, MAX_SHARD_MARKS + 2)]
+
+
+def test_the_dedupe_state_has_a_byte_bound() -> None:
+    profile = Profile("c")
+    for n in range(MAX_MESSAGE_IDS + 50):
+        profile.remember(f"m-{n}", B)
+    profile.prune_dedupe(B)
+    for n in range(MAX_ORDER_DIGESTS + 50):
+        profile.remember_order(f"o-{n}")
+    for n in range(MAX_SHARD_MARKS + 3):
+        profile.mark_delivered(f"shardId-{n:012d}", "4" * 56, B + n)
+    item = profile.to_item()
+    dedupe = item_size({key: item[key] for key in ("mi", "od", "sq")})
+    assert dedupe <= 12_000 + 4_000 + 800 + 10
+    assert item_size(item) < 20 * 1024
 
 
 # ---- next deadline ----------------------------------------------------------------------------------
@@ -248,12 +385,12 @@ def test_item_size_of_a_small_profile() -> None:
     profile.created_at = 5
     profile.updated_at = 7
     profile.traits = {"plan": "pro"}
-    profile.remember("m1")
+    profile.remember("m1", 5)
     expected = (
         (11 + 2)  # customer_id: "c1"
         + (1 + 2) + (2 + 2) + (2 + 2)  # v, ca, ua: one digit each
         + (1 + 3 + (4 + 3 + 1))  # t: {"plan": "pro"}
-        + (3 + 8)  # ids: one 8-byte digest
+        + (2 + 12)  # mi: one 8-byte digest and its 4-byte time
     )
     assert item_size(profile.to_item()) == expected
 

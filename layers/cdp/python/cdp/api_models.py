@@ -12,10 +12,10 @@ class Model(BaseModel):
 
 
 class Problem(Model):
-    """Every error: a stable code and a message that says what is wrong."""
+    """Every error: a stable code and a message that says what is wrong (never repeating an id or value)."""
 
     code: str = Field(examples=["not_found"])
-    message: str = Field(examples=["customer 'alice' has no profile"])
+    message: str = Field(examples=["customerId: no profile has this customer id"])
     field: str | None = Field(default=None, examples=["limit"])
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +51,47 @@ def members_partition(segment_id: str, customer_id: str, shards: int = MEMBER_SH
     """
     digest = hashlib.blake2b(customer_id.encode(), digest_size=4).digest()
     return f"{segment_id}#{int.from_bytes(digest, 'big') % shards:02d}"
+
+
+class InvalidImage(ValueError):
+    """A table stream image without the shapes of a profile item: a foreign item, or one edited by hand."""
+
+
+LATEST_TIME = 253_402_300_799  # 9999-12-31T23:59:59Z, the last moment an event's time can be given as
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_time(value: object) -> bool:
+    return _is_number(value) and 0 <= value <= LATEST_TIME  # type: ignore[operator]
+
+
+def check_image(image: Mapping[str, Any] | None, which: str) -> None:
+    """Raise :class:`InvalidImage`, naming the attribute and the rule (never its value), unless ``image``
+    has the shapes :func:`diff` and :func:`bus_entry` read."""
+    if image is None:
+        return
+    if not isinstance(image.get("customer_id"), str):
+        raise InvalidImage(f"{which} image: customer_id must be a string")
+    if "v" in image and not _is_number(image["v"]):
+        raise InvalidImage(f"{which} image: v must be a number")
+    if "ua" in image and not _is_time(image["ua"]):
+        raise InvalidImage(f"{which} image: ua must be a time (Unix seconds)")
+    members = image.get("m")
+    if members is not None:
+        if not isinstance(members, Mapping):
+            raise InvalidImage(f"{which} image: m must be a map of segment id to member-since time")
+        if not all(_is_time(since) for since in members.values()):
+            raise InvalidImage(f"{which} image: m must map each segment id to a time (member since)")
+    traits = image.get("t")
+    if traits is not None and not isinstance(traits, Mapping):
+        raise InvalidImage(f"{which} image: t must be a map of trait name to value")
+    transitions = image.get("tx")
+    if transitions is not None and not (isinstance(transitions, list) and all(
+            isinstance(t, list) and len(t) >= 5 and _is_time(t[2]) for t in transitions)):
+        raise InvalidImage(f"{which} image: tx must be a list of [segment, kind, time, clause, reason]")
 
 
 def diff(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[MembershipChange]:
@@ -122,6 +164,7 @@ class TableChange:
     record_id: str
     old: Mapping[str, Any] | None
     new: Mapping[str, Any] | None
+    problem: str = ""  # why its images could not be read: the record fails and goes to its failure path
 
 
 @dataclass
@@ -138,6 +181,15 @@ def publish_changes(records: Sequence[TableChange], catalogue: Catalogue, index:
     entries: list[dict[str, Any]] = []
     owners: list[tuple[str, MembershipChange]] = []
     for record in records:
+        try:
+            if record.problem:
+                raise InvalidImage(record.problem)
+            check_image(record.old, "old")
+            check_image(record.new, "new")
+        except InvalidImage as error:
+            # One foreign or hand-edited item fails only its own record; the others proceed.
+            result.failure_reasons[record.record_id] = f"not a profile item: {error}"
+            continue
         try:
             changes = diff(record.old, record.new)
             for change in changes:

@@ -3,6 +3,9 @@
     cdp run [--no-sample] [--clock wall|event]       the whole pipeline on this machine
     cdp send FILE.jsonl|- [--stream NAME]            put Segment-spec messages on the stream
     cdp tail [--queue-url URL]                       follow segment transitions
+
+``send`` and ``tail`` with neither ``--stream`` / ``--queue-url`` nor ``--endpoint-url`` use the running
+local stack (``cdp.targets``), and stop with an error when there is none: AWS only when asked for.
     cdp segments validate [DIR]                      check definitions
     cdp segments test [DIR]                          run the stories in DIR/stories
     cdp redrive failures --queue-url URL --stream NAME
@@ -16,7 +19,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cdp.targets import LocalStackInfo, Target
 
 
 def _client(service: str, args: argparse.Namespace) -> Any:
@@ -39,23 +45,57 @@ def _redrive(args: argparse.Namespace) -> int:
     return 0
 
 
-LOCAL_ENDPOINT = "http://127.0.0.1:4566"
-
-
-def _stream_name(args: argparse.Namespace, kinesis: Any) -> str:
+def _stream_name(args: argparse.Namespace, kinesis: Any, target: Target) -> str:
     if args.stream:
         return str(args.stream)
+    if target.local is not None:
+        return target.local.stream
     names = kinesis.list_streams().get("StreamNames", [])
     if len(names) != 1:
         raise ValueError(f"--stream is needed: found {len(names)} streams ({', '.join(names) or 'none'})")
     return str(names[0])
 
 
+def _local_stacks() -> list[LocalStackInfo]:
+    from cdp.targets import running_stacks, state_dir
+
+    return running_stacks(state_dir())
+
+
+def _target_client(service: str, target: Target) -> Any:
+    """A client for the target: a local stack gets the emulator's dummy credentials, never real ones;
+    an endpoint without a region is taken to be an emulator's (us-east-1); AWS gets boto3's usual settings."""
+    import boto3
+
+    if target.local is not None:
+        return boto3.client(service, endpoint_url=target.endpoint, region_name=target.region,
+                            aws_access_key_id="local", aws_secret_access_key="local")
+    if target.endpoint:
+        return boto3.client(service, endpoint_url=target.endpoint, region_name=target.region or "us-east-1")
+    return boto3.client(service, region_name=target.region)
+
+
+def _where(target: Target, what: str, client: Any) -> str:
+    from cdp.targets import Target, describe
+
+    def account() -> str | None:
+        try:
+            return str(_target_client("sts", Target(None, client.meta.region_name, None))
+                       .get_caller_identity()["Account"])
+        except Exception:  # only for the message: the command itself says what is wrong
+            return None
+
+    return describe(Target(target.endpoint, target.region or client.meta.region_name, target.local), what, account)
+
+
 def _send(args: argparse.Namespace) -> int:
     from cdp.sender import send_lines
+    from cdp.targets import send_target
 
-    kinesis = _client("kinesis", args)
-    stream = _stream_name(args, kinesis)
+    target = send_target(args.endpoint_url, args.stream, args.region, _local_stacks)
+    kinesis = _target_client("kinesis", target)
+    stream = _stream_name(args, kinesis, target)
+    print(f"sending to {_where(target, f'stream {stream}', kinesis)}", file=sys.stderr, flush=True)
     if args.file == "-":
         lines = sys.stdin.buffer.read().splitlines()
     else:
@@ -72,9 +112,13 @@ def _tail(args: argparse.Namespace) -> int:
     import json
 
     from cdp.local_stack import FEED_QUEUE
+    from cdp.targets import tail_target
 
-    sqs = _client("sqs", args)
-    url = args.queue_url or sqs.get_queue_url(QueueName=FEED_QUEUE)["QueueUrl"]
+    target = tail_target(args.endpoint_url, args.queue_url, args.region, _local_stacks)
+    sqs = _target_client("sqs", target)
+    url = args.queue_url or (target.local.feed_queue_url if target.local is not None
+                             else sqs.get_queue_url(QueueName=FEED_QUEUE)["QueueUrl"])
+    print(f"following {_where(target, f'queue {url}', sqs)}", file=sys.stderr, flush=True)
     while True:
         for message in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=10).get(
                 "Messages", []):
@@ -107,23 +151,51 @@ def _seconds(raw: str | None) -> float | None:
     return value
 
 
+def _port(variable: str, default: int) -> int:
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise SystemExit(f"cdp: {variable} must be a port number, not {raw!r}")
+    return int(raw)
+
+
 def _run(args: argparse.Namespace) -> int:
     import signal
     import threading
     from pathlib import Path
 
-    from cdp.local_stack import LocalStack
+    from cdp.local_stack import REGION, LocalStack
+    from cdp.targets import LocalStackInfo, register, state_dir, unregister
 
     root = Path(args.root).resolve()
     stack = LocalStack(root, aws_port=args.aws_port, api_port=args.api_port, clock=args.clock,
                        feed=None if args.no_feed else lambda event: print(format_event(event), flush=True),
                        timer_tick=args.timer_tick)
-    done = threading.Event()
+    done, starting = threading.Event(), threading.Event()
+
+    def stop(signum: int, _: Any) -> None:
+        if starting.is_set():  # stop at once: start() stops what it had started, then re-raises
+            starting.clear()
+            raise KeyboardInterrupt
+        done.set()
+
+    starting.set()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: done.set())
+        signal.signal(signum, stop)
     print("starting the local stack (synthesising the CDK template for its resources) ...", flush=True)
-    stack.start()
-    print(f"AWS emulator  {stack.endpoint}\nAPI           http://127.0.0.1:{args.api_port}"
+    try:
+        stack.start()
+        starting.clear()
+    except KeyboardInterrupt:
+        stack.stop()  # again, if the signal came just after start() returned
+        print("stopped while starting", flush=True)
+        return 130
+    api = f"http://127.0.0.1:{args.api_port}"
+    # So that `cdp send` and `cdp tail` with no flags find this stack, and never a real account by accident.
+    state = register(LocalStackInfo(stack.endpoint, api, stack.resources.streams[0], stack.feed_queue_url, REGION,
+                                    os.getpid()), state_dir())
+    print(f"AWS emulator  {stack.endpoint}\nAPI           {api}"
           f"  (GET /health, /segments, /customers/<id>)\nclock         {args.clock}\n", flush=True)
     try:
         if not args.no_sample:
@@ -136,6 +208,7 @@ def _run(args: argparse.Namespace) -> int:
         done.wait()
     finally:
         print("stopping ...", flush=True)
+        unregister(state)
         stack.stop()
     return 0
 
@@ -172,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--region", default=None)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the whole pipeline locally on an AWS emulator")
-    run.add_argument("--aws-port", type=int, default=int(os.environ.get("CDP_AWS_PORT", "4566")))
-    run.add_argument("--api-port", type=int, default=int(os.environ.get("CDP_API_PORT", "3000")))
+    run.add_argument("--aws-port", type=int, default=_port("CDP_AWS_PORT", 4566), help="also CDP_AWS_PORT")
+    run.add_argument("--api-port", type=int, default=_port("CDP_API_PORT", 3000), help="also CDP_API_PORT")
     run.add_argument("--clock", choices=("wall", "event"), default=os.environ.get("CDP_CLOCK", "wall") or "wall",
                      help="event: evaluate in event time, so replayed history lands in the right windows")
     run.add_argument("--timer-tick", type=float, default=_seconds(os.environ.get("CDP_TIMER_TICK")),
@@ -185,10 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(run=_run, endpoint_url=None)
     send = commands.add_parser("send", help="put Segment-spec messages (JSON Lines) on the stream")
     send.add_argument("file", help="a .jsonl file, or - for standard input")
-    send.add_argument("--stream", default=None, help="stream name (default: the only stream there is)")
+    send.add_argument("--stream", default=None,
+                      help="stream name; without it or --endpoint-url, the running local stack's")
     send.set_defaults(run=_send)
     tail = commands.add_parser("tail", help="follow segment transitions")
-    tail.add_argument("--queue-url", default=None, help="a queue behind a bus rule (default: the local feed)")
+    tail.add_argument("--queue-url", default=None,
+                      help="a queue behind a bus rule; without it or --endpoint-url, the running local stack's feed")
     tail.add_argument("--once", action="store_true", help="print what is waiting, then stop")
     tail.set_defaults(run=_tail)
     segments = commands.add_parser("segments", help="segment definitions as code")

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cdp.clock import DEFAULT_MAX_FUTURE_SKEW
+
 
 class ConfigError(ValueError):
     """A missing or invalid environment variable, named."""
@@ -45,10 +47,13 @@ class IngestConfig:
     profiles_table: str
     quarantine_bucket: str
     catalogue_path: Path
+    # CDP_MAX_FUTURE_SKEW_SECONDS: an event stamped further than this ahead of the wall clock is quarantined
+    max_future_skew: int = DEFAULT_MAX_FUTURE_SKEW
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> IngestConfig:
-        return cls(_required(env, "PROFILES_TABLE"), _required(env, "QUARANTINE_BUCKET"), _catalogue(env))
+        return cls(_required(env, "PROFILES_TABLE"), _required(env, "QUARANTINE_BUCKET"), _catalogue(env),
+                   _whole(env, "CDP_MAX_FUTURE_SKEW_SECONDS", DEFAULT_MAX_FUTURE_SKEW, 0, 86_400))
 
 
 @dataclass(frozen=True)

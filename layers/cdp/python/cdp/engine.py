@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cdp.catalogue import Catalogue, Segment
+from cdp.clock import DEFAULT_MAX_FUTURE_SKEW
 from cdp.counters import Counter
 from cdp.events import (
+    NUMBER_DIGITS,
     ORDER_CANCELLED,
     ORDER_COMPLETED,
     ORDER_EVENTS,
@@ -35,9 +37,15 @@ from cdp.profile import (
     Profile,
 )
 
-MAX_CLOCK_SKEW = 300  # events further than this ahead of the clock are refused
+MAX_CLOCK_SKEW = DEFAULT_MAX_FUTURE_SKEW  # events further than this ahead of the clock are refused
+MAX_LIFETIME_REVENUE = 10**NUMBER_DIGITS - 1  # hundredths: the most a DynamoDB number holds exactly
 ENTERED = "entered"
 EXITED = "exited"
+
+
+def future_reason(skew: float) -> str:
+    """Why an event stamped further ahead than the allowed skew is refused (its field is ``timestamp``)."""
+    return f"is more than {skew:g} s in the future"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +108,11 @@ class ProfileView:
 
 
 class Engine:
-    def __init__(self, catalogue: Catalogue, stats: PopulationStats | None = None) -> None:
+    def __init__(self, catalogue: Catalogue, stats: PopulationStats | None = None,
+                 max_future_skew: float = MAX_CLOCK_SKEW) -> None:
         self.catalogue = catalogue
         self.stats = stats
+        self.max_future_skew = max_future_skew  # seconds an event may be stamped ahead of the clock
 
     # ---- folding events -----------------------------------------------------------------------
 
@@ -114,19 +124,20 @@ class Engine:
             if profile.seen(event.message_id):
                 outcome.duplicates += 1
                 continue
-            if event.timestamp > now + MAX_CLOCK_SKEW:
-                outcome.rejected.append((event, "timestamp: is in the future by more than 5 minutes"))
+            if event.timestamp > now + self.max_future_skew:
+                outcome.rejected.append((event, f"timestamp: {future_reason(self.max_future_skew)}"))
                 continue
             problem = self._fold(profile, event, now, touched, outcome)
             if problem is not None:
                 outcome.rejected.append((event, problem))
                 continue
-            profile.remember(event.message_id)
+            profile.remember(event.message_id, now)
             outcome.applied += 1
         if outcome.applied:
             if not profile.created_at:
                 profile.created_at = int(now)
             profile.updated_at = int(now)
+            profile.prune_dedupe(now)
             self._tidy(profile, now)
             outcome.changed = True
         before = (dict(profile.memberships), dict(profile.deadlines))
@@ -226,11 +237,16 @@ class Engine:
         return None
 
     def _order(self, profile: Profile, event: Event, moment: int) -> str | None:
+        assert event.order_id is not None
         known = next((order for order in profile.recent_orders if order[0] == event.order_id), None)
         if event.name == ORDER_COMPLETED:
-            if known is not None:
-                return f"properties.order_id: order {event.order_id!r} was already completed"
+            # Lifetime figures count for ever, so a completed order never counts again: not when re-sent
+            # with a new message id, nor after it was refunded or cancelled.
+            if known is not None or profile.order_completed(event.order_id):
+                return "properties.order_id: this order was already completed"
             value = round((event.amount or 0.0) * 100)
+            if profile.revenue + value > MAX_LIFETIME_REVENUE:
+                return f"properties.revenue: would take lifetime revenue past {NUMBER_DIGITS} digits, DynamoDB's limit"
             profile.orders += 1
             profile.revenue += value
             if profile.first_order is None or moment < profile.first_order:
@@ -238,12 +254,13 @@ class Engine:
             if profile.last_order is None or moment > profile.last_order:
                 profile.last_order = moment
             profile.recent_orders = [*profile.recent_orders, [event.order_id, moment, value]][-RECENT_ORDERS:]
+            profile.remember_order(event.order_id)
             profile.cart = {pid: item for pid, item in profile.cart.items() if item[2] > moment}
             return None
         # Refunds and cancellations reduce the lifetime figures; a full one also removes the order.
         if event.amount is None and known is None:
-            return (f"properties.revenue: order {event.order_id!r} is not among the last {RECENT_ORDERS},"
-                    f" so {event.name} must carry its amount")
+            return (f"properties.revenue: is required when the order is not among the last {RECENT_ORDERS}"
+                    " completed orders")
         order_value = known[2] if known is not None else None
         value = round(event.amount * 100) if event.amount is not None else order_value or 0
         whole = event.name == ORDER_CANCELLED or (order_value is not None and value >= order_value)

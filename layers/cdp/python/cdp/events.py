@@ -3,12 +3,17 @@
 Accepts the six message types (track, identify, page, screen, alias, group), the
 Ecommerce v2 and Email spec event names, and traits either at the top level
 (Segment) or in ``context.traits`` (RudderStack). An invalid message raises
-:class:`InvalidEvent` naming the field and the reason; nothing is guessed.
+:class:`InvalidEvent` naming the field and the rule, never the value (reasons reach the
+quarantine, logs and metrics, and a value may be personal data); nothing is guessed.
+Everything that can be stored is bounded here (nesting, amounts, quantities, trait numbers,
+the earliest timestamp), so no message can crash the DynamoDB encoding of a batch.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,6 +22,19 @@ MAX_MESSAGE_BYTES = 32 * 1024  # Segment's own limit for one message
 MAX_ID_LENGTH = 256
 MAX_LABEL_LENGTH = 100
 MAX_TRAIT_BYTES = 1024
+# Arrays and objects nested deeper than this are refused: DynamoDB stores at most 32 levels, and a
+# message nested deeper than any stored value needs is either broken or an attack on the parser.
+MAX_DEPTH = 32
+# An order's value (revenue, total, or the sum of its products) and a unit price, in currency units.
+# Kept in hundredths, so a profile's lifetime revenue stays far inside DynamoDB's 38 digits.
+MAX_AMOUNT = 1_000_000_000_000  # one trillion
+MAX_QUANTITY = 10_000  # units of one product in one cart or order event
+EARLIEST_TIMESTAMP = 946_684_800.0  # 2000-01-01T00:00:00Z: anything earlier is a broken client clock
+# DynamoDB numbers: at most 38 significant digits, zero or a magnitude from 1e-130 to below 1e126
+# (a whole number is stored digit for digit, so it has at most 38 digits, trailing zeros included).
+NUMBER_DIGITS = 38
+SMALLEST_NUMBER = 1e-130
+NUMBER_LIMIT = 1e126
 
 MESSAGE_TYPES = frozenset({"track", "identify", "page", "screen", "alias", "group"})
 CHANNELS = ("web", "mobile", "email", "server")
@@ -107,9 +125,35 @@ def parse_record(data: bytes) -> Event:
         message = json.loads(text)
     except ValueError as error:
         raise InvalidEvent("message", f"is not JSON ({error.args[0]})") from None
+    except RecursionError:  # nested far deeper than the limit
+        raise InvalidEvent("message", _TOO_DEEP) from None
+    if _too_deep(text, MAX_DEPTH):
+        raise InvalidEvent("message", _TOO_DEEP)
     if "\\u" in text and _has_lone_surrogate(message):
         raise InvalidEvent("message", "contains an unpaired UTF-16 surrogate escape, which is not text")
     return normalise(message)
+
+
+_TOO_DEEP = f"is nested more than {MAX_DEPTH} levels deep; the limit is {MAX_DEPTH}"
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_EMPTY_PAIR = re.compile(r"\[\]|\{\}")
+
+
+def _too_deep(text: str, limit: int) -> bool:
+    """Whether valid JSON ``text`` nests arrays and objects more than ``limit`` deep.
+
+    Iterative and in C for the most part: with fewer brackets than the limit it cannot be; otherwise
+    strings are dropped, then the brackets, and each pass removes the innermost (empty) pairs, one level.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    for _ in range(limit):
+        if not brackets:
+            return False
+        brackets = _EMPTY_PAIR.sub("", brackets)
+    return bool(brackets)
 
 
 def _has_lone_surrogate(message: object) -> bool:
@@ -128,7 +172,7 @@ def normalise(message: object) -> Event:
     if kind not in MESSAGE_TYPES:
         if kind is None:
             raise InvalidEvent("type", "is required (track, identify, page, screen, alias or group)")
-        raise InvalidEvent("type", f"{kind!r} is not one of track, identify, page, screen, alias, group")
+        raise InvalidEvent("type", "must be one of track, identify, page, screen, alias, group")
     message_id = _identifier(message, "messageId", required=True)
     assert message_id is not None
     user_id = _identifier(message, "userId", required=False)
@@ -159,10 +203,10 @@ def normalise(message: object) -> Event:
         quantity = _quantity(properties)
         price = properties.get("price")
         if price is not None:
-            amount = _non_negative(price, "properties.price")
+            amount = _amount(price, "properties.price")
 
     if kind == "identify":
-        _check_trait_sizes(traits)
+        _check_traits(traits)
     previous_id = _identifier(message, "previousId", required=kind == "alias")
     group_id = _identifier(message, "groupId", required=kind == "group")
     return Event(
@@ -227,10 +271,13 @@ def _timestamp(message: dict[str, Any]) -> float:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidEvent(key, f"{value!r} is not an ISO 8601 timestamp") from None
+        raise InvalidEvent(key, "is not an ISO 8601 timestamp") from None
     if parsed.tzinfo is None:
-        raise InvalidEvent(key, f"{value!r} has no time zone (add Z or an offset)")
-    return parsed.timestamp()
+        raise InvalidEvent(key, "has no time zone (add Z or an offset)")
+    moment = parsed.timestamp()
+    if moment < EARLIEST_TIMESTAMP:
+        raise InvalidEvent(key, "is before 2000-01-01T00:00:00Z, the earliest accepted")
+    return moment
 
 
 def _object(message: dict[str, Any], key: str) -> dict[str, Any]:
@@ -256,11 +303,46 @@ def _traits(message: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _check_trait_sizes(traits: dict[str, Any]) -> None:
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_$.-]{1,64}")
+
+
+def _trait_field(name: str) -> str:
+    """``traits.<name>`` for a plain name; just ``traits`` for any other, which may be data (an address as a
+    key), and which would make the field a metric dimension of unbounded size and number."""
+    return f"traits.{name}" if _PLAIN_NAME.fullmatch(name) else "traits"
+
+
+def _check_traits(traits: dict[str, Any]) -> None:
+    """Traits are stored as they are, so each must fit in its size and in DynamoDB's number type."""
     for name, value in traits.items():
         size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode())
         if size > MAX_TRAIT_BYTES:
-            raise InvalidEvent(f"traits.{name}", f"is {size} bytes; the limit for one trait is {MAX_TRAIT_BYTES}")
+            raise InvalidEvent(_trait_field(name), f"is {size} bytes; the limit for one trait is {MAX_TRAIT_BYTES}")
+        if not _storable_numbers(value):
+            raise InvalidEvent(_trait_field(name), f"holds a number DynamoDB cannot store: whole numbers have at most"
+                                                 f" {NUMBER_DIGITS} digits, and numbers are finite and zero or"
+                                                 f" from {SMALLEST_NUMBER:g} to below {NUMBER_LIMIT:g} in magnitude")
+
+
+def _storable_numbers(value: object) -> bool:
+    """Whether every number in ``value`` (at any depth; walked without recursion) is a DynamoDB number."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, bool) or item is None or isinstance(item, str):
+            continue
+        elif isinstance(item, int):
+            if abs(item) >= 10**NUMBER_DIGITS:  # stored digit for digit: trailing zeros count too
+                return False
+        # A float's repr has at most 17 significant digits, so only its range can be out of bounds.
+        elif isinstance(item, float) and not (math.isfinite(item) and (
+                item == 0 or SMALLEST_NUMBER <= abs(item) < NUMBER_LIMIT)):
+            return False
+    return True
 
 
 def _event_name(message: dict[str, Any], kind: str) -> str:
@@ -286,7 +368,7 @@ def _channel(message: dict[str, Any], context: dict[str, Any], name: str) -> str
             return str(explicit)
         if explicit == "sources":  # RudderStack's cloud sources are server-side
             return "server"
-        raise InvalidEvent("channel", f"{explicit!r} is not one of {', '.join(CHANNELS)}")
+        raise InvalidEvent("channel", f"must be one of {', '.join(CHANNELS)} (or client, sources)")
     library = context.get("library")
     library_name = library.get("name") if isinstance(library, dict) else None
     if isinstance(library_name, str):
@@ -333,19 +415,17 @@ def _context(context: dict[str, Any]) -> EventContext:
 _EMPTY_CONTEXT = EventContext()
 
 
-def _number(value: object, path: str) -> float:
+def _amount(value: object, path: str) -> float:
+    """A price or an order value: a finite number from 0 to MAX_AMOUNT."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidEvent(path, f"must be a number, not {_json_type(value)}")
-    if value != value or value in (float("inf"), float("-inf")):
+    if isinstance(value, float) and not math.isfinite(value):
         raise InvalidEvent(path, "must be a finite number")
+    if value < 0:
+        raise InvalidEvent(path, "must not be negative")
+    if value > MAX_AMOUNT:  # compared before any conversion: a huge integer does not fit a float
+        raise InvalidEvent(path, f"must be at most {MAX_AMOUNT:,}")
     return float(value)
-
-
-def _non_negative(value: object, path: str) -> float:
-    number = _number(value, path)
-    if number < 0:
-        raise InvalidEvent(path, f"must not be negative (got {number:g})")
-    return number
 
 
 def _property_id(properties: dict[str, Any], key: str, name: str) -> str:
@@ -367,8 +447,8 @@ def _quantity(properties: dict[str, Any], path: str = "properties") -> int:
     value = properties.get("quantity")
     if value is None:
         return 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidEvent(f"{path}.quantity", f"must be a whole number of at least 1, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_QUANTITY:
+        raise InvalidEvent(f"{path}.quantity", f"must be a whole number from 1 to {MAX_QUANTITY:,}")
     return value
 
 
@@ -376,7 +456,7 @@ def _order_amount(properties: dict[str, Any], name: str) -> float | None:
     """The order's value: ``revenue``, else ``total``, else the sum of ``products[].price * quantity``."""
     for key in ("revenue", "total"):
         if properties.get(key) is not None:
-            return _non_negative(properties[key], f"properties.{key}")
+            return _amount(properties[key], f"properties.{key}")
     products = properties.get("products")
     if products is not None:
         if not isinstance(products, list):
@@ -388,8 +468,11 @@ def _order_amount(properties: dict[str, Any], name: str) -> float | None:
                 raise InvalidEvent(path, f"must be an object, not {_json_type(product)}")
             if product.get("price") is None:
                 raise InvalidEvent(f"{path}.price", "is required to value the order (or send revenue)")
-            price = _non_negative(product["price"], f"{path}.price")
+            price = _amount(product["price"], f"{path}.price")
             total += price * _quantity(product, path)
+        if total > MAX_AMOUNT:
+            raise InvalidEvent("properties.products", f"the order's value (price times quantity, summed) must be"
+                                                      f" at most {MAX_AMOUNT:,}")
         return total
     if name == ORDER_COMPLETED:
         raise InvalidEvent("properties.revenue", "is required for Order Completed (or total, or products)")

@@ -5,6 +5,12 @@ that can never succeed, load all profiles of the batch at once, fold and evaluat
 customer, and write each changed profile once with optimistic locking. The result says
 which records must be retried (``failed``), so the handler can return a partial-batch
 response.
+
+Each profile keeps, per stream shard, the highest sequence number of its records that were
+handled (a watermark, see ``Profile.delivered``): a record at or below it is a duplicate
+without folding, however many records came since (a Lambda retry of any volume). A record
+put back on the stream (a redrive) has a new sequence number and is deduplicated by its
+message id.
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ from collections import Counter as Tally
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cdp.clock import Clock
-from cdp.engine import Engine, Transition
+from cdp.clock import Clock, wall_time
+from cdp.engine import Engine, Outcome, Transition, future_reason
 from cdp.events import Event, InvalidEvent, parse_record
 from cdp.ports import ConflictError, ProfileStore, Quarantine, QuarantinedRecord, TransientError
 from cdp.profile import Profile
@@ -32,6 +38,7 @@ class StreamRecord:
     data: bytes
     source: str = "kinesis"
     decode_error: str = ""
+    shard: str = ""  # the stream shard it came from; sequence numbers are ordered within a shard only
 
 
 @dataclass
@@ -61,6 +68,12 @@ def ingest_batch(records: Sequence[StreamRecord], engine: Engine, store: Profile
             decoded.append((record, parse_record(record.data)))
         except InvalidEvent as error:
             decoded.append((record, error))
+    # Refused before any clock observes it: an event stamped far ahead (2999) would otherwise move an
+    # event-time clock, and every profile it evaluates, into the future for good. Event-time replays
+    # are in the past of the wall clock, so wall time plus the allowed skew bounds both modes.
+    horizon = wall_time(clock) + engine.max_future_skew
+    decoded = [(record, InvalidEvent("timestamp", future_reason(engine.max_future_skew))
+                if isinstance(parsed, Event) and parsed.timestamp > horizon else parsed) for record, parsed in decoded]
     observe = getattr(clock, "observe", None)  # an event-time clock follows the events it sees
     if observe is not None:
         for _, parsed in decoded:
@@ -70,7 +83,7 @@ def ingest_batch(records: Sequence[StreamRecord], engine: Engine, store: Profile
     for record, parsed in decoded:
         if isinstance(parsed, InvalidEvent):
             poison.append(QuarantinedRecord(record.source, record.sequence, record.partition_key,
-                                            record.data, str(parsed), parsed.field, now))
+                                            record.data, str(parsed), parsed.field, now, record.shard))
         else:
             by_customer.setdefault(parsed.customer_id, []).append((record, parsed))
 
@@ -91,9 +104,13 @@ def ingest_batch(records: Sequence[StreamRecord], engine: Engine, store: Profile
         profile = profiles.get(customer_id) or Profile(customer_id)
         for attempt in range(1, MAX_WRITE_ATTEMPTS + 1):
             expected = profile.version
-            outcome = engine.apply(profile, events, now)
+            # At or below the shard's watermark: handled already, a duplicate without folding.
+            pending = [event for record, event in items if not profile.delivered(record.shard, record.sequence)]
+            outcome = engine.apply(profile, pending, now)
+            outcome.duplicates += len(items) - len(pending)
             if not outcome.changed:
                 break
+            _advance_watermarks(profile, items, outcome, now)
             profile.version = expected + 1
             try:
                 store.save(profile, expected)
@@ -125,7 +142,7 @@ def ingest_batch(records: Sequence[StreamRecord], engine: Engine, store: Profile
             if reason is not None:
                 field_name = reason.split(":", 1)[0]
                 poison.append(QuarantinedRecord(record.source, record.sequence, record.partition_key,
-                                                record.data, reason, field_name, now))
+                                                record.data, reason, field_name, now, record.shard))
 
     if poison:
         try:
@@ -136,3 +153,22 @@ def ingest_batch(records: Sequence[StreamRecord], engine: Engine, store: Profile
                 result.failure_reasons[bad.sequence] = f"quarantine unavailable: {error}"
     result.failed = [r.sequence for r in records if r.sequence in result.failure_reasons]
     return result
+
+
+def _advance_watermarks(profile: Profile, items: Sequence[tuple[StreamRecord, Event]], outcome: Outcome,
+                        now: float) -> None:
+    """Raise the customer's watermark of each shard to the highest sequence number handled in this write.
+
+    Called only when the profile is written, so the watermark lands with the effects of its records.
+    It stops below a rejected record: that one is quarantined after the write, and if the quarantine
+    fails it is retried, so it must be evaluated again (records after it are deduplicated by id).
+    """
+    rejected = {id(event) for event, _ in outcome.rejected}
+    stop: dict[str, int] = {}
+    for record, event in items:
+        if id(event) in rejected and record.shard and record.sequence.isdigit():
+            stop[record.shard] = min(stop.get(record.shard, int(record.sequence)), int(record.sequence))
+    for record, _ in items:
+        limit = stop.get(record.shard)
+        if limit is None or (record.sequence.isdigit() and int(record.sequence) < limit):
+            profile.mark_delivered(record.shard, record.sequence, now)

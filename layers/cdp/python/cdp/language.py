@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from cdp.counters import Counter, Tier, tier_for_window, to_hundredths
 from cdp.durations import format_duration, parse_duration
-from cdp.events import CHANNELS, ORDER_EVENTS, Event
+from cdp.events import CHANNELS, MAX_AMOUNT, ORDER_EVENTS, Event
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 COMPARATORS: dict[str, Callable[[Any, Any], bool]] = {
@@ -160,6 +160,10 @@ class MetricSpec:
             return to_hundredths(event.amount or 0.0)
         value = event.properties.get(self.sum_property)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return 0
+        # Like a value that is not a number, one that is not finite or beyond the amount limit adds nothing:
+        # a summed property is not validated at parse time (only the catalogue knows it is summed).
+        if not -MAX_AMOUNT <= value <= MAX_AMOUNT:  # also false for NaN; compared before float()
             return 0
         return to_hundredths(float(value))
 

@@ -29,11 +29,34 @@ from urllib.parse import parse_qs, urlsplit
 REGION = "us-east-1"
 LOCAL_VISIBILITY_SECONDS = 2  # a failed integration batch comes back this soon (the template's is minutes)
 FEED_QUEUE = "cdp-local-transitions"
+SHARED_CLOCK = ("ingest", "timers", "api")  # the functions given the stack's one clock (email's cap is wall time)
 SOURCE = "cdp.segments"
 
 
 def synthesised_template(root: Path, context: dict[str, object] | None = None) -> dict[str, Any]:
-    """Synthesise the stack in-process (cdk-nag included) and return its CloudFormation template."""
+    """Synthesise the stack (cdk-nag included) and return its CloudFormation template.
+
+    In a child process: the CDK's Node.js runtime (jsii) then ends with it, instead of living on beside the
+    stack (and dying noisily with it on Ctrl-C, as the terminal signals the whole process group).
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        output = Path(folder) / "template.json"
+        program = ("import json, sys; from pathlib import Path; from cdp.local_stack import synthesise_here; "
+                   "Path(sys.argv[2]).write_text(json.dumps(synthesise_here(Path(sys.argv[1]), "
+                   "json.loads(sys.stdin.read()))))")
+        done = subprocess.run([sys.executable, "-c", program, str(root), str(output)], input=json.dumps(context),
+                              capture_output=True, text=True, cwd=root, check=False)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+            raise RuntimeError(f"synthesising the CDK template failed: {last}")
+        template: dict[str, Any] = json.loads(output.read_text())
+    return template
+
+
+def synthesise_here(root: Path, context: dict[str, object] | None = None) -> dict[str, Any]:
+    """Synthesise the stack in this process and return its CloudFormation template."""
     import tempfile
 
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
@@ -232,6 +255,16 @@ def load_handler(root: Path, folder: str) -> ModuleType:
     return module
 
 
+def response_headers(response: dict[str, Any]) -> dict[str, list[str]]:
+    """A proxy integration's response headers as API Gateway sends them: ``headers`` and ``multiValueHeaders``
+    merged into one list per name, a pair given in both once; no Content-Length (the body's own is sent)."""
+    merged: dict[str, list[str]] = {str(k): [str(v)] for k, v in (response.get("headers") or {}).items()}
+    for name, values in (response.get("multiValueHeaders") or {}).items():
+        kept = merged.setdefault(str(name), [])
+        kept += [str(v) for v in values if str(v) not in kept]
+    return {name: values for name, values in merged.items() if name.lower() != "content-length"}
+
+
 def _lambda_image(image: dict[str, Any]) -> dict[str, Any]:
     """A stream image as Lambda delivers it: binary values as base64 text."""
     def convert(value: dict[str, Any]) -> dict[str, Any]:
@@ -283,7 +316,7 @@ class LocalStack:
                            "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "AWS_ENDPOINT_URL": self.endpoint,
                            "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled", "POWERTOOLS_TRACE_DISABLED": "true",
                            "POWERTOOLS_METRICS_NAMESPACE": "cdp", "POWERTOOLS_LOG_LEVEL": "WARNING",
-                           "POWERTOOLS_METRICS_DISABLED": "true", "CDP_CLOCK": self.clock_mode})
+                           "POWERTOOLS_METRICS_DISABLED": "true"})
         # The emulator runs in its own process, so it and the handlers use both cores.
         self._server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
                                          "-p", str(self.aws_port)],
@@ -309,8 +342,9 @@ class LocalStack:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+        deadline = time.monotonic() + 3  # for all of them: the threads are daemons, none may hold the exit up
         for thread in self.threads:
-            thread.join(timeout=5)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if self._server is not None:
             self._server.terminate()
             try:
@@ -400,38 +434,28 @@ class LocalStack:
                                                   "HtmlPart": f"<p>{template}</p>"})
 
     def _wire(self) -> None:
-        from cdp.catalogue import load_catalogue
         from cdp.clock import EventClock, WallClock
 
+        # One clock for every function that evaluates memberships. In event time the ingest moves it to the
+        # latest event it has seen, and the timers sweep and the API read it, so deadlines fall due in event
+        # time. (In Lambda each function has its own clock, so the timers function runs on wall time.)
         self.clock = EventClock() if self.clock_mode == "event" else WallClock()
         handlers = {folder: load_handler(self.root, folder) for folder in self.resources.functions}
         self.handlers = handlers
-        catalogue = load_catalogue(self.root / "segments")
         self._dependencies: dict[str, Any] = {}
-        if "ingest" in handlers:
-            base = handlers["ingest"].dependencies()
-            self._dependencies["ingest"] = handlers["ingest"].Dependencies(
-                engine=base.engine, store=base.store, quarantine=base.quarantine, clock=self.clock)
-        if "changes" in handlers:
-            self._dependencies["changes"] = handlers["changes"].dependencies()
+        for folder, handler in handlers.items():
+            given = {"clock": self.clock} if folder in SHARED_CLOCK else {}
+            with self._environment_of(folder):  # each function's cold start reads its own environment
+                self._dependencies[folder] = handler.build(**given)
         if "api" in handlers:
-            base = handlers["api"]._from_environment()
-            handlers["api"].configure(handlers["api"].Dependencies(catalogue, base.profiles, base.members,
-                                                                   self.clock, base.me_claim))
+            handlers["api"].configure(self._dependencies["api"])
         for mapping in self.resources.mappings:
             if mapping.source in self.resources.streams:
                 self._thread(f"kinesis->{mapping.function}", self._poll_kinesis, mapping)
             elif mapping.source in self.resources.tables:
                 self._thread(f"table stream->{mapping.function}", self._poll_table, mapping)
             elif mapping.source in self.resources.queues:
-                with self._environment_of(mapping.function):  # integrations share variable names
-                    self._dependencies[mapping.function] = handlers[mapping.function].dependencies()
                 self._thread(f"queue->{mapping.function}", self._poll_queue, mapping)
-        if "timers" in handlers:
-            base = handlers["timers"].dependencies()
-            self._dependencies["timers"] = handlers["timers"].Dependencies(
-                engine=base.engine, store=base.store, index=base.index, clock=self.clock,
-                page_size=base.page_size, reserve_ms=base.reserve_ms)
         for schedule in self.resources.schedules:
             self._thread(f"schedule->{schedule.function}", self._tick, schedule)
         if self.feed is not None:
@@ -665,7 +689,8 @@ class LocalStack:
             def _respond(self) -> None:
                 url = urlsplit(self.path)
                 if url.path == "/health":
-                    body, status, headers = json.dumps(stack.health()), 200, {"Content-Type": "application/json"}
+                    encoded, status = json.dumps(stack.health()).encode(), 200
+                    headers = {"Content-Type": ["application/json"]}
                 else:
                     length = int(self.headers.get("Content-Length") or 0)
                     raw = self.rfile.read(length).decode("utf-8", "replace") if length else None
@@ -686,11 +711,12 @@ class LocalStack:
                     response = app.resolve(event, None)
                     stack.handlers["api"].metrics.clear_metrics()
                     status, body = response["statusCode"], response.get("body") or ""
-                    headers = dict(response.get("headers") or {})
-                encoded = body.encode()
+                    encoded = base64.b64decode(body) if response.get("isBase64Encoded") else body.encode()
+                    headers = response_headers(response)
                 self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, str(value))
+                for key, values in headers.items():
+                    for value in values:
+                        self.send_header(key, value)
                 self.send_header("Content-Length", str(len(encoded)))
                 self.end_headers()
                 self.wfile.write(encoded)

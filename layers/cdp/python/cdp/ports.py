@@ -41,13 +41,14 @@ class QuarantinedRecord:
     reason: str
     field: str
     at: float
+    shard: str = ""  # the stream shard: sequence numbers are unique within a shard only
 
     def as_json(self) -> dict[str, Any]:
         import base64
 
-        return {"source": self.source, "sequence": self.sequence, "partition_key": self.partition_key,
-                "data": base64.b64encode(self.data).decode(), "reason": self.reason, "field": self.field,
-                "at": self.at}
+        return {"source": self.source, "shard": self.shard, "sequence": self.sequence,
+                "partition_key": self.partition_key, "data": base64.b64encode(self.data).decode(),
+                "reason": self.reason, "field": self.field, "at": self.at}
 
 
 class Quarantine(Protocol):

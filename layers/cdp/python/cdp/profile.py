@@ -14,7 +14,13 @@ One DynamoDB item holds everything a profile read needs. Its attributes:
 ``cart``       product id -> [quantity, unit price in hundredths, last added]
 ``la``         last add to cart: [product id, time]
 ``cx``         context: device, OS, location, first- and last-touch campaign
-``ids``        recent message ids (8-byte digests, packed) for dedupe
+``mi``         applied message ids for dedupe: per id an 8-byte digest and the 4-byte time
+               it was applied, packed (binary); kept for ``DEDUPE_HORIZON`` (the newest
+               ``MIN_MESSAGE_IDS`` whatever their age), at most ``MAX_MESSAGE_IDS`` (the
+               oldest go first). The legacy ``ids`` (digests only) is read as applied at ``ua``
+``od``         completed order ids (8-byte digests, packed; the last ``MAX_ORDER_DIGESTS``),
+               so an order counts once even when re-sent with a new message id or refunded
+``sq``         per stream shard: [highest sequence number handled, time] (``DEDUPE_HORIZON``)
 ``m``          segment id -> member since
 ``dl``         segment id -> next moment its membership can change unprompted
 ``nd``         the earliest of ``dl`` (what the timers sweep queries)
@@ -26,17 +32,30 @@ One DynamoDB item holds everything a profile read needs. Its attributes:
 =============  =============================================================
 
 Every collection has a fixed cap, so the item has a measured upper bound.
+
+Dedupe is exact for a redelivery within ``DEDUPE_HORIZON`` of its first application (the
+stream's 7-day retention plus a day for a redrive) while fewer than ``MAX_MESSAGE_IDS``
+messages of the customer were applied since, and at any age while fewer than
+``MIN_MESSAGE_IDS`` were (in event time a replay's clock outruns the stream's retention).
+The shard watermark makes a Lambda retry (same shard, same sequence number) a duplicate
+whatever the volume. The order digests keep an order from counting twice in the lifetime
+figures while it is among the customer's last ``MAX_ORDER_DIGESTS`` orders.
 """
 
 from __future__ import annotations
 
 import hashlib
+import struct
 from decimal import Decimal
 from typing import Any
 
 from cdp.counters import Counter
 
-RECENT_IDS = 100  # one full Kinesis batch of a single customer
+DEDUPE_HORIZON = 8 * 86400  # Kinesis retention (7 days) + 1 day for a redrive
+MAX_MESSAGE_IDS = 1_000  # 12 KB: a customer with more messages within the horizon loses the oldest
+MIN_MESSAGE_IDS = 100  # the newest are kept whatever their age: an event-time clock outruns the stream
+MAX_ORDER_DIGESTS = 500  # 4 KB
+MAX_SHARD_MARKS = 8  # shards a customer's records came from within the horizon (resharding)
 MAX_PLAIN_COUNTERS = 40  # event names no segment refers to
 MAX_TRAITS = 64
 MAX_CART_ITEMS = 50
@@ -45,10 +64,17 @@ MAX_ALIASES = 8
 MAX_GROUPS = 8
 DIGEST_BYTES = 8
 DUE_SHARDS = 32  # see cdp.due for the sizing
+_ID_ENTRY = struct.Struct(">8sI")  # digest, applied at (Unix seconds)
 
 
 def message_digest(message_id: str) -> bytes:
+    """The 8-byte digest kept for a message id (and for an order id)."""
     return hashlib.blake2b(message_id.encode(), digest_size=DIGEST_BYTES).digest()
+
+
+def _sequence(shard: str, sequence: str) -> int | None:
+    """A Kinesis sequence number (decimal, ordered within its shard), or None when there is none."""
+    return int(sequence) if shard and sequence.isdigit() else None
 
 
 class Profile:
@@ -70,8 +96,9 @@ class Profile:
         self.cart: dict[str, list[int]] = {}
         self.last_add: list[Any] | None = None
         self.context: dict[str, Any] = {}
-        self._recent_ids: list[bytes] = []
-        self._recent_id_set: set[bytes] = set()
+        self._message_ids: dict[bytes, int] = {}  # digest -> applied at, oldest first
+        self._order_digests: dict[bytes, None] = {}  # completed orders, oldest first
+        self.shard_marks: dict[str, list[Any]] = {}  # shard -> [highest sequence handled, at]
         self.memberships: dict[str, int] = {}
         self.deadlines: dict[str, int] = {}
         self.latches: dict[str, int] = {}
@@ -107,15 +134,61 @@ class Profile:
     # dedupe
 
     def seen(self, message_id: str) -> bool:
-        return message_digest(message_id) in self._recent_id_set
+        return message_digest(message_id) in self._message_ids
 
-    def remember(self, message_id: str) -> None:
-        digest = message_digest(message_id)
-        self._recent_ids.append(digest)
-        self._recent_id_set.add(digest)
-        if len(self._recent_ids) > RECENT_IDS:
-            oldest = self._recent_ids.pop(0)
-            self._recent_id_set.discard(oldest)
+    def remember(self, message_id: str, now: float) -> None:
+        """Remember an applied message id (``prune_dedupe`` bounds them, once the whole batch is folded)."""
+        self._message_ids[message_digest(message_id)] = max(0, int(now))
+
+    def prune_dedupe(self, now: float) -> None:
+        """Before a write: forget shard watermarks and message ids older than ``DEDUPE_HORIZON`` (but
+        never the newest ``MIN_MESSAGE_IDS`` ids), and beyond ``MAX_MESSAGE_IDS`` the oldest ids. Not
+        while a batch is folded, so that a message of the batch never pushes out the id of a duplicate
+        later in it."""
+        cutoff = int(now) - DEDUPE_HORIZON
+        ids = self._message_ids
+        if len(ids) > MIN_MESSAGE_IDS and min(ids.values()) < cutoff:
+            oldest = sorted(ids, key=ids.__getitem__)[:len(ids) - MIN_MESSAGE_IDS]  # stable: ties by arrival
+            for digest in oldest:
+                if ids[digest] < cutoff:
+                    del ids[digest]
+        if len(ids) > MAX_MESSAGE_IDS:
+            for digest in sorted(ids, key=ids.__getitem__)[:len(ids) - MAX_MESSAGE_IDS]:
+                del ids[digest]
+        for shard in [s for s, (_, at) in self.shard_marks.items() if at < cutoff]:
+            del self.shard_marks[shard]
+
+    @property
+    def message_ids(self) -> int:
+        """How many message ids are remembered."""
+        return len(self._message_ids)
+
+    def order_completed(self, order_id: str) -> bool:
+        return message_digest(order_id) in self._order_digests
+
+    def remember_order(self, order_id: str) -> None:
+        """Remember a completed order; beyond ``MAX_ORDER_DIGESTS`` the oldest is forgotten."""
+        orders = self._order_digests
+        orders[message_digest(order_id)] = None
+        while len(orders) > MAX_ORDER_DIGESTS:
+            del orders[next(iter(orders))]
+
+    def delivered(self, shard: str, sequence: str) -> bool:
+        """Whether a record at or below this shard's watermark was already handled for this customer."""
+        number = _sequence(shard, sequence)
+        mark = self.shard_marks.get(shard)
+        return number is not None and mark is not None and number <= int(mark[0])
+
+    def mark_delivered(self, shard: str, sequence: str, now: float) -> None:
+        """Raise this shard's watermark to ``sequence`` (records without a shard or sequence have none)."""
+        number = _sequence(shard, sequence)
+        if number is None:
+            return
+        mark = self.shard_marks.get(shard)
+        if mark is None or number > int(mark[0]):
+            self.shard_marks[shard] = [str(number), int(now)]
+        while len(self.shard_marks) > MAX_SHARD_MARKS:
+            del self.shard_marks[min(self.shard_marks, key=lambda s: self.shard_marks[s][1])]
 
     @property
     def next_deadline(self) -> int | None:
@@ -134,7 +207,7 @@ class Profile:
         if self._counters:
             item["c"] = {key: value if isinstance(value, bytes) else value.encode()
                          for key, value in self._counters.items()}
-        if self.orders or self.revenue:
+        if self.orders or self.revenue or self.first_order is not None:  # kept when every order was refunded
             item["o"] = [self.orders, self.revenue, self.first_order or 0, self.last_order or 0]
         if self.recent_orders:
             item["ro"] = self.recent_orders
@@ -144,8 +217,12 @@ class Profile:
             item["la"] = self.last_add
         if self.context:
             item["cx"] = self.context
-        if self._recent_ids:
-            item["ids"] = b"".join(self._recent_ids)
+        if self._message_ids:
+            item["mi"] = b"".join(map(_ID_ENTRY.pack, self._message_ids, self._message_ids.values()))
+        if self._order_digests:
+            item["od"] = b"".join(self._order_digests)
+        if self.shard_marks:
+            item["sq"] = self.shard_marks
         if self.memberships:
             item["m"] = self.memberships
         if self.deadlines:
@@ -183,9 +260,15 @@ class Profile:
         last_add = item.get("la")
         profile.last_add = [str(last_add[0]), int(last_add[1])] if last_add else None
         profile.context = dict(item.get("cx") or {})
-        ids = bytes(item.get("ids") or b"")
-        profile._recent_ids = [ids[i:i + DIGEST_BYTES] for i in range(0, len(ids), DIGEST_BYTES)]
-        profile._recent_id_set = set(profile._recent_ids)
+        legacy = bytes(item.get("ids") or b"")  # digests only: taken as applied at the last update
+        profile._message_ids = dict.fromkeys(
+            (legacy[i:i + DIGEST_BYTES] for i in range(0, len(legacy), DIGEST_BYTES)), profile.updated_at)
+        profile._message_ids.update(_ID_ENTRY.iter_unpack(bytes(item.get("mi") or b"")))
+        orders = bytes(item.get("od") or b"")
+        profile._order_digests = dict.fromkeys(orders[i:i + DIGEST_BYTES] for i in range(0, len(orders), DIGEST_BYTES))
+        for order in profile.recent_orders:  # profiles written before ``od`` existed
+            profile._order_digests.setdefault(message_digest(order[0]))
+        profile.shard_marks = {str(k): [str(v[0]), int(v[1])] for k, v in (item.get("sq") or {}).items()}
         profile.memberships = {k: int(v) for k, v in (item.get("m") or {}).items()}
         profile.deadlines = {k: int(v) for k, v in (item.get("dl") or {}).items()}
         profile.latches = {k: int(v) for k, v in (item.get("lt") or {}).items()}

@@ -64,7 +64,8 @@ class Sandbox:
             form = parse_qs(raw.decode())
             rows = json.loads(form.get("payload", ["{}"])[0]).get("data", [])
             audience = path.rstrip("/").split("/")[-2]
-            self._record("meta", "add" if method == "POST" else "remove", audience, len(rows))
+            self._record("meta", "add" if method == "POST" else "remove", audience, len(rows),
+                         [value for row in rows for value in row if value])
             return 200, {"audience_id": audience, "num_received": len(rows), "num_invalid_entries": 0,
                          "invalid_entry_samples": {}}
         body = json.loads(raw or b"{}")
@@ -76,21 +77,26 @@ class Sandbox:
                                          f"/offlineUserDataJobs/{job}"}
         if path.endswith(":addOperations"):
             operations = body.get("operations", [])
-            adds = sum(1 for o in operations if "create" in o)
+            adds = [o["create"] for o in operations if "create" in o]
+            removes = [o["remove"] for o in operations if "remove" in o]
             user_list = self._jobs.get(path.split("/")[-1].split(":")[0], "")
-            if adds:
-                self._record("google", "add", user_list, adds)
-            if len(operations) - adds:
-                self._record("google", "remove", user_list, len(operations) - adds)
+            for action, rows in (("add", adds), ("remove", removes)):
+                if rows:
+                    self._record("google", action, user_list, len(rows), [
+                        value for row in rows for identifier in row.get("userIdentifiers", [])
+                        for value in identifier.values()])
             return 200, {}
         if path.endswith(":run"):
             return 200, {"name": "operations/local"}
         operations = body.get("operations", []) if isinstance(body, dict) else []
-        self._record("webhook", str(body.get("action", "")), str(body.get("list_id", "")), len(operations))
+        self._record("webhook", str(body.get("action", "")), str(body.get("list_id", "")), len(operations),
+                     [str(o.get("customer_id", "")) for o in operations if isinstance(o, dict)])
         return 200, {}
 
-    def _record(self, integration: str, action: str, target: str, rows: int) -> None:
-        delivery = {"integration": integration, "action": action, "target": target, "rows": rows}
+    def _record(self, integration: str, action: str, target: str, rows: int, identifiers: list[str]) -> None:
+        """``identifiers``: what the rows name, as sent (hashes for the ad platforms, customer ids for lists)."""
+        delivery = {"integration": integration, "action": action, "target": target, "rows": rows,
+                    "identifiers": identifiers}
         self.deliveries.append(delivery)
         if self.report is not None:
             self.report(delivery)

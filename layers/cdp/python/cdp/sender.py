@@ -22,7 +22,7 @@ def partition_key(line: bytes) -> str | None:
     """The customer id (userId, else anonymousId): all of a customer's events go to one shard, in order."""
     try:
         message = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the interpreter's limit: reported as unreadable
         return None
     if not isinstance(message, dict):
         return None

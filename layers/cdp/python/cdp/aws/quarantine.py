@@ -14,9 +14,16 @@ PREFIX = "quarantine"
 
 
 def object_key(records: Sequence[QuarantinedRecord]) -> str:
+    """``quarantine/YYYY/MM/DD/<stream>-<shard>-<first sequence>.jsonl``: one object per batch.
+
+    A batch comes from one shard, and sequence numbers are unique within a shard only (moto's, for
+    one, overlap across shards), so the shard is part of the key.
+    """
     first = records[0]
     day = datetime.fromtimestamp(first.at, UTC).strftime("%Y/%m/%d")
-    return f"{PREFIX}/{day}/{first.source.replace(':', '-')}-{first.sequence}.jsonl"
+    stream = first.source.split(":", 1)[-1]
+    parts = [stream, first.shard, first.sequence] if first.shard else [stream, first.sequence]
+    return f"{PREFIX}/{day}/{'-'.join(part.replace('/', '-') for part in parts)}.jsonl"
 
 
 class S3Quarantine:

@@ -1,0 +1,106 @@
+"""Every documented route of the local API answers with API Gateway's headers and a documented status.
+
+The routes are those of the API's own OpenAPI document (GET /openapi.json); a route added there without
+a case here fails the test. Path parameters are real sample customers (events/sample.jsonl) and segments.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import ROOT, Running, wait_for
+
+SAMPLE_CUSTOMER = "alice"  # in events/sample.jsonl: identified, with web events
+
+
+@dataclass(frozen=True)
+class Case:
+    path: str
+    status: int
+    body: bytes | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def call(stack: Running, method: str, case: Case) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(stack.api + case.path, data=case.body, method=method, headers=dict(case.headers))
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers.items()), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers.items()), error.read()
+
+
+@pytest.fixture(scope="module")
+def sample_customer(stack: Running, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The sample customer's own lines of events/sample.jsonl, sent with `cdp send FILE` (no flags: the
+    running local stack is found by its state file). Resent, they change nothing: their ids are remembered."""
+    lines = [line for line in (ROOT / "events" / "sample.jsonl").read_text().splitlines()
+             if json.loads(line).get("userId") == SAMPLE_CUSTOMER]
+    path = tmp_path_factory.mktemp("sample") / f"{SAMPLE_CUSTOMER}.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    sent = stack.cdp("send", str(path))
+    assert sent.returncode == 0, sent.stderr
+    assert f"sent {len(lines)} messages" in sent.stdout
+    assert sent.stderr.startswith(f"sending to the local stack at {stack.endpoint}, stream "), sent.stderr
+    wait_for(lambda: stack.get(f"/customers/{SAMPLE_CUSTOMER}")[0] == 200)
+    yield SAMPLE_CUSTOMER
+
+
+def cases(who: str) -> dict[tuple[str, str], list[Case]]:
+    nobody = f"nobody-{uuid.uuid4().hex[:8]}"
+    json_body = (("Content-Type", "application/json"),)
+    add = json.dumps({"add": [f"e2e-vip-{uuid.uuid4().hex[:8]}"]}).encode()
+    return {
+        ("get", "/customers/{customerId}"): [Case(f"/customers/{who}", 200), Case(f"/customers/{nobody}", 404)],
+        ("get", "/customers/{customerId}/segments"): [Case(f"/customers/{who}/segments", 200),
+                                                      Case(f"/customers/{nobody}/segments", 404)],
+        ("get", "/me"): [Case("/me", 200, headers=(("X-Local-User", who),)), Case("/me", 403)],
+        ("get", "/segments"): [Case("/segments", 200)],
+        ("get", "/segments/{segmentId}"): [Case("/segments/cart-abandoners", 200), Case("/segments/no-such", 404),
+                                           Case("/segments/Not_An_Id", 400)],
+        ("get", "/segments/{segmentId}/members"): [Case("/segments/web-only-visitors/members?limit=10", 200),
+                                                   Case("/segments/web-only-visitors/members?limit=0", 400),
+                                                   Case("/segments/no-such/members", 404)],
+        ("post", "/segments/{segmentId}/members"): [
+            Case("/segments/vip/members", 200, add, json_body),
+            Case("/segments/vip/members", 400, json.dumps({"add": [who], "remove": [who]}).encode(), json_body),
+            Case("/segments/cart-abandoners/members", 400, add, json_body),  # not a static segment
+            Case("/segments/no-such/members", 404, add, json_body),
+            Case("/segments/vip/members", 415, b"add=x", (("Content-Type", "text/plain"),)),
+        ],
+    }
+
+
+def test_every_documented_route_answers_json_with_a_documented_status(stack: Running, sample_customer: str) -> None:
+    status, headers, raw = call(stack, "GET", Case("/openapi.json", 200))
+    assert status == 200 and headers.get("Content-Type") == "application/json"
+    document: dict[str, Any] = json.loads(raw)
+    documented = {(method, path): operation for path, operations in document["paths"].items()
+                  for method, operation in operations.items()}
+    table = cases(sample_customer)
+    assert set(table) == set(documented), "each documented route needs its cases here, and only those"
+    answered = []
+    for (method, route), route_cases in table.items():
+        for case in route_cases:
+            status, headers, raw = call(stack, method.upper(), case)
+            answered.append((method.upper(), case.path, status))
+            assert status == case.status, (method, case.path, status, raw[:300])
+            assert str(status) in documented[(method, route)]["responses"], (method, route, status)
+            assert headers.get("Content-Type") == "application/json", (method, case.path, headers)
+            json.loads(raw)  # every answer, success or problem, is a JSON body
+    assert len(answered) == sum(len(c) for c in table.values())
+
+
+def test_the_local_only_and_unknown_routes_answer_json_too(stack: Running) -> None:
+    for path, expected in (("/health", 200), ("/no/such/route", 404)):
+        status, headers, raw = call(stack, "GET", Case(path, expected))
+        assert status == expected and headers.get("Content-Type") == "application/json"
+        json.loads(raw)
