@@ -19,6 +19,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sqs as sqs
+from aws_cdk.interfaces.aws_events import IRuleRef
 from constructs import Construct
 
 from cdk.changes import bus_name
@@ -41,19 +42,20 @@ def rule_name(stage: str, integration: str) -> str:
 
 @jsii.implements(events.IRuleTarget)
 class EncryptedQueueTarget:
-    """``targets.SqsQueue`` without its grants. For a queue with a customer managed key, SqsQueue lets *any*
-    EventBridge rule send (no ``aws:SourceArn`` on the queue policy) and adds an unconditioned grant on the key;
-    here the queue and its dead-letter queue take messages from this rule only, and the stack grants the key."""
+    """``targets.SqsQueue`` without its grants. For a queue with a customer managed key, SqsQueue (under this
+    app's feature flags) lets *any* EventBridge rule send (no ``aws:SourceArn`` on the queue policy) and adds an
+    unconditioned grant on the key; here the queue and its dead-letter queue take messages from this rule only,
+    and the stack grants the key (see CdpStack)."""
 
     def __init__(self, queue: sqs.Queue, dead_letters: sqs.Queue, retry_attempts: int, max_event_age: Duration):
         self.queue, self.dead_letters = queue, dead_letters
         self.retry_attempts, self.max_event_age = retry_attempts, max_event_age
 
-    def bind(self, rule: events.IRule, id: str | None = None) -> events.RuleTargetConfig:
+    def bind(self, rule: IRuleRef, id: str | None = None) -> events.RuleTargetConfig:
         for queue in (self.queue, self.dead_letters):
             queue.add_to_resource_policy(iam.PolicyStatement(
                 principals=[EVENTS], actions=["sqs:SendMessage"], resources=[queue.queue_arn],
-                conditions={"ArnEquals": {"aws:SourceArn": rule.rule_arn}}))
+                conditions={"ArnEquals": {"aws:SourceArn": events.CfnRule.arn_for_rule(rule)}}))
         return events.RuleTargetConfig(
             arn=self.queue.queue_arn, target_resource=self.queue,
             retry_policy=events.CfnRule.RetryPolicyProperty(

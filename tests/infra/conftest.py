@@ -15,6 +15,25 @@ os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# Logical ids of the resources tests mean one of (a property match would accept any resource of the type). They
+# are also the resources' identity in CloudFormation: a changed id replaces the resource, and a retained table
+# or bucket is then orphaned with the data while an empty one takes its place.
+PROFILES_TABLE = "StorageProfiles2809A5F6"
+MEMBERS_TABLE = "StorageMembersC303E722"
+LEDGER_TABLE = "FanoutLedgerCDFC6BEA"
+QUARANTINE_BUCKET = "StorageQuarantine381A7D7C"
+USER_POOL = "ApiUsers862F2BE7"
+DATA_KEY = "DataKey17AFBB84"
+EVENTS_STREAM = "IngestEventsEF99370A"
+
+
+def resource(template: Any, kind: str, logical_id: str) -> dict[str, Any]:
+    """The one resource of ``kind`` with this logical id."""
+    found: dict[str, dict[str, Any]] = template.find_resources(kind)
+    assert logical_id in found, (f"no {kind} {logical_id} (a changed logical id replaces the resource); "
+                                 f"the template has {sorted(found)}")
+    return found[logical_id]
+
 
 def synthesise(outdir: Path, context: dict[str, object] | None = None) -> Any:
     import aws_cdk as cdk

@@ -38,14 +38,70 @@ def test_operator_methods_validate_requests(template: Any) -> None:
         "ValidateRequestBody": True, "ValidateRequestParameters": True})
 
 
+def method_settings(template: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """The stage's method settings by (resource path, HTTP method); ``("/*", "*")`` is every method's default."""
+    (stage,) = template.find_resources("AWS::ApiGateway::Stage").values()
+    return {(s["ResourcePath"], s["HttpMethod"]): s for s in stage["Properties"]["MethodSettings"]}
+
+
+def api_function(template: Any) -> dict[str, Any]:
+    (function,) = [f["Properties"] for f in template.find_resources("AWS::Lambda::Function").values()
+                   if f["Properties"]["Environment"]["Variables"].get("POWERTOOLS_SERVICE_NAME") == "cdp-api"]
+    return function
+
+
 def test_stage_is_throttled_logged_and_traced_without_bodies(template: Any) -> None:
     (stage,) = template.find_resources("AWS::ApiGateway::Stage").values()
     properties = stage["Properties"]
-    settings = properties["MethodSettings"][0]
-    assert settings["ThrottlingRateLimit"] == 100 and settings["ThrottlingBurstLimit"] == 200
-    assert settings["DataTraceEnabled"] is False
+    found = method_settings(template)
+    default = found[("/*", "*")]
+    assert default["ThrottlingRateLimit"] == 100 and default["ThrottlingBurstLimit"] == 200
+    for key, settings in found.items():
+        assert settings["DataTraceEnabled"] is False, key  # request bodies may hold personal data
+        assert settings["LoggingLevel"] == "ERROR" and settings["MetricsEnabled"] is True, key
     assert "DestinationArn" in properties["AccessLogSetting"]
     assert properties["TracingEnabled"] is True
+
+
+def test_end_users_on_me_have_their_own_smaller_throttle(template: Any) -> None:
+    """API Gateway applies the stage's limits to each method on its own; GET /me, the one route every shopper
+    calls, gets a bucket well below the operators' and below the function's reserved concurrency."""
+    found = method_settings(template)
+    assert set(found) == {("/*", "*"), ("/~1me", "GET")}  # the operator routes all take the default
+    me, operators = found[("/~1me", "GET")], found[("/*", "*")]
+    assert (me["ThrottlingRateLimit"], me["ThrottlingBurstLimit"]) == (20, 40)
+    assert me["ThrottlingRateLimit"] < operators["ThrottlingRateLimit"]
+    assert me["ThrottlingBurstLimit"] < operators["ThrottlingBurstLimit"]
+    assert me["ThrottlingBurstLimit"] < api_function(template)["ReservedConcurrentExecutions"]
+    (me_method,) = [m for m in methods(template).values() if m["AuthorizationType"] == "COGNITO_USER_POOLS"]
+    resources = template.find_resources("AWS::ApiGateway::Resource")
+    assert resources[me_method["ResourceId"]["Ref"]]["Properties"]["PathPart"] == "me"  # the path throttled
+
+
+def test_the_api_function_has_reserved_concurrency(template: Any) -> None:
+    assert api_function(template)["ReservedConcurrentExecutions"] == 50
+    others = [f["Properties"] for f in template.find_resources("AWS::Lambda::Function").values()]
+    assert sum("ReservedConcurrentExecutions" in f for f in others) == 1  # the pipeline keeps the account's pool
+
+
+def test_api_throttling_and_concurrency_come_from_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import aws_cdk as cdk
+    from aws_cdk.assertions import Template
+
+    from app import build_app
+
+    monkeypatch.setenv("CDK_OUTDIR", str(tmp_path))
+    app = build_app({"api_reserved_concurrency": "200", "api_me_rate_limit": "5", "api_me_burst_limit": "10",
+                     "api_rate_limit": "300", "api_burst_limit": "600"})
+    template = Template.from_stack(next(c for c in app.node.children if isinstance(c, cdk.Stack)))
+    found = method_settings(template)
+    assert (found[("/~1me", "GET")]["ThrottlingRateLimit"], found[("/~1me", "GET")]["ThrottlingBurstLimit"]) == (5, 10)
+    assert (found[("/*", "*")]["ThrottlingRateLimit"], found[("/*", "*")]["ThrottlingBurstLimit"]) == (300, 600)
+    assert api_function(template)["ReservedConcurrentExecutions"] == 200
+    # 0: no reservation, for accounts whose concurrency quota cannot spare one.
+    app = build_app({"api_reserved_concurrency": "0"})
+    template = Template.from_stack(next(c for c in app.node.children if isinstance(c, cdk.Stack)))
+    assert "ReservedConcurrentExecutions" not in api_function(template)
 
 
 def test_cors_comes_from_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,6 +131,8 @@ def test_bad_context_is_refused_with_its_name(tmp_path: Path, monkeypatch: pytes
         build_app({"cors_origins": "ftp://nope"})
     with pytest.raises(Exception, match="context batch_size must be between 1 and 100"):
         build_app({"batch_size": "500"})
+    with pytest.raises(Exception, match=r"api_me_burst_limit \(30\) must be below api_reserved_concurrency \(30\)"):
+        build_app({"api_reserved_concurrency": "30", "api_me_burst_limit": "30"})
 
 
 def test_dashboard_shows_the_pipeline_and_alarms_notify_a_topic(template: Any) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.infra.conftest import LEDGER_TABLE, resource
 from tests.infra.test_pipeline import function_folders
 from tests.infra.test_timers import actions_of
 
@@ -94,12 +95,13 @@ def test_integration_roles_are_least_privilege(integrated: Any, folder: str) -> 
 
 
 def test_the_delivery_ledger_is_encrypted_with_recovery(integrated: Any) -> None:
-    integrated.has_resource_properties("AWS::DynamoDB::Table", {
-        "KeySchema": [{"AttributeName": "delivery", "KeyType": "HASH"}],
-        "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
-        "SSESpecification": {"SSEEnabled": True, "SSEType": "KMS"},
-        "TimeToLiveSpecification": {"AttributeName": "expires_at", "Enabled": True},
-    })
+    ledger = resource(integrated, "AWS::DynamoDB::Table", LEDGER_TABLE)
+    properties = ledger["Properties"]
+    assert properties["KeySchema"] == [{"AttributeName": "delivery", "KeyType": "HASH"}]
+    assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert properties["SSESpecification"]["SSEEnabled"] is True and properties["SSESpecification"]["SSEType"] == "KMS"
+    assert properties["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert ledger["DeletionPolicy"] == "Retain"  # what makes each delivery happen once
 
 
 def test_dead_letter_depth_of_each_integration_is_alarmed(integrated: Any) -> None:

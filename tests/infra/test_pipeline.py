@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk.assertions import Match
+from tests.infra.conftest import EVENTS_STREAM, MEMBERS_TABLE, QUARANTINE_BUCKET, resource
 
 
 def mappings(template: Any) -> dict[str, dict[str, Any]]:
-    return {name: resource["Properties"]
-            for name, resource in template.find_resources("AWS::Lambda::EventSourceMapping").items()}
+    return {name: mapping["Properties"]
+            for name, mapping in template.find_resources("AWS::Lambda::EventSourceMapping").items()}
 
 
 def function_folders(template: Any) -> dict[str, str]:
@@ -32,10 +32,9 @@ def test_both_stream_consumers_are_safe_event_source_mappings(template: Any) -> 
 
 
 def test_the_events_stream_is_on_demand_and_encrypted(template: Any) -> None:
-    template.has_resource_properties("AWS::Kinesis::Stream", {
-        "StreamModeDetails": {"StreamMode": "ON_DEMAND"},
-        "StreamEncryption": {"EncryptionType": "KMS", "KeyId": "alias/aws/kinesis"},
-    })
+    properties = resource(template, "AWS::Kinesis::Stream", EVENTS_STREAM)["Properties"]
+    assert properties["StreamModeDetails"] == {"StreamMode": "ON_DEMAND"}
+    assert properties["StreamEncryption"] == {"EncryptionType": "KMS", "KeyId": "alias/aws/kinesis"}
 
 
 def test_functions_run_newest_python_on_arm_with_all_layers_and_tracing(template: Any) -> None:
@@ -89,21 +88,19 @@ def test_the_bus_keeps_an_archive_for_replay(template: Any) -> None:
 
 
 def test_members_index_is_sharded_by_segment_and_expires_tombstones(template: Any) -> None:
-    template.has_resource_properties("AWS::DynamoDB::Table", {
-        "KeySchema": [{"AttributeName": "segment_shard", "KeyType": "HASH"},
-                      {"AttributeName": "customer_id", "KeyType": "RANGE"}],
-        "TimeToLiveSpecification": {"AttributeName": "expires_at", "Enabled": True},
-    })
+    properties = resource(template, "AWS::DynamoDB::Table", MEMBERS_TABLE)["Properties"]
+    assert properties["KeySchema"] == [{"AttributeName": "segment_shard", "KeyType": "HASH"},
+                                       {"AttributeName": "customer_id", "KeyType": "RANGE"}]
+    assert properties["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
 
 
 def test_queues_and_the_quarantine_are_encrypted_and_refuse_plain_http(template: Any) -> None:
     for name, queue in template.find_resources("AWS::SQS::Queue").items():
         assert "KmsMasterKeyId" in queue["Properties"], name
-    template.has_resource_properties("AWS::S3::Bucket", {
-        "BucketEncryption": {"ServerSideEncryptionConfiguration": [Match.object_like({
-            "ServerSideEncryptionByDefault": Match.object_like({"SSEAlgorithm": "aws:kms"})})]},
-        "VersioningConfiguration": {"Status": "Enabled"},
-    })
+    quarantine = resource(template, "AWS::S3::Bucket", QUARANTINE_BUCKET)["Properties"]
+    (rule,) = quarantine["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    assert quarantine["VersioningConfiguration"] == {"Status": "Enabled"}
     policies = template.find_resources("AWS::S3::BucketPolicy")
     assert policies and all(
         any(s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"

@@ -8,12 +8,20 @@ from typing import Any
 
 import pytest
 
+from tests.infra.conftest import (
+    DATA_KEY,
+    MEMBERS_TABLE,
+    PROFILES_TABLE,
+    QUARANTINE_BUCKET,
+    USER_POOL,
+    resource,
+)
+
 
 def test_profiles_table_is_on_demand_keyed_by_customer(template: Any) -> None:
-    template.has_resource_properties("AWS::DynamoDB::Table", {
-        "BillingMode": "PAY_PER_REQUEST",
-        "KeySchema": [{"AttributeName": "customer_id", "KeyType": "HASH"}],
-    })
+    properties = resource(template, "AWS::DynamoDB::Table", PROFILES_TABLE)["Properties"]
+    assert properties["BillingMode"] == "PAY_PER_REQUEST"
+    assert properties["KeySchema"] == [{"AttributeName": "customer_id", "KeyType": "HASH"}]
 
 
 def test_every_table_has_pitr_and_customer_managed_encryption(template: Any) -> None:
@@ -28,17 +36,29 @@ def test_every_table_has_pitr_and_customer_managed_encryption(template: Any) -> 
 
 
 def test_profiles_stream_carries_old_and_new_images(template: Any) -> None:
-    template.has_resource_properties("AWS::DynamoDB::Table", {
-        "StreamSpecification": {"StreamViewType": "NEW_AND_OLD_IMAGES"},
-    })
+    properties = resource(template, "AWS::DynamoDB::Table", PROFILES_TABLE)["Properties"]
+    assert properties["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
 
 
 def test_profiles_are_retained_when_the_stack_is_deleted(template: Any) -> None:
-    template.has_resource("AWS::DynamoDB::Table", {"DeletionPolicy": "Retain"})
+    profiles = resource(template, "AWS::DynamoDB::Table", PROFILES_TABLE)
+    assert profiles["DeletionPolicy"] == "Retain"
+    assert profiles["UpdateReplacePolicy"] == "Retain"
+
+
+@pytest.mark.parametrize(("kind", "logical_id"), [("AWS::DynamoDB::Table", MEMBERS_TABLE),
+                                                  ("AWS::S3::Bucket", QUARANTINE_BUCKET),
+                                                  ("AWS::Cognito::UserPool", USER_POOL)])
+def test_the_other_customer_data_is_retained_too(template: Any, kind: str, logical_id: str) -> None:
+    """What the README's teardown note promises besides the profiles: the members index, the quarantine and the
+    end users' pool."""
+    found = resource(template, kind, logical_id)
+    assert (found["DeletionPolicy"], found["UpdateReplacePolicy"]) == ("Retain", "Retain")
 
 
 def test_data_key_rotates(template: Any) -> None:
-    template.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True})
+    template.resource_count_is("AWS::KMS::Key", 1)
+    assert resource(template, "AWS::KMS::Key", DATA_KEY)["Properties"]["EnableKeyRotation"] is True
 
 
 def test_synth_passes_cdk_nag_with_no_unacknowledged_findings(synthesised: Any) -> None:

@@ -3,8 +3,9 @@
 Profiles are seeded through the real ingest handler (Kinesis envelope -> Engine.apply -> DynamoDB) and the
 members index through the real changes handler (table stream -> members index + EventBridge), so every
 response here is computed from state the pipeline itself wrote. Each call goes through
-``app.resolve(envelope)`` and is recorded; the last tests check every recorded body against the OpenAPI
-document the API generates, and that every documented route was exercised.
+``app.resolve(envelope)`` and is recorded; when a test ends, every body it was answered with is checked against
+the OpenAPI document the API generates (the ``api`` fixture). The OpenAPI tests at the end make their own tour of
+every documented operation, so each of them passes alone and in any order.
 
 DynamoDB requests per call, measured with the botocore ``before-call`` counter and asserted below
 (16 member shards):
@@ -217,18 +218,25 @@ class Api:
         return reply, self.stack.counter.of("dynamodb")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def exchanges() -> list[Reply]:
-    """Every (method, route, status, body) the tests in this module produced, in order."""
+    """Every (method, route, status, body) the current test produced, in order."""
     return []
 
 
 @pytest.fixture
 def api(stack: Stack, exchanges: list[Reply], monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
+    """The API over this test's own moto stack. When the test ends, every body it was answered with is checked
+    against the schema the OpenAPI document gives for its path, method and status: in whatever order the tests
+    run, and whichever run alone, each exchange is checked once, by the test that made it."""
     monkeypatch.setattr(api_handler, "_dependencies", None)  # restored after the test
     deps = api_handler.Dependencies(stack.catalogue, stack.store(), members_index(stack), FixedClock(T), "sub")
     api_handler.configure(deps)
     yield Api(stack, exchanges, deps)
+    problems = undocumented(exchanges)
+    if problems:
+        pytest.fail("answered with bodies the OpenAPI document does not describe:\n" + "\n".join(problems),
+                    pytrace=False)
 
 
 def members_index(stack: Stack) -> DynamoMembersIndex:
@@ -1110,7 +1118,10 @@ def test_fuzzed_requests_never_fail_with_5xx_and_always_answer_json(api: Api) ->
     assert all(seen[status] >= 10 for status in (200, 400, 404)), seen
 
 
-# ---- the OpenAPI document: runs last, over every exchange above ------------------------------------------
+# ---- the OpenAPI document ---------------------------------------------------------------------------------
+# Each test's own exchanges are checked against the document when it ends (the ``api`` fixture). The tests here
+# take theirs from ``tour``: one request for every documented operation and the statuses it answers with, made in
+# the test itself, so that each passes alone and in any order.
 
 
 def test_openapi_document_is_valid_and_served() -> None:
@@ -1124,35 +1135,22 @@ def test_openapi_json_route_serves_the_document(api: Api) -> None:
     assert reply.status == 200 and reply.json == document()
 
 
-def _validator(schema: dict[str, Any]) -> Draft202012Validator:
-    root = {**schema, "components": document()["components"]}
+@cache
+def _validator(schema_text: str) -> Draft202012Validator:
+    root = {**json.loads(schema_text), "components": document()["components"]}
     return Draft202012Validator(root, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
 def _errors(schema: dict[str, Any], body: Any) -> list[str]:
     return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
-            for e in _validator(schema).iter_errors(body)]
+            for e in _validator(json.dumps(schema, sort_keys=True)).iter_errors(body)]
 
 
-def test_success_bodies_match_their_models_schemas(exchanges: list[Reply]) -> None:
-    checked = 0
-    problems: list[str] = []
-    for reply in exchanges:
-        model = SUCCESS_MODELS.get((reply.method.lower(), reply.route or ""))
-        if reply.status != 200 or model is None:
-            continue
-        checked += 1
-        problems += [f"{reply.method} {reply.route}: {e}"
-                     for e in _errors({"$ref": f"#/components/schemas/{model}"}, reply.json)]
-    assert checked >= 20
-    assert not problems, "\n".join(problems)
-
-
-def test_openapi_every_response_matches_its_documented_schema(exchanges: list[Reply]) -> None:
-    """Every recorded body, against the schema documented for its path, method and status."""
-    assert exchanges, "run the whole module: this checks what the tests above recorded"
+def undocumented(replies: list[Reply]) -> list[str]:
+    """Each reply whose body is not what the document says for its path, method and status (or whose status it
+    does not document at all)."""
     problems: set[str] = set()
-    for reply in exchanges:
+    for reply in replies:
         body = reply.json
         operation = document()["paths"].get(reply.route or "", {}).get(reply.method.lower())
         if reply.path == "/openapi.json" and reply.status == 200:
@@ -1167,7 +1165,65 @@ def test_openapi_every_response_matches_its_documented_schema(exchanges: list[Re
             continue
         schema = response["content"]["application/json"]["schema"]
         problems.update(f"{reply.method} {reply.route} {reply.status}: {e}" for e in _errors(schema, body))
-    assert not problems, "\n".join(sorted(problems))
+    return sorted(problems)
+
+
+@pytest.fixture
+def tour(api: Api) -> list[Reply]:
+    """Every documented operation, answered with its success and with each error it documents, in one test."""
+    seed_alice(api.stack)
+    add_members(api, [f"m-{i:02d}" for i in range(12)])
+    for name in ("get-customer", "get-customer-segments"):
+        assert api.call(name).status == 200
+        assert api.call(name, customer="nobody").status == 404
+        assert api.call(name, customer="c" * 257).status == 400
+    assert api.call("get-me").status == 200
+    assert api.call("get-me", claims={"sub": "nobody"}).status == 404
+    assert api.call("get-me-unauthenticated").status == 403
+    assert api.call("list-segments").status == 200
+    for segment in sorted(api.stack.catalogue.segments):
+        assert api.call("get-segment", segment=segment).status == 200
+        assert api.call("list-members", segment=segment, query={"limit": "5"}).status == 200
+    for name in ("get-segment", "list-members", "edit-members"):
+        assert api.call(name, segment="no-such-segment").status == 404
+        assert api.call(name, segment="VIP").status == 400
+    assert api.call("list-members", query={"limit": "0"}).status == 400
+    assert api.call("edit-members").status == 200
+    assert api.call("edit-members", body={"add": [7]}).status == 400
+    real = api.deps.profiles
+    api.use(profiles=ConflictingStore(api.stack.store()))
+    assert api.call("edit-members", body={"add": ["conflicted"]}).status == 409
+    api.use(profiles=real)
+    for number, (name, adjust, operation) in enumerate(THROTTLED):
+        if name == "edit-members":  # someone new, so that the edit reads and writes
+            adjust = {"body": {"add": [f"throttled-{number}"]}}
+        injected = InjectedError(api.stack.dynamodb, operation, "ProvisionedThroughputExceededException", limit=1)
+        assert api.call(name, **adjust).status == 503, (name, operation)
+        injected.remove()
+    assert api.send(raw_event("GET", "/nope")).status == 404
+    assert api.send(raw_event("GET", "/openapi.json")).status == 200
+    return list(api.log)
+
+
+def test_success_bodies_match_their_models_schemas(tour: list[Reply]) -> None:
+    checked = 0
+    problems: list[str] = []
+    for reply in tour:
+        model = SUCCESS_MODELS.get((reply.method.lower(), reply.route or ""))
+        if reply.status != 200 or model is None:
+            continue
+        checked += 1
+        problems += [f"{reply.method} {reply.route}: {e}"
+                     for e in _errors({"$ref": f"#/components/schemas/{model}"}, reply.json)]
+    assert checked >= 20
+    assert not problems, "\n".join(problems)
+
+
+def test_openapi_every_response_matches_its_documented_schema(tour: list[Reply]) -> None:
+    """Every body of the tour, against the schema documented for its path, method and status."""
+    assert tour
+    problems = undocumented(tour)
+    assert not problems, "\n".join(problems)
 
 
 def test_openapi_documents_the_statuses_the_api_returns() -> None:
@@ -1185,7 +1241,8 @@ def test_openapi_documents_the_statuses_the_api_returns() -> None:
     assert not wrong, "\n".join(wrong)
 
 
-def test_openapi_every_documented_route_was_exercised(exchanges: list[Reply]) -> None:
+def test_openapi_every_documented_route_was_exercised(tour: list[Reply]) -> None:
+    """The tour reaches every documented operation with a success, so the checks above cover each one."""
     documented = {(m, p) for p, item in document()["paths"].items() for m in item}
-    exercised = {(r.method.lower(), r.route) for r in exchanges if r.status == 200}
+    exercised = {(r.method.lower(), r.route) for r in tour if r.status == 200}
     assert documented - exercised == set()
