@@ -34,36 +34,15 @@ from cdp.events import (
 )
 from cdp.ports import QuarantinedRecord
 from cdp.profile import Profile
+from tests.unit.messages import msg, track
+from tests.unit.messages import rejected as refused
 
-B_ISO = "2024-01-10T00:00:00Z"
 B = 1_704_844_800
 MARKER = "leak.me@example.com"
 SEGMENTS = Path(__file__).resolve().parents[2] / "segments"
 TOO_DEEP = f"is nested more than {MAX_DEPTH} levels deep; the limit is {MAX_DEPTH}"
 AMOUNT_RULE = "must be at most 1,000,000,000,000"
 QUANTITY_RULE = "must be a whole number from 1 to 10,000"
-
-
-def msg(kind: str = "track", **fields: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"type": kind, "messageId": "m-1", "userId": "u-1", "timestamp": B_ISO}
-    if kind == "track":
-        body["event"] = "Signed Up"
-    for key, value in fields.items():
-        if value is None:
-            body.pop(key, None)
-        else:
-            body[key] = value
-    return body
-
-
-def track(name: str, properties: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
-    return msg("track", event=name, properties=properties, **fields)
-
-
-def refused(message: object) -> InvalidEvent:
-    with pytest.raises(InvalidEvent) as caught:
-        normalise(message)
-    return caught.value
 
 
 def refused_record(data: bytes) -> InvalidEvent:

@@ -11,39 +11,27 @@ from __future__ import annotations
 
 from typing import Any
 
+from cdp.events import json_type
+
 
 class MalformedEnvelope(ValueError):
     """The invocation's event is not the envelope its event source mapping delivers."""
 
 
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
 def batch_records(event: object, source: str, body: str, sequence: str) -> list[dict[str, Any]]:
     """The records of a stream event, each an object with its ``body`` object and its ``sequence`` string."""
     if not isinstance(event, dict):
-        raise MalformedEnvelope(f"the event must be a {source} batch object with Records, not {_kind(event)}")
+        raise MalformedEnvelope(f"the event must be a {source} batch object with Records, not {json_type(event)}")
     records = event.get("Records")
     if not isinstance(records, list):
-        what = "is missing" if "Records" not in event else f"must be an array, not {_kind(records)}"
+        what = "is missing" if "Records" not in event else f"must be an array, not {json_type(records)}"
         raise MalformedEnvelope(f"Records: {what}; this is not a {source} batch")
     for index, record in enumerate(records):
         if not isinstance(record, dict):
-            raise MalformedEnvelope(f"Records[{index}]: must be an object, not {_kind(record)}")
+            raise MalformedEnvelope(f"Records[{index}]: must be an object, not {json_type(record)}")
         inner = record.get(body)
         if not isinstance(inner, dict):
-            what = "is missing" if body not in record else f"must be an object, not {_kind(inner)}"
+            what = "is missing" if body not in record else f"must be an object, not {json_type(inner)}"
             raise MalformedEnvelope(f"Records[{index}].{body}: {what}; this is not a {source} record")
         number = inner.get(sequence)
         if not isinstance(number, str) or not number:

@@ -167,7 +167,7 @@ def _has_lone_surrogate(message: object) -> bool:
 def normalise(message: object) -> Event:
     """Turn one Segment-spec message into an :class:`Event`, or raise :class:`InvalidEvent`."""
     if not isinstance(message, dict):
-        raise InvalidEvent("message", f"must be a JSON object, not {_json_type(message)}")
+        raise InvalidEvent("message", f"must be a JSON object, not {json_type(message)}")
     kind = message.get("type")
     if kind not in MESSAGE_TYPES:
         if kind is None:
@@ -186,7 +186,7 @@ def normalise(message: object) -> Event:
     if context is None:
         context = {}
     elif not isinstance(context, dict):
-        raise InvalidEvent("context", f"must be an object, not {_json_type(context)}")
+        raise InvalidEvent("context", f"must be an object, not {json_type(context)}")
     properties = _object(message, "properties")
     traits = _traits(message, context)
 
@@ -230,7 +230,8 @@ def normalise(message: object) -> Event:
     )
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
+    """How an error names the kind of a JSON value (never the value itself)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -251,7 +252,7 @@ def _identifier(message: dict[str, Any], key: str, *, required: bool) -> str | N
             raise InvalidEvent(key, "is required")
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise InvalidEvent(key, f"must be a string, not {_json_type(value)}")
+        raise InvalidEvent(key, f"must be a string, not {json_type(value)}")
     text = str(value)
     if len(text) > MAX_ID_LENGTH:
         raise InvalidEvent(key, f"is {len(text)} characters; the limit is {MAX_ID_LENGTH}")
@@ -267,7 +268,7 @@ def _timestamp(message: dict[str, Any]) -> float:
     else:
         raise InvalidEvent("timestamp", "is required (ISO 8601 with a time zone)")
     if not isinstance(value, str):
-        raise InvalidEvent(key, f"must be an ISO 8601 string, not {_json_type(value)}")
+        raise InvalidEvent(key, f"must be an ISO 8601 string, not {json_type(value)}")
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
@@ -285,7 +286,7 @@ def _object(message: dict[str, Any], key: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise InvalidEvent(key, f"must be an object, not {_json_type(value)}")
+        raise InvalidEvent(key, f"must be an object, not {json_type(value)}")
     return value
 
 
@@ -295,7 +296,7 @@ def _traits(message: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     if nested is None:
         return top
     if not isinstance(nested, dict):
-        raise InvalidEvent("context.traits", f"must be an object, not {_json_type(nested)}")
+        raise InvalidEvent("context.traits", f"must be an object, not {json_type(nested)}")
     if not top:
         return nested
     merged = dict(nested)
@@ -351,7 +352,7 @@ def _event_name(message: dict[str, Any], kind: str) -> str:
         if name is None or name == "":
             raise InvalidEvent("event", "is required for a track message")
         if not isinstance(name, str):
-            raise InvalidEvent("event", f"must be a string, not {_json_type(name)}")
+            raise InvalidEvent("event", f"must be a string, not {json_type(name)}")
         if len(name) > MAX_LABEL_LENGTH:
             raise InvalidEvent("event", f"is {len(name)} characters; the limit is {MAX_LABEL_LENGTH}")
         return name
@@ -418,7 +419,7 @@ _EMPTY_CONTEXT = EventContext()
 def _amount(value: object, path: str) -> float:
     """A price or an order value: a finite number from 0 to MAX_AMOUNT."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidEvent(path, f"must be a number, not {_json_type(value)}")
+        raise InvalidEvent(path, f"must be a number, not {json_type(value)}")
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidEvent(path, "must be a finite number")
     if value < 0:
@@ -433,7 +434,7 @@ def _property_id(properties: dict[str, Any], key: str, name: str) -> str:
     if value is None or value == "":
         raise InvalidEvent(f"properties.{key}", f"is required for {name}")
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise InvalidEvent(f"properties.{key}", f"must be a string, not {_json_type(value)}")
+        raise InvalidEvent(f"properties.{key}", f"must be a string, not {json_type(value)}")
     return str(value)[:MAX_ID_LENGTH]
 
 
@@ -460,12 +461,12 @@ def _order_amount(properties: dict[str, Any], name: str) -> float | None:
     products = properties.get("products")
     if products is not None:
         if not isinstance(products, list):
-            raise InvalidEvent("properties.products", f"must be an array, not {_json_type(products)}")
+            raise InvalidEvent("properties.products", f"must be an array, not {json_type(products)}")
         total = 0.0
         for index, product in enumerate(products):
             path = f"properties.products[{index}]"
             if not isinstance(product, dict):
-                raise InvalidEvent(path, f"must be an object, not {_json_type(product)}")
+                raise InvalidEvent(path, f"must be an object, not {json_type(product)}")
             if product.get("price") is None:
                 raise InvalidEvent(f"{path}.price", "is required to value the order (or send revenue)")
             price = _amount(product["price"], f"{path}.price")
