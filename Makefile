@@ -26,7 +26,7 @@ run: $(STAMP)
 
 ## Replay events/sample.jsonl through the core in event time and print every transition.
 demo: $(STAMP)
-	$(BIN)/python -m cdp.demo events/sample.jsonl --segments segments
+	$(BIN)/python -m cdp_dev.demo events/sample.jsonl --segments segments
 
 ## Every benchmark against its target; writes bench/out/latest.json (BENCH_ARGS=--quick for a short run).
 bench: $(STAMP)

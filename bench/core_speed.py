@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cdp.catalogue import Catalogue, build_catalogue
-from cdp.engine import Engine
-from cdp.events import parse_record
-from cdp.profile import Profile
+from cdp.core.catalogue import Catalogue, build_catalogue
+from cdp.core.engine import Engine
+from cdp.core.events import parse_record
+from cdp.core.profile import Profile
 
 ROOT = Path(__file__).resolve().parent.parent
 START = 1_767_225_600  # 2026-01-01T00:00:00Z

@@ -44,8 +44,9 @@ def measure(events: int = 200, burst: int = 1, pause: float = 0.1) -> dict[str, 
     one until its Segment Entered (potential-abandoners) reaches the queue behind the bus rule."""
     aws_port, api_port = free_port(), free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    process = subprocess.Popen([sys.executable, "-m", "cdp.cli", "run", "--no-sample", "--no-feed", "--clock", "wall",
-                                "--aws-port", str(aws_port), "--api-port", str(api_port), "--root", str(ROOT)],
+    process = subprocess.Popen([sys.executable, "-m", "cdp_dev.cli", "run", "--no-sample", "--no-feed",
+                                "--clock", "wall", "--aws-port", str(aws_port), "--api-port", str(api_port),
+                                "--root", str(ROOT)],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
     try:
         for _ in range(240):

@@ -61,7 +61,7 @@ def kinesis_envelope(records: list[bytes], start: int) -> dict[str, Any]:
 
 
 def stream_envelope(streams: Any, arn: str, after: dict[str, str]) -> dict[str, Any]:
-    from cdp.local_stack import _lambda_image
+    from cdp_dev.local_stack import _lambda_image
 
     out = []
     for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
@@ -99,10 +99,10 @@ def measure() -> dict[str, Any]:
     from cdp.aws.dynamo import DynamoMembersIndex, DynamoProfileStore, deserialise_item, serialise_item
     from cdp.aws.eventbridge import EventBridgePublisher
     from cdp.aws.quarantine import S3Quarantine
-    from cdp.catalogue import load_catalogue
-    from cdp.clock import EventClock
-    from cdp.engine import Engine
-    from cdp.profile import item_size
+    from cdp.core.catalogue import load_catalogue
+    from cdp.core.clock import EventClock
+    from cdp.core.engine import Engine
+    from cdp.core.profile import item_size
 
     ingest, changes, api = load("ingest"), load("changes"), load("api")
     catalogue = load_catalogue(ROOT / "segments")

@@ -16,13 +16,13 @@ import sys
 import time
 from pathlib import Path
 
-from cdp.catalogue import load_catalogue
-from cdp.engine import Engine
-from cdp.events import normalise
-from cdp.profile import Profile, item_size
+from cdp.core.catalogue import load_catalogue
+from cdp.core.engine import Engine
+from cdp.core.events import normalise
+from cdp.core.profile import Profile, item_size
 
 SHARD = "shardId-000000000000"
-DEDUPE = ("mi", "od", "sq")  # message ids, completed orders, shard watermarks (cdp.profile)
+DEDUPE = ("mi", "od", "sq")  # message ids, completed orders, shard watermarks (cdp.core.profile)
 
 ROOT = Path(__file__).resolve().parent.parent
 YEAR = 365 * 86400

@@ -74,10 +74,10 @@ def cost_model(figures: dict[str, Any]) -> dict[str, Any]:
 
 def measure(quick: bool) -> dict[str, Any]:
     from bench import cold_import, core_speed, e2e_latency, pipeline_requests, profile_size, timers_sweep
-    from cdp.catalogue import load_catalogue
-    from cdp.engine import Engine
-    from cdp.events import parse_record
-    from cdp.profile import Profile, item_size
+    from cdp.core.catalogue import load_catalogue
+    from cdp.core.engine import Engine
+    from cdp.core.events import parse_record
+    from cdp.core.profile import Profile, item_size
 
     figures: dict[str, Any] = {"machine": {"python": platform.python_version(), "cpu": platform.machine()},
                                "taken": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -2,7 +2,7 @@
 
     python bench/timers_sweep.py [--sizes 1000,10000,100000]
 
-The sweep runs over the in-memory adapters (cdp.memory), which count the DynamoDB requests the
+The sweep runs over the in-memory adapters (cdp_dev.memory), which count the DynamoDB requests the
 real adapters send for the same calls (tests/integration/test_timers.py checks the real adapter's
 counts against moto). CPU is process time spent in the sweep itself: the same core, evaluation and
 item encoding the Lambda runs. The deadline delay is simulated: customers fall due spread over ten
@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cdp.catalogue import load_catalogue
-from cdp.clock import FixedClock
-from cdp.due import sweep
-from cdp.engine import Engine
-from cdp.events import normalise
-from cdp.memory import MemoryDueIndex, MemoryProfileStore
-from cdp.profile import Profile, due_shard
+from cdp.core.catalogue import load_catalogue
+from cdp.core.clock import FixedClock
+from cdp.core.engine import Engine
+from cdp.core.events import normalise
+from cdp.core.profile import Profile, due_shard
+from cdp.pipeline.timers import sweep
+from cdp_dev.memory import MemoryDueIndex, MemoryProfileStore
 
 ROOT = Path(__file__).resolve().parent.parent
 START = 1_767_225_600  # 2026-01-01T00:00:00Z

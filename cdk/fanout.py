@@ -155,7 +155,7 @@ class Fanout(Construct):
         self.ledger: dynamodb.Table | None = None
         if not settings.integrations:
             return
-        # (destination, segment, customer) -> the membership version last applied; see cdp.fanout.
+        # (destination, segment, customer) -> the membership version last applied; see cdp.pipeline.fanout.
         self.ledger = encrypted_table(
             self, "Ledger", key, removal_policy,
             partition_key=dynamodb.Attribute(name="delivery", type=dynamodb.AttributeType.STRING),

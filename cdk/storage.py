@@ -49,7 +49,7 @@ class Storage(Construct):
             stream=dynamodb.StreamViewType.NEW_AND_OLD_IMAGES,
         )
         # The due index: sparse (only profiles with a deadline carry ds and nd), sharded 32 ways by
-        # customer so a million deadlines in one minute are never one hot key (see cdp.due).
+        # customer so a million deadlines in one minute are never one hot key (see cdp.pipeline.timers).
         self.due_index_name = "due"
         self.profiles.add_global_secondary_index(
             index_name=self.due_index_name,

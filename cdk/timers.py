@@ -14,7 +14,7 @@ from cdk.ingest import encrypted_queue
 from cdk.nag import acknowledge, acknowledge_function
 from cdk.settings import Settings
 from cdk.storage import Storage, grant_items
-from cdp.due import shard_groups
+from cdp.pipeline.timers import shard_groups
 
 SWEEP_TIMEOUT = Duration.seconds(60)  # one schedule period: runs rarely overlap, and locking keeps overlaps safe
 

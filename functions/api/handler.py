@@ -24,7 +24,7 @@ from aws_lambda_powertools.event_handler.openapi.models import Server
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from cdp.api_models import (
+from cdp.api.models import (
     CustomerProfile,
     CustomerSegments,
     MemberPage,
@@ -34,13 +34,13 @@ from cdp.api_models import (
     SegmentDefinition,
     SegmentList,
 )
-from cdp.catalogue import Catalogue, load_catalogue
-from cdp.clock import Clock, clock_from_env
+from cdp.api.views import memberships, profile_document, segment_document
 from cdp.config import ApiConfig, cors_origins
-from cdp.engine import Engine
+from cdp.core.catalogue import Catalogue, load_catalogue
+from cdp.core.clock import Clock, clock_from_env
+from cdp.core.engine import Engine
+from cdp.core.profile import Profile
 from cdp.ports import ConflictError, TransientError
-from cdp.profile import Profile
-from cdp.views import memberships, profile_document, segment_document
 from cdp.wiring import assemble
 
 if TYPE_CHECKING:

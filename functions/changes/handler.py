@@ -14,10 +14,10 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from cdp.catalogue import Catalogue, load_catalogue
-from cdp.changes import MembersIndex, TableChange, publish_changes
 from cdp.config import ChangesConfig
+from cdp.core.catalogue import Catalogue, load_catalogue
 from cdp.envelopes import MalformedEnvelope, table_stream_records
+from cdp.pipeline.changes import MembersIndex, TableChange, publish_changes
 from cdp.ports import Publisher
 from cdp.wiring import assemble
 

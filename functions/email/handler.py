@@ -16,8 +16,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from cdp.clock import Clock, WallClock
-from cdp.fanout import DeadLetters, DeliveryResult, batch_response, queue_messages, settle
+from cdp.core.clock import Clock, WallClock
 from cdp.integrations.email import (
     UNKNOWN_OUTCOME,
     EmailLedger,
@@ -27,6 +26,7 @@ from cdp.integrations.email import (
     ProfileReader,
     deliver_emails,
 )
+from cdp.pipeline.fanout import DeadLetters, DeliveryResult, batch_response, queue_messages, settle
 from cdp.wiring import assemble
 
 logger = Logger(service="cdp-email")

@@ -9,8 +9,8 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from cdp.fanout import BatchDelivery, deliver, run_batch
-from cdp.http import seconds_left
+from cdp.integrations.http import seconds_left
+from cdp.pipeline.fanout import BatchDelivery, deliver, run_batch
 from cdp.wiring import assemble
 
 logger = Logger(service="cdp-google")
@@ -32,8 +32,8 @@ def build(**overrides: Any) -> BatchDelivery:
     from cdp.aws.ledger import delivery_stores
     from cdp.aws.secrets import read_secret
     from cdp.config import DestinationConfig
-    from cdp.http import UrllibTransport
     from cdp.integrations.google import GoogleCustomerMatch
+    from cdp.integrations.http import UrllibTransport
 
     config = DestinationConfig.from_env(os.environ)
 

@@ -15,12 +15,12 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from cdp.catalogue import load_catalogue
-from cdp.clock import Clock, clock_from_env
 from cdp.config import IngestConfig
-from cdp.engine import Engine
+from cdp.core.catalogue import load_catalogue
+from cdp.core.clock import Clock, clock_from_env
+from cdp.core.engine import Engine
 from cdp.envelopes import MalformedEnvelope, kinesis_records
-from cdp.ingest import BatchResult, StreamRecord, ingest_batch
+from cdp.pipeline.ingest import BatchResult, StreamRecord, ingest_batch
 from cdp.ports import ProfileStore, Quarantine
 from cdp.wiring import assemble
 

@@ -15,11 +15,11 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from cdp.catalogue import load_catalogue
-from cdp.clock import Clock, WallClock, clock_from_env
 from cdp.config import ConfigError, TimersConfig
-from cdp.due import DUE_SHARDS, DueIndex, SweepResult, sweep
-from cdp.engine import Engine
+from cdp.core.catalogue import load_catalogue
+from cdp.core.clock import Clock, WallClock, clock_from_env
+from cdp.core.engine import Engine
+from cdp.pipeline.timers import DUE_SHARDS, DueIndex, SweepResult, sweep
 from cdp.ports import ProfileStore
 from cdp.wiring import assemble
 

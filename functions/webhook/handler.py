@@ -17,9 +17,9 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from cdp.fanout import DeadLetters, DeliveryLedger, run_batch
-from cdp.http import seconds_left
+from cdp.integrations.http import seconds_left
 from cdp.integrations.webhook import ProfileReader, WebhookLists, deliver_batch
+from cdp.pipeline.fanout import DeadLetters, DeliveryLedger, run_batch
 from cdp.wiring import assemble
 
 logger = Logger(service="cdp-webhook")
@@ -72,7 +72,7 @@ def build(**overrides: Any) -> Dependencies:
     from cdp.aws.ledger import delivery_stores
     from cdp.aws.secrets import read_secret
     from cdp.config import DestinationConfig
-    from cdp.http import UrllibTransport
+    from cdp.integrations.http import UrllibTransport
     from cdp.integrations.webhook import WebhookOptions
 
     config = DestinationConfig.from_env(os.environ)

@@ -113,7 +113,7 @@ class Running:
     def cdp(self, *arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """``cdp ARGUMENTS`` as a user runs it, with no flags added: it finds this stack by its state file."""
         found = {"CDP_STATE_DIR": str(self.state_dir)} if self.state_dir is not None else {}
-        return subprocess.run([sys.executable, "-m", "cdp.cli", *arguments], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "cdp_dev.cli", *arguments], capture_output=True, text=True,
                               timeout=60, check=False, cwd=ROOT, env=env or environment(**found))
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
@@ -130,7 +130,7 @@ class Running:
         path.write_bytes(b"\n".join(line if isinstance(line, bytes) else json.dumps(line).encode()
                                     for line in lines) + b"\n")
         env = {**os.environ, "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
-        return subprocess.run([sys.executable, "-m", "cdp.cli", "--endpoint-url", self.endpoint, "--region", REGION,
+        return subprocess.run([sys.executable, "-m", "cdp_dev.cli", "--endpoint-url", self.endpoint, "--region", REGION,
                                "send", str(path)], capture_output=True, text=True, timeout=60, env=env, check=False)
 
 
@@ -140,7 +140,7 @@ def started(*options: str, name: str) -> Iterator[Running]:
     aws_port, api_port = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix=f"cdp-e2e-{name}-") as folder:
         state, log = Path(folder) / "state", Path(folder) / "stack.log"
-        command = [sys.executable, "-m", "cdp.cli", "run", "--no-sample", "--no-feed", *options,
+        command = [sys.executable, "-m", "cdp_dev.cli", "run", "--no-sample", "--no-feed", *options,
                    "--aws-port", str(aws_port), "--api-port", str(api_port), "--root", str(ROOT)]
         with launched(command, log, environment(CDP_STATE_DIR=str(state))) as process:
             api = f"http://127.0.0.1:{api_port}"

@@ -36,7 +36,7 @@ def test_cdp_send_with_no_flags_and_no_local_stack_refuses_to_guess(tmp_path: Pa
     path = tmp_path / "events.jsonl"
     path.write_text(json.dumps(track(customer(), "Page Viewed")) + "\n")
     # Credentials that would work on AWS are in the environment: still nothing is sent without --stream.
-    run = subprocess.run([sys.executable, "-m", "cdp.cli", "send", str(path)], capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-m", "cdp_dev.cli", "send", str(path)], capture_output=True, text=True,
                          timeout=60, check=False, cwd=ROOT,
                          env=environment(CDP_STATE_DIR=str(tmp_path / "empty"), AWS_ACCESS_KEY_ID="AKIAEXAMPLE",
                                          AWS_SECRET_ACCESS_KEY="example", AWS_DEFAULT_REGION="eu-west-1"))

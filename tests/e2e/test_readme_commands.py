@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cdp.targets import state_dir
+from cdp_dev.targets import state_dir
 from tests.e2e.conftest import (
     ROOT,
     STOP_SECONDS,

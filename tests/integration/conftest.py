@@ -15,8 +15,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from cdp.catalogue import Catalogue, load_catalogue
-from cdp.clock import FixedClock
+from cdp.core.catalogue import Catalogue, load_catalogue
+from cdp.core.clock import FixedClock
 
 from .support import (
     REGION,

@@ -22,9 +22,9 @@ from typing import Any
 from cdp.aws.dynamo import DynamoDueIndex, DynamoMembersIndex, DynamoProfileStore, deserialise_item
 from cdp.aws.eventbridge import EventBridgePublisher
 from cdp.aws.quarantine import S3Quarantine
-from cdp.catalogue import Catalogue
-from cdp.clock import FixedClock
-from cdp.engine import Engine
+from cdp.core.catalogue import Catalogue
+from cdp.core.clock import FixedClock
+from cdp.core.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"

@@ -56,10 +56,10 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from cdp.aws.dynamo import DynamoMembersIndex, DynamoProfileStore
-from cdp.changes import MembershipChange, members_partition
-from cdp.clock import FixedClock
+from cdp.core.clock import FixedClock
+from cdp.core.profile import Profile
+from cdp.pipeline.changes import MembershipChange, members_partition
 from cdp.ports import ConflictError
-from cdp.profile import Profile
 
 from .support import (
     EVENTS,

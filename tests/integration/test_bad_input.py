@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from cdp.catalogue import build_catalogue
-from cdp.clock import EventClock, FixedClock
-from cdp.engine import MAX_LIFETIME_REVENUE, Engine
+from cdp.core.catalogue import build_catalogue
+from cdp.core.clock import EventClock, FixedClock
+from cdp.core.engine import MAX_LIFETIME_REVENUE, Engine
+from cdp.core.profile import Profile
 from cdp.envelopes import MalformedEnvelope
-from cdp.profile import Profile
 
 from .support import (
     PROFILES_TABLE,

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from cdp.config import ChangesConfig, ConfigError, IngestConfig
-from cdp.ingest import MAX_WRITE_ATTEMPTS
+from cdp.core.profile import Profile
+from cdp.pipeline.ingest import MAX_WRITE_ATTEMPTS
 from cdp.ports import ConflictError, TransientError
-from cdp.profile import Profile
 
 from .support import (
     KINESIS_ARN,

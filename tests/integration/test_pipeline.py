@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from cdp.changes import members_partition
-from cdp.identifiers import normalise_email, normalise_email_for_google
+from cdp.core.identifiers import normalise_email, normalise_email_for_google
+from cdp.pipeline.changes import members_partition
 
 from .support import (
     MEMBER_SHARDS,

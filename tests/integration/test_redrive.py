@@ -12,9 +12,9 @@ import pytest
 from moto import mock_aws
 
 from cdp.aws.quarantine import S3Quarantine
-from cdp.cli import main
 from cdp.ports import QuarantinedRecord
-from cdp.redrive import redrive_failures, redrive_quarantine
+from cdp_dev.cli import main
+from cdp_dev.redrive import redrive_failures, redrive_quarantine
 
 STREAM = "redrive-events"
 

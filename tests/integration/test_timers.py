@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from cdp.aws.dynamo import DynamoDueIndex, DynamoProfileStore, deserialise_item
-from cdp.clock import FixedClock, WallClock
 from cdp.config import ConfigError, TimersConfig
-from cdp.due import DUE_SHARDS, DueEntry, shard_groups
+from cdp.core.clock import FixedClock, WallClock
+from cdp.core.profile import Profile, due_shard
+from cdp.pipeline.timers import DUE_SHARDS, DueEntry, shard_groups
 from cdp.ports import ConflictError
-from cdp.profile import Profile, due_shard
 
 from .support import (
     DUE_INDEX,
@@ -418,7 +418,7 @@ def test_a_customer_whose_writes_keep_conflicting_is_left_due_for_the_next_run(s
 
     summary = stack.timers(schedule_event())
 
-    assert conflict.injected == 3  # cdp.due.MAX_WRITE_ATTEMPTS
+    assert conflict.injected == 3  # cdp.pipeline.timers.MAX_WRITE_ATTEMPTS
     # Re-evaluated counts written profiles: none was.
     assert (summary["due"], summary["reevaluated"], summary["transitioned"], summary["unfinished"]) == (
         1, 0, 0, True)
@@ -609,8 +609,8 @@ def test_the_function_refuses_to_start_without_its_index_name(monkeypatch: pytes
 
 
 def test_the_timers_function_refuses_an_event_time_clock_it_could_never_advance() -> None:
-    from cdp.clock import WallClock
     from cdp.config import ConfigError
+    from cdp.core.clock import WallClock
 
     assert isinstance(timers_handler.sweep_clock(""), WallClock)
     assert isinstance(timers_handler.sweep_clock("wall"), WallClock)
@@ -621,8 +621,8 @@ def test_the_timers_function_refuses_an_event_time_clock_it_could_never_advance(
 def test_given_a_shared_clock_the_timers_function_builds_in_event_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """As the local stack builds it: ``build(clock=...)`` never reads CDP_CLOCK, so event time is no refusal;
     with no clock given (Lambda) CDP_CLOCK=event still is."""
-    from cdp.clock import EventClock
     from cdp.config import ConfigError
+    from cdp.core.clock import EventClock
 
     for name, value in valid_env().items():
         monkeypatch.setenv(name, value)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from cdp.events import InvalidEvent, normalise
+from cdp.core.events import InvalidEvent, normalise
 
 B_ISO = "2024-01-10T00:00:00Z"
 

@@ -15,13 +15,11 @@ import pytest
 
 from cdp.aws.dynamo import serialise_item
 from cdp.aws.quarantine import object_key
-from cdp.catalogue import build_catalogue
-from cdp.changes import TableChange, check_image, publish_changes
-from cdp.clock import DEFAULT_MAX_FUTURE_SKEW, EventClock, FixedClock, WallClock, clock_from_env, wall_time
 from cdp.config import ConfigError, IngestConfig
-from cdp.engine import MAX_LIFETIME_REVENUE, Engine
-from cdp.envelopes import MalformedEnvelope, kinesis_records, table_stream_records
-from cdp.events import (
+from cdp.core.catalogue import build_catalogue
+from cdp.core.clock import DEFAULT_MAX_FUTURE_SKEW, EventClock, FixedClock, WallClock, clock_from_env, wall_time
+from cdp.core.engine import MAX_LIFETIME_REVENUE, Engine
+from cdp.core.events import (
     EARLIEST_TIMESTAMP,
     MAX_AMOUNT,
     MAX_DEPTH,
@@ -32,8 +30,10 @@ from cdp.events import (
     normalise,
     parse_record,
 )
+from cdp.core.profile import Profile
+from cdp.envelopes import MalformedEnvelope, kinesis_records, table_stream_records
+from cdp.pipeline.changes import TableChange, check_image, publish_changes
 from cdp.ports import QuarantinedRecord
-from cdp.profile import Profile
 from tests.unit.messages import msg, track
 from tests.unit.messages import rejected as refused
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bench import core_speed, run, timers_sweep
-from cdp.events import parse_record
+from cdp.core.events import parse_record
 
 
 def test_the_workload_is_valid_segment_spec_with_unique_message_ids() -> None:

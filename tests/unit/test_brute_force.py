@@ -1,11 +1,11 @@
 """A brute-force evaluator over the raw event list must agree with the incremental engine.
 
 The evaluator below re-implements the documented semantics of the segment language
-(``segments/README.md`` and the docstring of ``cdp.counters``) directly over the list of
+(``segments/README.md`` and the docstring of ``cdp.core.counters``) directly over the list of
 events a customer sent, with no buckets, counters or deadlines: a window of W seconds in a
 tier of bucket size s counts the events whose bucket ``floor(ts / s)`` lies in
-``floor(now / s) - W / s + 1 .. floor(now / s)``. It shares nothing with ``cdp.language``
-or ``cdp.counters`` except ``parse_duration``.
+``floor(now / s) - W / s + 1 .. floor(now / s)``. It shares nothing with ``cdp.core.language``
+or ``cdp.core.counters`` except ``parse_duration``.
 
 Hypothesis generates random histories (shuffled, in several batches, some messages
 redelivered) and random condition trees, replays them through ``Engine.apply`` as event-time
@@ -32,12 +32,12 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from cdp.catalogue import build_catalogue
-from cdp.durations import parse_duration
-from cdp.engine import Engine
-from cdp.events import normalise
-from cdp.language import AllOf, AnyOf, MetricCondition, Not, RatioCondition
-from cdp.profile import Profile
+from cdp.core.catalogue import build_catalogue
+from cdp.core.durations import parse_duration
+from cdp.core.engine import Engine
+from cdp.core.events import normalise
+from cdp.core.language import AllOf, AnyOf, MetricCondition, Not, RatioCondition
+from cdp.core.profile import Profile
 
 MINUTE, HOUR, DAY, WEEK = 60, 3600, 86400, 7 * 86400
 B = 1_704_844_800  # 2024-01-10T00:00:00Z

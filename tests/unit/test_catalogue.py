@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cdp.catalogue import CatalogueError, build_catalogue, load_catalogue
-from cdp.language import AbsenceCondition, DefinitionError
+from cdp.core.catalogue import CatalogueError, build_catalogue, load_catalogue
+from cdp.core.language import AbsenceCondition, DefinitionError
 
 SEGMENTS = Path(__file__).resolve().parents[2] / "segments"
 COUNT = {"count": {"event": "Product Viewed", "within": "24h", "gt": 5}}

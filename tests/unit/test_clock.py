@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from cdp.clock import Clock, EventClock, FixedClock, WallClock
+from cdp.core.clock import Clock, EventClock, FixedClock, WallClock
 
 B = 1_704_844_800.0  # 2024-01-10T00:00:00Z
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdp.counters import LONGEST_WINDOW, TIER_BY_CODE, TIERS, Counter, Tier, tier_for_window, to_hundredths
+from cdp.core.counters import LONGEST_WINDOW, TIER_BY_CODE, TIERS, Counter, Tier, tier_for_window, to_hundredths
 
 MIN, HOUR, DAY, WEEK = 60, 3600, 86400, 7 * 86400
 B = 1_704_844_800  # 2024-01-10T00:00:00Z, a UTC midnight

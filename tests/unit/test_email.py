@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from cdp.clock import FixedClock
 from cdp.config import ConfigError
-from cdp.fanout import ENTERED, EXITED, DeliveryResult, LedgerEntry, settle
+from cdp.core.clock import FixedClock
+from cdp.core.profile import Profile
 from cdp.integrations.email import (
     NAMESPACE,
     CapRecord,
@@ -38,9 +38,9 @@ from cdp.integrations.email import (
     scrub,
     sender_address,
 )
-from cdp.memory import MemoryDeadLetters, MemoryDeliveryLedger, MemoryProfileStore
+from cdp.pipeline.fanout import ENTERED, EXITED, DeliveryResult, LedgerEntry, settle
 from cdp.ports import TransientError
-from cdp.profile import Profile
+from cdp_dev.memory import MemoryDeadLetters, MemoryDeliveryLedger, MemoryProfileStore
 
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_DEV", "false")

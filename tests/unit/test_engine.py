@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from cdp.catalogue import Catalogue, build_catalogue
-from cdp.engine import ENTERED, EXITED, Engine, Outcome, Transition
-from cdp.events import Event, normalise
-from cdp.profile import MAX_TRAITS, Profile
+from cdp.core.catalogue import Catalogue, build_catalogue
+from cdp.core.engine import ENTERED, EXITED, Engine, Outcome, Transition
+from cdp.core.events import Event, normalise
+from cdp.core.profile import MAX_TRAITS, Profile
 
 MIN, HOUR, DAY = 60, 3600, 86400
 B = 1_704_844_800  # 2024-01-10T00:00:00Z

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cdp.events import (
+from cdp.core.events import (
     MAX_MESSAGE_BYTES,
     EventContext,
     InvalidEvent,

@@ -1,6 +1,6 @@
-"""The fan-out core (cdp.fanout), pure: parsing bus events, planning against the ledger, delivering, settling.
+"""The fan-out core (cdp.pipeline.fanout), pure: parsing bus events, planning against the ledger, delivering, settling.
 
-Bus events are built the way the changes function publishes them (``cdp.changes.bus_entry``) and wrapped
+Bus events are built the way the changes function publishes them (``cdp.pipeline.changes.bus_entry``) and wrapped
 the way an EventBridge rule's SQS target delivers them. The destination is a small in-test fake that
 records what it was asked to send and can answer with a TransientError or a per-row SendOutcome; it also
 keeps the audience it would hold (a set of identifier tuples), so tests can check the end state.
@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from cdp.catalogue import load_catalogue
-from cdp.changes import MembershipChange, bus_entry
-from cdp.fanout import (
+from cdp.core.catalogue import load_catalogue
+from cdp.core.identifiers import hashed_identifiers, sha256
+from cdp.pipeline.changes import MembershipChange, bus_entry
+from cdp.pipeline.fanout import (
     ENTERED,
     EXITED,
     DeliveryResult,
@@ -35,9 +36,8 @@ from cdp.fanout import (
     settle,
     valid_identifiers,
 )
-from cdp.identifiers import hashed_identifiers, sha256
-from cdp.memory import MemoryDeadLetters, MemoryDeliveryLedger
 from cdp.ports import TransientError
+from cdp_dev.memory import MemoryDeadLetters, MemoryDeliveryLedger
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOGUE = load_catalogue(ROOT / "segments")
@@ -502,7 +502,7 @@ def test_unparseable_messages_are_refused_and_the_rest_delivered() -> None:
 
 @pytest.mark.parametrize("late_exit", [False, True], ids=["exit-and-re-enter-in-one-batch", "exit-arrives-late"])
 def test_an_email_change_between_exit_and_re_entry_leaves_no_stale_identifiers(late_exit: bool) -> None:
-    # BUG (cdp.fanout.plan): alice entered with her old email (applied), exited (v3) and re-entered (v4)
+    # BUG (cdp.pipeline.fanout.plan): alice entered with her old email (applied), exited (v3) and re-entered (v4)
     # after changing her email. When the exit and the re-entry arrive in one batch, plan() keeps only the
     # re-entry ("superseded by a newer change in the same batch"), so the old email is never removed; when
     # the exit arrives after the re-entry, it is skipped as "older than the change already applied", with

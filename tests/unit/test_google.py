@@ -27,11 +27,8 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from cdp.changes import MembershipChange
 from cdp.config import ConfigError
-from cdp.fanout import LedgerEntry, deliver, parse_message, settle
-from cdp.http import UrllibTransport
-from cdp.identifiers import hashed_identifiers, normalise_email_for_google, normalise_phone_for_google
+from cdp.core.identifiers import hashed_identifiers, normalise_email_for_google, normalise_phone_for_google
 from cdp.integrations.google import (
     API_VERSION,
     MAX_IDENTIFIERS_PER_REQUEST,
@@ -39,7 +36,10 @@ from cdp.integrations.google import (
     TOKEN_URL,
     GoogleCustomerMatch,
 )
-from cdp.memory import MemoryDeadLetters, MemoryDeliveryLedger
+from cdp.integrations.http import UrllibTransport
+from cdp.pipeline.changes import MembershipChange
+from cdp.pipeline.fanout import LedgerEntry, deliver, parse_message, settle
+from cdp_dev.memory import MemoryDeadLetters, MemoryDeliveryLedger
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "events" / "sqs" / "google-batch.json"
@@ -681,7 +681,7 @@ def test_a_poisoned_identifier_is_isolated_and_the_rest_delivered(fake: FakeGoog
 
 
 def test_a_row_with_a_bad_hash_is_refused_by_the_destination_itself(fake: FakeGoogle) -> None:
-    from cdp.fanout import Row
+    from cdp.pipeline.fanout import Row
     outcome = destination(fake).send("111", "entered", [Row("e1", {"google_email_sha256": "x" * 64}),
                                                         Row("e2", {"google_email_sha256": sha("a@b.co")})])
     assert outcome.refused == {"e1": "an identifier is not a SHA-256 hex digest"} and not outcome.retry

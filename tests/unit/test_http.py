@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from cdp.http import HttpResponse, retry_after, seconds_left, send, time_limit
+from cdp.integrations.http import HttpResponse, retry_after, seconds_left, send, time_limit
 from cdp.ports import TransientError
 
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from cdp.catalogue import Catalogue, CatalogueError, build_catalogue
-from cdp.engine import Engine, ProfileView
-from cdp.events import Event, normalise
-from cdp.language import AbsenceCondition
-from cdp.population import PopulationStats
-from cdp.profile import Profile
+from cdp.core.catalogue import Catalogue, CatalogueError, build_catalogue
+from cdp.core.engine import Engine, ProfileView
+from cdp.core.events import Event, normalise
+from cdp.core.language import AbsenceCondition
+from cdp.core.population import PopulationStats
+from cdp.core.profile import Profile
 
 MIN, HOUR, DAY, WEEK = 60, 3600, 86400, 7 * 86400
 B = 1_704_844_800  # 2024-01-10T00:00:00Z: a UTC midnight; B + DAY is a Thursday, where epoch weeks start

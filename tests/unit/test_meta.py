@@ -11,7 +11,7 @@ like Meta answers an invalid parameter. The server records what it accepted and 
 429 with Retry-After, HTTP 400 with a Graph error code (17 and the other rate-limit codes; 100 for a
 configuration problem), or 200 with ``invalid_entry_samples`` naming some of the hashes it received.
 
-Back-off sleeps are recorded instead of slept: ``cdp.http.send`` binds ``time.sleep`` as its default
+Back-off sleeps are recorded instead of slept: ``cdp.integrations.http.send`` binds ``time.sleep`` as its default
 at import, so the tests replace the ``send`` the Meta module calls with one given a recording sleep.
 """
 
@@ -38,16 +38,16 @@ import boto3
 import pytest
 from moto import mock_aws
 
-import cdp.http
+import cdp.integrations.http
 import cdp.integrations.meta as meta
 from cdp.aws.ledger import DynamoDeliveryLedger, ledger_key
-from cdp.changes import MembershipChange
 from cdp.config import ConfigError
-from cdp.fanout import ENTERED, EXITED, LedgerEntry, Row, deliver, settle
-from cdp.http import UrllibTransport
-from cdp.identifiers import hashed_identifiers, normalise_email, normalise_phone
+from cdp.core.identifiers import hashed_identifiers, normalise_email, normalise_phone
+from cdp.integrations.http import UrllibTransport
 from cdp.integrations.meta import MetaAudiences
-from cdp.memory import MemoryDeadLetters, MemoryDeliveryLedger
+from cdp.pipeline.changes import MembershipChange
+from cdp.pipeline.fanout import ENTERED, EXITED, LedgerEntry, Row, deliver, settle
+from cdp_dev.memory import MemoryDeadLetters, MemoryDeliveryLedger
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "EAAGm0PX4ZCpsBAtest-token"
@@ -271,7 +271,7 @@ def graph() -> Iterator[FakeGraph]:
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The back-off waits, recorded instead of slept."""
     waited: list[float] = []
-    monkeypatch.setattr(meta, "send", functools.partial(cdp.http.send, sleep=waited.append))
+    monkeypatch.setattr(meta, "send", functools.partial(cdp.integrations.http.send, sleep=waited.append))
     return waited
 
 
@@ -557,7 +557,7 @@ def test_a_graph_rate_limit_error_is_resent_with_back_off(graph: FakeGraph, audi
 def test_a_retry_after_is_capped(graph: FakeGraph, audiences: MetaAudiences, sleeps: list[float]) -> None:
     graph.queued = [too_many_requests("3600")]
     deliver([message(ENTERED, "alice", 2)], audiences, MemoryDeliveryLedger())
-    assert sleeps == [cdp.http.MAX_WAIT_SECONDS]
+    assert sleeps == [cdp.integrations.http.MAX_WAIT_SECONDS]
 
 
 @pytest.mark.parametrize("answer", [too_many_requests("1"), graph_error(17, 2446079), graph_error(80003)],

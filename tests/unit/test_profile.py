@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from cdp.counters import Counter
-from cdp.profile import (
+from cdp.core.counters import Counter
+from cdp.core.profile import (
     DEDUPE_HORIZON,
     DIGEST_BYTES,
     MAX_MESSAGE_IDS,

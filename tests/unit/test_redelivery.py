@@ -29,14 +29,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdp.catalogue import load_catalogue
-from cdp.clock import FixedClock
-from cdp.engine import Engine
-from cdp.events import parse_record
-from cdp.ingest import BatchResult, StreamRecord, ingest_batch
-from cdp.memory import MemoryProfileStore
+from cdp.core.catalogue import load_catalogue
+from cdp.core.clock import FixedClock
+from cdp.core.engine import Engine
+from cdp.core.events import parse_record
+from cdp.core.profile import DEDUPE_HORIZON, MAX_MESSAGE_IDS, MIN_MESSAGE_IDS, Profile, message_digest
+from cdp.pipeline.ingest import BatchResult, StreamRecord, ingest_batch
 from cdp.ports import ConflictError, QuarantinedRecord, TransientError
-from cdp.profile import DEDUPE_HORIZON, MAX_MESSAGE_IDS, MIN_MESSAGE_IDS, Profile, message_digest
+from cdp_dev.memory import MemoryProfileStore
 
 ENGINE = Engine(load_catalogue(Path(__file__).resolve().parents[2] / "segments"))
 MIN, HOUR, DAY = 60, 3600, 86400

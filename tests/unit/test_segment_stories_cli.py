@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cdp.catalogue import load_catalogue
-from cdp.cli import main
-from cdp.stories import run_story
+from cdp.core.catalogue import load_catalogue
+from cdp_dev.cli import main
+from cdp_dev.stories import run_story
 
 SEGMENTS = Path(__file__).resolve().parents[2] / "segments"
 

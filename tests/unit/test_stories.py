@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from cdp.catalogue import load_catalogue
-from cdp.engine import Engine, Transition
-from cdp.events import normalise
-from cdp.replay import Replay
+from cdp.core.catalogue import load_catalogue
+from cdp.core.engine import Engine, Transition
+from cdp.core.events import normalise
+from cdp_dev.replay import Replay
 
 SEGMENTS = Path(__file__).resolve().parents[2] / "segments"
 WEB = {"library": {"name": "analytics.js"}}

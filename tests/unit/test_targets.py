@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cdp import cli
-from cdp.targets import (
+from cdp_dev import cli
+from cdp_dev.targets import (
     LocalStackInfo,
     NoTarget,
     Target,

@@ -1,4 +1,4 @@
-"""The timers sweep (cdp.due) over the in-memory store and due index, with the real catalogue.
+"""The timers sweep (cdp.pipeline.timers) over the in-memory store and due index, with the real catalogue.
 
 Every expected moment is worked out from the segment definitions (segments/*.yaml) and the window
 semantics of segments/README.md: recency, absence and channel windows are exact to the second;
@@ -20,14 +20,14 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from cdp.catalogue import load_catalogue
-from cdp.clock import FixedClock
-from cdp.due import DUE_SHARDS, DueIndex, DuePage, SweepResult, sweep
-from cdp.engine import ENTERED, EXITED, Engine
-from cdp.ingest import StreamRecord, ingest_batch
-from cdp.memory import MemoryDueIndex, MemoryProfileStore
+from cdp.core.catalogue import load_catalogue
+from cdp.core.clock import FixedClock
+from cdp.core.engine import ENTERED, EXITED, Engine
+from cdp.core.profile import Profile, due_shard
+from cdp.pipeline.ingest import StreamRecord, ingest_batch
+from cdp.pipeline.timers import DUE_SHARDS, DueIndex, DuePage, SweepResult, sweep
 from cdp.ports import QuarantinedRecord, TransientError
-from cdp.profile import Profile, due_shard
+from cdp_dev.memory import MemoryDueIndex, MemoryProfileStore
 
 ENGINE = Engine(load_catalogue(Path(__file__).resolve().parents[2] / "segments"))
 WEB = {"library": {"name": "analytics.js"}}

@@ -30,11 +30,10 @@ import pytest
 from moto import mock_aws
 
 from cdp.aws.ledger import DynamoDeliveryLedger
-from cdp.changes import MembershipChange
 from cdp.config import ConfigError
-from cdp.fanout import ENTERED, EXITED, DeliveryResult, LedgerEntry
-from cdp.http import UrllibTransport
-from cdp.identifiers import hashed_identifiers, is_sha256, normalise_email, sha256
+from cdp.core.identifiers import hashed_identifiers, is_sha256, normalise_email, sha256
+from cdp.core.profile import Profile
+from cdp.integrations.http import UrllibTransport
 from cdp.integrations.webhook import (
     WebhookLists,
     WebhookOptions,
@@ -43,8 +42,9 @@ from cdp.integrations.webhook import (
     signature,
     verify_signature,
 )
-from cdp.memory import MemoryDeliveryLedger, MemoryProfileStore
-from cdp.profile import Profile
+from cdp.pipeline.changes import MembershipChange
+from cdp.pipeline.fanout import ENTERED, EXITED, DeliveryResult, LedgerEntry
+from cdp_dev.memory import MemoryDeliveryLedger, MemoryProfileStore
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "whsec_test_0123456789abcdef"

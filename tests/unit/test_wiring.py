@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from cdp.local_stack import response_headers
 from cdp.wiring import assemble
+from cdp_dev.local_stack import response_headers
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdp.clock import DEFAULT_MAX_FUTURE_SKEW
+from cdp.core.clock import DEFAULT_MAX_FUTURE_SKEW
 
 
 class ConfigError(ValueError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdp.events import json_type
+from cdp.core.events import json_type
 
 
 class MalformedEnvelope(ValueError):

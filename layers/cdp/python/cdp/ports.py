@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cdp.profile import Profile
+from cdp.core.profile import Profile
 
 
 class ConflictError(Exception):

@@ -16,10 +16,10 @@ from typing import Any
 from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 
 from cdp.aws.errors import domain_error
-from cdp.changes import MembershipChange, members_partition
-from cdp.due import DueEntry, DuePage
+from cdp.core.profile import Profile
+from cdp.pipeline.changes import MembershipChange, members_partition
+from cdp.pipeline.timers import DueEntry, DuePage
 from cdp.ports import ConflictError, TransientError
-from cdp.profile import Profile
 
 BATCH_GET_LIMIT = 100
 UNPROCESSED_ATTEMPTS = 5

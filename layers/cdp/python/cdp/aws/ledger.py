@@ -11,7 +11,7 @@ from cdp.aws.dead_letters import SqsDeadLetters
 from cdp.aws.dynamo import batch_get
 from cdp.aws.errors import domain_error
 from cdp.config import DestinationConfig
-from cdp.fanout import EXITED, LedgerEntry
+from cdp.pipeline.fanout import EXITED, LedgerEntry
 from cdp.ports import ConflictError
 
 EXITED_TTL = 30 * 86400  # past any queue's retention: a late event older than this cannot arrive

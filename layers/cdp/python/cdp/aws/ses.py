@@ -18,8 +18,8 @@ from botocore.exceptions import ConnectionError as NoConnection
 
 from cdp.aws.errors import domain_error
 from cdp.aws.ledger import DynamoDeliveryLedger, conditional_put, entry_item
-from cdp.fanout import EXITED, LedgerEntry
 from cdp.integrations.email import CapRecord, EmailRefused, Send, SendOutcomeUnknown
+from cdp.pipeline.fanout import EXITED, LedgerEntry
 from cdp.ports import TransientError
 
 THROTTLED = frozenset({"Throttling", "ThrottlingException", "MaxSendingRateExceeded", "TooManyRequestsException"})

@@ -1,1 +1,1 @@
-"""Delivery to email and ad platforms: one module per platform, each a Destination for cdp.fanout."""
+"""Delivery to email and ad platforms: one module per platform, each a Destination for cdp.pipeline.fanout."""

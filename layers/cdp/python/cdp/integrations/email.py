@@ -1,6 +1,6 @@
 """Email campaigns: one templated email when a customer enters a segment, at most once, within a frequency cap.
 
-Segment events arrive in batches from the integration's queue (see :mod:`cdp.fanout`); ``TARGETS``
+Segment events arrive in batches from the integration's queue (see :mod:`cdp.pipeline.fanout`); ``TARGETS``
 maps a segment id to the email template sent when a customer enters it. For each event:
 
 * **Exited** only records the delivery ledger (namespace ``email``), so a late ``Entered`` older
@@ -58,7 +58,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cdp.config import ConfigError
-from cdp.fanout import (
+from cdp.core.identifiers import normalise_email
+from cdp.core.profile import Profile
+from cdp.pipeline.fanout import (
     EXITED,
     Action,
     DeliveryLedger,
@@ -68,9 +70,7 @@ from cdp.fanout import (
     parse_batch,
     plan,
 )
-from cdp.identifiers import normalise_email
 from cdp.ports import TransientError
-from cdp.profile import Profile
 
 NAMESPACE = "email"  # the delivery ledger's namespace for this integration
 CAP_ATTEMPTS = 5  # conditional writes tried on the cap record before giving up for this batch

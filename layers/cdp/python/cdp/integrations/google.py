@@ -21,7 +21,7 @@ as Google's guide asks for uploads; removals need none.
 Every request carries ``Authorization: Bearer`` (an access token from the OAuth refresh token,
 cached until shortly before it expires), ``developer-token`` and, when calls go through a manager
 account, ``login-customer-id``. Throttling (429 ``RESOURCE_EXHAUSTED``) and 5xx are resent with
-back-off by :func:`cdp.http.send`, honouring ``Retry-After`` or the ``retryDelay`` Google gives in
+back-off by :func:`cdp.integrations.http.send`, honouring ``Retry-After`` or the ``retryDelay`` Google gives in
 the error's ``quotaErrorDetails``; a job that would wait more than 30 s in all gives its rows back to
 the queue instead, so the function never runs into its timeout waiting.
 
@@ -42,9 +42,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 from cdp.config import ConfigError
-from cdp.fanout import ENTERED, Row, SendOutcome
-from cdp.http import HttpResponse, Transport, send
-from cdp.identifiers import is_sha256
+from cdp.core.identifiers import is_sha256
+from cdp.integrations.http import HttpResponse, Transport, send
+from cdp.pipeline.fanout import ENTERED, Row, SendOutcome
 from cdp.ports import TransientError
 
 API_VERSION = "v26"
@@ -172,7 +172,7 @@ def retry_delay(response: HttpResponse) -> float | None:
 
 @dataclass
 class RetryDelayTransport:
-    """A transport that turns Google's body-only ``retryDelay`` into the ``Retry-After`` that cdp.http honours."""
+    """A transport that turns Google's ``retryDelay`` into the ``Retry-After`` that the HTTP client honours."""
 
     inner: Transport
 

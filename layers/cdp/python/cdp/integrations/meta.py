@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from cdp.fanout import ENTERED, Row, SendOutcome
-from cdp.http import HttpResponse, Transport, send
+from cdp.integrations.http import HttpResponse, Transport, send
+from cdp.pipeline.fanout import ENTERED, Row, SendOutcome
 from cdp.ports import TransientError
 
 MAX_ROWS = 10_000

@@ -71,7 +71,10 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from cdp.config import ConfigError
-from cdp.fanout import (
+from cdp.core.identifiers import normalise_email
+from cdp.core.profile import Profile
+from cdp.integrations.http import HttpResponse, Transport, send
+from cdp.pipeline.fanout import (
     ENTERED,
     DeliveryLedger,
     DeliveryResult,
@@ -79,12 +82,9 @@ from cdp.fanout import (
     SendOutcome,
     deliver,
 )
-from cdp.http import HttpResponse, Transport, send
-from cdp.identifiers import normalise_email
 from cdp.ports import TransientError
-from cdp.profile import Profile
 
-IDENTIFIERS = ("email_sha256", "phone_sha256")  # normalised like most platforms (see cdp.identifiers)
+IDENTIFIERS = ("email_sha256", "phone_sha256")  # normalised like most platforms (see cdp.core.identifiers)
 EMAIL = "email"  # the key of the plain email among an event's and the ledger's identifiers
 TIMESTAMP_HEADER = "X-CDP-Timestamp"
 SIGNATURE_HEADER = "X-CDP-Signature"
@@ -320,7 +320,7 @@ def with_emails(messages: Sequence[tuple[str, str]], profiles: ProfileReader,
 
     One ``profiles.load`` for every customer of the batch whose segment this destination syncs (the
     DynamoDB store reads 100 per BatchGetItem). Bodies that do not parse are left as they are, for
-    :func:`cdp.fanout.deliver` to refuse with its reason. A customer without a valid email gets none
+    :func:`cdp.pipeline.fanout.deliver` to refuse with its reason. A customer without a valid email gets none
     (and any ``email`` already in the event is dropped: only the profile's is trusted).
     """
     events = [_bus_event(body) for _, body in messages]

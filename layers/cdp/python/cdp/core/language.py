@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cdp.counters import Counter, Tier, tier_for_window, to_hundredths
-from cdp.durations import format_duration, parse_duration
-from cdp.events import CHANNELS, MAX_AMOUNT, ORDER_EVENTS, Event
+from cdp.core.counters import Counter, Tier, tier_for_window, to_hundredths
+from cdp.core.durations import format_duration, parse_duration
+from cdp.core.events import CHANNELS, MAX_AMOUNT, ORDER_EVENTS, Event
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 COMPARATORS: dict[str, Callable[[Any, Any], bool]] = {

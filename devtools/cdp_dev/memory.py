@@ -13,10 +13,10 @@ from collections import Counter as Tally
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from cdp.due import DueEntry, DuePage
-from cdp.fanout import LedgerEntry
+from cdp.core.profile import Profile
+from cdp.pipeline.fanout import LedgerEntry
+from cdp.pipeline.timers import DueEntry, DuePage
 from cdp.ports import ConflictError
-from cdp.profile import Profile
 
 BATCH_GET_LIMIT = 100
 

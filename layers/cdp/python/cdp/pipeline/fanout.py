@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cdp.identifiers import is_sha256, normalise_email
+from cdp.core.identifiers import is_sha256, normalise_email
 from cdp.ports import TransientError
 
 ENTERED, EXITED = "entered", "exited"
@@ -380,7 +380,7 @@ def run_batch(event: Mapping[str, Any], deliver_messages: Callable[[list[tuple[s
               dead_letters: DeadLetters, seconds_left: float | None, metrics: Any, logger: Any) -> dict[str, Any]:
     """One SQS batch through a delivery: rows given back rather than waiting past the time left, refused
     messages to the dead letters (their original bodies), and the partial-batch response."""
-    from cdp.http import time_limit
+    from cdp.integrations.http import time_limit
 
     messages = queue_messages(event)
     with time_limit(seconds_left):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdp.language import (
+from cdp.core.language import (
     SLUG,
     AbsenceCondition,
     Condition,

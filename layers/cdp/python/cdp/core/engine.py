@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cdp.catalogue import Catalogue, Segment
-from cdp.clock import DEFAULT_MAX_FUTURE_SKEW
-from cdp.counters import Counter
-from cdp.events import (
+from cdp.core.catalogue import Catalogue, Segment
+from cdp.core.clock import DEFAULT_MAX_FUTURE_SKEW
+from cdp.core.counters import Counter
+from cdp.core.events import (
     NUMBER_DIGITS,
     ORDER_CANCELLED,
     ORDER_COMPLETED,
@@ -25,9 +25,9 @@ from cdp.events import (
     PRODUCT_REMOVED,
     Event,
 )
-from cdp.language import AbsenceCondition, AllOf, AnyOf, Condition, Not
-from cdp.population import PopulationStats
-from cdp.profile import (
+from cdp.core.language import AbsenceCondition, AllOf, AnyOf, Condition, Not
+from cdp.core.population import PopulationStats
+from cdp.core.profile import (
     MAX_ALIASES,
     MAX_CART_ITEMS,
     MAX_GROUPS,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cdp.durations import DAY, HOUR, MINUTE, WEEK, format_duration
+from cdp.core.durations import DAY, HOUR, MINUTE, WEEK, format_duration
 
 
 @dataclass(frozen=True, slots=True)

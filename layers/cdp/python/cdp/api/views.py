@@ -8,11 +8,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from cdp.catalogue import Catalogue, Segment
-from cdp.counters import tier_for_window
-from cdp.durations import DAY, format_duration
-from cdp.language import MetricCondition, RatioCondition
-from cdp.profile import Profile
+from cdp.core.catalogue import Catalogue, Segment
+from cdp.core.counters import tier_for_window
+from cdp.core.durations import DAY, format_duration
+from cdp.core.language import MetricCondition, RatioCondition
+from cdp.core.profile import Profile
 
 
 def iso(moment: float | None) -> str | None:

@@ -5,7 +5,7 @@
     cdp tail [--queue-url URL]                       follow segment transitions
 
 ``send`` and ``tail`` with neither ``--stream`` / ``--queue-url`` nor ``--endpoint-url`` use the running
-local stack (``cdp.targets``), and stop with an error when there is none: AWS only when asked for.
+local stack (``cdp_dev.targets``), and stop with an error when there is none: AWS only when asked for.
     cdp segments validate [DIR]                      check definitions
     cdp segments test [DIR]                          run the stories in DIR/stories
     cdp redrive failures --queue-url URL --stream NAME
@@ -22,7 +22,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cdp.targets import LocalStackInfo, Target
+    from cdp_dev.targets import LocalStackInfo, Target
 
 
 def _client(service: str, args: argparse.Namespace) -> Any:
@@ -32,7 +32,7 @@ def _client(service: str, args: argparse.Namespace) -> Any:
 
 
 def _redrive(args: argparse.Namespace) -> int:
-    from cdp.redrive import redrive_failures, redrive_quarantine
+    from cdp_dev.redrive import redrive_failures, redrive_quarantine
 
     kinesis = _client("kinesis", args)
     if args.source == "failures":
@@ -57,7 +57,7 @@ def _stream_name(args: argparse.Namespace, kinesis: Any, target: Target) -> str:
 
 
 def _local_stacks() -> list[LocalStackInfo]:
-    from cdp.targets import running_stacks, state_dir
+    from cdp_dev.targets import running_stacks, state_dir
 
     return running_stacks(state_dir())
 
@@ -76,7 +76,7 @@ def _target_client(service: str, target: Target) -> Any:
 
 
 def _where(target: Target, what: str, client: Any) -> str:
-    from cdp.targets import Target, describe
+    from cdp_dev.targets import Target, describe
 
     def account() -> str | None:
         try:
@@ -89,8 +89,8 @@ def _where(target: Target, what: str, client: Any) -> str:
 
 
 def _send(args: argparse.Namespace) -> int:
-    from cdp.sender import send_lines
-    from cdp.targets import send_target
+    from cdp_dev.sender import send_lines
+    from cdp_dev.targets import send_target
 
     target = send_target(args.endpoint_url, args.stream, args.region, _local_stacks)
     kinesis = _target_client("kinesis", target)
@@ -111,8 +111,8 @@ def _send(args: argparse.Namespace) -> int:
 def _tail(args: argparse.Namespace) -> int:
     import json
 
-    from cdp.local_stack import FEED_QUEUE
-    from cdp.targets import tail_target
+    from cdp_dev.local_stack import FEED_QUEUE
+    from cdp_dev.targets import tail_target
 
     target = tail_target(args.endpoint_url, args.queue_url, args.region, _local_stacks)
     sqs = _target_client("sqs", target)
@@ -165,8 +165,8 @@ def _run(args: argparse.Namespace) -> int:
     import threading
     from pathlib import Path
 
-    from cdp.local_stack import REGION, LocalStack
-    from cdp.targets import LocalStackInfo, register, state_dir, unregister
+    from cdp_dev.local_stack import REGION, LocalStack
+    from cdp_dev.targets import LocalStackInfo, register, state_dir, unregister
 
     root = Path(args.root).resolve()
     stack = LocalStack(root, aws_port=args.aws_port, api_port=args.api_port, clock=args.clock,
@@ -199,7 +199,7 @@ def _run(args: argparse.Namespace) -> int:
           f"  (GET /health, /segments, /customers/<id>)\nclock         {args.clock}\n", flush=True)
     try:
         if not args.no_sample:
-            from cdp.sender import send_lines
+            from cdp_dev.sender import send_lines
 
             kinesis = stack.client("kinesis")
             sample = (root / "events" / "sample.jsonl").read_bytes().splitlines()
@@ -214,7 +214,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _segments(args: argparse.Namespace) -> int:
-    from cdp.catalogue import load_catalogue
+    from cdp.core.catalogue import load_catalogue
 
     catalogue = load_catalogue(args.dir)
     print(f"{len(catalogue.all_segments)} segments valid ({len(catalogue.segments)} enabled) in {args.dir}")
@@ -224,8 +224,8 @@ def _segments(args: argparse.Namespace) -> int:
 def _segments_test(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cdp.catalogue import load_catalogue
-    from cdp.stories import run_stories
+    from cdp.core.catalogue import load_catalogue
+    from cdp_dev.stories import run_stories
 
     folder = Path(args.dir)
     results = run_stories(folder / "stories", load_catalogue(folder))

@@ -19,11 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cdp.catalogue import Catalogue
-from cdp.durations import parse_duration
-from cdp.engine import Engine
-from cdp.events import InvalidEvent, normalise
-from cdp.replay import Replay
+from cdp.core.catalogue import Catalogue
+from cdp.core.durations import parse_duration
+from cdp.core.engine import Engine
+from cdp.core.events import InvalidEvent, normalise
+from cdp_dev.replay import Replay
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Replay a JSONL file of Segment-spec messages through the core in event time and print transitions.
 
-    python -m cdp.demo events/sample.jsonl --segments segments
+    python -m cdp_dev.demo events/sample.jsonl --segments segments
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cdp.catalogue import CatalogueError, load_catalogue
-from cdp.engine import ENTERED, Engine, Transition
-from cdp.events import InvalidEvent, parse_record
-from cdp.replay import Replay
+from cdp.core.catalogue import CatalogueError, load_catalogue
+from cdp.core.engine import ENTERED, Engine, Transition
+from cdp.core.events import InvalidEvent, parse_record
+from cdp_dev.replay import Replay
 
 
 def _when(moment: float) -> str:

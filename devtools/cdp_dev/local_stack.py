@@ -43,7 +43,7 @@ def synthesised_template(root: Path, context: dict[str, object] | None = None) -
 
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / "template.json"
-        program = ("import json, sys; from pathlib import Path; from cdp.local_stack import synthesise_here; "
+        program = ("import json, sys; from pathlib import Path; from cdp_dev.local_stack import synthesise_here; "
                    "Path(sys.argv[2]).write_text(json.dumps(synthesise_here(Path(sys.argv[1]), "
                    "json.loads(sys.stdin.read()))))")
         done = subprocess.run([sys.executable, "-c", program, str(root), str(output)], input=json.dumps(context),
@@ -322,7 +322,7 @@ class LocalStack:
                                          "-p", str(self.aws_port)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_for_emulator()
-        from cdp.sandbox import Sandbox
+        from cdp_dev.sandbox import Sandbox
 
         self.sandbox = Sandbox(0, self.feed)
         self.threads.append(self.sandbox.start())
@@ -434,7 +434,7 @@ class LocalStack:
                                                   "HtmlPart": f"<p>{template}</p>"})
 
     def _wire(self) -> None:
-        from cdp.clock import EventClock, WallClock
+        from cdp.core.clock import EventClock, WallClock
 
         # One clock for every function that evaluates memberships. In event time the ingest moves it to the
         # latest event it has seen, and the timers sweep and the API read it, so deadlines fall due in event

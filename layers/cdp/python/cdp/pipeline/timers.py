@@ -23,10 +23,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cdp.clock import Clock
-from cdp.engine import Engine, Transition
+from cdp.core.clock import Clock
+from cdp.core.engine import Engine, Transition
+from cdp.core.profile import DUE_SHARDS, due_shard
 from cdp.ports import ConflictError, ProfileStore, TransientError
-from cdp.profile import DUE_SHARDS, due_shard
 
 __all__ = ["DUE_SHARDS", "DueEntry", "DueIndex", "DuePage", "SweepResult", "due_shard", "shard_groups", "sweep"]
 

@@ -8,7 +8,7 @@ One DynamoDB item holds everything a profile read needs. Its attributes:
 ``ca`` ``ua``  created / updated (Unix seconds)
 ``t``          traits from identify calls
 ``ch``         channel -> last seen
-``c``          counter key -> packed :class:`~cdp.counters.Counter` (binary)
+``c``          counter key -> packed :class:`~cdp.core.counters.Counter` (binary)
 ``o``          RFM: [orders, revenue in hundredths, first order, last order]
 ``ro``         recent orders: [[order id, time, value in hundredths], ...]
 ``cart``       product id -> [quantity, unit price in hundredths, last added]
@@ -49,7 +49,7 @@ import struct
 from decimal import Decimal
 from typing import Any
 
-from cdp.counters import Counter
+from cdp.core.counters import Counter
 
 DEDUPE_HORIZON = 8 * 86400  # Kinesis retention (7 days) + 1 day for a redrive
 MAX_MESSAGE_IDS = 1_000  # 12 KB: a customer with more messages within the horizon loses the oldest
@@ -63,7 +63,7 @@ RECENT_ORDERS = 8
 MAX_ALIASES = 8
 MAX_GROUPS = 8
 DIGEST_BYTES = 8
-DUE_SHARDS = 32  # see cdp.due for the sizing
+DUE_SHARDS = 32  # see cdp.pipeline.timers for the sizing
 _ID_ENTRY = struct.Struct(">8sI")  # digest, applied at (Unix seconds)
 
 
@@ -281,7 +281,7 @@ class Profile:
 
 
 def due_shard(customer_id: str) -> str:
-    """The due-index shard of a customer (see ``cdp.due``); stable across processes, unlike ``hash``."""
+    """The due-index shard of a customer (see ``cdp.pipeline.timers``); stable across processes, unlike ``hash``."""
     digest = hashlib.blake2b(customer_id.encode(), digest_size=4).digest()
     return f"{int.from_bytes(digest, 'big') % DUE_SHARDS:02d}"
 

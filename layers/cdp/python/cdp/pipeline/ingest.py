@@ -19,11 +19,11 @@ from collections import Counter as Tally
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cdp.clock import Clock, wall_time
-from cdp.engine import Engine, Outcome, Transition, future_reason
-from cdp.events import Event, InvalidEvent, parse_record
+from cdp.core.clock import Clock, wall_time
+from cdp.core.engine import Engine, Outcome, Transition, future_reason
+from cdp.core.events import Event, InvalidEvent, parse_record
+from cdp.core.profile import Profile
 from cdp.ports import ConflictError, ProfileStore, Quarantine, QuarantinedRecord, TransientError
-from cdp.profile import Profile
 
 MAX_WRITE_ATTEMPTS = 3
 

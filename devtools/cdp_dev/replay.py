@@ -9,10 +9,10 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 
-from cdp.engine import Engine, Outcome, Transition
-from cdp.events import Event
-from cdp.population import PopulationStats
-from cdp.profile import Profile
+from cdp.core.engine import Engine, Outcome, Transition
+from cdp.core.events import Event
+from cdp.core.population import PopulationStats
+from cdp.core.profile import Profile
 
 
 class Replay:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from cdp.catalogue import Catalogue, Segment
-from cdp.identifiers import hashed_identifiers
+from cdp.core.catalogue import Catalogue, Segment
+from cdp.core.identifiers import hashed_identifiers
 from cdp.ports import Publisher, TransientError
 
 SCHEMA_VERSION = "1"

@@ -1,0 +1,1 @@
+"""The HTTP API's response models and the documents it serves."""
