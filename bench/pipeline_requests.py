@@ -11,29 +11,21 @@ function publishes. Its requests are counted per transition.
 
 from __future__ import annotations
 
-import base64
-import importlib.util
 import json
 import os
 import sys
 import time
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+from cdp_dev.handlers import load_handler
+from cdp_dev.lambda_events import kinesis_record, stream_record
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
 PROFILES, MEMBERS, BUCKET, BUS = "bench-profiles", "bench-members", "bench-quarantine", "bench-bus"
-
-
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}_handler", ROOT / "functions" / name / "handler.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+STREAM_ARN = f"arn:aws:kinesis:{REGION}:123456789012:stream/bench-events"
 
 
 class Requests:
@@ -54,15 +46,11 @@ class Requests:
 
 
 def kinesis_envelope(records: list[bytes], start: int) -> dict[str, Any]:
-    return {"Records": [{"kinesis": {"partitionKey": json.loads(r)["userId"], "sequenceNumber": str(start + n),
-                                     "data": base64.b64encode(r).decode(), "kinesisSchemaVersion": "1.0"},
-                         "eventSource": "aws:kinesis", "eventSourceARN": "arn:aws:kinesis:us-east-1:1:stream/b"}
-                        for n, r in enumerate(records)]}
+    return {"Records": [kinesis_record(r, json.loads(r)["userId"], str(start + n), arrival=time.time(),
+                                       stream_arn=STREAM_ARN, region=REGION) for n, r in enumerate(records)]}
 
 
 def stream_envelope(streams: Any, arn: str, after: dict[str, str]) -> dict[str, Any]:
-    from cdp_dev.local_stack import _lambda_image
-
     out = []
     for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
         kwargs: dict[str, Any] = {"StreamArn": arn, "ShardId": shard["ShardId"]}
@@ -77,13 +65,7 @@ def stream_envelope(streams: Any, arn: str, after: dict[str, str]) -> dict[str, 
             found += page["Records"]
             iterator = page.get("NextShardIterator")
         for record in found:
-            body = dict(record["dynamodb"])
-            for image in ("NewImage", "OldImage"):
-                if image in body:
-                    body[image] = _lambda_image(body[image])
-            body.pop("ApproximateCreationDateTime", None)
-            out.append({"eventID": record["eventID"], "eventName": record["eventName"], "dynamodb": body,
-                        "eventSource": "aws:dynamodb", "eventSourceARN": arn, "awsRegion": REGION})
+            out.append(stream_record(record, region=REGION, stream_arn=arn))
             after[shard["ShardId"]] = record["dynamodb"]["SequenceNumber"]
     return {"Records": out}
 
@@ -104,7 +86,7 @@ def measure() -> dict[str, Any]:
     from cdp.core.engine import Engine
     from cdp.core.profile import item_size
 
-    ingest, changes, api = load("ingest"), load("changes"), load("api")
+    ingest, changes, api = (load_handler(ROOT, name) for name in ("ingest", "changes", "api"))
     catalogue = load_catalogue(ROOT / "segments")
     with mock_aws():
         requests = Requests()

@@ -61,36 +61,49 @@ def _integrations(scope: Construct) -> list[Integration]:
             raise SettingsError(f"context integrations.{name}: unknown; known: {', '.join(INTEGRATIONS)}")
         if not isinstance(given, dict):
             raise SettingsError(f"context integrations.{name} must be an object")
-        if not given.get("enabled", False):
-            continue
-        segments = given.get("segments") or {}
-        if not isinstance(segments, dict) or not segments or not all(
-                isinstance(v, str) and v for v in segments.values()):
-            raise SettingsError(f"context integrations.{name}.segments must map segment ids to non-empty strings")
-        secret_name = str(given.get("secret_name") or "")
-        if name != "email" and not secret_name:
-            raise SettingsError(f"context integrations.{name}.secret_name is required (a Secrets Manager secret)")
-        options = given.get("options") or {}
-        if not isinstance(options, dict):
-            raise SettingsError(f"context integrations.{name}.options must be an object")
-        if name == "email" and "@" not in str(options.get("source", "")):
-            raise SettingsError("context integrations.email.options.source must be the verified sender address")
-        if name == "webhook" and not str(options.get("url", "")).startswith(("https://", "http://127.0.0.1:")):
-            raise SettingsError("context integrations.webhook.options.url must be an https:// URL")
-        if name == "google" and not str(options.get("customer_id", "")).replace("-", "").isdigit():
-            raise SettingsError("context integrations.google.options.customer_id must be the Ads customer id")
-        batch = given.get("batch_size", 10 if name in ("email", "webhook") else 100)
-        window = given.get("batching_window_seconds", 0 if name == "email" else 20)
-        if not isinstance(batch, int) or not 1 <= batch <= 10_000:
-            raise SettingsError(f"context integrations.{name}.batch_size must be between 1 and 10000")
-        if not isinstance(window, int) or not 0 <= window <= 300:
-            raise SettingsError(f"context integrations.{name}.batching_window_seconds must be between 0 and 300")
-        if batch > 10 and window == 0:
-            raise SettingsError(f"context integrations.{name}: a batch_size above 10 needs a batching window")
-        found.append(Integration(name, {str(k): str(v) for k, v in segments.items()}, secret_name, options,
-                                 str(given.get("base_url") or ""), str(given.get("api_version") or ""),
-                                 batch, window))
+        if given.get("enabled", False):
+            found.append(_integration(name, given))
     return found
+
+
+def _integration(name: str, given: dict[str, object]) -> Integration:
+    """An enabled integration's settings, checked."""
+    segments = given.get("segments") or {}
+    if not isinstance(segments, dict) or not segments or not all(isinstance(v, str) and v for v in segments.values()):
+        raise SettingsError(f"context integrations.{name}.segments must map segment ids to non-empty strings")
+    secret_name = str(given.get("secret_name") or "")
+    if name != "email" and not secret_name:
+        raise SettingsError(f"context integrations.{name}.secret_name is required (a Secrets Manager secret)")
+    options = given.get("options") or {}
+    if not isinstance(options, dict):
+        raise SettingsError(f"context integrations.{name}.options must be an object")
+    _check_options(name, options)
+    batch, window = _batching(name, given)
+    return Integration(name, {str(k): str(v) for k, v in segments.items()}, secret_name, options,
+                       str(given.get("base_url") or ""), str(given.get("api_version") or ""), batch, window)
+
+
+def _check_options(name: str, options: dict[str, object]) -> None:
+    """The option each integration cannot work without."""
+    if name == "email" and "@" not in str(options.get("source", "")):
+        raise SettingsError("context integrations.email.options.source must be the verified sender address")
+    if name == "webhook" and not str(options.get("url", "")).startswith(("https://", "http://127.0.0.1:")):
+        raise SettingsError("context integrations.webhook.options.url must be an https:// URL")
+    if name == "google" and not str(options.get("customer_id", "")).replace("-", "").isdigit():
+        raise SettingsError("context integrations.google.options.customer_id must be the Ads customer id")
+
+
+def _batching(name: str, given: dict[str, object]) -> tuple[int, int]:
+    """The queue's batch size and batching window in seconds."""
+    batch = given.get("batch_size", 10 if name in ("email", "webhook") else 100)
+    window = given.get("batching_window_seconds", 0 if name == "email" else 20)
+    if not isinstance(batch, int) or not 1 <= batch <= 10_000:
+        raise SettingsError(f"context integrations.{name}.batch_size must be between 1 and 10000")
+    if not isinstance(window, int) or not 0 <= window <= 300:
+        raise SettingsError(f"context integrations.{name}.batching_window_seconds must be between 0 and 300")
+    if batch > 10 and window == 0:
+        raise SettingsError(f"context integrations.{name}: a batch_size above 10 needs a batching window")
+    return batch, window
 
 
 @dataclass(frozen=True)

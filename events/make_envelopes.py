@@ -1,6 +1,6 @@
 """Writes the Lambda envelopes in events/kinesis and events/dynamodb from events/sample.jsonl.
 
-    python events/make_envelopes.py
+    .venv/bin/python events/make_envelopes.py
 
 Kinesis: a good batch, a batch with poison pills mid-batch, and a batch with a producer
 duplicate. DynamoDB stream: one MODIFY record whose images show a segment entry.
@@ -8,30 +8,19 @@ duplicate. DynamoDB stream: one MODIFY record whose images show a segment entry.
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
 
+from cdp_dev.lambda_events import sample_kinesis_record
+
 HERE = Path(__file__).resolve().parent
-STREAM_ARN = "arn:aws:kinesis:eu-west-1:123456789012:stream/cdp-events"
 TABLE_STREAM_ARN = ("arn:aws:dynamodb:eu-west-1:123456789012:table/cdp-profiles/stream/"
                     "2026-10-01T00:00:00.000")
 
 
-def kinesis_record(number: int, data: bytes, partition_key: str) -> dict[str, Any]:
-    sequence = f"4963{number:052d}"
-    return {
-        "kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": partition_key, "sequenceNumber": sequence,
-                    "data": base64.b64encode(data).decode(), "approximateArrivalTimestamp": 1790000000.0 + number},
-        "eventSource": "aws:kinesis", "eventVersion": "1.0", "eventID": f"shardId-000000000000:{sequence}",
-        "eventName": "aws:kinesis:record", "invokeIdentityArn": "arn:aws:iam::123456789012:role/cdp-ingest",
-        "awsRegion": "eu-west-1", "eventSourceARN": STREAM_ARN,
-    }
-
-
 def envelope(records: list[tuple[bytes, str]]) -> dict[str, Any]:
-    return {"Records": [kinesis_record(n, data, key) for n, (data, key) in enumerate(records, start=1)]}
+    return {"Records": [sample_kinesis_record(n, data, key) for n, (data, key) in enumerate(records, start=1)]}
 
 
 def write(path: Path, document: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cdp.core.catalogue import CatalogueError, load_catalogue
 from cdp.core.engine import ENTERED, Engine, Transition
-from cdp.core.events import InvalidEvent, parse_record
+from cdp.core.events import Event, InvalidEvent, parse_record
 from cdp_dev.replay import Replay
 
 
@@ -41,7 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"{args.events}: {error.strerror}", file=sys.stderr)
         return 2
+    events, rejected = read_events(lines)
+    replay = Replay(Engine(catalogue))
+    print(f"Replaying {len(events)} events against {len(catalogue.segments)} segments, in event time\n")
+    counts, duplicates, refused = run(replay, events)
+    print(f"\n{len(events)} events, {duplicates} duplicates ignored, {rejected + refused} rejected; "
+          f"{counts['entered']} entries, {counts['exited']} exits")
+    print_profiles(replay)
+    return 0
 
+
+def read_events(lines: list[bytes]) -> tuple[list[Event], int]:
+    """The lines' events in event time, and how many lines were rejected (each is printed)."""
     events = []
     rejected = 0
     for number, line in enumerate(lines, start=1):
@@ -53,17 +64,20 @@ def main(argv: list[str] | None = None) -> int:
             rejected += 1
             print(f"line {number}: rejected: {error}")
     events.sort(key=lambda event: event.timestamp)
+    return events, rejected
 
-    replay = Replay(Engine(catalogue))
+
+def run(replay: Replay, events: list[Event]) -> tuple[dict[str, int], int, int]:
+    """Apply the events one by one, then refresh the population statistics, printing every transition.
+    Returns the transitions by kind, the duplicates ignored and the events the core rejected."""
     counts = {"entered": 0, "exited": 0}
-    duplicates = 0
+    duplicates = rejected = 0
 
     def show(transitions: list[Transition]) -> None:
         for transition in transitions:
             counts[transition.kind] += 1
             print(format_transition(transition))
 
-    print(f"Replaying {len(events)} events against {len(catalogue.segments)} segments, in event time\n")
     for event in events:
         transitions, outcome = replay.apply([event])
         duplicates += outcome.duplicates
@@ -73,15 +87,16 @@ def main(argv: list[str] | None = None) -> int:
         show(transitions)
     print(f"\n{_when(replay.now)}  population statistics computed over {len(replay.profiles)} profiles")
     show(replay.refresh_population())
-    print(f"\n{len(events)} events, {duplicates} duplicates ignored, {rejected} rejected; "
-          f"{counts['entered']} entries, {counts['exited']} exits")
+    return counts, duplicates, rejected
+
+
+def print_profiles(replay: Replay) -> None:
     engine = replay.engine
     print(f"\n  {'customer':<12} {'primary segment':<24} {'score':>5}  segments")
     for customer_id, profile in sorted(replay.profiles.items()):
         primary = engine.primary_segment(profile)
         members = ", ".join(sorted(profile.memberships)) or "-"
         print(f"  {customer_id:<12} {primary.id if primary else '-':<24} {engine.score(profile):>5g}  {members}")
-    return 0
 
 
 if __name__ == "__main__":

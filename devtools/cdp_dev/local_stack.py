@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,9 +21,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from cdp_dev.handlers import load_handler
+from cdp_dev.lambda_events import kinesis_record, stream_envelope
 
 REGION = "us-east-1"
 LOCAL_VISIBILITY_SECONDS = 2  # a failed integration batch comes back this soon (the template's is minutes)
@@ -34,7 +35,7 @@ SOURCE = "cdp.segments"
 
 
 def synthesised_template(root: Path, context: dict[str, object] | None = None) -> dict[str, Any]:
-    """Synthesise the stack (cdk-nag included) and return its CloudFormation template.
+    """Synthesise the stack (cdk-nag included) with cdk.synth and return its CloudFormation template.
 
     In a child process: the CDK's Node.js runtime (jsii) then ends with it, instead of living on beside the
     stack (and dying noisily with it on Ctrl-C, as the terminal signals the whole process group).
@@ -43,41 +44,13 @@ def synthesised_template(root: Path, context: dict[str, object] | None = None) -
 
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / "template.json"
-        program = ("import json, sys; from pathlib import Path; from cdp_dev.local_stack import synthesise_here; "
-                   "Path(sys.argv[2]).write_text(json.dumps(synthesise_here(Path(sys.argv[1]), "
-                   "json.loads(sys.stdin.read()))))")
-        done = subprocess.run([sys.executable, "-c", program, str(root), str(output)], input=json.dumps(context),
-                              capture_output=True, text=True, cwd=root, check=False)
+        env = {**os.environ, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+        done = subprocess.run([sys.executable, "-m", "cdk.synth", str(output)], input=json.dumps(context),
+                              capture_output=True, text=True, cwd=root, env=env, check=False)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
             raise RuntimeError(f"synthesising the CDK template failed: {last}")
         template: dict[str, Any] = json.loads(output.read_text())
-    return template
-
-
-def synthesise_here(root: Path, context: dict[str, object] | None = None) -> dict[str, Any]:
-    """Synthesise the stack in this process and return its CloudFormation template."""
-    import tempfile
-
-    os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
-    sys.path.insert(0, str(root))
-    import aws_cdk as cdk
-
-    from app import build_app
-
-    with tempfile.TemporaryDirectory() as outdir:
-        previous = os.environ.get("CDK_OUTDIR")
-        os.environ["CDK_OUTDIR"] = outdir
-        try:
-            app = build_app(context)
-            stack = next(child for child in app.node.children if isinstance(child, cdk.Stack))
-            assembly = app.synth()
-            template: dict[str, Any] = assembly.get_stack_artifact(stack.artifact_id).template
-        finally:
-            if previous is None:
-                os.environ.pop("CDK_OUTDIR", None)
-            else:
-                os.environ["CDK_OUTDIR"] = previous
     return template
 
 
@@ -138,79 +111,100 @@ def _ref(value: Any) -> str | None:
 
 
 def resources_from_template(template: dict[str, Any], root: Path) -> Resources:
+    """What the emulator needs of the template: stores first, then the functions (whose environment refers
+    to them), then what invokes the functions."""
     found = Resources()
-    items = template["Resources"]
+    items: dict[str, dict[str, Any]] = template["Resources"]
     for logical, resource in items.items():
-        kind, properties = resource["Type"], resource.get("Properties", {})
-        if kind == "AWS::Kinesis::Stream":
-            found.names[logical] = logical
-            found.streams.append(logical)
-        elif kind == "AWS::DynamoDB::Table":
-            found.names[logical] = logical
-            found.tables[logical] = properties
-        elif kind == "AWS::S3::Bucket":
-            found.names[logical] = logical.lower()
-            found.buckets.append(logical.lower())
-        elif kind == "AWS::SQS::Queue":
-            found.names[logical] = logical
-            found.queues.append(logical)
-            redrive = properties.get("RedrivePolicy")
-            if redrive:
-                found.redrives[logical] = (_ref(redrive["deadLetterTargetArn"]) or "", int(redrive["maxReceiveCount"]))
-        elif kind == "AWS::Events::EventBus":
-            found.names[logical] = str(properties["Name"])
-            found.buses.append(str(properties["Name"]))
-    folders: dict[str, str] = {}
-    for logical, resource in items.items():
-        if resource["Type"] != "AWS::Lambda::Function":
-            continue
-        variables = resource["Properties"].get("Environment", {}).get("Variables", {})
-        folder = str(variables.get("POWERTOOLS_SERVICE_NAME", "")).removeprefix("cdp-")
-        environment = {}
-        for name, value in variables.items():
-            reference = _ref(value)
-            if reference in found.queues:
-                found.queue_refs.setdefault(folder, {})[name] = reference  # a queue's Ref is its URL
-            if reference:
-                environment[name] = found.names.get(reference, "")
-            elif isinstance(value, dict) and "Fn::Join" in value:
-                environment[name] = _joined(value)
-            else:
-                environment[name] = str(value)
-        environment["CATALOGUE_PATH"] = str(root / "segments")
-        found.functions[folder] = environment
-        folders[logical] = folder
-    for resource in items.values():
-        if resource["Type"] != "AWS::Lambda::EventSourceMapping":
-            continue
-        properties = resource["Properties"]
-        destination = properties.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
-        found.mappings.append(Mapping(
-            function=folders[_ref(properties["FunctionName"]) or ""],
-            source=_ref(properties["EventSourceArn"]) or "",
-            batch_size=int(properties.get("BatchSize", 100)),
-            retries=int(properties.get("MaximumRetryAttempts", 0)),
-            bisect=bool(properties.get("BisectBatchOnFunctionError", False)),
-            failure_queue=found.names.get(_ref(destination) or "") if destination else None,
-        ))
+        _add_store(found, logical, resource["Type"], resource.get("Properties", {}))
+    folders = {logical: _add_function(found, resource["Properties"], root)
+               for logical, resource in items.items() if resource["Type"] == "AWS::Lambda::Function"}
     for logical, resource in items.items():
         properties = resource.get("Properties", {})
-        if resource["Type"] == "AWS::Events::Rule" and "EventPattern" in properties:
-            queues = [q for q in (_ref(t["Arn"]) for t in properties.get("Targets", [])) if q in found.queues]
-            bus = found.names.get(_ref(properties.get("EventBusName")) or "", "")
-            if queues and bus:
-                found.rules.append(Rule(logical, bus, properties["EventPattern"], queues))
-        if resource["Type"] != "AWS::Events::Rule" or "ScheduleExpression" not in properties:
-            continue
-        by_function: dict[str, Schedule] = {}
-        for target in properties.get("Targets", []):
-            invoked = folders.get(_ref(target["Arn"]) or "")
-            if invoked:
-                schedule = by_function.setdefault(
-                    invoked, Schedule(invoked, _rate_seconds(str(properties["ScheduleExpression"]))))
-                schedule.inputs.append(json.loads(target["Input"]) if "Input" in target else {})
-        found.schedules += by_function.values()
+        if resource["Type"] == "AWS::Lambda::EventSourceMapping":
+            found.mappings.append(_mapping(found, folders, properties))
+        elif resource["Type"] == "AWS::Events::Rule" and "EventPattern" in properties:
+            _add_rule(found, logical, properties)
+        elif resource["Type"] == "AWS::Events::Rule" and "ScheduleExpression" in properties:
+            found.schedules += _schedules(folders, properties)
     return found
+
+
+def _add_store(found: Resources, logical: str, kind: str, properties: dict[str, Any]) -> None:
+    """A stream, table, bucket, queue or bus, under its local name (anything else is not a store)."""
+    if kind == "AWS::Kinesis::Stream":
+        found.names[logical] = logical
+        found.streams.append(logical)
+    elif kind == "AWS::DynamoDB::Table":
+        found.names[logical] = logical
+        found.tables[logical] = properties
+    elif kind == "AWS::S3::Bucket":
+        found.names[logical] = logical.lower()
+        found.buckets.append(logical.lower())
+    elif kind == "AWS::SQS::Queue":
+        found.names[logical] = logical
+        found.queues.append(logical)
+        redrive = properties.get("RedrivePolicy")
+        if redrive:
+            found.redrives[logical] = (_ref(redrive["deadLetterTargetArn"]) or "", int(redrive["maxReceiveCount"]))
+    elif kind == "AWS::Events::EventBus":
+        found.names[logical] = str(properties["Name"])
+        found.buses.append(str(properties["Name"]))
+
+
+def _add_function(found: Resources, properties: dict[str, Any], root: Path) -> str:
+    """The function's environment with references resolved to the local names; returns its folder."""
+    variables = properties.get("Environment", {}).get("Variables", {})
+    folder = str(variables.get("POWERTOOLS_SERVICE_NAME", "")).removeprefix("cdp-")
+    environment = {}
+    for name, value in variables.items():
+        reference = _ref(value)
+        if reference in found.queues:
+            found.queue_refs.setdefault(folder, {})[name] = reference  # a queue's Ref is its URL
+        environment[name] = _variable(found, value, reference)
+    environment["CATALOGUE_PATH"] = str(root / "segments")
+    found.functions[folder] = environment
+    return folder
+
+
+def _variable(found: Resources, value: Any, reference: str | None) -> str:
+    if reference:
+        return found.names.get(reference, "")
+    if isinstance(value, dict) and "Fn::Join" in value:
+        return _joined(value)
+    return str(value)
+
+
+def _mapping(found: Resources, folders: dict[str, str], properties: dict[str, Any]) -> Mapping:
+    destination = properties.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+    return Mapping(
+        function=folders[_ref(properties["FunctionName"]) or ""],
+        source=_ref(properties["EventSourceArn"]) or "",
+        batch_size=int(properties.get("BatchSize", 100)),
+        retries=int(properties.get("MaximumRetryAttempts", 0)),
+        bisect=bool(properties.get("BisectBatchOnFunctionError", False)),
+        failure_queue=found.names.get(_ref(destination) or "") if destination else None,
+    )
+
+
+def _add_rule(found: Resources, logical: str, properties: dict[str, Any]) -> None:
+    """A bus rule with an event pattern, if it delivers to queues of the template."""
+    queues = [q for q in (_ref(t["Arn"]) for t in properties.get("Targets", [])) if q in found.queues]
+    bus = found.names.get(_ref(properties.get("EventBusName")) or "", "")
+    if queues and bus:
+        found.rules.append(Rule(logical, bus, properties["EventPattern"], queues))
+
+
+def _schedules(folders: dict[str, str], properties: dict[str, Any]) -> list[Schedule]:
+    """A scheduled rule's function targets: one schedule per function, one input per target."""
+    by_function: dict[str, Schedule] = {}
+    for target in properties.get("Targets", []):
+        invoked = folders.get(_ref(target["Arn"]) or "")
+        if invoked:
+            schedule = by_function.setdefault(
+                invoked, Schedule(invoked, _rate_seconds(str(properties["ScheduleExpression"]))))
+            schedule.inputs.append(json.loads(target["Input"]) if "Input" in target else {})
+    return list(by_function.values())
 
 
 def local_context(root: Path, sandbox_url: str) -> dict[str, object]:
@@ -245,16 +239,6 @@ def _rate_seconds(expression: str) -> float:
     return float(amount) * {"minute": 60, "hour": 3600, "day": 86400}[unit.rstrip("s")]
 
 
-def load_handler(root: Path, folder: str) -> ModuleType:
-    name = f"cdp_local_{folder}_handler"
-    spec = importlib.util.spec_from_file_location(name, root / "functions" / folder / "handler.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def response_headers(response: dict[str, Any]) -> dict[str, list[str]]:
     """A proxy integration's response headers as API Gateway sends them: ``headers`` and ``multiValueHeaders``
     merged into one list per name, a pair given in both once; no Content-Length (the body's own is sent)."""
@@ -263,20 +247,6 @@ def response_headers(response: dict[str, Any]) -> dict[str, list[str]]:
         kept = merged.setdefault(str(name), [])
         kept += [str(v) for v in values if str(v) not in kept]
     return {name: values for name, values in merged.items() if name.lower() != "content-length"}
-
-
-def _lambda_image(image: dict[str, Any]) -> dict[str, Any]:
-    """A stream image as Lambda delivers it: binary values as base64 text."""
-    def convert(value: dict[str, Any]) -> dict[str, Any]:
-        ((kind, inner),) = value.items()
-        if kind == "B":
-            return {"B": base64.b64encode(inner).decode()}
-        if kind == "M":
-            return {"M": {k: convert(v) for k, v in inner.items()}}
-        if kind == "L":
-            return {"L": [convert(v) for v in inner]}
-        return value
-    return {key: convert(value) for key, value in image.items()}
 
 
 class LocalStack:
@@ -372,7 +342,13 @@ class LocalStack:
         return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION)
 
     def _create(self) -> None:
-        kinesis, dynamodb, s3, sqs, events = (self.client(s) for s in ("kinesis", "dynamodb", "s3", "sqs", "events"))
+        self._create_stores()
+        self._create_queues()
+        self._create_buses()
+        self._create_integration_accounts()
+
+    def _create_stores(self) -> None:
+        kinesis, dynamodb, s3 = (self.client(s) for s in ("kinesis", "dynamodb", "s3"))
         for stream in self.resources.streams:
             kinesis.create_stream(StreamName=stream, ShardCount=2)
         for name, properties in self.resources.tables.items():
@@ -386,32 +362,41 @@ class LocalStack:
             dynamodb.create_table(**spec)
         for bucket in self.resources.buckets:
             s3.create_bucket(Bucket=bucket)
+
+    def _create_queues(self) -> None:
+        """The template's queues (dead-letter queues first, for the redrive policies), the functions' queue URLs,
+        and the feed's queue."""
+        sqs = self.client("sqs")
         self.queue_urls = {}
         for queue in sorted(self.resources.queues, key=lambda q: q in self.resources.redrives):  # DLQs first
             attributes = {"VisibilityTimeout": str(LOCAL_VISIBILITY_SECONDS)}
             if queue in self.resources.redrives:
                 target, receives = self.resources.redrives[queue]
-                target_arn = sqs.get_queue_attributes(QueueUrl=self.queue_urls[target],
-                                                      AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-                attributes["RedrivePolicy"] = json.dumps({"deadLetterTargetArn": target_arn,
+                attributes["RedrivePolicy"] = json.dumps({"deadLetterTargetArn": self._queue_arn(target),
                                                           "maxReceiveCount": str(receives)})
             self.queue_urls[queue] = sqs.create_queue(QueueName=queue, Attributes=attributes)["QueueUrl"]
         for folder, variables in self.resources.queue_refs.items():
             for variable, queue in variables.items():
                 self.resources.functions[folder][variable] = self.queue_urls[queue]
         self.feed_queue_url = sqs.create_queue(QueueName=FEED_QUEUE)["QueueUrl"]
-        feed_arn = sqs.get_queue_attributes(QueueUrl=self.feed_queue_url,
-                                            AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+    def _queue_arn(self, queue: str) -> str:
+        url = self.feed_queue_url if queue == FEED_QUEUE else self.queue_urls[queue]
+        attributes = self.client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        return str(attributes["Attributes"]["QueueArn"])
+
+    def _create_buses(self) -> None:
+        """The buses, each with a rule to the feed's queue, and the template's rules to its queues."""
+        events = self.client("events")
+        feed_arn = self._queue_arn(FEED_QUEUE)
         for bus in self.resources.buses:
             events.create_event_bus(Name=bus)
             events.put_rule(Name="local-feed", EventBusName=bus, EventPattern=json.dumps({"source": [SOURCE]}))
             events.put_targets(Rule="local-feed", EventBusName=bus, Targets=[{"Id": "feed", "Arn": feed_arn}])
         for rule in self.resources.rules:
             events.put_rule(Name=rule.name, EventBusName=rule.bus, EventPattern=json.dumps(rule.pattern))
-            events.put_targets(Rule=rule.name, EventBusName=rule.bus, Targets=[
-                {"Id": queue, "Arn": sqs.get_queue_attributes(QueueUrl=self.queue_urls[queue], AttributeNames=[
-                    "QueueArn"])["Attributes"]["QueueArn"]} for queue in rule.queues])
-        self._create_integration_accounts()
+            events.put_targets(Rule=rule.name, EventBusName=rule.bus,
+                               Targets=[{"Id": queue, "Arn": self._queue_arn(queue)} for queue in rule.queues])
 
     def _create_integration_accounts(self) -> None:
         """What a user sets up by hand before enabling an integration: its secret, SES identity and templates."""
@@ -539,13 +524,9 @@ class LocalStack:
             for shard in description["Shards"]}
 
         def envelope(batch: list[dict[str, Any]]) -> dict[str, Any]:
-            return {"Records": [{
-                "kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": r["PartitionKey"],
-                            "sequenceNumber": r["SequenceNumber"], "data": base64.b64encode(r["Data"]).decode(),
-                            "approximateArrivalTimestamp": r["ApproximateArrivalTimestamp"].timestamp()},
-                "eventSource": "aws:kinesis", "eventVersion": "1.0", "eventName": "aws:kinesis:record",
-                "eventID": f"{r['_shard']}:{r['SequenceNumber']}", "awsRegion": REGION, "eventSourceARN": arn,
-            } for r in batch]}
+            return {"Records": [kinesis_record(r["Data"], r["PartitionKey"], r["SequenceNumber"],
+                                               arrival=r["ApproximateArrivalTimestamp"].timestamp(),
+                                               shard_id=r["_shard"], stream_arn=arn, region=REGION) for r in batch]}
 
         def failure_info(batch: list[dict[str, Any]]) -> dict[str, Any]:
             return {"KinesisBatchInfo": {"shardId": batch[0]["_shard"], "streamArn": arn, "batchSize": len(batch),
@@ -570,17 +551,7 @@ class LocalStack:
         iterators: dict[str, str] = {}
 
         def envelope(batch: list[dict[str, Any]]) -> dict[str, Any]:
-            out = []
-            for record in batch:
-                body = dict(record["dynamodb"])
-                for image in ("NewImage", "OldImage"):
-                    if image in body:
-                        body[image] = _lambda_image(body[image])
-                body.pop("ApproximateCreationDateTime", None)
-                out.append({"eventID": record["eventID"], "eventName": record["eventName"], "eventVersion": "1.1",
-                            "eventSource": "aws:dynamodb", "awsRegion": REGION, "eventSourceARN": arn,
-                            "dynamodb": body})
-            return {"Records": out}
+            return stream_envelope(batch, region=REGION, stream_arn=arn)
 
         def failure_info(batch: list[dict[str, Any]]) -> dict[str, Any]:
             return {"DDBStreamBatchInfo": {"streamArn": arn, "batchSize": len(batch),

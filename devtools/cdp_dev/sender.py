@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -42,28 +43,8 @@ def send_lines(kinesis: Any, stream: str, lines: list[bytes], progress: IO[str] 
             report.unreadable.append(number)
             continue
         records.append((line, key))
-    start = 0
-    while start < len(records):
-        chunk: list[tuple[bytes, str]] = []
-        size = 0
-        while start + len(chunk) < len(records) and len(chunk) < MAX_RECORDS:
-            data, key = records[start + len(chunk)]
-            if chunk and size + len(data) + len(key) > MAX_BYTES:
-                break
-            chunk.append((data, key))
-            size += len(data) + len(key)
-        pending = chunk
-        for attempt in range(ATTEMPTS):
-            response = kinesis.put_records(StreamName=stream, Records=[{"Data": d, "PartitionKey": k}
-                                                                      for d, k in pending])
-            pending = [record for record, result in zip(pending, response["Records"], strict=True)
-                       if result.get("ErrorCode")]
-            if not pending:
-                break
-            time.sleep(min(0.1 * 2 ** attempt, 3.0))  # throttled: back off and resend only those
-        if pending:
-            raise RuntimeError(f"{len(pending)} records were still refused by the stream after {ATTEMPTS} tries")
-        start += len(chunk)
+    for chunk in chunks(records):
+        put_all(kinesis, stream, chunk)
         report.sent += len(chunk)
         if progress is not None:
             width = 30
@@ -73,3 +54,30 @@ def send_lines(kinesis: Any, stream: str, lines: list[bytes], progress: IO[str] 
     if progress is not None:
         progress.write("\n")
     return report
+
+
+def chunks(records: list[tuple[bytes, str]]) -> Iterator[list[tuple[bytes, str]]]:
+    """The records in order, in chunks of one PutRecords call each: at most MAX_RECORDS and MAX_BYTES."""
+    chunk: list[tuple[bytes, str]] = []
+    size = 0
+    for data, key in records:
+        if chunk and (len(chunk) == MAX_RECORDS or size + len(data) + len(key) > MAX_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((data, key))
+        size += len(data) + len(key)
+    if chunk:
+        yield chunk
+
+
+def put_all(kinesis: Any, stream: str, chunk: list[tuple[bytes, str]]) -> None:
+    """One PutRecords call; the records it refused (throttled) are sent again after a back-off."""
+    pending = chunk
+    for attempt in range(ATTEMPTS):
+        response = kinesis.put_records(StreamName=stream, Records=[{"Data": d, "PartitionKey": k} for d, k in pending])
+        pending = [record for record, result in zip(pending, response["Records"], strict=True)
+                   if result.get("ErrorCode")]
+        if not pending:
+            return
+        time.sleep(min(0.1 * 2 ** attempt, 3.0))  # throttled: back off and resend only those
+    raise RuntimeError(f"{len(pending)} records were still refused by the stream after {ATTEMPTS} tries")

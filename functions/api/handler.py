@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 from urllib.parse import unquote
 
 from aws_lambda_powertools import Logger, Metrics
@@ -36,23 +36,23 @@ from cdp.api.models import (
 )
 from cdp.api.views import memberships, profile_document, segment_document
 from cdp.config import ApiConfig, cors_origins
-from cdp.core.catalogue import Catalogue, load_catalogue
+from cdp.core.catalogue import Catalogue, Segment, load_catalogue, membership_score, primary_segment
 from cdp.core.clock import Clock, clock_from_env
 from cdp.core.engine import Engine
 from cdp.core.profile import Profile
-from cdp.ports import ConflictError, TransientError
+from cdp.core.static_segments import InvalidEdit, UnknownSegment, static_edit
+from cdp.pipeline.write import edit_static_segment
+from cdp.ports import ConflictError, InvalidCursor, MemberListing, ProfileLookup, TransientError
 from cdp.wiring import assemble
-
-if TYPE_CHECKING:
-    from cdp.aws.dynamo import DynamoMembersIndex, DynamoProfileStore
 
 logger = Logger(service="cdp-api")
 metrics = Metrics(namespace="cdp", service="api")
 
+# The routes take their CORS settings when they are registered, at import: before build() reads the rest.
 _origins = cors_origins(os.environ)
 app = APIGatewayRestResolver(
     enable_validation=True,
-    cors=CORSConfig(allow_origin=_origins[0], extra_origins=_origins[1:]) if _origins else None,
+    cors=CORSConfig(allow_origin=_origins[0], extra_origins=list(_origins[1:])) if _origins else None,
 )
 
 OPERATOR: list[dict[str, list[str]]] = [{"iam": []}]
@@ -71,7 +71,6 @@ def documented(model: type[Any], description: str, *problems: int) -> dict[int, 
     for code in sorted({400, 404, *problems, 503}):
         responses[code] = {"description": PROBLEMS[code], "content": {"application/json": {"model": Problem}}}
     return responses
-WRITE_ATTEMPTS = 3
 
 
 class NotFound(Exception):
@@ -91,8 +90,8 @@ class Invalid(Exception):
 @dataclass(frozen=True)
 class Dependencies:
     catalogue: Catalogue
-    profiles: DynamoProfileStore
-    members: DynamoMembersIndex
+    profiles: ProfileLookup
+    members: MemberListing
     clock: Clock
     me_claim: str
 
@@ -126,7 +125,7 @@ def build(**overrides: Any) -> Dependencies:
         catalogue=lambda: load_catalogue(config.catalogue_path),
         profiles=lambda: DynamoProfileStore(client, config.profiles_table),
         members=lambda: DynamoMembersIndex(client, config.members_table, config.member_shards),
-        clock=lambda: clock_from_env(os.environ.get("CDP_CLOCK", "")),
+        clock=lambda: clock_from_env(config.clock),
         me_claim=lambda: config.me_claim,
     )
 
@@ -156,13 +155,13 @@ def _unsupported_media_type(error: RequestUnsupportedContentType) -> Response[st
     return _problem(415, "unsupported_media_type", "the body must be application/json", "Content-Type")
 
 
-@app.exception_handler(Invalid)
-def _invalid(error: Invalid) -> Response[str]:
+@app.exception_handler([Invalid, InvalidEdit])
+def _invalid(error: Invalid | InvalidEdit) -> Response[str]:
     return _problem(400, "invalid_request", str(error), error.field)
 
 
-@app.exception_handler(NotFound)
-def _not_found(error: NotFound) -> Response[str]:
+@app.exception_handler([NotFound, UnknownSegment])
+def _not_found(error: NotFound | UnknownSegment) -> Response[str]:
     return _problem(404, "not_found", str(error))
 
 
@@ -209,11 +208,11 @@ def get_customer(customerId: ID) -> CustomerProfile:
 def get_customer_segments(customerId: ID) -> CustomerSegments:
     profile = _profile(unquote(customerId))
     catalogue = deps().catalogue
-    segments = memberships(profile, catalogue)
+    primary = primary_segment(catalogue, profile.memberships)
     return CustomerSegments.model_validate({
-        "customer_id": profile.customer_id, "segments": segments,
-        "primary_segment": segments[0]["id"] if segments else None,
-        "score": sum(catalogue.segments[s["id"]].weight for s in segments)})
+        "customer_id": profile.customer_id, "segments": memberships(profile, catalogue),
+        "primary_segment": primary.id if primary else None,
+        "score": membership_score(catalogue, profile.memberships)})
 
 
 @app.get("/me", summary="The signed-in end user's own profile",
@@ -237,7 +236,7 @@ def list_segments() -> SegmentList:
     return SegmentList(segments=[SegmentDefinition.model_validate(segment_document(s)) for s in segments])
 
 
-def _segment(segment_id: str) -> Any:
+def _segment(segment_id: str) -> Segment:
     segment = deps().catalogue.segments.get(segment_id)
     if segment is None:
         raise NotFound("segmentId: no enabled segment has this id")
@@ -258,8 +257,6 @@ def get_segment(segmentId: SEGMENT_ID) -> SegmentDefinition:
 def list_members(segmentId: SEGMENT_ID,
                  limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                  cursor: Annotated[str | None, Query(max_length=512)] = None) -> MemberPage:
-    from cdp.aws.dynamo import InvalidCursor
-
     segment = _segment(segmentId)
     try:
         members, next_cursor = deps().members.page(segment.id, limit, cursor)
@@ -274,40 +271,10 @@ def list_members(segmentId: SEGMENT_ID,
 def edit_members(segmentId: SEGMENT_ID,
                  edit: Annotated[MembershipEdit, Body()]) -> MembershipEditResult:
     d = deps()
-    segment = _segment(segmentId)
-    if not segment.manual:
-        raise Invalid("segmentId", f"{segment.id!r} is not a static segment; its members follow its condition")
-    if len(edit.add) + len(edit.remove) > 100:
-        raise Invalid("add", "at most 100 customers per call, added and removed together")
-    both = set(edit.add) & set(edit.remove)
-    if both:
-        raise Invalid("remove", f"{len(both)} customer id(s) are both added and removed")
-    for field_name, ids in (("add", edit.add), ("remove", edit.remove)):
-        for customer_id in ids:
-            if not customer_id or len(customer_id) > 256:
-                raise Invalid(field_name, "customer ids are 1 to 256 characters")
-    wanted = {**{c: True for c in edit.add}, **{c: False for c in edit.remove}}
-    engine = Engine(d.catalogue)
-    result = MembershipEditResult(segment_id=segment.id, added=[], removed=[], unchanged=[])
-    profiles = d.profiles.load(list(wanted))
-    for customer_id, member in wanted.items():
-        profile = profiles.get(customer_id) or Profile(customer_id)
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
-            expected = profile.version
-            if engine.set_manual(profile, segment.id, member, d.clock.now()) is None:
-                result.unchanged.append(customer_id)
-                break
-            profile.version = expected + 1
-            try:
-                d.profiles.save(profile, expected)  # the table stream publishes the change
-            except ConflictError:
-                if attempt == WRITE_ATTEMPTS:
-                    raise
-                profile = d.profiles.load([customer_id]).get(customer_id) or Profile(customer_id)
-                continue
-            (result.added if member else result.removed).append(customer_id)
-            break
-    return result
+    checked = static_edit(d.catalogue, segmentId, edit.add, edit.remove)
+    done = edit_static_segment(d.profiles, Engine(d.catalogue), checked, d.clock.now)
+    return MembershipEditResult(segment_id=checked.segment_id, added=done.added, removed=done.removed,
+                                unchanged=done.unchanged)
 
 
 @app.get("/openapi.json", include_in_schema=False)

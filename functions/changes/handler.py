@@ -10,6 +10,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -93,7 +94,7 @@ def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependenc
     result = publish_changes(changes, deps.catalogue, deps.index, deps.publisher, deps.bus_name)
     tally = Counter((change.segment_id, change.kind) for change in result.published)
     for (segment_id, kind), count in tally.items():
-        if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() == "true":
+        if is_metrics_disabled():  # as Metrics does; single_metric itself would print anyway
             continue
         with single_metric(name=f"Segment{kind.capitalize()}", unit=MetricUnit.Count, value=count,
                            namespace=NAMESPACE, default_dimensions={"service": "changes", "segment": segment_id}):

@@ -55,16 +55,12 @@ def dependencies() -> Dependencies:
 
 
 def build(**overrides: Any) -> Dependencies:
-    """The dependencies from the environment; a part given by name is used instead and never built."""
-    from cdp.config import ConfigError, DestinationConfig
+    """The dependencies from the environment (validated first: :class:`~cdp.config.EmailConfig`); a part given
+    by name is used instead and never built."""
+    from cdp.config import EmailConfig
 
-    config = DestinationConfig.from_env(os.environ)
-    profiles_table = os.environ.get("PROFILES_TABLE", "").strip()
-    if not profiles_table:
-        raise ConfigError("environment variable PROFILES_TABLE is required")
-    if not config.targets:
-        raise ConfigError("environment variable TARGETS must map at least one segment to an SES template")
-    options = EmailOptions.from_options(config.options)
+    config = EmailConfig.from_env(os.environ)
+    destination, options = config.destination, config.options
 
     import boto3
     from botocore.config import Config
@@ -79,12 +75,12 @@ def build(**overrides: Any) -> Dependencies:
                                             connect_timeout=SES_CONNECT_TIMEOUT, read_timeout=SES_READ_TIMEOUT))
     return assemble(
         Dependencies, overrides,
-        templates=lambda: dict(config.targets),
-        profiles=lambda: DynamoProfileStore(dynamodb, profiles_table),
-        ledger=lambda: DynamoEmailLedger(dynamodb, config.ledger_table),
-        cap=lambda: DynamoFrequencyCap(dynamodb, config.ledger_table),
+        templates=lambda: dict(destination.targets),
+        profiles=lambda: DynamoProfileStore(dynamodb, config.profiles_table),
+        ledger=lambda: DynamoEmailLedger(dynamodb, destination.ledger_table),
+        cap=lambda: DynamoFrequencyCap(dynamodb, destination.ledger_table),
         sender=lambda: SesEmailSender(ses, options.source, options.configuration_set),
-        dead_letters=lambda: SqsDeadLetters(boto3.client("sqs"), config.dead_letter_queue_url, "email"),
+        dead_letters=lambda: SqsDeadLetters(boto3.client("sqs"), destination.dead_letter_queue_url, "email"),
         options=lambda: options,
         clock=WallClock,  # the frequency cap counts emails as their readers get them: in wall time
     )

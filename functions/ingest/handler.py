@@ -11,6 +11,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -57,7 +58,7 @@ def build(**overrides: Any) -> Dependencies:
         engine=lambda: Engine(load_catalogue(config.catalogue_path), max_future_skew=config.max_future_skew),
         store=lambda: DynamoProfileStore(boto3.client("dynamodb"), config.profiles_table),
         quarantine=lambda: S3Quarantine(boto3.client("s3"), config.quarantine_bucket),
-        clock=lambda: clock_from_env(os.environ.get("CDP_CLOCK", ""), config.max_future_skew),
+        clock=lambda: clock_from_env(config.clock, config.max_future_skew),
     )
 
 
@@ -111,7 +112,7 @@ def record_metrics(result: BatchResult) -> None:
     if result.lags:
         metrics.add_metric(name="LagSeconds", unit=MetricUnit.Seconds, value=max(result.lags))
     for field_name, count in result.quarantined.items():
-        if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() == "true":
+        if is_metrics_disabled():  # as Metrics does; single_metric itself would print anyway
             continue
         with single_metric(name="EventsRejected", unit=MetricUnit.Count, value=count, namespace=NAMESPACE,
                            default_dimensions={"service": "ingest", "field": field_name}):

@@ -57,15 +57,16 @@ def build(**overrides: Any) -> Dependencies:
         engine=lambda: Engine(load_catalogue(config.catalogue_path)),
         store=lambda: DynamoProfileStore(client, config.profiles_table),
         index=lambda: DynamoDueIndex(client, config.profiles_table, config.due_index),
-        clock=lambda: sweep_clock(os.environ.get("CDP_CLOCK", "")),
+        clock=lambda: sweep_clock(config.clock),
         page_size=lambda: config.page_size,
         reserve_ms=lambda: config.reserve_ms,
     )
 
 
 def sweep_clock(value: str) -> Clock:
-    """Wall time: in Lambda nothing shares an event clock with the ingest, and one of its own would never move
-    (the sweep sees no events), so nothing would fall due. Event time needs a clock given to ``build``."""
+    """The clock of ``CDP_CLOCK`` (:attr:`TimersConfig.clock`), which must be wall time: in Lambda nothing
+    shares an event clock with the ingest, and one of its own would never move (the sweep sees no events),
+    so nothing would fall due. Event time needs a clock given to ``build``."""
     clock = clock_from_env(value)
     if not isinstance(clock, WallClock):
         raise ConfigError("CDP_CLOCK: the timers function runs on wall time; event time needs a shared clock")

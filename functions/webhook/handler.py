@@ -9,7 +9,6 @@ when ``include_email`` is on (the email trait is read from the profiles).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -25,8 +24,6 @@ from cdp.wiring import assemble
 logger = Logger(service="cdp-webhook")
 metrics = Metrics(namespace="cdp", service="webhook")
 
-MIN_SECRET_LENGTH = 16
-
 
 @dataclass(frozen=True)
 class Dependencies:
@@ -34,27 +31,6 @@ class Dependencies:
     ledger: DeliveryLedger
     dead_letters: DeadLetters
     profiles: ProfileReader | None  # only with include_email
-
-
-def signing_secret(secret: Mapping[str, Any]) -> str:
-    """The secret's ``signing_secret``, long enough to be one."""
-    from cdp.config import ConfigError
-
-    value = secret.get("signing_secret")
-    if not isinstance(value, str) or len(value) < MIN_SECRET_LENGTH:
-        raise ConfigError(f"the webhook secret must hold {{\"signing_secret\": \"...\"}} of at least "
-                          f"{MIN_SECRET_LENGTH} characters")
-    return value
-
-
-def profiles_table(env: Mapping[str, str], include_email: bool) -> str | None:
-    """PROFILES_TABLE: required only when the email is sent."""
-    from cdp.config import ConfigError
-
-    table = env.get("PROFILES_TABLE", "").strip()
-    if include_email and not table:
-        raise ConfigError("environment variable PROFILES_TABLE is required when OPTIONS.include_email is true")
-    return table if include_email else None
 
 
 @cache
@@ -71,19 +47,18 @@ def build(**overrides: Any) -> Dependencies:
     from cdp.aws.dynamo import DynamoProfileStore
     from cdp.aws.ledger import delivery_stores
     from cdp.aws.secrets import read_secret
-    from cdp.config import DestinationConfig
+    from cdp.config import WebhookConfig
     from cdp.integrations.http import UrllibTransport
-    from cdp.integrations.webhook import WebhookOptions
+    from cdp.integrations.webhook import signing_secret
 
-    config = DestinationConfig.from_env(os.environ)
-    options = WebhookOptions.parse(config.options)
-    table = profiles_table(os.environ, options.include_email)
+    config = WebhookConfig.from_env(os.environ)
+    destination, table = config.destination, config.profiles_table
 
     def lists() -> WebhookLists:
-        secret = signing_secret(read_secret(boto3.client("secretsmanager"), config.secret_id("the signing secret")))
-        return WebhookLists(config.targets, options, secret, UrllibTransport())
+        secret = read_secret(boto3.client("secretsmanager"), destination.secret_id("the signing secret"))
+        return WebhookLists(destination.targets, config.options, signing_secret(secret), UrllibTransport())
 
-    ledger, dead_letters = delivery_stores(config, "webhook")
+    ledger, dead_letters = delivery_stores(destination, "webhook")
     return assemble(Dependencies, overrides, destination=lists, ledger=lambda: ledger,
                     dead_letters=lambda: dead_letters,
                     profiles=lambda: DynamoProfileStore(boto3.client("dynamodb"), table) if table else None)

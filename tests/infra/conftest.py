@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from cdk.synth import Synthesis
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
@@ -35,25 +37,6 @@ def resource(template: Any, kind: str, logical_id: str) -> dict[str, Any]:
     return found[logical_id]
 
 
-def synthesise(outdir: Path, context: dict[str, object] | None = None) -> Any:
-    import aws_cdk as cdk
-
-    from app import build_app
-
-    previous = os.environ.get("CDK_OUTDIR")
-    os.environ["CDK_OUTDIR"] = str(outdir)
-    try:
-        app = build_app(context)
-        assembly = app.synth()  # raises ValidationFailed on any unacknowledged cdk-nag finding
-    finally:
-        if previous is None:
-            os.environ.pop("CDK_OUTDIR", None)
-        else:
-            os.environ["CDK_OUTDIR"] = previous
-    stack = next(child for child in app.node.children if isinstance(child, cdk.Stack))
-    return stack, assembly
-
-
 def every_integration_enabled() -> dict[str, object]:
     """cdk.json's context, with each documented integration switched on."""
     context = json.loads((ROOT / "cdk.json").read_text())["context"]
@@ -63,27 +46,29 @@ def every_integration_enabled() -> dict[str, object]:
 
 
 @pytest.fixture(scope="session")
-def synthesised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    yield synthesise(tmp_path_factory.mktemp("cdk.out"))
+def synthesised(tmp_path_factory: pytest.TempPathFactory) -> Synthesis:
+    from cdk.synth import synthesise
+
+    return synthesise(outdir=tmp_path_factory.mktemp("cdk.out"))
 
 
 @pytest.fixture(scope="session")
-def integrated_synthesised(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The stack with every integration enabled, as cdk.json documents them: (stack, assembly)."""
-    return synthesise(tmp_path_factory.mktemp("cdk.out"), every_integration_enabled())
+def integrated_synthesised(tmp_path_factory: pytest.TempPathFactory) -> Synthesis:
+    """The stack with every integration enabled, as cdk.json documents them."""
+    from cdk.synth import synthesise
+
+    return synthesise(every_integration_enabled(), tmp_path_factory.mktemp("cdk.out"))
 
 
 @pytest.fixture(scope="session")
-def integrated(integrated_synthesised: Any) -> Any:
+def integrated(integrated_synthesised: Synthesis) -> Any:
     from aws_cdk.assertions import Template
 
-    stack, _ = integrated_synthesised
-    return Template.from_stack(stack)
+    return Template.from_stack(integrated_synthesised.stack)
 
 
 @pytest.fixture(scope="session")
-def template(synthesised: Any) -> Any:
+def template(synthesised: Synthesis) -> Any:
     from aws_cdk.assertions import Template
 
-    stack, _ = synthesised
-    return Template.from_stack(stack)
+    return Template.from_stack(synthesised.stack)

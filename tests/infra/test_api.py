@@ -47,7 +47,7 @@ def method_settings(template: Any) -> dict[tuple[str, str], dict[str, Any]]:
 def api_function(template: Any) -> dict[str, Any]:
     (function,) = [f["Properties"] for f in template.find_resources("AWS::Lambda::Function").values()
                    if f["Properties"]["Environment"]["Variables"].get("POWERTOOLS_SERVICE_NAME") == "cdp-api"]
-    return function
+    return dict(function)
 
 
 def test_stage_is_throttled_logged_and_traced_without_bodies(template: Any) -> None:
@@ -84,36 +84,31 @@ def test_the_api_function_has_reserved_concurrency(template: Any) -> None:
     assert sum("ReservedConcurrentExecutions" in f for f in others) == 1  # the pipeline keeps the account's pool
 
 
-def test_api_throttling_and_concurrency_come_from_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import aws_cdk as cdk
+def test_api_throttling_and_concurrency_come_from_context(tmp_path: Path) -> None:
     from aws_cdk.assertions import Template
 
-    from app import build_app
+    from cdk.synth import build_app, stack_of
 
-    monkeypatch.setenv("CDK_OUTDIR", str(tmp_path))
     app = build_app({"api_reserved_concurrency": "200", "api_me_rate_limit": "5", "api_me_burst_limit": "10",
-                     "api_rate_limit": "300", "api_burst_limit": "600"})
-    template = Template.from_stack(next(c for c in app.node.children if isinstance(c, cdk.Stack)))
+                     "api_rate_limit": "300", "api_burst_limit": "600"}, tmp_path / "limits")
+    template = Template.from_stack(stack_of(app))
     found = method_settings(template)
     assert (found[("/~1me", "GET")]["ThrottlingRateLimit"], found[("/~1me", "GET")]["ThrottlingBurstLimit"]) == (5, 10)
     assert (found[("/*", "*")]["ThrottlingRateLimit"], found[("/*", "*")]["ThrottlingBurstLimit"]) == (300, 600)
     assert api_function(template)["ReservedConcurrentExecutions"] == 200
     # 0: no reservation, for accounts whose concurrency quota cannot spare one.
-    app = build_app({"api_reserved_concurrency": "0"})
-    template = Template.from_stack(next(c for c in app.node.children if isinstance(c, cdk.Stack)))
+    app = build_app({"api_reserved_concurrency": "0"}, tmp_path / "no-reservation")
+    template = Template.from_stack(stack_of(app))
     assert "ReservedConcurrentExecutions" not in api_function(template)
 
 
-def test_cors_comes_from_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import aws_cdk as cdk
+def test_cors_comes_from_context(tmp_path: Path) -> None:
     from aws_cdk.assertions import Template
 
-    from app import build_app
+    from cdk.synth import build_app, stack_of
 
-    monkeypatch.setenv("CDK_OUTDIR", str(tmp_path))
-    app = build_app({"cors_origins": "https://shop.example.com"})
-    stack = next(child for child in app.node.children if isinstance(child, cdk.Stack))
-    template = Template.from_stack(stack)
+    app = build_app({"cors_origins": "https://shop.example.com"}, tmp_path)
+    template = Template.from_stack(stack_of(app))
     options = [m for m in methods(template).values() if m["HttpMethod"] == "OPTIONS"]
     assert options
     headers = options[0]["Integration"]["IntegrationResponses"][0]["ResponseParameters"]
@@ -123,16 +118,15 @@ def test_cors_comes_from_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert function["Properties"]["Environment"]["Variables"]["CORS_ORIGINS"] == "https://shop.example.com"
 
 
-def test_bad_context_is_refused_with_its_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from app import build_app
+def test_bad_context_is_refused_with_its_name(tmp_path: Path) -> None:
+    from cdk.synth import build_app
 
-    monkeypatch.setenv("CDK_OUTDIR", str(tmp_path))
     with pytest.raises(Exception, match="context cors_origins"):
-        build_app({"cors_origins": "ftp://nope"})
+        build_app({"cors_origins": "ftp://nope"}, tmp_path)
     with pytest.raises(Exception, match="context batch_size must be between 1 and 100"):
-        build_app({"batch_size": "500"})
+        build_app({"batch_size": "500"}, tmp_path)
     with pytest.raises(Exception, match=r"api_me_burst_limit \(30\) must be below api_reserved_concurrency \(30\)"):
-        build_app({"api_reserved_concurrency": "30", "api_me_burst_limit": "30"})
+        build_app({"api_reserved_concurrency": "30", "api_me_burst_limit": "30"}, tmp_path)
 
 
 def test_dashboard_shows_the_pipeline_and_alarms_notify_a_topic(template: Any) -> None:

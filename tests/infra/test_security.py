@@ -17,7 +17,7 @@ def render(value: Any) -> str:
     if isinstance(value, str):
         return value
     if "Ref" in value:
-        return "${" + value["Ref"] + "}"
+        return "${" + str(value["Ref"]) + "}"
     separator, parts = value["Fn::Join"]
     return str(separator).join(render(part) for part in parts)
 

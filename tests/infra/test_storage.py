@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -16,6 +16,9 @@ from tests.infra.conftest import (
     USER_POOL,
     resource,
 )
+
+if TYPE_CHECKING:
+    from cdk.synth import Synthesis
 
 
 def test_profiles_table_is_on_demand_keyed_by_customer(template: Any) -> None:
@@ -61,22 +64,19 @@ def test_data_key_rotates(template: Any) -> None:
     assert resource(template, "AWS::KMS::Key", DATA_KEY)["Properties"]["EnableKeyRotation"] is True
 
 
-def test_synth_passes_cdk_nag_with_no_unacknowledged_findings(synthesised: Any) -> None:
-    _, assembly = synthesised  # synth raises ValidationFailed on any finding
-    report = json.loads((Path(assembly.directory) / "validation-report.json").read_text())
+def test_synth_passes_cdk_nag_with_no_unacknowledged_findings(synthesised: Synthesis) -> None:
+    # synth raises ValidationFailed on any finding
+    report = json.loads((Path(synthesised.assembly.directory) / "validation-report.json").read_text())
     assert all(plugin.get("conclusion") == "success" for plugin in report["pluginReports"])
 
 
-def test_every_synth_runs_cdk_nag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import aws_cdk as cdk
+def test_every_synth_runs_cdk_nag(tmp_path: Path) -> None:
     from aws_cdk import aws_sqs as sqs
 
-    from app import build_app
+    from cdk.synth import build_app, stack_of
 
-    monkeypatch.setenv("CDK_OUTDIR", str(tmp_path))
-    app = build_app()
-    stack = next(child for child in app.node.children if isinstance(child, cdk.Stack))
-    sqs.Queue(stack, "QueueWithoutDeadLetters")  # AwsSolutions-SQS3 / SQS4
+    app = build_app(outdir=tmp_path)
+    sqs.Queue(stack_of(app), "QueueWithoutDeadLetters")  # AwsSolutions-SQS3 / SQS4
     with pytest.raises(Exception, match="AwsSolutions-SQS3"):
         app.synth()
 
@@ -86,8 +86,7 @@ def test_cfn_lint_reports_no_errors(variant: str, request: pytest.FixtureRequest
     import subprocess
     import sys
 
-    _, assembly = request.getfixturevalue(variant)
-    template_path = Path(assembly.directory) / assembly.stacks[0].template_file
+    template_path = request.getfixturevalue(variant).template_file
     run = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), "--format", "json", str(template_path)],
                          capture_output=True, text=True, timeout=300, check=False)
     findings = json.loads(run.stdout or "[]")

@@ -1,22 +1,19 @@
 """Helpers for the integration tests: envelopes, the moto stack, the stream and bus readers, request counting.
 
-The package's ``__init__`` sets the environment first; this module loads both handler modules from their
-files under distinct names.
+The package's ``__init__`` sets the environment first; this module loads the handler modules from their files
+(cdp_dev.handlers).
 """
 
 from __future__ import annotations
 
 import base64
-import importlib.util
 import itertools
 import json
-import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from cdp.aws.dynamo import DynamoDueIndex, DynamoMembersIndex, DynamoProfileStore, deserialise_item
@@ -25,11 +22,13 @@ from cdp.aws.quarantine import S3Quarantine
 from cdp.core.catalogue import Catalogue
 from cdp.core.clock import FixedClock
 from cdp.core.engine import Engine
+from cdp_dev.handlers import load_handler
+from cdp_dev.lambda_events import SAMPLE_REGION, SAMPLE_STREAM_ARN, sample_kinesis_record, stream_envelope
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
 SEGMENTS = ROOT / "segments"
-REGION = "eu-west-1"
+REGION = SAMPLE_REGION
 PROFILES_TABLE = "cdp-profiles"
 MEMBERS_TABLE = "cdp-members"
 DUE_INDEX = "due"
@@ -37,21 +36,11 @@ QUARANTINE_BUCKET = "cdp-quarantine"
 BUS_NAME = "cdp-bus"
 QUEUE_NAME = "cdp-segment-events"
 MEMBER_SHARDS = 16
-KINESIS_ARN = "arn:aws:kinesis:eu-west-1:123456789012:stream/cdp-events"
+KINESIS_ARN = SAMPLE_STREAM_ARN
 
-
-def load_module(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ingest_handler = load_module("ingest_handler", ROOT / "functions" / "ingest" / "handler.py")
-changes_handler = load_module("changes_handler", ROOT / "functions" / "changes" / "handler.py")
-timers_handler = load_module("timers_handler", ROOT / "functions" / "timers" / "handler.py")
+ingest_handler = load_handler(ROOT, "ingest")
+changes_handler = load_handler(ROOT, "changes")
+timers_handler = load_handler(ROOT, "timers")
 
 
 # ---- envelopes --------------------------------------------------------------------------------
@@ -62,20 +51,11 @@ def load_envelope(relative: str) -> dict[str, Any]:
     return document
 
 
-def kinesis_record(number: int, message: dict[str, Any] | bytes, partition_key: str | None = None,
-                   batch: int = 0, shard: int = 0) -> dict[str, Any]:
-    """One Kinesis record as Lambda delivers it (the layout of events/make_envelopes.py)."""
+def kinesis_record(number: int, message: dict[str, Any] | bytes, batch: int = 0, shard: int = 0) -> dict[str, Any]:
+    """Record ``number`` of the sample stream (as events/make_envelopes.py makes them), keyed by its customer."""
     data = message if isinstance(message, bytes) else json.dumps(message).encode()
-    key = partition_key or (str(message.get("userId") or message.get("anonymousId"))
-                            if isinstance(message, dict) else "unknown")
-    sequence = f"4963{batch:012d}{number:040d}"
-    return {
-        "kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": key, "sequenceNumber": sequence,
-                    "data": base64.b64encode(data).decode(), "approximateArrivalTimestamp": 1790000000.0 + number},
-        "eventSource": "aws:kinesis", "eventVersion": "1.0", "eventID": f"shardId-{shard:012d}:{sequence}",
-        "eventName": "aws:kinesis:record", "invokeIdentityArn": "arn:aws:iam::123456789012:role/cdp-ingest",
-        "awsRegion": REGION, "eventSourceARN": KINESIS_ARN,
-    }
+    key = str(message.get("userId") or message.get("anonymousId")) if isinstance(message, dict) else "unknown"
+    return sample_kinesis_record(number, data, key, batch=batch, shard=shard)
 
 
 _puts = itertools.count(1)
@@ -204,7 +184,7 @@ class RequestCounter:
         return client
 
     def _count(self, event_name: str, **_: Any) -> None:
-        _, service, operation = event_name.split(".", 2)
+        _before_call, service, operation = event_name.split(".", 2)
         self.calls[(service, operation)] += 1
 
     def of(self, service: str) -> dict[str, int]:
@@ -217,19 +197,6 @@ class RequestCounter:
 
 
 # ---- the stack --------------------------------------------------------------------------------
-
-
-def _lambda_json(value: Any) -> Any:
-    """A boto3 stream record as Lambda delivers it: JSON, binary as base64 text, times as epoch seconds."""
-    if isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(bytes(value)).decode()
-    if isinstance(value, datetime):
-        return int(value.timestamp())
-    if isinstance(value, dict):
-        return {k: _lambda_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_lambda_json(v) for v in value]
-    return value
 
 
 @dataclass
@@ -358,11 +325,9 @@ class Stack:
 
     def stream_envelope(self) -> dict[str, Any]:
         """New stream records wrapped as the Lambda DynamoDB stream event (JSON: binary as base64 text)."""
-        wrapped = []
-        for record in self.stream_records():
-            wrapped.append(_lambda_json({**record, "awsRegion": REGION,
-                                         "eventSourceARN": self.stream_arn}))
-        return json.loads(json.dumps({"Records": wrapped}))
+        envelope: dict[str, Any] = json.loads(json.dumps(stream_envelope(self.stream_records(), region=REGION,
+                                                                         stream_arn=self.stream_arn)))
+        return envelope
 
     # the bus, through the rule's queue
 

@@ -59,7 +59,10 @@ from cdp.aws.dynamo import DynamoMembersIndex, DynamoProfileStore
 from cdp.core.clock import FixedClock
 from cdp.core.profile import Profile
 from cdp.pipeline.changes import MembershipChange, members_partition
+from cdp.pipeline.write import MAX_WRITE_ATTEMPTS
 from cdp.ports import ConflictError
+from cdp_dev.handlers import load_file, load_handler
+from tests.lambda_context import LambdaContext
 
 from .support import (
     EVENTS,
@@ -72,12 +75,11 @@ from .support import (
     failures,
     identify,
     kinesis_envelope,
-    load_module,
     track,
 )
 
-api_handler = load_module("api_handler", ROOT / "functions" / "api" / "handler.py")
-generator = load_module("make_api_envelopes", EVENTS / "make_api_envelopes.py")
+api_handler = load_handler(ROOT, "api")
+generator = load_file("make_api_envelopes", EVENTS / "make_api_envelopes.py")
 
 T = 1792497600.0  # 2026-10-20T12:00:00Z: the API's clock, and ingest's
 NOW = "2026-10-20T12:00:00Z"
@@ -705,7 +707,7 @@ def test_an_edit_that_keeps_conflicting_is_409(api: Api) -> None:
     reply = api.call("edit-members", body={"add": ["alice"]})
 
     problem(reply, 409, "conflict")
-    assert (store.loads, store.saves) == (api_handler.WRITE_ATTEMPTS, api_handler.WRITE_ATTEMPTS)
+    assert (store.loads, store.saves) == (MAX_WRITE_ATTEMPTS, MAX_WRITE_ATTEMPTS)
     assert "vip" not in api.stack.profile("alice").memberships
 
 
@@ -981,20 +983,12 @@ def test_a_member_page_costs_at_most_shards_plus_one_queries_after_many_exits(ap
 # ---- the Lambda entry point ----------------------------------------------------------------------------
 
 
-@dataclass
-class FakeContext:
-    function_name: str = "cdp-api"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:cdp-api"
-    aws_request_id: str = "3f2c7c0e-1b7a-4a55-9d8e-0c5b1e9f4a21"
-
-
 @pytest.mark.filterwarnings("ignore:No application metrics to publish")
 def test_the_lambda_handler_serves_the_envelopes(api: Api) -> None:
     seed_alice(api.stack)
     for name, status in (("get-customer", 200), ("get-me", 200), ("get-me-unauthenticated", 403),
                          ("list-segments", 200), ("get-segment", 200), ("list-members", 200)):
-        response = api_handler.handler(envelope(name), FakeContext())
+        response = api_handler.handler(envelope(name), LambdaContext("cdp-api"))
         assert response["statusCode"] == status, (name, response["body"])
         assert isinstance(json.loads(response["body"]), dict)
 

@@ -11,7 +11,7 @@ import pytest
 
 from cdp.config import ChangesConfig, ConfigError, IngestConfig
 from cdp.core.profile import Profile
-from cdp.pipeline.ingest import MAX_WRITE_ATTEMPTS
+from cdp.pipeline.write import MAX_WRITE_ATTEMPTS
 from cdp.ports import ConflictError, TransientError
 
 from .support import (

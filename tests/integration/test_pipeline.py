@@ -71,7 +71,7 @@ def frank_envelope() -> dict[str, Any]:
 
 def grace_record(sequence: str = "111100000000000000000002") -> dict[str, Any]:
     """Frank's stream record, for another customer: a second record in the same stream batch."""
-    record = copy.deepcopy(frank_envelope()["Records"][0])
+    record: dict[str, Any] = copy.deepcopy(frank_envelope()["Records"][0])
     body = record["dynamodb"]
     for image in (body["Keys"], body["NewImage"], body["OldImage"]):
         image["customer_id"] = {"S": "grace"}

@@ -23,6 +23,7 @@ from cdp.core.clock import FixedClock, WallClock
 from cdp.core.profile import Profile, due_shard
 from cdp.pipeline.timers import DUE_SHARDS, DueEntry, shard_groups
 from cdp.ports import ConflictError
+from tests.lambda_context import LambdaContext
 
 from .support import (
     DUE_INDEX,
@@ -418,7 +419,7 @@ def test_a_customer_whose_writes_keep_conflicting_is_left_due_for_the_next_run(s
 
     summary = stack.timers(schedule_event())
 
-    assert conflict.injected == 3  # cdp.pipeline.timers.MAX_WRITE_ATTEMPTS
+    assert conflict.injected == 3  # cdp.pipeline.write.MAX_WRITE_ATTEMPTS
     # Re-evaluated counts written profiles: none was.
     assert (summary["due"], summary["reevaluated"], summary["transitioned"], summary["unfinished"]) == (
         1, 0, 0, True)
@@ -507,21 +508,6 @@ def test_a_concurrent_write_that_already_passed_the_deadline_leaves_the_sweep_no
 # ---- the deployed entry point ----------------------------------------------------------------------------
 
 
-class LambdaContextStub:
-    """What Powertools' ``inject_lambda_context`` and the handler read from a Lambda context."""
-
-    function_name = "cdp-timers"
-    function_version = "$LATEST"
-    memory_limit_in_mb = 512
-    invoked_function_arn = "arn:aws:lambda:eu-west-1:123456789012:function:cdp-timers"
-    aws_request_id = "6f1b0a52-9c1e-4a8e-9d63-3f1c8e2f7a10"
-    log_group_name = "/aws/lambda/cdp-timers"
-    log_stream_name = "2026/10/03/[$LATEST]0123456789abcdef"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 55_000
-
-
 def test_the_lambda_entry_point_sweeps_with_the_wall_clock_and_emits_its_metrics(
         stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """``handler(event, context)`` as Lambda calls it: config from the environment, the wall clock, EMF metrics."""
@@ -539,7 +525,7 @@ def test_the_lambda_entry_point_sweeps_with_the_wall_clock_and_emits_its_metrics
         timers_handler.metrics.clear_metrics()
         capsys.readouterr()
 
-        summary = timers_handler.handler(schedule_event(), LambdaContextStub())
+        summary = timers_handler.handler(schedule_event(), LambdaContext("cdp-timers", memory_limit_in_mb=512))
     finally:
         timers_handler.dependencies.cache_clear()
 

@@ -145,45 +145,54 @@ def brute_force(condition: dict[str, Any], events: list[RawEvent]) -> Predicate:
 
 def _compile(condition: dict[str, Any], events: list[RawEvent]) -> Predicate:
     [(kind, body)] = condition.items()
-    if kind in ("all", "any"):
-        parts = [_compile(part, events) for part in body]
-        combine = all if kind == "all" else any
-        return lambda now: combine(part(now) for part in parts)
-    if kind == "not":
-        inner = _compile(body, events)
-        return lambda now: not inner(now)
-    if kind in ("count", "sum", "average"):
-        return _aggregate(kind, body, events)
-    if kind == "recency":
-        times = [e.ts for e in events if matches(e, body)]
-        span = parse_duration(body["within"])
-        if not times:
-            return lambda now: False
-        moment = max(times) if body.get("of", "last") == "last" else min(times)
-        return lambda now: now < moment + span
-    if kind == "absence":
-        return _absence(body, events)
-    if kind == "ratio":
-        window = parse_duration(body["within"])
-        tops = [e.ts for e in events if matches(e, body["numerator"])]
-        bottoms = [e.ts for e in events if matches(e, body["denominator"])]
-        op, value = comparison(body)
-        least = body.get("min_denominator", 1)
+    compiler = _COMPILERS.get(kind)
+    if compiler is None:
+        raise AssertionError(f"the brute force does not know {kind!r}")
+    return compiler(kind, body, events)
 
-        def ratio(now: int) -> bool:
-            top = sum(in_window(ts, window, now) for ts in tops)
-            bottom = sum(in_window(ts, window, now) for ts in bottoms)
-            return bottom >= least and COMPARISONS[op](top / bottom, value)
-        return ratio
-    if kind == "channel":
-        seen = [e.ts for e in events if channel_of(e) == body["name"]]
-        if not seen:
-            return lambda now: False
-        if "within" not in body:
-            return lambda now: True
-        until = max(seen) + parse_duration(body["within"])
-        return lambda now: now < until
-    raise AssertionError(f"the brute force does not know {kind!r}")
+
+def _combination(kind: str, body: Any, events: list[RawEvent]) -> Predicate:
+    parts = [_compile(part, events) for part in body]
+    combine = all if kind == "all" else any
+    return lambda now: combine(part(now) for part in parts)
+
+
+def _negation(kind: str, body: Any, events: list[RawEvent]) -> Predicate:
+    inner = _compile(body, events)
+    return lambda now: not inner(now)
+
+
+def _recency(kind: str, body: dict[str, Any], events: list[RawEvent]) -> Predicate:
+    times = [e.ts for e in events if matches(e, body)]
+    span = parse_duration(body["within"])
+    if not times:
+        return lambda now: False
+    moment = max(times) if body.get("of", "last") == "last" else min(times)
+    return lambda now: now < moment + span
+
+
+def _ratio(kind: str, body: dict[str, Any], events: list[RawEvent]) -> Predicate:
+    window = parse_duration(body["within"])
+    tops = [e.ts for e in events if matches(e, body["numerator"])]
+    bottoms = [e.ts for e in events if matches(e, body["denominator"])]
+    op, value = comparison(body)
+    least = body.get("min_denominator", 1)
+
+    def ratio(now: int) -> bool:
+        top = sum(in_window(ts, window, now) for ts in tops)
+        bottom = sum(in_window(ts, window, now) for ts in bottoms)
+        return bottom >= least and COMPARISONS[op](top / bottom, value)
+    return ratio
+
+
+def _channel(kind: str, body: dict[str, Any], events: list[RawEvent]) -> Predicate:
+    seen = [e.ts for e in events if channel_of(e) == body["name"]]
+    if not seen:
+        return lambda now: False
+    if "within" not in body:
+        return lambda now: True
+    until = max(seen) + parse_duration(body["within"])
+    return lambda now: now < until
 
 
 def _aggregate(kind: str, body: dict[str, Any], events: list[RawEvent]) -> Predicate:
@@ -207,7 +216,7 @@ def _aggregate(kind: str, body: dict[str, Any], events: list[RawEvent]) -> Predi
     return holds
 
 
-def _absence(body: dict[str, Any], events: list[RawEvent]) -> Predicate:
+def _absence(kind: str, body: dict[str, Any], events: list[RawEvent]) -> Predicate:
     triggers = [e.ts for e in events if matches(e, body["trigger"])]
     if not triggers:
         return lambda now: False
@@ -217,6 +226,11 @@ def _absence(body: dict[str, Any], events: list[RawEvent]) -> Predicate:
     due = latest + parse_duration(body["within"], allow_zero=True)
     ends = latest + parse_duration(body["expire"]) if "expire" in body else None
     return lambda now: due <= now and (ends is None or now < ends)
+
+
+_COMPILERS: dict[str, Callable[[str, Any, list[RawEvent]], Predicate]] = {
+    "all": _combination, "any": _combination, "not": _negation, "count": _aggregate, "sum": _aggregate,
+    "average": _aggregate, "recency": _recency, "absence": _absence, "ratio": _ratio, "channel": _channel}
 
 
 def durations(condition: dict[str, Any]) -> Iterator[tuple[int, int]]:
@@ -278,8 +292,9 @@ class History:
 
 def _templates(name: str) -> list[dict[str, Any]]:
     """The property sets an event of this name can carry (order ids are added per event)."""
-    common = [{}, {"category": "shoes"}, {"category": "hats"}, *({"flag": flag} for flag in FLAGS),
-              {"category": "shoes", "flag": True}, {"category": "hats", "flag": 1}]
+    common: list[dict[str, Any]] = [{}, {"category": "shoes"}, {"category": "hats"},
+                                    *({"flag": flag} for flag in FLAGS),
+                                    {"category": "shoes", "flag": True}, {"category": "hats", "flag": 1}]
     if name == "Product Added":
         prices: list[Any] = [None, *PRICES]
         return [{**c, "product_id": p, **({"price": price} if price is not None else {})}

@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 import yaml
 
-from cdp.core.catalogue import CatalogueError, build_catalogue, load_catalogue
+from cdp.core.catalogue import (
+    CatalogueError,
+    build_catalogue,
+    load_catalogue,
+    membership_score,
+    primary_segment,
+    ranked_members,
+)
 from cdp.core.language import AbsenceCondition, DefinitionError
 
 SEGMENTS = Path(__file__).resolve().parents[2] / "segments"
@@ -337,6 +344,26 @@ def test_group_members_rank_by_priority_then_weight_then_id() -> None:
     [group] = [unit for unit in catalogue.units if unit.name == "g"]
     assert [s.id for s in group.segments] == ["top", "heavy", "alpha", "zeta"]
     assert len(catalogue.units) == 2
+
+
+
+# ---- overlap: the primary segment and the score -----------------------------------------------
+
+def test_primary_segment_and_score_count_only_enabled_member_segments() -> None:
+    catalogue = build_catalogue([
+        ("1.yaml", definition("zeta", priority=5, weight=1)),
+        ("2.yaml", definition("alpha", priority=5, weight=1)),
+        ("3.yaml", definition("heavy", priority=5, weight=2.5)),
+        ("4.yaml", definition("top", priority=9, weight=0)),
+        ("5.yaml", definition("off", priority=100, weight=7, enabled=False)),
+    ])
+    memberships = {"zeta": 1, "off": 2, "gone": 3, "alpha": 4, "heavy": 5, "top": 6}
+    assert [s.id for s in ranked_members(catalogue, memberships)] == ["top", "heavy", "alpha", "zeta"]
+    primary = primary_segment(catalogue, memberships)
+    assert primary is not None and primary.id == "top"  # priority first, whatever the weight
+    assert membership_score(catalogue, memberships) == 4.5  # the disabled and the removed segment add nothing
+    assert primary_segment(catalogue, {"gone": 1, "off": 2}) is None
+    assert membership_score(catalogue, {}) == 0
 
 
 def test_defaults() -> None:

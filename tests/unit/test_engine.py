@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from cdp.core.catalogue import Catalogue, build_catalogue
+from cdp.core.counters import Counter
 from cdp.core.engine import ENTERED, EXITED, Engine, Outcome, Transition
 from cdp.core.events import Event, normalise
+from cdp.core.fold import fold
 from cdp.core.profile import MAX_TRAITS, Profile
 
 MIN, HOUR, DAY = 60, 3600, 86400
@@ -76,6 +78,12 @@ def item(profile: Profile) -> dict[str, Any]:
     return stored
 
 
+def counter_of(profile: Profile, key: str) -> Counter:
+    counter = profile.counter(key)
+    assert counter is not None, f"the profile has no {key!r} counter"
+    return counter
+
+
 def kinds(outcome: Outcome | list[Transition]) -> set[tuple[str, str]]:
     transitions = outcome.transitions if isinstance(outcome, Outcome) else outcome
     return {(t.segment_id, t.kind) for t in transitions}
@@ -89,6 +97,30 @@ def only(transitions: list[Transition], segment_id: str) -> Transition:
 GOLD = {"trait": {"name": "plan", "eq": "gold"}}
 TWO_VIEWS_2H = segment("viewers", {"count": {"event": "Product Viewed", "within": "2h", "gte": 2}})
 BUYERS = segment("buyers", {"rfm": {"metric": "orders", "gte": 1}})
+
+
+
+# ---- the fold alone ---------------------------------------------------------------------------
+
+def test_fold_changes_the_profile_and_notes_what_it_touched_but_evaluates_nothing() -> None:
+    engine = engine_for(TWO_VIEWS_2H, BUYERS, segment("gold", GOLD))
+    profile = Profile("u1")
+    batch = [order(T + 30, "o1", 100), view(T, "m-x"), identify(T + 40, plan="gold"), view(T, "m-x"),
+             view(T + HOUR)]
+    folded = fold(profile, batch, engine.catalogue, now=T + MIN)
+    assert (folded.applied, folded.duplicates, [reason for _, reason in folded.rejected]) == (
+        3, 1, ["timestamp: is more than 300 s in the future"])
+    assert folded.touched == {"e:Product Viewed", "e:Order Completed", "e:Identify", "rfm", "t:plan",
+                              "c:server"}
+    assert (profile.orders, profile.traits, counter_of(profile, "Product Viewed").count) == (1, {"plan": "gold"}, 1)
+    assert (profile.memberships, profile.deadlines, profile.created_at) == ({}, {}, T + MIN)
+    # the engine folds the same way, then evaluates
+    evaluated = Profile("u1")
+    outcome = engine.apply(evaluated, batch, now=T + MIN)
+    assert kinds(outcome) == {("buyers", ENTERED), ("gold", ENTERED)}
+    assert (outcome.applied, outcome.duplicates, outcome.rejected) == (folded.applied, folded.duplicates,
+                                                                         folded.rejected)
+    assert {k: v for k, v in item(evaluated).items() if k not in ("m", "dl", "nd", "ds")} == item(profile)
 
 
 # ---- duplicates -------------------------------------------------------------------------------
@@ -114,7 +146,7 @@ def test_duplicate_within_one_batch_is_applied_once() -> None:
     profile = Profile("u1")
     outcome = engine.apply(profile, [view(T, "m-1"), view(T, "m-1")], now=T)
     assert (outcome.applied, outcome.duplicates) == (1, 1)
-    assert profile.counter("Product Viewed").count == 1
+    assert counter_of(profile, "Product Viewed").count == 1
     assert outcome.transitions == []
 
 
@@ -145,7 +177,7 @@ def test_late_event_lands_in_its_own_bucket_while_retained() -> None:
     engine.apply(profile, [view(T)], now=T)
     late = engine.apply(profile, [view(T - 3 * HOUR)], now=T + MIN)
     assert (late.applied, late.beyond_retention) == (1, 0)
-    counter = profile.counter("Product Viewed")
+    counter = counter_of(profile, "Product Viewed")
     assert (T - 3 * HOUR) // HOUR in counter.buckets["h"]
     assert counter.buckets["h"][(T - 3 * HOUR) // HOUR][0] == 1
     assert (counter.count, counter.first, counter.last) == (2, T - 3 * HOUR, T)
@@ -159,7 +191,7 @@ def test_late_event_past_retention_counts_only_in_lifetime_figures() -> None:
     assert "recent" in profile.memberships
     late = engine.apply(profile, [view(T - 72 * HOUR)], now=T + MIN)  # hour buckets are kept for 48 hours
     assert (late.applied, late.beyond_retention) == (1, 1)
-    counter = profile.counter("Product Viewed")
+    counter = counter_of(profile, "Product Viewed")
     assert (T - 72 * HOUR) // HOUR not in counter.buckets["h"]
     assert sum(bucket[0] for bucket in counter.buckets["h"].values()) == 2
     assert (counter.count, counter.first, counter.last) == (3, T - 72 * HOUR, T)
@@ -187,7 +219,7 @@ def test_event_more_than_five_minutes_ahead_is_refused() -> None:
     [(refused, reason)] = outcome.rejected
     assert refused is ahead
     assert reason == "timestamp: is more than 300 s in the future"
-    assert profile.counter("Product Viewed").count == 1
+    assert counter_of(profile, "Product Viewed").count == 1
     # refused, not remembered: once the clock catches up it is applied
     later = engine.apply(profile, [ahead], now=T + 1)
     assert (later.applied, later.duplicates, later.rejected) == (1, 0, [])
@@ -294,7 +326,7 @@ def test_duplicate_order_id_is_refused() -> None:
     [(_, reason)] = outcome.rejected
     assert reason == "properties.order_id: this order was already completed"  # never echoes the value
     assert (profile.orders, profile.revenue) == (2, 15000)
-    assert profile.counter("Order Completed").count == 2
+    assert counter_of(profile, "Order Completed").count == 2
 
 
 # ---- cart -------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 
 from cdp.integrations.http import HttpResponse, retry_after, seconds_left, send, time_limit
 from cdp.ports import TransientError
+from tests.lambda_context import LambdaContext
 
 
 class Throttled:
@@ -59,11 +60,6 @@ def test_retry_after_is_capped_and_falls_back_to_exponential() -> None:
     assert retry_after(HttpResponse(503, b"", {"Retry-After": "soon"}), 0) == 0.5
 
 
-class Context:
-    def get_remaining_time_in_millis(self) -> int:
-        return 45_000
-
-
 def test_seconds_left_keeps_a_reserve_and_is_none_outside_lambda() -> None:
-    assert seconds_left(Context()) == 35.0
+    assert seconds_left(LambdaContext(remaining_ms=45_000)) == 35.0
     assert seconds_left(None) is None

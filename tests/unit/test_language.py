@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from cdp.core.catalogue import Catalogue, CatalogueError, build_catalogue
-from cdp.core.engine import Engine, ProfileView
+from cdp.core.engine import Engine
 from cdp.core.events import Event, normalise
-from cdp.core.language import AbsenceCondition
+from cdp.core.language import AbsenceCondition, Condition
 from cdp.core.population import PopulationStats
-from cdp.core.profile import Profile
+from cdp.core.profile import Profile, ProfileView
 
 MIN, HOUR, DAY, WEEK = 60, 3600, 86400, 7 * 86400
 B = 1_704_844_800  # 2024-01-10T00:00:00Z: a UTC midnight; B + DAY is a Thursday, where epoch weeks start
@@ -70,7 +70,7 @@ class Run:
             assert outcome.applied == 1, outcome.rejected
 
     @property
-    def condition(self) -> Any:
+    def condition(self) -> Condition:
         return self.catalogue.segments["s"].condition
 
     def at(self, now: float) -> tuple[bool, float | None]:

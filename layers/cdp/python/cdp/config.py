@@ -1,14 +1,28 @@
-"""Function configuration from environment variables, validated once at cold start."""
+"""Function configuration from environment variables, validated once at cold start.
+
+One class per function, read by its handler's ``build`` and nowhere else: :class:`IngestConfig`,
+:class:`ChangesConfig`, :class:`ApiConfig`, :class:`TimersConfig`, :class:`EmailConfig`,
+:class:`WebhookConfig`, and :class:`DestinationConfig` for the Meta and Google functions (and inside
+the email and webhook ones). A missing or invalid variable is a :class:`ConfigError` that names it.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdp.core.clock import DEFAULT_MAX_FUTURE_SKEW
+
+if TYPE_CHECKING:
+    from cdp.integrations.email import EmailOptions
+    from cdp.integrations.webhook import WebhookOptions
+
+CLOCKS = ("wall", "event")
+_ORIGIN = re.compile(r"https://[^/\s]+|http://(localhost|127\.0\.0\.1)(:[0-9]+)?")
 
 
 class ConfigError(ValueError):
@@ -42,6 +56,25 @@ def _catalogue(env: Mapping[str, str]) -> Path:
     return path
 
 
+def clock_mode(env: Mapping[str, str]) -> str:
+    """CDP_CLOCK: ``wall`` (the default) or ``event`` (replays evaluate in event time)."""
+    value = env.get("CDP_CLOCK", "").strip() or "wall"
+    if value not in CLOCKS:
+        raise ConfigError(f"environment variable CDP_CLOCK must be wall or event, not {value!r}")
+    return value
+
+
+def cors_origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    """CORS_ORIGINS: comma-separated origins allowed to call the API from a browser (none by default), each
+    ``https://`` (or ``http://localhost`` and ``http://127.0.0.1`` for local use) with no path."""
+    origins = tuple(origin.strip() for origin in env.get("CORS_ORIGINS", "").split(",") if origin.strip())
+    for origin in origins:
+        if not _ORIGIN.fullmatch(origin):
+            raise ConfigError(f"environment variable CORS_ORIGINS: {origin!r} must be an https:// origin "
+                              "(or http://localhost), without a path")
+    return origins
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     profiles_table: str
@@ -49,11 +82,12 @@ class IngestConfig:
     catalogue_path: Path
     # CDP_MAX_FUTURE_SKEW_SECONDS: an event stamped further than this ahead of the wall clock is quarantined
     max_future_skew: int = DEFAULT_MAX_FUTURE_SKEW
+    clock: str = "wall"  # CDP_CLOCK
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> IngestConfig:
         return cls(_required(env, "PROFILES_TABLE"), _required(env, "QUARANTINE_BUCKET"), _catalogue(env),
-                   _whole(env, "CDP_MAX_FUTURE_SKEW_SECONDS", DEFAULT_MAX_FUTURE_SKEW, 0, 86_400))
+                   _whole(env, "CDP_MAX_FUTURE_SKEW_SECONDS", DEFAULT_MAX_FUTURE_SKEW, 0, 86_400), clock_mode(env))
 
 
 @dataclass(frozen=True)
@@ -71,21 +105,22 @@ class ChangesConfig:
 
 @dataclass(frozen=True)
 class ApiConfig:
+    """The API function. Its routes are registered at import, with their CORS settings, so the handler reads
+    CORS_ORIGINS then, with :func:`cors_origins`; the rest is read at the first request."""
+
     profiles_table: str
     members_table: str
     catalogue_path: Path
     member_shards: int
     me_claim: str
+    clock: str = "wall"  # CDP_CLOCK
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ApiConfig:
         return cls(_required(env, "PROFILES_TABLE"), _required(env, "MEMBERS_TABLE"), _catalogue(env),
-                   _whole(env, "MEMBER_SHARDS", 16, 1, 1000), env.get("ME_CLAIM", "").strip() or "sub")
-
-
-def cors_origins(env: Mapping[str, str]) -> list[str]:
-    """CORS_ORIGINS: comma-separated origins allowed to call the API from a browser (none by default)."""
-    return [origin.strip() for origin in env.get("CORS_ORIGINS", "").split(",") if origin.strip()]
+                   _whole(env, "MEMBER_SHARDS", 16, 1, 1000), env.get("ME_CLAIM", "").strip() or "sub",
+                   clock_mode(env), cors_origins(env))
 
 
 @dataclass(frozen=True)
@@ -95,11 +130,15 @@ class TimersConfig:
     catalogue_path: Path
     page_size: int
     reserve_ms: int  # stop taking pages when less than this is left of the invocation
+    # CDP_CLOCK: the sweep runs on wall time; "event" is valid here, and refused when the clock is built
+    # (an event clock of the sweep's own would never move), so a clock given to build() still works
+    clock: str = "wall"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TimersConfig:
         return cls(_required(env, "PROFILES_TABLE"), _required(env, "DUE_INDEX_NAME"), _catalogue(env),
-                   _whole(env, "SWEEP_PAGE_SIZE", 100, 1, 100), _whole(env, "SWEEP_RESERVE_MS", 10_000, 0, 600_000))
+                   _whole(env, "SWEEP_PAGE_SIZE", 100, 1, 100), _whole(env, "SWEEP_RESERVE_MS", 10_000, 0, 600_000),
+                   clock_mode(env))
 
 
 def json_object(raw: str, what: str) -> dict[str, Any]:
@@ -152,3 +191,46 @@ class DestinationConfig:
         return cls(targets, _required(env, "LEDGER_TABLE"), _required(env, "DEAD_LETTER_QUEUE_URL"),
                    env.get("SECRET_ARN", "").strip(), base_url.rstrip("/"), env.get("API_VERSION", "").strip(),
                    _json_object(env, "OPTIONS", required=False))
+
+
+@dataclass(frozen=True)
+class EmailConfig:
+    """The email function: the destination settings (``TARGETS``: segment -> SES template, at least one),
+    ``PROFILES_TABLE`` (the email address and consent traits are read from the profiles), and ``OPTIONS``
+    as :class:`~cdp.integrations.email.EmailOptions`."""
+
+    destination: DestinationConfig
+    profiles_table: str
+    options: EmailOptions
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> EmailConfig:
+        from cdp.integrations.email import EmailOptions
+
+        destination = DestinationConfig.from_env(env)
+        profiles_table = _required(env, "PROFILES_TABLE")
+        if not destination.targets:
+            raise ConfigError("environment variable TARGETS must map at least one segment to an SES template")
+        return cls(destination, profiles_table, EmailOptions.from_options(destination.options))
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """The webhook function: the destination settings, ``OPTIONS`` as
+    :class:`~cdp.integrations.webhook.WebhookOptions`, and ``PROFILES_TABLE``, required only with
+    ``include_email`` (the email trait is read from the profiles)."""
+
+    destination: DestinationConfig
+    options: WebhookOptions
+    profiles_table: str | None  # None without include_email
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WebhookConfig:
+        from cdp.integrations.webhook import WebhookOptions
+
+        destination = DestinationConfig.from_env(env)
+        options = WebhookOptions.parse(destination.options)
+        table = env.get("PROFILES_TABLE", "").strip()
+        if options.include_email and not table:
+            raise ConfigError("environment variable PROFILES_TABLE is required when OPTIONS.include_email is true")
+        return cls(destination, options, table if options.include_email else None)

@@ -30,6 +30,31 @@ class ProfileStore(Protocol):
         ...
 
 
+class ProfileLookup(ProfileStore, Protocol):
+    """A profile store that also reads one profile by itself (the API's reads)."""
+
+    def get(self, customer_id: str) -> Profile | None:
+        """The stored profile, strongly consistent; None when the customer has none."""
+        ...
+
+
+class InvalidCursor(ValueError):
+    """A listing cursor that the index did not make."""
+
+
+class MemberListing(Protocol):
+    """A segment's current members, as the API lists and counts them."""
+
+    def size(self, segment_id: str) -> int:
+        """How many customers are members now."""
+        ...
+
+    def page(self, segment_id: str, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to ``limit`` members (``customer_id``, ``since``) in a stable order, and the cursor of the next
+        page (None after the last); raises :class:`InvalidCursor` for a cursor it did not make."""
+        ...
+
+
 @dataclass(frozen=True)
 class QuarantinedRecord:
     """A record that can never be applied, kept whole with the reason, for an operator to redrive."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from cdp.core.catalogue import Catalogue, Segment
+from cdp.core.catalogue import Catalogue, Segment, membership_score, primary_segment, ranked_members
 from cdp.core.counters import tier_for_window
 from cdp.core.durations import DAY, format_duration
 from cdp.core.language import MetricCondition, RatioCondition
@@ -36,9 +36,16 @@ def windows_by_metric(catalogue: Catalogue) -> dict[str, set[int]]:
 
 def memberships(profile: Profile, catalogue: Catalogue) -> list[dict[str, Any]]:
     """The customer's segments, highest priority first."""
-    members = [(catalogue.segments[s], since) for s, since in profile.memberships.items() if s in catalogue.segments]
-    members.sort(key=lambda pair: Segment.rank(pair[0]))
-    return [{"id": segment.id, "name": segment.name, "since": iso(since)} for segment, since in members]
+    since = profile.memberships
+    return [{"id": segment.id, "name": segment.name, "since": iso(since[segment.id])}
+            for segment in ranked_members(catalogue, since)]
+
+
+def segments_summary(profile: Profile, catalogue: Catalogue) -> dict[str, Any]:
+    """The customer's segments, the primary one and the score: the overlap fields of the API's documents."""
+    primary = primary_segment(catalogue, profile.memberships)
+    return {"segments": memberships(profile, catalogue), "primary_segment": primary.id if primary else None,
+            "score": membership_score(catalogue, profile.memberships)}
 
 
 def profile_document(profile: Profile, catalogue: Catalogue, now: float) -> dict[str, Any]:
@@ -61,9 +68,6 @@ def profile_document(profile: Profile, catalogue: Catalogue, now: float) -> dict
                 figures["sum"] = total / 100
             entry["windows"][format_duration(window)] = figures
         counters.append(entry)
-    segments = memberships(profile, catalogue)
-    primary = segments[0]["id"] if segments else None
-    score = sum(catalogue.segments[s["id"]].weight for s in segments)
     revenue = profile.revenue / 100
     return {
         "customer_id": profile.customer_id,
@@ -82,9 +86,7 @@ def profile_document(profile: Profile, catalogue: Catalogue, now: float) -> dict
                  "last_added": ({"product_id": profile.last_add[0], "at": iso(profile.last_add[1])}
                                 if profile.last_add else None)},
         "channels": {channel: iso(seen) for channel, seen in sorted(profile.channels.items())},
-        "segments": segments,
-        "primary_segment": primary,
-        "score": score,
+        **segments_summary(profile, catalogue),
         "next_deadline": iso(profile.next_deadline),
         "version": profile.version,
         "updated_at": iso(profile.updated_at or None),

@@ -19,7 +19,7 @@ from cdp.aws.errors import domain_error
 from cdp.core.profile import Profile
 from cdp.pipeline.changes import MembershipChange, members_partition
 from cdp.pipeline.timers import DueEntry, DuePage
-from cdp.ports import ConflictError, TransientError
+from cdp.ports import ConflictError, InvalidCursor, TransientError
 
 BATCH_GET_LIMIT = 100
 UNPROCESSED_ATTEMPTS = 5
@@ -133,10 +133,6 @@ class DynamoProfileStore:
             raise domain_error(error) from error
         item = response.get("Item")
         return Profile.from_item(deserialise_item(item)) if item else None
-
-
-class InvalidCursor(ValueError):
-    """A listing cursor that this index did not make."""
 
 
 def _encode_cursor(shard: int, after: str) -> str:

@@ -60,23 +60,37 @@ class SesEmailSender:
             try:
                 response = self.client.send_templated_email(**request)
             except ClientError as error:
-                code = str(error.response.get("Error", {}).get("Code", "")) or "unknown"
-                status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-                if code in THROTTLED or code in FAULTS or status >= 500:
-                    continue  # SES answered: nothing was sent
-                if code in REFUSED:
-                    raise EmailRefused(f"SES {code}") from None
-                if code in UNAVAILABLE:
-                    raise TransientError(f"SES cannot send now: {code}") from None
-                raise TransientError(f"SES error {code}") from None
-            except NoConnection as error:  # no connection was made: the request never went out
-                raise TransientError(f"SES unreachable: {type(error).__name__}") from None
-            except HTTPClientError as error:  # read timeout, connection closed: the request may have gone out
-                raise SendOutcomeUnknown(f"SES's answer was lost: {type(error).__name__}") from None
-            except BotoCoreError as error:  # no credentials, invalid parameters: nothing was sent
-                raise TransientError(f"SES not called: {type(error).__name__}") from None
+                code, problem = answered(error)
+                if problem is None:
+                    continue  # SES answered with throttling or a fault: nothing was sent, so send again
+                raise problem from None
+            except BotoCoreError as error:
+                raise unanswered(error) from None
             return str(response["MessageId"])
         raise TransientError(f"SES throttled or failed the send: {code}")
+
+
+def answered(error: ClientError) -> tuple[str, Exception | None]:
+    """SES's error code, and what its answer means for the send: None when it may be sent again (throttled,
+    a fault), else the error to raise: refused for good, or not possible now. Never SES's message."""
+    code = str(error.response.get("Error", {}).get("Code", "")) or "unknown"
+    status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    if code in THROTTLED or code in FAULTS or status >= 500:
+        return code, None
+    if code in REFUSED:
+        return code, EmailRefused(f"SES {code}")
+    if code in UNAVAILABLE:
+        return code, TransientError(f"SES cannot send now: {code}")
+    return code, TransientError(f"SES error {code}")
+
+
+def unanswered(error: BotoCoreError) -> Exception:
+    """A send that got no answer from SES: whether the request went out decides between retry and unknown."""
+    if isinstance(error, NoConnection):  # no connection was made: the request never went out
+        return TransientError(f"SES unreachable: {type(error).__name__}")
+    if isinstance(error, HTTPClientError):  # read timeout, connection closed: the request may have gone out
+        return SendOutcomeUnknown(f"SES's answer was lost: {type(error).__name__}")
+    return TransientError(f"SES not called: {type(error).__name__}")  # no credentials, invalid parameters
 
 
 def cap_key(customer_id: str) -> str:

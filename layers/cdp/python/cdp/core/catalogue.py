@@ -132,6 +132,26 @@ class Catalogue:
         return set(self.metrics_by_event)
 
 
+# ---- overlap: which of a customer's segments comes first, and their combined weight ---------------
+
+def ranked_members(catalogue: Catalogue, memberships: Iterable[str]) -> list[Segment]:
+    """The enabled segments among ``memberships`` (segment ids), first the one :func:`primary_segment` names."""
+    segments = catalogue.segments
+    return sorted((segments[s] for s in memberships if s in segments), key=Segment.rank)
+
+
+def primary_segment(catalogue: Catalogue, memberships: Iterable[str]) -> Segment | None:
+    """The member segment with the highest priority (ties: higher weight, then id), or None."""
+    segments = catalogue.segments
+    members = [segments[s] for s in memberships if s in segments]
+    return min(members, key=Segment.rank) if members else None
+
+
+def membership_score(catalogue: Catalogue, memberships: Iterable[str]) -> float:
+    """The sum of the weights of the enabled segments among ``memberships``, added in rank order."""
+    return sum(segment.weight for segment in ranked_members(catalogue, memberships))
+
+
 def _fingerprint(segments: Iterable[Segment]) -> str:
     """Changes whenever an enabled definition does, so profiles know to be evaluated in full."""
     import hashlib
@@ -146,81 +166,135 @@ def parse_definition(raw: object, source: str = "") -> tuple[Segment, Parser]:
     if not isinstance(raw, dict):
         raise DefinitionError("", f"a definition must be a mapping, not {type(raw).__name__}", source=source)
     segment_id = raw.get("id")
-    shown_id = segment_id if isinstance(segment_id, str) else ""
     try:
-        for key in raw:
-            if key not in DEFINITION_FIELDS:
-                allowed = ", ".join(sorted(DEFINITION_FIELDS))
-                raise DefinitionError(str(key), f"is not a known field (allowed: {allowed})")
-        if not isinstance(segment_id, str) or not SLUG.match(segment_id):
-            raise DefinitionError("id", f"must be a lowercase slug like 'cart-abandoners', not {segment_id!r}")
-        name = raw.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise DefinitionError("name", "is required (a non-empty string)")
-        description = raw.get("description", "")
-        if not isinstance(description, str):
-            raise DefinitionError("description", "must be a string")
-        enabled = raw.get("enabled", True)
-        if not isinstance(enabled, bool):
-            raise DefinitionError("enabled", f"must be true or false, not {enabled!r}")
-        priority = raw.get("priority", 0)
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise DefinitionError("priority", f"must be a whole number, not {priority!r}")
-        group = raw.get("group")
-        if group is not None and (not isinstance(group, str) or not SLUG.match(group)):
-            raise DefinitionError("group", f"must be a lowercase slug, not {group!r}")
-        weight = raw.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise DefinitionError("weight", f"must be a number >= 0, not {weight!r}")
-        if "condition" not in raw:
-            raise DefinitionError("condition", "is required")
-        parser = Parser()
-        condition = parser.parse(raw["condition"])
-        if isinstance(condition, ManualCondition):
-            if group is not None:
-                raise DefinitionError("group", "a static (manual) segment cannot be in an exclusive group")
-            condition.segment_id = segment_id
+        _check_known_fields(raw)
+        segment_id, name, description, enabled = _labels(raw)
+        priority, group, weight = _overlap(raw)
+        condition, parser = _condition(raw, segment_id, group)
     except DefinitionError as error:
-        raise error.located(source, shown_id) from None
-    segment = Segment(segment_id, name, description, enabled, priority, group, float(weight),
-                      condition, source, raw)
+        raise error.located(source, segment_id if isinstance(segment_id, str) else "") from None
+    segment = Segment(segment_id, name, description, enabled, priority, group, weight, condition, source, raw)
     return segment, parser
+
+
+def _check_known_fields(raw: dict[Any, Any]) -> None:
+    for key in raw:
+        if key not in DEFINITION_FIELDS:
+            allowed = ", ".join(sorted(DEFINITION_FIELDS))
+            raise DefinitionError(str(key), f"is not a known field (allowed: {allowed})")
+
+
+def _labels(raw: dict[Any, Any]) -> tuple[str, str, str, bool]:
+    """The id, name, description and enabled flag."""
+    segment_id = raw.get("id")
+    if not isinstance(segment_id, str) or not SLUG.match(segment_id):
+        raise DefinitionError("id", f"must be a lowercase slug like 'cart-abandoners', not {segment_id!r}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise DefinitionError("name", "is required (a non-empty string)")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise DefinitionError("description", "must be a string")
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise DefinitionError("enabled", f"must be true or false, not {enabled!r}")
+    return segment_id, name, description, enabled
+
+
+def _overlap(raw: dict[Any, Any]) -> tuple[int, str | None, float]:
+    """What decides between overlapping segments: the priority, the exclusive group and the weight."""
+    priority = raw.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise DefinitionError("priority", f"must be a whole number, not {priority!r}")
+    group = raw.get("group")
+    if group is not None and (not isinstance(group, str) or not SLUG.match(group)):
+        raise DefinitionError("group", f"must be a lowercase slug, not {group!r}")
+    weight = raw.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+        raise DefinitionError("weight", f"must be a number >= 0, not {weight!r}")
+    return priority, group, float(weight)
+
+
+def _condition(raw: dict[Any, Any], segment_id: str, group: str | None) -> tuple[Condition, Parser]:
+    """The parsed condition, and the parser that holds the metrics it reads."""
+    if "condition" not in raw:
+        raise DefinitionError("condition", "is required")
+    parser = Parser()
+    condition = parser.parse(raw["condition"])
+    if isinstance(condition, ManualCondition):
+        if group is not None:
+            raise DefinitionError("group", "a static (manual) segment cannot be in an exclusive group")
+        condition.segment_id = segment_id
+    return condition, parser
 
 
 def build_catalogue(definitions: Iterable[tuple[str, object]]) -> Catalogue:
     """Validate (source, raw definition) pairs together; raises CatalogueError listing every problem."""
     errors: list[DefinitionError] = []
-    segments: list[Segment] = []
-    parsers: list[Parser] = []
+    parsed = _parse_all(definitions, errors)
+    segments = [segment for segment, _ in parsed]
+    _check_references(segments, errors)
+    metrics = _merge_metrics(parsed, errors)
+    if errors:
+        raise CatalogueError(errors)
+    # Conditions must read the merged metric (the one the profile fills), so re-point them.
+    for segment in segments:
+        for node in segment.condition.walk():
+            _repoint(node, metrics)
+            if isinstance(node, AbsenceCondition) and node.when is not None:
+                for inner in node.when.walk():
+                    _repoint(inner, metrics)
+    try:
+        return Catalogue(segments, metrics)
+    except DefinitionError as error:
+        raise CatalogueError([error]) from None
+
+
+def _parse_all(definitions: Iterable[tuple[str, object]],
+               errors: list[DefinitionError]) -> list[tuple[Segment, Parser]]:
+    """Each valid definition whose id is not taken by an earlier one; the others' problems go to ``errors``."""
+    parsed: list[tuple[Segment, Parser]] = []
+    ids: set[str] = set()
     for source, raw in definitions:
         try:
             segment, parser = parse_definition(raw, source)
         except DefinitionError as error:
             errors.append(error)
             continue
-        if any(existing.id == segment.id for existing in segments):
+        if segment.id in ids:
             errors.append(DefinitionError("id", "is defined twice", source=source, segment_id=segment.id))
             continue
-        segments.append(segment)
-        parsers.append(parser)
+        ids.add(segment.id)
+        parsed.append((segment, parser))
+    return parsed
+
+
+def _check_references(segments: list[Segment], errors: list[DefinitionError]) -> None:
+    """An enabled segment may refer only to enabled segments outside its own exclusive group."""
     known = {s.id: s for s in segments}
     for segment in segments:
         if not segment.enabled:
             continue
         for reference in sorted(segment.references):
-            target = known.get(reference)
-            problem = None
-            if target is None:
-                problem = f"refers to unknown segment {reference!r}"
-            elif not target.enabled:
-                problem = f"refers to disabled segment {reference!r}"
-            elif target.group is not None and target.group == segment.group:
-                problem = f"refers to {reference!r} in its own exclusive group {segment.group!r}"
+            problem = _reference_problem(segment, reference, known.get(reference))
             if problem:
-                errors.append(DefinitionError("condition", problem, source=segment.source,
-                                              segment_id=segment.id))
+                errors.append(DefinitionError("condition", problem, source=segment.source, segment_id=segment.id))
+
+
+def _reference_problem(segment: Segment, reference: str, target: Segment | None) -> str | None:
+    if target is None:
+        return f"refers to unknown segment {reference!r}"
+    if not target.enabled:
+        return f"refers to disabled segment {reference!r}"
+    if target.group is not None and target.group == segment.group:
+        return f"refers to {reference!r} in its own exclusive group {segment.group!r}"
+    return None
+
+
+def _merge_metrics(parsed: list[tuple[Segment, Parser]], errors: list[DefinitionError]) -> dict[str, MetricSpec]:
+    """One metric per key over the enabled segments, with the union of the tiers they read."""
     metrics: dict[str, MetricSpec] = {}
-    for segment, parser in zip(segments, parsers, strict=True):
+    for segment, parser in parsed:
         if not segment.enabled:
             continue
         for key, metric in parser.metrics.items():
@@ -235,19 +309,7 @@ def build_catalogue(definitions: Iterable[tuple[str, object]]) -> Catalogue:
                     f" {merged.sum_property!r}; add a where-filter to tell them apart",
                     source=segment.source, segment_id=segment.id))
             merged.sum_property = merged.sum_property or metric.sum_property
-    if errors:
-        raise CatalogueError(errors)
-    # Conditions must read the merged metric (the one the profile fills), so re-point them.
-    for segment in segments:
-        for node in segment.condition.walk():
-            _repoint(node, metrics)
-            if isinstance(node, AbsenceCondition) and node.when is not None:
-                for inner in node.when.walk():
-                    _repoint(inner, metrics)
-    try:
-        return Catalogue(segments, metrics)
-    except DefinitionError as error:
-        raise CatalogueError([error]) from None
+    return metrics
 
 
 def _repoint(node: Condition, metrics: dict[str, MetricSpec]) -> None:

@@ -165,14 +165,13 @@ def _has_lone_surrogate(message: object) -> bool:
 
 
 def normalise(message: object) -> Event:
-    """Turn one Segment-spec message into an :class:`Event`, or raise :class:`InvalidEvent`."""
+    """Turn one Segment-spec message into an :class:`Event`, or raise :class:`InvalidEvent`.
+
+    Fields are checked in a fixed order, so a message with several problems always reports the same one.
+    """
     if not isinstance(message, dict):
         raise InvalidEvent("message", f"must be a JSON object, not {json_type(message)}")
-    kind = message.get("type")
-    if kind not in MESSAGE_TYPES:
-        if kind is None:
-            raise InvalidEvent("type", "is required (track, identify, page, screen, alias or group)")
-        raise InvalidEvent("type", "must be one of track, identify, page, screen, alias, group")
+    kind = _message_type(message)
     message_id = _identifier(message, "messageId", required=True)
     assert message_id is not None
     user_id = _identifier(message, "userId", required=False)
@@ -181,30 +180,12 @@ def normalise(message: object) -> Event:
     if customer_id is None:
         raise InvalidEvent("userId", "either userId or anonymousId is required")
     timestamp = _timestamp(message)
-
-    context = message.get("context")
-    if context is None:
-        context = {}
-    elif not isinstance(context, dict):
-        raise InvalidEvent("context", f"must be an object, not {json_type(context)}")
+    context = _object(message, "context")
     properties = _object(message, "properties")
     traits = _traits(message, context)
-
     name = _event_name(message, kind)
     channel = _channel(message, context, name)
-    amount: float | None = None
-    order_id = product_id = None
-    quantity = 1
-    if name in ORDER_EVENTS:
-        order_id = _property_id(properties, "order_id", name)
-        amount = _order_amount(properties, name)
-    elif name in CART_EVENTS:
-        product_id = _product_id(properties, name)
-        quantity = _quantity(properties)
-        price = properties.get("price")
-        if price is not None:
-            amount = _amount(price, "properties.price")
-
+    amount, order_id, product_id, quantity = _commerce(properties, name)
     if kind == "identify":
         _check_traits(traits)
     previous_id = _identifier(message, "previousId", required=kind == "alias")
@@ -228,6 +209,32 @@ def normalise(message: object) -> Event:
         product_id=product_id,
         quantity=quantity,
     )
+
+
+def _message_type(message: dict[str, Any]) -> str:
+    kind = message.get("type")
+    if kind not in MESSAGE_TYPES:
+        if kind is None:
+            raise InvalidEvent("type", "is required (track, identify, page, screen, alias or group)")
+        raise InvalidEvent("type", "must be one of track, identify, page, screen, alias, group")
+    return str(kind)
+
+
+_Commerce = tuple[float | None, str | None, str | None, int]  # amount, order id, product id, quantity
+_NO_COMMERCE: _Commerce = (None, None, None, 1)
+
+
+def _commerce(properties: dict[str, Any], name: str) -> _Commerce:
+    """An order's amount and id, or a cart event's price, product id and quantity."""
+    if name in ORDER_EVENTS:
+        order_id = _property_id(properties, "order_id", name)
+        return _order_amount(properties, name), order_id, None, 1
+    if name in CART_EVENTS:
+        product_id = _product_id(properties, name)
+        quantity = _quantity(properties)
+        price = properties.get("price")
+        return (_amount(price, "properties.price") if price is not None else None), None, product_id, quantity
+    return _NO_COMMERCE
 
 
 def json_type(value: object) -> str:

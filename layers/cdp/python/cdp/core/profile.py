@@ -1,6 +1,8 @@
 """The customer profile: compact, bounded aggregates and the current segment memberships.
 
-One DynamoDB item holds everything a profile read needs. Its attributes:
+The model and its item encoding; :mod:`cdp.core.fold` changes it event by event, and
+:class:`ProfileView` is how segment conditions read it. One DynamoDB item holds everything
+a profile read needs. Its attributes:
 
 =============  =============================================================
 ``customer_id``  partition key
@@ -47,9 +49,12 @@ from __future__ import annotations
 import hashlib
 import struct
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdp.core.counters import Counter
+
+if TYPE_CHECKING:
+    from cdp.core.population import PopulationStats
 
 DEDUPE_HORIZON = 8 * 86400  # Kinesis retention (7 days) + 1 day for a redrive
 MAX_MESSAGE_IDS = 1_000  # 12 KB: a customer with more messages within the horizon loses the oldest
@@ -197,9 +202,23 @@ class Profile:
     # serialisation
 
     def to_item(self) -> dict[str, Any]:
-        """The DynamoDB item (plain Python values; numbers are ints, binary is bytes)."""
+        """The DynamoDB item (plain Python values; numbers are ints, binary is bytes).
+
+        Attributes are written in the order of the table in the module docstring; an empty one is left out.
+        """
         item: dict[str, Any] = {"customer_id": self.customer_id, "v": self.version,
                                 "ca": self.created_at, "ua": self.updated_at}
+        self._put_aggregates(item)
+        self._put_dedupe(item)
+        self._put_segmentation(item)
+        if self.aliases:
+            item["al"] = self.aliases
+        if self.groups:
+            item["gr"] = self.groups
+        return item
+
+    def _put_aggregates(self, item: dict[str, Any]) -> None:
+        """What the events folded into: traits, channels, counters, orders, cart and context."""
         if self.traits:
             item["t"] = self.traits
         if self.channels:
@@ -217,12 +236,18 @@ class Profile:
             item["la"] = self.last_add
         if self.context:
             item["cx"] = self.context
+
+    def _put_dedupe(self, item: dict[str, Any]) -> None:
+        """What makes a redelivery a duplicate: message ids, completed orders, shard watermarks."""
         if self._message_ids:
             item["mi"] = b"".join(map(_ID_ENTRY.pack, self._message_ids, self._message_ids.values()))
         if self._order_digests:
             item["od"] = b"".join(self._order_digests)
         if self.shard_marks:
             item["sq"] = self.shard_marks
+
+    def _put_segmentation(self, item: dict[str, Any]) -> None:
+        """Memberships, deadlines (and the due-index key), latches, catalogue fingerprint, transitions."""
         if self.memberships:
             item["m"] = self.memberships
         if self.deadlines:
@@ -235,11 +260,6 @@ class Profile:
             item["cv"] = self.catalogue
         if self.transitions:
             item["tx"] = self.transitions
-        if self.aliases:
-            item["al"] = self.aliases
-        if self.groups:
-            item["gr"] = self.groups
-        return item
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Profile:
@@ -278,6 +298,41 @@ class Profile:
         profile.aliases = [str(a) for a in item.get("al") or []]
         profile.groups = [str(g) for g in item.get("gr") or []]
         return profile
+
+
+class ProfileView:
+    """A profile as the conditions read it (:class:`cdp.core.language.Context`), at one moment."""
+
+    __slots__ = ("now", "profile", "stats")
+
+    def __init__(self, profile: Profile, now: float, stats: PopulationStats | None) -> None:
+        self.profile, self.now, self.stats = profile, now, stats
+
+    def counter(self, key: str) -> Counter | None:
+        return self.profile.counter(key)
+
+    def trait(self, name: str) -> Any:
+        return self.profile.traits.get(name)
+
+    def channel_last_seen(self, channel: str) -> int | None:
+        return self.profile.channels.get(channel)
+
+    def is_member(self, segment_id: str) -> bool:
+        return segment_id in self.profile.memberships
+
+    def rfm(self, metric: str) -> float:
+        profile = self.profile
+        if metric == "orders":
+            return profile.orders
+        if metric == "revenue":
+            return profile.revenue / 100
+        return profile.revenue / 100 / profile.orders if profile.orders else 0.0
+
+    def threshold(self, metric: str, top_percent: float) -> float | None:
+        return self.stats.threshold(metric, top_percent) if self.stats else None
+
+    def latch(self, key: str) -> int | None:
+        return self.profile.latches.get(key)
 
 
 def due_shard(customer_id: str) -> str:

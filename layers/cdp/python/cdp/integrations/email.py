@@ -315,62 +315,96 @@ def deliver_emails(messages: Sequence[tuple[str, str]], templates: Mapping[str, 
     ``delivered`` lists the events whose email was sent; exits and skipped entries are in ``skipped``.
     """
     result = DeliveryResult()
-    bodies = dict(messages)
     events = parse_batch(messages, result)
     if not events:
         return result
-    try:
-        applied = ledger.entries(NAMESPACE, [event.key for event in events])
-    except TransientError as error:
-        for event in events:
-            result.retry[event.message_id] = f"delivery ledger unavailable: {error}"
+    applied = _applied(ledger, events, result)
+    if applied is None:
         return result
     planned = plan(events, applied)
     result.skipped += planned.skipped
-
-    candidates: list[tuple[Action, str]] = []
-    for action in planned.actions:
+    candidates = _candidates(planned.actions, templates, ledger, result)
+    if not candidates:
+        return result
+    found = _recipients(profiles, candidates, result)
+    if found is None:
+        return result
+    bodies = dict(messages)
+    for action, template in candidates:
         event = action.event
-        if not getattr(action, "records", True):
+        profile = found.get(event.customer_id)
+        address, why_not = recipient(profile, options)
+        if profile is None or address is None:
+            _done(ledger, action, why_not, result)
+            continue
+        data = template_data(event, segment_name(bodies.get(event.message_id, "")), profile)
+        _claim_and_send(action, template, address, data, applied.get(event.key), ledger, cap, sender, int(now),
+                        options, result)
+    return result
+
+
+def _applied(ledger: EmailLedger, events: Sequence[MembershipEvent],
+             result: DeliveryResult) -> dict[tuple[str, str], LedgerEntry] | None:
+    """The ledger's entries for the batch; None when the ledger is unavailable (every event is retried)."""
+    try:
+        return ledger.entries(NAMESPACE, [event.key for event in events])
+    except TransientError as error:
+        for event in events:
+            result.retry[event.message_id] = f"delivery ledger unavailable: {error}"
+        return None
+
+
+def email_template(event: MembershipEvent, templates: Mapping[str, str]) -> tuple[str | None, str]:
+    """The template an Entered event sends, or None and why it sends none (rules 1 and 2)."""
+    template = templates.get(event.segment_id)
+    primary = event.primary_segment
+    if template is None:
+        return None, "segment has no email template"
+    if primary and primary != event.segment_id and primary in templates:
+        return None, f"the primary segment {primary} has its own email"
+    return template, ""
+
+
+def recipient(profile: Profile | None, options: EmailOptions) -> tuple[str | None, str]:
+    """The address a customer's email goes to, or None and why they get none (rules 3 to 5)."""
+    if profile is None:
+        return None, "no profile"
+    address = normalise_email(profile.traits.get("email"))
+    if address is None:
+        return None, "no valid email address in the profile"
+    refusal = permission_refusal(profile.traits, options)
+    if refusal is not None:
+        return None, refusal
+    return address, ""
+
+
+def _candidates(actions: Sequence[Action], templates: Mapping[str, str], ledger: DeliveryLedger,
+                result: DeliveryResult) -> list[tuple[Action, str]]:
+    """The Entered actions that may send, with their template; every other action is recorded as done."""
+    candidates: list[tuple[Action, str]] = []
+    for action in actions:
+        if not action.records:
             continue  # a clean-up removal for list destinations: an email has nothing to take back
         if action.kind == EXITED:
             _done(ledger, action, "exit recorded (no email on exit)", result)
             continue
-        template = templates.get(event.segment_id)
-        primary = event.primary_segment
+        template, why_not = email_template(action.event, templates)
         if template is None:
-            _done(ledger, action, "segment has no email template", result)
-        elif primary and primary != event.segment_id and primary in templates:
-            _done(ledger, action, f"the primary segment {primary} has its own email", result)
+            _done(ledger, action, why_not, result)
         else:
             candidates.append((action, template))
-    if not candidates:
-        return result
+    return candidates
 
+
+def _recipients(profiles: ProfileReader, candidates: Sequence[tuple[Action, str]],
+                result: DeliveryResult) -> dict[str, Profile] | None:
+    """The candidates' profiles, in one read; None when the store is unavailable (they are retried)."""
     try:
-        found = profiles.load([action.event.customer_id for action, _ in candidates])
+        return profiles.load([action.event.customer_id for action, _ in candidates])
     except TransientError as error:
         for action, _ in candidates:
             result.retry[action.event.message_id] = f"profile store unavailable: {error}"
-        return result
-
-    moment = int(now)
-    for action, template in candidates:
-        event = action.event
-        profile = found.get(event.customer_id)
-        address = normalise_email(profile.traits.get("email")) if profile is not None else None
-        refusal = permission_refusal(profile.traits, options) if profile is not None else None
-        if profile is None:
-            _done(ledger, action, "no profile", result)
-        elif address is None:
-            _done(ledger, action, "no valid email address in the profile", result)
-        elif refusal is not None:
-            _done(ledger, action, refusal, result)
-        else:
-            data = template_data(event, segment_name(bodies.get(event.message_id, "")), profile)
-            _claim_and_send(action, template, address, data, applied.get(event.key), ledger, cap, sender, moment,
-                            options, result)
-    return result
+        return None
 
 
 def _claim_and_send(action: Action, template: str, address: str, data: Mapping[str, str],

@@ -91,6 +91,7 @@ SIGNATURE_HEADER = "X-CDP-Signature"
 SIGNATURE_VERSION = "v1"
 TOLERANCE_SECONDS = 300
 DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE = 100, 1000
+MIN_SECRET_LENGTH = 16
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _REASON_CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
@@ -170,6 +171,15 @@ class WebhookOptions:
         if not isinstance(include_email, bool):
             raise ConfigError("OPTIONS.include_email: must be true or false")
         return cls(url, size, include_email)
+
+
+def signing_secret(secret: Mapping[str, Any]) -> str:
+    """The function's secret's ``signing_secret``, long enough to be one."""
+    value = secret.get("signing_secret")
+    if not isinstance(value, str) or len(value) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"the webhook secret must hold {{\"signing_secret\": \"...\"}} of at least "
+                          f"{MIN_SECRET_LENGTH} characters")
+    return value
 
 
 def url_allowed(url: str) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from cdp.core.catalogue import Catalogue, Segment
+from cdp.core.catalogue import Catalogue, primary_segment
 from cdp.core.identifiers import hashed_identifiers
 from cdp.ports import Publisher, TransientError
 
@@ -117,11 +117,6 @@ def diff(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[M
     return changes
 
 
-def primary_segment(catalogue: Catalogue, memberships: Mapping[str, Any]) -> Segment | None:
-    members = [catalogue.segments[s] for s in memberships if s in catalogue.segments]
-    return min(members, key=Segment.rank) if members else None
-
-
 def bus_entry(change: MembershipChange, new: Mapping[str, Any] | None, catalogue: Catalogue,
               bus_name: str) -> dict[str, Any]:
     """The PutEvents entry for one change. The detail follows events/schemas/segment-membership.v1.json."""
@@ -181,21 +176,9 @@ def publish_changes(records: Sequence[TableChange], catalogue: Catalogue, index:
     entries: list[dict[str, Any]] = []
     owners: list[tuple[str, MembershipChange]] = []
     for record in records:
-        try:
-            if record.problem:
-                raise InvalidImage(record.problem)
-            check_image(record.old, "old")
-            check_image(record.new, "new")
-        except InvalidImage as error:
-            # One foreign or hand-edited item fails only its own record; the others proceed.
-            result.failure_reasons[record.record_id] = f"not a profile item: {error}"
-            continue
-        try:
-            changes = diff(record.old, record.new)
-            for change in changes:
-                index.record(change)
-        except TransientError as error:
-            result.failure_reasons[record.record_id] = f"members index: {error}"
+        changes, problem = _indexed_changes(record, index)
+        if problem:
+            result.failure_reasons[record.record_id] = problem
             continue
         for change in changes:
             entries.append(bus_entry(change, record.new, catalogue, bus_name))
@@ -204,8 +187,25 @@ def publish_changes(records: Sequence[TableChange], catalogue: Catalogue, index:
     for position, (record_id, _change) in enumerate(owners):
         if position in failed_entries:
             result.failure_reasons.setdefault(record_id, "EventBridge did not accept the event after resending")
-    for record_id, change in owners:
-        if record_id not in result.failure_reasons:
-            result.published.append(change)
+    result.published = [change for record_id, change in owners if record_id not in result.failure_reasons]
     result.failed = [r.record_id for r in records if r.record_id in result.failure_reasons]
     return result
+
+
+def _indexed_changes(record: TableChange, index: MembersIndex) -> tuple[list[MembershipChange], str]:
+    """The record's membership changes, each applied to the members index; or why the record fails."""
+    try:
+        if record.problem:
+            raise InvalidImage(record.problem)
+        check_image(record.old, "old")
+        check_image(record.new, "new")
+    except InvalidImage as error:
+        # One foreign or hand-edited item fails only its own record; the others proceed.
+        return [], f"not a profile item: {error}"
+    changes = diff(record.old, record.new)
+    try:
+        for change in changes:
+            index.record(change)
+    except TransientError as error:
+        return [], f"members index: {error}"
+    return changes, ""

@@ -51,28 +51,13 @@ class MembershipEvent:
 
 def parse_message(message_id: str, body: str) -> MembershipEvent:
     """A bus event (as the rule's queue target delivers it) as a :class:`MembershipEvent`."""
-    try:
-        event = json.loads(body)
-    except ValueError:
-        raise InvalidDelivery("body: is not JSON") from None
-    if not isinstance(event, dict):
-        raise InvalidDelivery("body: is not a JSON object")
+    event = _json_object(body)
     kind = DETAIL_TYPES.get(str(event.get("detail-type")))
     if kind is None:
         raise InvalidDelivery(f"detail-type: must be one of {sorted(DETAIL_TYPES)}")
-    detail = event.get("detail")
-    if not isinstance(detail, dict):
-        raise InvalidDelivery("detail: is missing")
-    if str(detail.get("schema_version")) != "1":
-        raise InvalidDelivery("detail.schema_version: only version 1 is understood")
-    segment = detail.get("segment")
-    segment_id = segment.get("id") if isinstance(segment, dict) else None
+    detail = _detail(event)
+    event_id, customer_id, segment_id = _identity(detail)
     version = detail.get("membership_version")
-    fields = {"detail.event_id": detail.get("event_id"), "detail.customer_id": detail.get("customer_id"),
-              "detail.segment.id": segment_id}
-    for name, value in fields.items():
-        if not isinstance(value, str) or not value:
-            raise InvalidDelivery(f"{name}: must be a non-empty string")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise InvalidDelivery("detail.membership_version: must be a positive whole number")
     if detail.get("change") != kind:
@@ -81,9 +66,40 @@ def parse_message(message_id: str, body: str) -> MembershipEvent:
     if not isinstance(identifiers, dict) or not all(isinstance(v, str) for v in identifiers.values()):
         raise InvalidDelivery("detail.identifiers: must be an object of strings")
     primary = detail.get("primary_segment")
-    return MembershipEvent(message_id, str(detail["event_id"]), kind, str(detail["customer_id"]), str(segment_id),
-                           version, str(detail.get("at", "")), primary if isinstance(primary, str) else None,
-                           dict(identifiers))
+    return MembershipEvent(message_id, event_id, kind, customer_id, segment_id, version, str(detail.get("at", "")),
+                           primary if isinstance(primary, str) else None, dict(identifiers))
+
+
+def _json_object(body: str) -> dict[str, Any]:
+    try:
+        event = json.loads(body)
+    except ValueError:
+        raise InvalidDelivery("body: is not JSON") from None
+    if not isinstance(event, dict):
+        raise InvalidDelivery("body: is not a JSON object")
+    return event
+
+
+def _detail(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The event's ``detail``, of the one schema version understood."""
+    detail = event.get("detail")
+    if not isinstance(detail, dict):
+        raise InvalidDelivery("detail: is missing")
+    if str(detail.get("schema_version")) != "1":
+        raise InvalidDelivery("detail.schema_version: only version 1 is understood")
+    return detail
+
+
+def _identity(detail: Mapping[str, Any]) -> tuple[str, str, str]:
+    """The change's event id, customer id and segment id, each a non-empty string."""
+    segment = detail.get("segment")
+    fields = {"detail.event_id": detail.get("event_id"), "detail.customer_id": detail.get("customer_id"),
+              "detail.segment.id": segment.get("id") if isinstance(segment, dict) else None}
+    for name, value in fields.items():
+        if not isinstance(value, str) or not value:
+            raise InvalidDelivery(f"{name}: must be a non-empty string")
+    event_id, customer_id, segment_id = fields.values()
+    return str(event_id), str(customer_id), str(segment_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,64 +251,93 @@ class Destination(Protocol):
         ...
 
 
+# The order of a target's sends: clean-up removals first (if one fails, its event's add waits for the retry
+# with it), then the adds, then the removals. Each is (kind, whether the action is recorded in the ledger).
+SEND_ORDER = ((EXITED, False), (ENTERED, True), (EXITED, True))
+
+
 def deliver(messages: Sequence[tuple[str, str]], destination: Destination, ledger: DeliveryLedger) -> DeliveryResult:
     """One queue batch to one destination: plan against the ledger, send per audience and kind, record."""
     result = DeliveryResult()
+    for target, events in _by_target(parse_batch(messages, result), destination, result).items():
+        _deliver_to(target, events, destination, ledger, result)
+    return result
+
+
+def _by_target(events: Sequence[MembershipEvent], destination: Destination,
+               result: DeliveryResult) -> dict[str, list[MembershipEvent]]:
+    """The events by the audience or list their segment maps to; those of unmapped segments are skipped."""
     by_target: dict[str, list[MembershipEvent]] = {}
-    for event in parse_batch(messages, result):
+    for event in events:
         target = destination.target(event.segment_id)
         if target is None:
             result.skipped.append((event, "segment not configured for this destination"))
         else:
             by_target.setdefault(target, []).append(event)
-    for target, events in by_target.items():
-        namespace = f"{destination.name}:{target}"
+    return by_target
+
+
+def _deliver_to(target: str, events: Sequence[MembershipEvent], destination: Destination, ledger: DeliveryLedger,
+                result: DeliveryResult) -> None:
+    """One target's events: planned against its ledger entries, then sent kind by kind in :data:`SEND_ORDER`."""
+    namespace = f"{destination.name}:{target}"
+    try:
+        applied = ledger.entries(namespace, [e.key for e in events])
+    except TransientError as error:
+        for event in events:
+            result.retry[event.message_id] = f"delivery ledger unavailable: {error}"
+        return
+    planned = plan(events, applied)
+    result.skipped += planned.skipped
+    for kind, records in SEND_ORDER:
+        actions = [a for a in planned.actions if a.kind == kind and a.records == records
+                   and a.event.message_id not in result.retry and a.event.message_id not in result.refused]
+        rows = _rows(actions, destination, ledger, namespace, result)
+        if rows:
+            _send(target, kind, rows, destination, ledger, namespace, result)
+
+
+def _rows(actions: Sequence[Action], destination: Destination, ledger: DeliveryLedger, namespace: str,
+          result: DeliveryResult) -> dict[str, tuple[Action, Row]]:
+    """The row of each action, by event id. A malformed identifier refuses its event; an action with nothing
+    the destination matches on is done without a send, and recorded so that order still holds."""
+    rows: dict[str, tuple[Action, Row]] = {}
+    for action in actions:
         try:
-            applied = ledger.entries(namespace, [e.key for e in events])
-        except TransientError as error:
-            for event in events:
-                result.retry[event.message_id] = f"delivery ledger unavailable: {error}"
+            identifiers = valid_identifiers(action.identifiers, destination.identifier_names)
+        except InvalidDelivery as error:
+            result.refused[action.event.message_id] = str(error)
             continue
-        planned = plan(events, applied)
-        result.skipped += planned.skipped
-        # Clean-up removals first: if one fails, its event's add waits for the retry with it.
-        for kind, records in ((EXITED, False), (ENTERED, True), (EXITED, True)):
-            actions = [a for a in planned.actions if a.kind == kind and a.records == records
-                       and a.event.message_id not in result.retry and a.event.message_id not in result.refused]
-            rows, by_event = [], {}
-            for action in actions:
-                try:
-                    identifiers = valid_identifiers(action.identifiers, destination.identifier_names)
-                except InvalidDelivery as error:
-                    result.refused[action.event.message_id] = str(error)
-                    continue
-                if not identifiers:  # nothing to match on: done, and recorded so order still holds
-                    if action.records:
-                        _record(ledger, namespace, action, result)
-                        result.skipped.append((action.event, "no identifiers this destination matches on"))
-                    continue
-                rows.append(Row(action.event.event_id, identifiers, action.event.customer_id, action.event.version))
-                by_event[action.event.event_id] = action
-            if not rows:
-                continue
-            try:
-                outcome = destination.send(target, kind, rows)
-            except TransientError as error:
-                for action in by_event.values():
-                    result.retry[action.event.message_id] = str(error)
-                continue
-            for event_id, action in by_event.items():
-                if event_id in outcome.refused:
-                    result.refused[action.event.message_id] = outcome.refused[event_id]
-                elif event_id in outcome.retry:
-                    result.retry[action.event.message_id] = outcome.retry[event_id]
-                elif not action.records:
-                    continue
-                elif _record(ledger, namespace, action, result):
-                    result.delivered.append(action)
-                elif action.event.message_id not in result.retry:
-                    _reconcile(destination, target, namespace, action, ledger, result)
-    return result
+        if not identifiers:
+            if action.records:
+                _record(ledger, namespace, action, result)
+                result.skipped.append((action.event, "no identifiers this destination matches on"))
+            continue
+        event = action.event
+        rows[event.event_id] = (action, Row(event.event_id, identifiers, event.customer_id, event.version))
+    return rows
+
+
+def _send(target: str, kind: str, rows: Mapping[str, tuple[Action, Row]], destination: Destination,
+          ledger: DeliveryLedger, namespace: str, result: DeliveryResult) -> None:
+    """Send one kind of rows to the target, then settle each action by the destination's answer for its row."""
+    try:
+        outcome = destination.send(target, kind, [row for _, row in rows.values()])
+    except TransientError as error:
+        for action, _ in rows.values():
+            result.retry[action.event.message_id] = str(error)
+        return
+    for event_id, (action, _) in rows.items():
+        if event_id in outcome.refused:
+            result.refused[action.event.message_id] = outcome.refused[event_id]
+        elif event_id in outcome.retry:
+            result.retry[action.event.message_id] = outcome.retry[event_id]
+        elif not action.records:
+            continue
+        elif _record(ledger, namespace, action, result):
+            result.delivered.append(action)
+        elif action.event.message_id not in result.retry:
+            _reconcile(destination, target, namespace, action, ledger, result)
 
 
 def _record(ledger: DeliveryLedger, namespace: str, action: Action, result: DeliveryResult) -> bool:

@@ -23,9 +23,8 @@ from cdp.core.clock import Clock, wall_time
 from cdp.core.engine import Engine, Outcome, Transition, future_reason
 from cdp.core.events import Event, InvalidEvent, parse_record
 from cdp.core.profile import Profile
-from cdp.ports import ConflictError, ProfileStore, Quarantine, QuarantinedRecord, TransientError
-
-MAX_WRITE_ATTEMPTS = 3
+from cdp.pipeline.write import write_profile
+from cdp.ports import ProfileStore, Quarantine, QuarantinedRecord, TransientError
 
 
 @dataclass(frozen=True)
@@ -55,12 +54,34 @@ class BatchResult:
     lags: list[float] = field(default_factory=list)  # seconds from event time to application
 
 
+Parsed = tuple[StreamRecord, Event | InvalidEvent]  # a record and its event, or why it is not one
+Items = Sequence[tuple[StreamRecord, Event]]  # one customer's records with their events, in batch order
+ByCustomer = dict[str, list[tuple[StreamRecord, Event]]]
+
+
 def ingest_batch(records: Sequence[StreamRecord], engine: Engine, store: ProfileStore,
                  quarantine: Quarantine, clock: Clock) -> BatchResult:
+    """Decode, refuse and quarantine what can never apply, then fold and write each customer once."""
     result = BatchResult()
-    poison: list[QuarantinedRecord] = []
-    by_customer: dict[str, list[tuple[StreamRecord, Event]]] = {}
-    decoded: list[tuple[StreamRecord, Event | InvalidEvent]] = []
+    # Refused before any clock observes it: an event stamped far ahead (2999) would otherwise move an
+    # event-time clock, and every profile it evaluates, into the future for good. Event-time replays
+    # are in the past of the wall clock, so wall time plus the allowed skew bounds both modes.
+    decoded = _refuse_future(_decode(records), wall_time(clock), engine.max_future_skew)
+    _observe(clock, decoded)
+    now = clock.now()
+    by_customer, poison = _by_customer(decoded, now)
+    profiles = _load_profiles(store, by_customer, result)
+    if profiles is not None:
+        for customer_id, items in by_customer.items():
+            poison += _ingest_customer(customer_id, items, profiles.get(customer_id), engine, store, now, result)
+    _quarantine(poison, quarantine, result)
+    result.failed = [r.sequence for r in records if r.sequence in result.failure_reasons]
+    return result
+
+
+def _decode(records: Sequence[StreamRecord]) -> list[Parsed]:
+    """Each record with its event, or with why it is not one."""
+    decoded: list[Parsed] = []
     for record in records:
         try:
             if record.decode_error:
@@ -68,91 +89,107 @@ def ingest_batch(records: Sequence[StreamRecord], engine: Engine, store: Profile
             decoded.append((record, parse_record(record.data)))
         except InvalidEvent as error:
             decoded.append((record, error))
-    # Refused before any clock observes it: an event stamped far ahead (2999) would otherwise move an
-    # event-time clock, and every profile it evaluates, into the future for good. Event-time replays
-    # are in the past of the wall clock, so wall time plus the allowed skew bounds both modes.
-    horizon = wall_time(clock) + engine.max_future_skew
-    decoded = [(record, InvalidEvent("timestamp", future_reason(engine.max_future_skew))
-                if isinstance(parsed, Event) and parsed.timestamp > horizon else parsed) for record, parsed in decoded]
-    observe = getattr(clock, "observe", None)  # an event-time clock follows the events it sees
+    return decoded
+
+
+def _refuse_future(decoded: list[Parsed], wall: float, skew: float) -> list[Parsed]:
+    """Events stamped more than ``skew`` seconds ahead of the wall clock, turned into invalid ones."""
+    horizon = wall + skew
+    return [(record, InvalidEvent("timestamp", future_reason(skew))
+             if isinstance(parsed, Event) and parsed.timestamp > horizon else parsed) for record, parsed in decoded]
+
+
+def _observe(clock: Clock, decoded: list[Parsed]) -> None:
+    """An event-time clock follows the events it sees; a wall clock has no ``observe``."""
+    observe = getattr(clock, "observe", None)
     if observe is not None:
         for _, parsed in decoded:
             if isinstance(parsed, Event):
                 observe(parsed.timestamp)
-    now = clock.now()
+
+
+def _by_customer(decoded: list[Parsed], now: float) -> tuple[ByCustomer, list[QuarantinedRecord]]:
+    """The valid events grouped by customer, in batch order, and the invalid records to quarantine."""
+    by_customer: ByCustomer = {}
+    poison: list[QuarantinedRecord] = []
     for record, parsed in decoded:
         if isinstance(parsed, InvalidEvent):
-            poison.append(QuarantinedRecord(record.source, record.sequence, record.partition_key,
-                                            record.data, str(parsed), parsed.field, now, record.shard))
+            poison.append(_quarantined(record, str(parsed), parsed.field, now))
         else:
             by_customer.setdefault(parsed.customer_id, []).append((record, parsed))
+    return by_customer, poison
 
-    def fail(items: Sequence[tuple[StreamRecord, Event]], reason: str) -> None:
-        for record, _ in items:
-            result.failure_reasons[record.sequence] = reason
 
+def _quarantined(record: StreamRecord, reason: str, field_name: str, now: float) -> QuarantinedRecord:
+    return QuarantinedRecord(record.source, record.sequence, record.partition_key, record.data, reason, field_name,
+                             now, record.shard)
+
+
+def _fail(result: BatchResult, items: Items, reason: str) -> None:
+    for record, _ in items:
+        result.failure_reasons[record.sequence] = reason
+
+
+def _load_profiles(store: ProfileStore, by_customer: ByCustomer, result: BatchResult) -> dict[str, Profile] | None:
+    """Every customer's stored profile, in one load; None when the store failed (all their records retry)."""
+    if not by_customer:
+        return {}
     try:
-        profiles = store.load(list(by_customer)) if by_customer else {}
+        return store.load(list(by_customer))
     except TransientError as error:
-        profiles = {}
         for items in by_customer.values():
-            fail(items, f"profiles could not be loaded: {error}")
-        by_customer = {}
+            _fail(result, items, f"profiles could not be loaded: {error}")
+        return None
 
-    for customer_id, items in by_customer.items():
-        events = [event for _, event in items]
-        profile = profiles.get(customer_id) or Profile(customer_id)
-        for attempt in range(1, MAX_WRITE_ATTEMPTS + 1):
-            expected = profile.version
-            # At or below the shard's watermark: handled already, a duplicate without folding.
-            pending = [event for record, event in items if not profile.delivered(record.shard, record.sequence)]
-            outcome = engine.apply(profile, pending, now)
-            outcome.duplicates += len(items) - len(pending)
-            if not outcome.changed:
-                break
-            _advance_watermarks(profile, items, outcome, now)
-            profile.version = expected + 1
-            try:
-                store.save(profile, expected)
-                result.customers_written += 1
-                break
-            except ConflictError:
-                result.conflicts += 1
-                if attempt == MAX_WRITE_ATTEMPTS:
-                    fail(items, f"profile changed concurrently {MAX_WRITE_ATTEMPTS} times")
-                    break
-                try:
-                    profile = store.load([customer_id]).get(customer_id) or Profile(customer_id)
-                except TransientError as error:
-                    fail(items, f"profile could not be reloaded: {error}")
-                    break
-            except TransientError as error:
-                fail(items, f"profile could not be written: {error}")
-                break
-        if items[0][0].sequence in result.failure_reasons:
-            continue
-        result.applied += outcome.applied
-        result.duplicates += outcome.duplicates
-        result.beyond_retention += outcome.beyond_retention
-        result.transitions += outcome.transitions
-        result.lags += [now - event.timestamp for event in events]
-        rejected = {id(event): reason for event, reason in outcome.rejected}
-        for record, event in items:
-            reason = rejected.get(id(event))
-            if reason is not None:
-                field_name = reason.split(":", 1)[0]
-                poison.append(QuarantinedRecord(record.source, record.sequence, record.partition_key,
-                                                record.data, reason, field_name, now, record.shard))
 
-    if poison:
-        try:
-            quarantine.put(poison)
-            result.quarantined.update(bad.field for bad in poison)
-        except TransientError as error:
-            for bad in poison:
-                result.failure_reasons[bad.sequence] = f"quarantine unavailable: {error}"
-    result.failed = [r.sequence for r in records if r.sequence in result.failure_reasons]
-    return result
+def _ingest_customer(customer_id: str, items: Items, profile: Profile | None, engine: Engine, store: ProfileStore,
+                     now: float, result: BatchResult) -> list[QuarantinedRecord]:
+    """Fold one customer's events and write the profile once; returns the records its fold rejected."""
+    folds: list[Outcome] = []
+
+    def fold(current: Profile) -> bool:
+        outcome = _fold(current, items, engine, now)
+        folds.append(outcome)
+        if outcome.changed:
+            _advance_watermarks(current, items, outcome, now)
+        return outcome.changed
+
+    write = write_profile(store, customer_id, profile, fold)
+    result.conflicts += write.conflicts
+    if write.failed:
+        _fail(result, items, write.reason)
+        return []
+    outcome = folds[-1]  # the fold of the profile as written (or as found, when nothing changed)
+    result.customers_written += int(write.written)
+    result.applied += outcome.applied
+    result.duplicates += outcome.duplicates
+    result.beyond_retention += outcome.beyond_retention
+    result.transitions += outcome.transitions
+    result.lags += [now - event.timestamp for _, event in items]
+    rejected = {id(event): reason for event, reason in outcome.rejected}
+    return [_quarantined(record, rejected[id(event)], rejected[id(event)].split(":", 1)[0], now)
+            for record, event in items if id(event) in rejected]
+
+
+def _fold(profile: Profile, items: Items, engine: Engine, now: float) -> Outcome:
+    """The customer's events folded into the profile. At or below its shard's watermark a record was
+    handled already: a duplicate without folding."""
+    pending = [event for record, event in items if not profile.delivered(record.shard, record.sequence)]
+    outcome = engine.apply(profile, pending, now)
+    outcome.duplicates += len(items) - len(pending)
+    return outcome
+
+
+def _quarantine(poison: list[QuarantinedRecord], quarantine: Quarantine, result: BatchResult) -> None:
+    """Keep the records that can never be applied; when the quarantine is down, they are retried instead."""
+    if not poison:
+        return
+    try:
+        quarantine.put(poison)
+        result.quarantined.update(bad.field for bad in poison)
+    except TransientError as error:
+        for bad in poison:
+            result.failure_reasons[bad.sequence] = f"quarantine unavailable: {error}"
 
 
 def _advance_watermarks(profile: Profile, items: Sequence[tuple[StreamRecord, Event]], outcome: Outcome,

@@ -25,12 +25,12 @@ from typing import Protocol
 
 from cdp.core.clock import Clock
 from cdp.core.engine import Engine, Transition
-from cdp.core.profile import DUE_SHARDS, due_shard
-from cdp.ports import ConflictError, ProfileStore, TransientError
+from cdp.core.profile import DUE_SHARDS, Profile, due_shard
+from cdp.pipeline.write import write_profile
+from cdp.ports import ProfileStore, TransientError
 
 __all__ = ["DUE_SHARDS", "DueEntry", "DueIndex", "DuePage", "SweepResult", "due_shard", "shard_groups", "sweep"]
 
-MAX_WRITE_ATTEMPTS = 3
 PAGE_SIZE = 100  # one BatchGetItem of profiles per page
 
 
@@ -125,39 +125,34 @@ def _reevaluate(entries: Sequence[DueEntry], store: ProfileStore, engine: Engine
         result.unfinished = True
         return
     for entry in entries:
-        profile = profiles.get(entry.customer_id)
-        for attempt in range(1, MAX_WRITE_ATTEMPTS + 1):
-            deadline = profile.next_deadline if profile is not None else None
-            if profile is None or deadline is None or deadline > now:
-                result.stale += 1  # a newer write already moved the deadline on
-                break
-            expected = profile.version
-            transitions = engine.evaluate(profile, now, set())
-            profile.version = expected + 1
-            try:
-                store.save(profile, expected)
-            except ConflictError:
-                result.conflicts += 1
-                if attempt == MAX_WRITE_ATTEMPTS:
-                    result.failures.append(f"profile changed concurrently {MAX_WRITE_ATTEMPTS} times")
-                    result.unfinished = True
-                    break
-                try:
-                    profile = store.load([entry.customer_id]).get(entry.customer_id)
-                except TransientError as error:
-                    result.failures.append(f"profile could not be reloaded: {error}")
-                    result.unfinished = True
-                    break
-                continue
-            except TransientError as error:
-                result.failures.append(f"profile could not be written: {error}")
-                result.unfinished = True
-                break
-            result.written += 1
-            result.reevaluated += 1
-            result.delays.append(now - deadline)  # behind the deadline this write acted on
-            if transitions:
-                result.transitioned += 1
-                result.transitions += transitions
-            break
+        _reevaluate_customer(entry.customer_id, profiles.get(entry.customer_id), store, engine, now, result)
 
+
+def _reevaluate_customer(customer_id: str, profile: Profile | None, store: ProfileStore, engine: Engine, now: float,
+                         result: SweepResult) -> None:
+    """Evaluate one due customer at ``now`` and write the profile; skipped when its deadline moved on."""
+    acted_on: list[int] = []  # the deadline of each profile evaluated, the last one the written one's
+    transitions: list[Transition] = []
+
+    def evaluate(current: Profile) -> bool:
+        deadline = current.next_deadline
+        if deadline is None or deadline > now:
+            return False  # a newer write already moved the deadline on
+        acted_on.append(deadline)
+        transitions[:] = engine.evaluate(current, now, set())
+        return True
+
+    write = write_profile(store, customer_id, profile, evaluate)
+    result.conflicts += write.conflicts
+    if write.failed:
+        result.failures.append(write.reason)
+        result.unfinished = True
+    elif not write.written:
+        result.stale += 1
+    else:
+        result.written += 1
+        result.reevaluated += 1
+        result.delays.append(now - acted_on[-1])  # behind the deadline this write acted on
+        if transitions:
+            result.transitioned += 1
+            result.transitions += transitions

@@ -1,0 +1,296 @@
+"""The profile fold: one customer's events, applied to their profile in event-time order.
+
+:func:`fold` takes a batch of one customer's events: it skips the ones already applied,
+refuses those stamped too far ahead of the clock, folds each of the others with
+:func:`fold_event`, and then bounds the profile to what the catalogue reads. Folding
+updates the traits, the lifetime order figures, the counters, the channels, the cart, the
+context, the aliases and groups and the absence latches, and notes which inputs it touched
+(``t:<trait>``, ``rfm``, ``e:<event>``, ``c:<channel>``), so that the engine
+(:mod:`cdp.core.engine`) re-evaluates only the segments that read them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cdp.core.catalogue import Catalogue
+from cdp.core.clock import DEFAULT_MAX_FUTURE_SKEW
+from cdp.core.events import (
+    NUMBER_DIGITS,
+    ORDER_CANCELLED,
+    ORDER_COMPLETED,
+    ORDER_EVENTS,
+    ORDER_REFUNDED,
+    PRODUCT_ADDED,
+    PRODUCT_REMOVED,
+    Event,
+)
+from cdp.core.language import AbsenceCondition
+from cdp.core.population import PopulationStats
+from cdp.core.profile import (
+    MAX_ALIASES,
+    MAX_CART_ITEMS,
+    MAX_GROUPS,
+    MAX_PLAIN_COUNTERS,
+    MAX_TRAITS,
+    RECENT_ORDERS,
+    Profile,
+    ProfileView,
+)
+
+MAX_CLOCK_SKEW = DEFAULT_MAX_FUTURE_SKEW  # events further than this ahead of the clock are refused
+MAX_LIFETIME_REVENUE = 10**NUMBER_DIGITS - 1  # hundredths: the most a DynamoDB number holds exactly
+
+
+def future_reason(skew: float) -> str:
+    """Why an event stamped further ahead than the allowed skew is refused (its field is ``timestamp``)."""
+    return f"is more than {skew:g} s in the future"
+
+
+@dataclass
+class Folded:
+    """What folding a batch did: the inputs it touched, and what became of each event."""
+
+    touched: set[str] = field(default_factory=set)
+    applied: int = 0
+    duplicates: int = 0
+    beyond_retention: int = 0  # applied, but older than some counter it feeds keeps
+    rejected: list[tuple[Event, str]] = field(default_factory=list)
+
+
+def fold(profile: Profile, events: Iterable[Event], catalogue: Catalogue, now: float, *,
+         stats: PopulationStats | None = None, max_future_skew: float = MAX_CLOCK_SKEW) -> Folded:
+    """Fold one customer's events into their profile, oldest first; evaluates no segment.
+
+    When any event was applied, the profile's times are set, its dedupe memory is bounded and
+    what no segment reads any longer is dropped.
+    """
+    folded = Folded()
+    for event in sorted(events, key=lambda e: e.timestamp):
+        if profile.seen(event.message_id):
+            folded.duplicates += 1
+            continue
+        if event.timestamp > now + max_future_skew:
+            folded.rejected.append((event, f"timestamp: {future_reason(max_future_skew)}"))
+            continue
+        problem = fold_event(profile, event, catalogue, now, folded, stats)
+        if problem is not None:
+            folded.rejected.append((event, problem))
+            continue
+        profile.remember(event.message_id, now)
+        folded.applied += 1
+    if folded.applied:
+        if not profile.created_at:
+            profile.created_at = int(now)
+        profile.updated_at = int(now)
+        profile.prune_dedupe(now)
+        _tidy(profile, catalogue, now)
+    return folded
+
+
+def fold_event(profile: Profile, event: Event, catalogue: Catalogue, now: float, folded: Folded,
+               stats: PopulationStats | None = None) -> str | None:
+    """Fold one event not applied before; returns why it is refused (and then changes nothing), or None.
+
+    Notes the inputs it touched, and an event older than a counter keeps, in ``folded``; neither
+    remembers the message id nor counts the event as applied (:func:`fold` does).
+    """
+    moment = int(event.timestamp)
+    touched = folded.touched
+    if event.type == "identify" and event.traits:
+        problem = _fold_traits(profile, event, touched)
+        if problem:
+            return problem
+    if event.name in ORDER_EVENTS:
+        problem = _fold_order(profile, event, moment, touched)
+        if problem:
+            return problem
+    touched.add(f"e:{event.name}")
+    touched.add(f"c:{event.channel}")
+    if not _count(profile, event, catalogue, moment, now):
+        folded.beyond_retention += 1
+    if moment > profile.channels.get(event.channel, 0):
+        profile.channels[event.channel] = moment
+    if event.name in (PRODUCT_ADDED, PRODUCT_REMOVED):
+        _fold_cart(profile, event, moment)
+    _fold_context(profile, event, moment)
+    _fold_identities(profile, event)
+    for node in catalogue.latches.get(event.name, ()):
+        _fold_latch(profile, node, event, moment, stats)
+    return None
+
+
+def _fold_traits(profile: Profile, event: Event, touched: set[str]) -> str | None:
+    """An identify call's traits; an older identify never overwrites a newer one's."""
+    new = [name for name in event.traits if name not in profile.traits]
+    if len(profile.traits) + len(new) > MAX_TRAITS:
+        return f"traits: the profile would hold {len(profile.traits) + len(new)} traits; the limit is {MAX_TRAITS}"
+    moment_ms = round(event.timestamp * 1000)
+    newest = moment_ms >= profile.context.get("traits_ms", 0)
+    for trait, value in event.traits.items():
+        if newest or trait not in profile.traits:
+            profile.traits[trait] = value
+    if newest:
+        profile.context["traits_ms"] = moment_ms
+    touched.update(f"t:{trait}" for trait in event.traits)
+    return None
+
+
+def _fold_order(profile: Profile, event: Event, moment: int, touched: set[str]) -> str | None:
+    """An order completed, refunded or cancelled: the lifetime figures and the recent orders."""
+    assert event.order_id is not None
+    known = next((order for order in profile.recent_orders if order[0] == event.order_id), None)
+    if event.name == ORDER_COMPLETED:
+        problem = _complete_order(profile, event, known, moment)
+    else:
+        problem = _reverse_order(profile, event, known)
+    if problem is None:
+        touched.add("rfm")
+    return problem
+
+
+def _complete_order(profile: Profile, event: Event, known: list[Any] | None, moment: int) -> str | None:
+    # Lifetime figures count for ever, so a completed order never counts again: not when re-sent
+    # with a new message id, nor after it was refunded or cancelled.
+    assert event.order_id is not None
+    if known is not None or profile.order_completed(event.order_id):
+        return "properties.order_id: this order was already completed"
+    value = round((event.amount or 0.0) * 100)
+    if profile.revenue + value > MAX_LIFETIME_REVENUE:
+        return f"properties.revenue: would take lifetime revenue past {NUMBER_DIGITS} digits, DynamoDB's limit"
+    profile.orders += 1
+    profile.revenue += value
+    if profile.first_order is None or moment < profile.first_order:
+        profile.first_order = moment
+    if profile.last_order is None or moment > profile.last_order:
+        profile.last_order = moment
+    profile.recent_orders = [*profile.recent_orders, [event.order_id, moment, value]][-RECENT_ORDERS:]
+    profile.remember_order(event.order_id)
+    profile.cart = {pid: item for pid, item in profile.cart.items() if item[2] > moment}
+    return None
+
+
+def _reverse_order(profile: Profile, event: Event, known: list[Any] | None) -> str | None:
+    """A refund or cancellation reduces the lifetime figures; a whole one also removes the order."""
+    if event.amount is None and known is None:
+        return (f"properties.revenue: is required when the order is not among the last {RECENT_ORDERS}"
+                " completed orders")
+    order_value = known[2] if known is not None else None
+    value = round(event.amount * 100) if event.amount is not None else order_value or 0
+    whole = event.name == ORDER_CANCELLED or (order_value is not None and value >= order_value)
+    if event.name == ORDER_REFUNDED and known is None and event.amount is not None:
+        whole = False
+    profile.revenue = max(0, profile.revenue - value)
+    if whole and profile.orders:
+        profile.orders -= 1
+    if known is not None:
+        profile.recent_orders = [o for o in profile.recent_orders if o is not known]
+        if not whole:
+            profile.recent_orders.append([known[0], known[1], known[2] - value])
+    return None
+
+
+def _count(profile: Profile, event: Event, catalogue: Catalogue, moment: int, now: float) -> bool:
+    """Add the event to every counter the catalogue keeps of it, and to its plain per-name counter.
+
+    False when it is older than one of those counters keeps.
+    """
+    name = event.name
+    plain_tracked = False
+    landed = True
+    for spec in catalogue.metrics_by_event.get(name, ()):
+        if spec.source.matches(event):
+            counter = profile.counter_for_update(spec.key, tuple(sorted(spec.tiers)), spec.sum_property is not None)
+            landed = counter.add(moment, spec.value_of(event), now) and landed
+        plain_tracked = plain_tracked or spec.key == name
+    if not plain_tracked:
+        profile.counter_for_update(name, (), False).add(moment, 0, now)
+    return landed
+
+
+def _fold_cart(profile: Profile, event: Event, moment: int) -> None:
+    assert event.product_id is not None
+    item = profile.cart.get(event.product_id)
+    if event.name == PRODUCT_ADDED:
+        price = round(event.amount * 100) if event.amount is not None else (item[1] if item else 0)
+        if item is None:
+            profile.cart[event.product_id] = [event.quantity, price, moment]
+        else:
+            item[0] += event.quantity
+            item[1] = price
+            item[2] = max(item[2], moment)
+        if profile.last_add is None or moment >= profile.last_add[1]:
+            profile.last_add = [event.product_id, moment]
+        if len(profile.cart) > MAX_CART_ITEMS:
+            oldest = min(profile.cart, key=lambda pid: profile.cart[pid][2])
+            del profile.cart[oldest]
+    elif item is not None:
+        item[0] -= event.quantity
+        if item[0] <= 0:
+            del profile.cart[event.product_id]
+
+
+def _fold_context(profile: Profile, event: Event, moment: int) -> None:
+    """The latest device, location and campaign; the first campaign is kept apart."""
+    ctx = event.context
+    if moment < profile.context.get("at", 0):
+        return  # a late event does not overwrite newer context
+    fields = {"device": ctx.device_type, "os": ctx.os, "country": ctx.country, "city": ctx.city,
+              "utm_source": ctx.utm_source, "utm_medium": ctx.utm_medium,
+              "utm_campaign": ctx.utm_campaign}
+    present = {key: value for key, value in fields.items() if value}
+    if not present:
+        return
+    profile.context.update(present)
+    profile.context["at"] = moment
+    if ctx.utm_source and "first_utm_source" not in profile.context:
+        profile.context["first_utm_source"] = ctx.utm_source
+        if ctx.utm_medium:
+            profile.context["first_utm_medium"] = ctx.utm_medium
+        if ctx.utm_campaign:
+            profile.context["first_utm_campaign"] = ctx.utm_campaign
+
+
+def _fold_identities(profile: Profile, event: Event) -> None:
+    """The customer's previous ids (alias calls) and group ids, the newest few of each."""
+    if event.previous_id and event.previous_id not in profile.aliases:
+        profile.aliases = [*profile.aliases, event.previous_id][-MAX_ALIASES:]
+    if event.group_id and event.group_id not in profile.groups:
+        profile.groups = [*profile.groups, event.group_id][-MAX_GROUPS:]
+
+
+def _fold_latch(profile: Profile, node: AbsenceCondition, event: Event, moment: int,
+                stats: PopulationStats | None) -> None:
+    """Remember a trigger of an absence condition with ``when`` if the condition held at that moment."""
+    if node.when is None or not node.trigger.source.matches(event):
+        return
+    if moment <= profile.latches.get(node.latch_key, -1):
+        return
+    if node.when.evaluate(ProfileView(profile, event.timestamp, stats))[0]:
+        profile.latches[node.latch_key] = moment
+
+
+def _tidy(profile: Profile, catalogue: Catalogue, now: float) -> None:
+    """Prune the counters; drop those and the latches no segment reads, and the least recent plain counters."""
+    wanted = catalogue.metrics
+    plain: list[tuple[int, str]] = []
+    for key in profile.counter_keys():
+        counter = profile.counter(key)
+        assert counter is not None
+        spec = wanted.get(key)
+        if spec is None and "|" in key:
+            profile.drop_counter(key)  # its segment is gone
+            continue
+        if spec is None:
+            counter.buckets.clear()
+            plain.append((counter.last, key))
+        counter.prune(now)
+    if len(plain) > MAX_PLAIN_COUNTERS:
+        plain.sort()
+        for _, key in plain[: len(plain) - MAX_PLAIN_COUNTERS]:
+            profile.drop_counter(key)
+    live = {node.latch_key for nodes in catalogue.latches.values() for node in nodes}
+    for key in [k for k in profile.latches if k not in live]:
+        del profile.latches[key]
