@@ -10,7 +10,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cdp.core.catalogue import CatalogueError, load_catalogue
+from cdp.core.catalogue import CatalogueError, load_catalogue, membership_score, primary_segment
 from cdp.core.engine import ENTERED, Engine, Transition
 from cdp.core.events import Event, InvalidEvent, parse_record
 from cdp_dev.replay import Replay
@@ -94,9 +94,10 @@ def print_profiles(replay: Replay) -> None:
     engine = replay.engine
     print(f"\n  {'customer':<12} {'primary segment':<24} {'score':>5}  segments")
     for customer_id, profile in sorted(replay.profiles.items()):
-        primary = engine.primary_segment(profile)
+        primary = primary_segment(engine.catalogue, profile.memberships)
+        score = membership_score(engine.catalogue, profile.memberships)
         members = ", ".join(sorted(profile.memberships)) or "-"
-        print(f"  {customer_id:<12} {primary.id if primary else '-':<24} {engine.score(profile):>5g}  {members}")
+        print(f"  {customer_id:<12} {primary.id if primary else '-':<24} {score:>5g}  {members}")
 
 
 if __name__ == "__main__":

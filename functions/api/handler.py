@@ -34,9 +34,9 @@ from cdp.api.models import (
     SegmentDefinition,
     SegmentList,
 )
-from cdp.api.views import memberships, profile_document, segment_document
+from cdp.api.views import profile_document, segment_document, segments_summary
 from cdp.config import ApiConfig, cors_origins
-from cdp.core.catalogue import Catalogue, Segment, load_catalogue, membership_score, primary_segment
+from cdp.core.catalogue import Catalogue, Segment, load_catalogue
 from cdp.core.clock import Clock, clock_from_env
 from cdp.core.engine import Engine
 from cdp.core.profile import Profile
@@ -207,12 +207,8 @@ def get_customer(customerId: ID) -> CustomerProfile:
          responses=documented(CustomerSegments, "The customer's segments", 404), security=OPERATOR, tags=["customers"])
 def get_customer_segments(customerId: ID) -> CustomerSegments:
     profile = _profile(unquote(customerId))
-    catalogue = deps().catalogue
-    primary = primary_segment(catalogue, profile.memberships)
-    return CustomerSegments.model_validate({
-        "customer_id": profile.customer_id, "segments": memberships(profile, catalogue),
-        "primary_segment": primary.id if primary else None,
-        "score": membership_score(catalogue, profile.memberships)})
+    return CustomerSegments.model_validate({"customer_id": profile.customer_id,
+                                            **segments_summary(profile, deps().catalogue)})
 
 
 @app.get("/me", summary="The signed-in end user's own profile",

@@ -13,7 +13,8 @@ import pytest
 
 from cdp.core.catalogue import build_catalogue
 from cdp.core.clock import EventClock, FixedClock
-from cdp.core.engine import MAX_LIFETIME_REVENUE, Engine
+from cdp.core.engine import Engine
+from cdp.core.fold import MAX_LIFETIME_REVENUE
 from cdp.core.profile import Profile
 from cdp.envelopes import MalformedEnvelope
 

@@ -18,7 +18,7 @@ from cdp.aws.quarantine import object_key
 from cdp.config import ConfigError, IngestConfig
 from cdp.core.catalogue import build_catalogue
 from cdp.core.clock import DEFAULT_MAX_FUTURE_SKEW, EventClock, FixedClock, WallClock, clock_from_env, wall_time
-from cdp.core.engine import MAX_LIFETIME_REVENUE, Engine
+from cdp.core.engine import Engine
 from cdp.core.events import (
     EARLIEST_TIMESTAMP,
     MAX_AMOUNT,
@@ -30,6 +30,7 @@ from cdp.core.events import (
     normalise,
     parse_record,
 )
+from cdp.core.fold import MAX_LIFETIME_REVENUE
 from cdp.core.profile import Profile
 from cdp.envelopes import MalformedEnvelope, kinesis_records, table_stream_records
 from cdp.pipeline.changes import TableChange, check_image, publish_changes

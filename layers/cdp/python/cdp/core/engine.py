@@ -12,11 +12,9 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from cdp.core.catalogue import Catalogue, Segment, Unit, membership_score, primary_segment
+from cdp.core.catalogue import Catalogue, Segment, Unit
 from cdp.core.events import Event
 from cdp.core.fold import MAX_CLOCK_SKEW, fold
-from cdp.core.fold import MAX_LIFETIME_REVENUE as MAX_LIFETIME_REVENUE  # re-exported: named here by callers
-from cdp.core.fold import future_reason as future_reason  # re-exported: named here by callers
 from cdp.core.language import AllOf, AnyOf, Condition, Not
 from cdp.core.population import PopulationStats
 from cdp.core.profile import Profile, ProfileView
@@ -88,16 +86,6 @@ class Engine:
         profile.transitions = [[transition.segment_id, transition.kind, transition.at, transition.clause,
                                 transition.reason]]
         return transition
-
-    # ---- overlap (see cdp.core.catalogue.primary_segment and membership_score) -------------------
-
-    def primary_segment(self, profile: Profile) -> Segment | None:
-        """The member segment with the highest priority (ties: higher weight, then id)."""
-        return primary_segment(self.catalogue, profile.memberships)
-
-    def score(self, profile: Profile) -> float:
-        """The sum of the weights of the segments the customer belongs to."""
-        return membership_score(self.catalogue, profile.memberships)
 
     # ---- evaluating segments ------------------------------------------------------------------
 

@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cdp.core.clock import Clock, wall_time
-from cdp.core.engine import Engine, Outcome, Transition, future_reason
+from cdp.core.engine import Engine, Outcome, Transition
 from cdp.core.events import Event, InvalidEvent, parse_record
+from cdp.core.fold import future_reason
 from cdp.core.profile import Profile
 from cdp.pipeline.write import write_profile
 from cdp.ports import ProfileStore, Quarantine, QuarantinedRecord, TransientError
