@@ -406,6 +406,19 @@ def test_a_lower_sequence_of_the_same_shard_is_a_duplicate_and_other_shards_are_
     assert {shard: mark[0] for shard, mark in profile.shard_marks.items()} == {SHARDS[0]: "500", other: "4"}
 
 
+def test_records_keyed_by_something_else_neither_use_nor_move_the_watermark() -> None:
+    # Lambda orders records per partition key only; keyed otherwise, a customer's records can arrive out of order
+    # (a parallelization factor above 1), so they are judged by id alone.
+    w = world()
+    w.ingest([StreamRecord("500", "device-9", json.dumps(view("kim", B, "m-late")).encode(), shard=SHARDS[0])], B)
+    assert w.profile("kim").shard_marks == {}
+    w.ingest([w.stream.record(view("kim", B, "m-1"), sequence="600")], B + MIN)
+    earlier = StreamRecord("550", "device-9", json.dumps(view("kim", B, "m-2")).encode(), shard=SHARDS[0])
+    result = w.ingest([earlier], B + 2 * MIN)
+    assert (result.applied, result.duplicates) == (1, 0)
+    assert w.profile("kim").seen("m-2")
+
+
 def test_a_lambda_retry_after_more_newer_messages_than_the_id_cap_is_a_duplicate() -> None:
     w = world()
     first = w.stream.record(order("ida", B, "m-first", "o-1", 10.0))

@@ -10,7 +10,9 @@ Each profile keeps, per stream shard, the highest sequence number of its records
 handled (a watermark, see ``Profile.delivered``): a record at or below it is a duplicate
 without folding, however many records came since (a Lambda retry of any volume). A record
 put back on the stream (a redrive) has a new sequence number and is deduplicated by its
-message id.
+message id. The watermark covers only records whose partition key is the customer id: Kinesis
+and Lambda keep order per partition key (also with a parallelization factor above 1), so only
+those arrive in sequence order for the customer; any other record is deduplicated by its id.
 """
 
 from __future__ import annotations
@@ -175,10 +177,16 @@ def _ingest_customer(customer_id: str, items: Items, profile: Profile | None, en
 def _fold(profile: Profile, items: Items, engine: Engine, now: float) -> Outcome:
     """The customer's events folded into the profile. At or below its shard's watermark a record was
     handled already: a duplicate without folding."""
-    pending = [event for record, event in items if not profile.delivered(record.shard, record.sequence)]
+    pending = [event for record, event in items
+               if not (_in_customer_order(record, event) and profile.delivered(record.shard, record.sequence))]
     outcome = engine.apply(profile, pending, now)
     outcome.duplicates += len(items) - len(pending)
     return outcome
+
+
+def _in_customer_order(record: StreamRecord, event: Event) -> bool:
+    """Whether the stream orders this record among the customer's own: its partition key is the customer id."""
+    return record.partition_key == event.customer_id
 
 
 def _quarantine(poison: list[QuarantinedRecord], quarantine: Quarantine, result: BatchResult) -> None:
@@ -206,7 +214,9 @@ def _advance_watermarks(profile: Profile, items: Sequence[tuple[StreamRecord, Ev
     for record, event in items:
         if id(event) in rejected and record.shard and record.sequence.isdigit():
             stop[record.shard] = min(stop.get(record.shard, int(record.sequence)), int(record.sequence))
-    for record, _ in items:
+    for record, event in items:
+        if not _in_customer_order(record, event):
+            continue
         limit = stop.get(record.shard)
         if limit is None or (record.sequence.isdigit() and int(record.sequence) < limit):
             profile.mark_delivered(record.shard, record.sequence, now)
