@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -22,6 +23,7 @@ from cdp.core.clock import Clock, clock_from_env
 from cdp.core.engine import Engine
 from cdp.envelopes import MalformedEnvelope, kinesis_records
 from cdp.pipeline.ingest import BatchResult, StreamRecord, ingest_batch
+from cdp.pipeline.parallel import request_pool
 from cdp.ports import ProfileStore, Quarantine
 from cdp.wiring import assemble
 
@@ -36,6 +38,7 @@ class Dependencies:
     store: ProfileStore
     quarantine: Quarantine
     clock: Clock
+    pool: Executor | None  # the profile writes of a batch in flight at once; None: one after another
 
 
 @cache
@@ -48,17 +51,21 @@ def build(**overrides: Any) -> Dependencies:
     """The dependencies from the environment; a part given by name is used instead and never built
     (the local stack gives its shared clock: ``build(clock=...)``)."""
     import boto3
+    from botocore.config import Config
 
     from cdp.aws.dynamo import DynamoProfileStore
     from cdp.aws.quarantine import S3Quarantine
 
     config = IngestConfig.from_env(os.environ)
+    # One connection per write in flight, so the pool never waits for a connection.
+    dynamodb = Config(max_pool_connections=max(10, config.write_concurrency))
     return assemble(
         Dependencies, overrides,
         engine=lambda: Engine(load_catalogue(config.catalogue_path), max_future_skew=config.max_future_skew),
-        store=lambda: DynamoProfileStore(boto3.client("dynamodb"), config.profiles_table),
+        store=lambda: DynamoProfileStore(boto3.client("dynamodb", config=dynamodb), config.profiles_table),
         quarantine=lambda: S3Quarantine(boto3.client("s3"), config.quarantine_bucket),
         clock=lambda: clock_from_env(config.clock, config.max_future_skew),
+        pool=lambda: request_pool(config.write_concurrency, "cdp-ingest-writes"),
     )
 
 
@@ -89,7 +96,7 @@ def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependenc
     if not raw_records:
         return {"batchItemFailures": []}
     result = ingest_batch([stream_record(r) for r in raw_records], deps.engine, deps.store,
-                          deps.quarantine, deps.clock)
+                          deps.quarantine, deps.clock, deps.pool)
     record_metrics(result)
     failed = result.failure_reasons
 

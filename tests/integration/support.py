@@ -22,6 +22,7 @@ from cdp.aws.quarantine import S3Quarantine
 from cdp.core.catalogue import Catalogue
 from cdp.core.clock import FixedClock
 from cdp.core.engine import Engine
+from cdp.pipeline.parallel import request_pool
 from cdp_dev.handlers import load_handler
 from cdp_dev.lambda_events import SAMPLE_REGION, SAMPLE_STREAM_ARN, sample_kinesis_record, stream_envelope
 
@@ -36,6 +37,7 @@ QUARANTINE_BUCKET = "cdp-quarantine"
 BUS_NAME = "cdp-bus"
 QUEUE_NAME = "cdp-segment-events"
 MEMBER_SHARDS = 16
+INGEST_POOL = request_pool(4, "test-ingest-writes")  # the handler's writes go out concurrently, as in Lambda
 KINESIS_ARN = SAMPLE_STREAM_ARN
 
 ingest_handler = load_handler(ROOT, "ingest")
@@ -220,7 +222,8 @@ class Stack:
 
     def ingest_deps(self, **overrides: Any) -> Any:
         values: dict[str, Any] = {"engine": Engine(self.catalogue), "store": self.store(),
-                                  "quarantine": S3Quarantine(self.s3, QUARANTINE_BUCKET), "clock": self.clock}
+                                  "quarantine": S3Quarantine(self.s3, QUARANTINE_BUCKET), "clock": self.clock,
+                                  "pool": INGEST_POOL}
         values.update(overrides)
         return ingest_handler.Dependencies(**values)
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from cdp.integrations.webhook import WebhookOptions
 
 CLOCKS = ("wall", "event")
+DEFAULT_WRITE_CONCURRENCY = 16  # profile writes in flight per batch: see cdp.pipeline.parallel
 _ORIGIN = re.compile(r"https://[^/\s]+|http://(localhost|127\.0\.0\.1)(:[0-9]+)?")
 
 
@@ -83,11 +84,14 @@ class IngestConfig:
     # CDP_MAX_FUTURE_SKEW_SECONDS: an event stamped further than this ahead of the wall clock is quarantined
     max_future_skew: int = DEFAULT_MAX_FUTURE_SKEW
     clock: str = "wall"  # CDP_CLOCK
+    # CDP_WRITE_CONCURRENCY: profile writes of one batch in flight at once (1: one after another)
+    write_concurrency: int = DEFAULT_WRITE_CONCURRENCY
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> IngestConfig:
         return cls(_required(env, "PROFILES_TABLE"), _required(env, "QUARANTINE_BUCKET"), _catalogue(env),
-                   _whole(env, "CDP_MAX_FUTURE_SKEW_SECONDS", DEFAULT_MAX_FUTURE_SKEW, 0, 86_400), clock_mode(env))
+                   _whole(env, "CDP_MAX_FUTURE_SKEW_SECONDS", DEFAULT_MAX_FUTURE_SKEW, 0, 86_400), clock_mode(env),
+                   _whole(env, "CDP_WRITE_CONCURRENCY", DEFAULT_WRITE_CONCURRENCY, 1, 64))
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from cdp.core.clock import Clock, wall_time
@@ -26,7 +27,8 @@ from cdp.core.engine import Engine, Outcome, Transition
 from cdp.core.events import Event, InvalidEvent, parse_record
 from cdp.core.fold import future_reason
 from cdp.core.profile import Profile
-from cdp.pipeline.write import write_profile
+from cdp.pipeline.parallel import each
+from cdp.pipeline.write import WriteOutcome, write_profile
 from cdp.ports import ProfileStore, Quarantine, QuarantinedRecord, TransientError
 
 
@@ -63,8 +65,12 @@ ByCustomer = dict[str, list[tuple[StreamRecord, Event]]]
 
 
 def ingest_batch(records: Sequence[StreamRecord], engine: Engine, store: ProfileStore,
-                 quarantine: Quarantine, clock: Clock) -> BatchResult:
-    """Decode, refuse and quarantine what can never apply, then fold and write each customer once."""
+                 quarantine: Quarantine, clock: Clock, pool: Executor | None = None) -> BatchResult:
+    """Decode, refuse and quarantine what can never apply, then fold and write each customer once.
+
+    With a ``pool``, the customers' writes go out concurrently (see :mod:`cdp.pipeline.parallel`);
+    the result is the same as without one, in the same order.
+    """
     result = BatchResult()
     # Refused before any clock observes it: an event stamped far ahead (2999) would otherwise move an
     # event-time clock, and every profile it evaluates, into the future for good. Event-time replays
@@ -75,8 +81,11 @@ def ingest_batch(records: Sequence[StreamRecord], engine: Engine, store: Profile
     by_customer, poison = _by_customer(decoded, now)
     profiles = _load_profiles(store, by_customer, result)
     if profiles is not None:
-        for customer_id, items in by_customer.items():
-            poison += _ingest_customer(customer_id, items, profiles.get(customer_id), engine, store, now, result)
+        customers = list(by_customer.items())
+        writes = each(lambda customer: _write_customer(customer[0], customer[1], profiles.get(customer[0]),
+                                                       engine, store, now), customers, pool)
+        for (_, items), (write, outcome) in zip(customers, writes, strict=True):
+            poison += _account(items, write, outcome, now, result)
     _quarantine(poison, quarantine, result)
     result.failed = [r.sequence for r in records if r.sequence in result.failure_reasons]
     return result
@@ -145,9 +154,12 @@ def _load_profiles(store: ProfileStore, by_customer: ByCustomer, result: BatchRe
         return None
 
 
-def _ingest_customer(customer_id: str, items: Items, profile: Profile | None, engine: Engine, store: ProfileStore,
-                     now: float, result: BatchResult) -> list[QuarantinedRecord]:
-    """Fold one customer's events and write the profile once; returns the records its fold rejected."""
+def _write_customer(customer_id: str, items: Items, profile: Profile | None, engine: Engine,
+                    store: ProfileStore, now: float) -> tuple[WriteOutcome, Outcome]:
+    """Fold one customer's events and write the profile once; touches nothing shared, so it runs on any thread.
+
+    Returns how the write ended and the fold of the profile as written (or as found, when nothing changed).
+    """
     folds: list[Outcome] = []
 
     def fold(current: Profile) -> bool:
@@ -158,11 +170,16 @@ def _ingest_customer(customer_id: str, items: Items, profile: Profile | None, en
         return outcome.changed
 
     write = write_profile(store, customer_id, profile, fold)
+    return write, folds[-1]
+
+
+def _account(items: Items, write: WriteOutcome, outcome: Outcome, now: float,
+             result: BatchResult) -> list[QuarantinedRecord]:
+    """Add one customer's write to the batch result; returns the records its fold rejected."""
     result.conflicts += write.conflicts
     if write.failed:
         _fail(result, items, write.reason)
         return []
-    outcome = folds[-1]  # the fold of the profile as written (or as found, when nothing changed)
     result.customers_written += int(write.written)
     result.applied += outcome.applied
     result.duplicates += outcome.duplicates
