@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -19,6 +20,7 @@ from cdp.config import ConfigError, TimersConfig
 from cdp.core.catalogue import load_catalogue
 from cdp.core.clock import Clock, WallClock, clock_from_env
 from cdp.core.engine import Engine
+from cdp.pipeline.parallel import request_pool
 from cdp.pipeline.timers import DUE_SHARDS, DueIndex, SweepResult, sweep
 from cdp.ports import ProfileStore
 from cdp.wiring import assemble
@@ -35,6 +37,7 @@ class Dependencies:
     clock: Clock
     page_size: int = 100
     reserve_ms: int = 10_000
+    pool: Executor | None = None  # the profile writes of a page in flight at once; None: one after another
 
 
 @cache
@@ -47,11 +50,12 @@ def build(**overrides: Any) -> Dependencies:
     """The dependencies from the environment; a part given by name is used instead and never built. The local
     stack gives its shared clock (``build(clock=...)``), which the ingest moves: then the sweep runs in event time."""
     import boto3
+    from botocore.config import Config
 
     from cdp.aws.dynamo import DynamoDueIndex, DynamoProfileStore
 
     config = TimersConfig.from_env(os.environ)
-    client = boto3.client("dynamodb")
+    client = boto3.client("dynamodb", config=Config(max_pool_connections=max(10, config.write_concurrency)))
     return assemble(
         Dependencies, overrides,
         engine=lambda: Engine(load_catalogue(config.catalogue_path)),
@@ -60,6 +64,7 @@ def build(**overrides: Any) -> Dependencies:
         clock=lambda: sweep_clock(config.clock),
         page_size=lambda: config.page_size,
         reserve_ms=lambda: config.reserve_ms,
+        pool=lambda: request_pool(config.write_concurrency, "cdp-timers-writes"),
     )
 
 
@@ -83,7 +88,7 @@ def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependenc
     # Each minute's run starts at a different shard, so no shard always waits behind the others.
     rotation = int(deps.clock.now() // 60) % len(shards)
     result = sweep(deps.index, deps.store, deps.engine, deps.clock, page_size=deps.page_size,
-                   has_time=has_time, shards=shards, rotation=rotation)
+                   has_time=has_time, shards=shards, rotation=rotation, pool=deps.pool)
     record_metrics(result)
     return {"due": result.due, "reevaluated": result.reevaluated, "stale": result.stale,
             "transitioned": result.transitioned, "transitions": len(result.transitions),

@@ -37,7 +37,7 @@ QUARANTINE_BUCKET = "cdp-quarantine"
 BUS_NAME = "cdp-bus"
 QUEUE_NAME = "cdp-segment-events"
 MEMBER_SHARDS = 16
-INGEST_POOL = request_pool(4, "test-ingest-writes")  # the handler's writes go out concurrently, as in Lambda
+WRITE_POOL = request_pool(4, "test-profile-writes")  # profile writes go out concurrently, as in Lambda
 KINESIS_ARN = SAMPLE_STREAM_ARN
 
 ingest_handler = load_handler(ROOT, "ingest")
@@ -223,7 +223,7 @@ class Stack:
     def ingest_deps(self, **overrides: Any) -> Any:
         values: dict[str, Any] = {"engine": Engine(self.catalogue), "store": self.store(),
                                   "quarantine": S3Quarantine(self.s3, QUARANTINE_BUCKET), "clock": self.clock,
-                                  "pool": INGEST_POOL}
+                                  "pool": WRITE_POOL}
         values.update(overrides)
         return ingest_handler.Dependencies(**values)
 
@@ -238,7 +238,7 @@ class Stack:
     def timers_deps(self, **overrides: Any) -> Any:
         values: dict[str, Any] = {"engine": Engine(self.catalogue), "store": self.store(),
                                   "index": DynamoDueIndex(self.dynamodb, PROFILES_TABLE, DUE_INDEX),
-                                  "clock": self.clock}
+                                  "clock": self.clock, "pool": WRITE_POOL}
         values.update(overrides)
         return timers_handler.Dependencies(**values)
 

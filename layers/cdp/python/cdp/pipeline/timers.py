@@ -20,13 +20,15 @@ and nothing is skipped. The index is eventually consistent, so each due customer
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from cdp.core.clock import Clock
 from cdp.core.engine import Engine, Transition
 from cdp.core.profile import DUE_SHARDS, Profile, due_shard
-from cdp.pipeline.write import write_profile
+from cdp.pipeline.parallel import each
+from cdp.pipeline.write import WriteOutcome, write_profile
 from cdp.ports import ProfileStore, TransientError
 
 __all__ = ["DUE_SHARDS", "DueEntry", "DueIndex", "DuePage", "SweepResult", "due_shard", "shard_groups", "sweep"]
@@ -83,11 +85,12 @@ def shard_groups(workers: int) -> list[list[int]]:
 
 def sweep(index: DueIndex, store: ProfileStore, engine: Engine, clock: Clock, *,
           page_size: int = PAGE_SIZE, has_time: Callable[[], bool] = lambda: True,
-          shards: Sequence[int] = range(DUE_SHARDS), rotation: int = 0) -> SweepResult:
+          shards: Sequence[int] = range(DUE_SHARDS), rotation: int = 0, pool: Executor | None = None) -> SweepResult:
     """Re-evaluate every customer now due in ``shards``, shard by shard, while ``has_time()`` says there is time.
 
     Concurrent sweeps take disjoint ``shards``. ``rotation`` moves where a run starts, so that when
-    runs keep stopping early no shard waits behind the others.
+    runs keep stopping early no shard waits behind the others. With a ``pool``, the writes of a page
+    go out concurrently (see :mod:`cdp.pipeline.parallel`).
     """
     result = SweepResult()
     now = clock.now()
@@ -109,7 +112,7 @@ def sweep(index: DueIndex, store: ProfileStore, engine: Engine, clock: Clock, *,
             result.pages += 1
             result.due += len(page.entries)
             if page.entries:
-                _reevaluate(page.entries, store, engine, now, result)
+                _reevaluate(page.entries, store, engine, now, result, pool)
             if page.cursor is None:
                 break
             cursor = page.cursor
@@ -117,21 +120,27 @@ def sweep(index: DueIndex, store: ProfileStore, engine: Engine, clock: Clock, *,
 
 
 def _reevaluate(entries: Sequence[DueEntry], store: ProfileStore, engine: Engine, now: float,
-                result: SweepResult) -> None:
+                result: SweepResult, pool: Executor | None) -> None:
     try:
         profiles = store.load([entry.customer_id for entry in entries])
     except TransientError as error:
         result.failures.append(f"profiles could not be loaded: {error}")
         result.unfinished = True
         return
-    for entry in entries:
-        _reevaluate_customer(entry.customer_id, profiles.get(entry.customer_id), store, engine, now, result)
+    writes = each(lambda entry: _reevaluate_customer(entry.customer_id, profiles.get(entry.customer_id), store,
+                                                     engine, now), entries, pool)
+    for write, acted_on, transitions in writes:
+        _account(write, acted_on, transitions, now, result)
 
 
-def _reevaluate_customer(customer_id: str, profile: Profile | None, store: ProfileStore, engine: Engine, now: float,
-                         result: SweepResult) -> None:
-    """Evaluate one due customer at ``now`` and write the profile; skipped when its deadline moved on."""
-    acted_on: list[int] = []  # the deadline of each profile evaluated, the last one the written one's
+def _reevaluate_customer(customer_id: str, profile: Profile | None, store: ProfileStore, engine: Engine,
+                         now: float) -> tuple[WriteOutcome, list[int], list[Transition]]:
+    """Evaluate one due customer at ``now`` and write the profile; not written when its deadline moved on.
+
+    Returns the write, the deadline of each profile evaluated (the last one the written one's) and
+    the transitions of the last evaluation. Touches nothing shared, so it runs on any thread.
+    """
+    acted_on: list[int] = []
     transitions: list[Transition] = []
 
     def evaluate(current: Profile) -> bool:
@@ -142,7 +151,11 @@ def _reevaluate_customer(customer_id: str, profile: Profile | None, store: Profi
         transitions[:] = engine.evaluate(current, now, set())
         return True
 
-    write = write_profile(store, customer_id, profile, evaluate)
+    return write_profile(store, customer_id, profile, evaluate), acted_on, transitions
+
+
+def _account(write: WriteOutcome, acted_on: list[int], transitions: list[Transition], now: float,
+             result: SweepResult) -> None:
     result.conflicts += write.conflicts
     if write.failed:
         result.failures.append(write.reason)
