@@ -137,12 +137,13 @@ class TimersConfig:
     # CDP_CLOCK: the sweep runs on wall time; "event" is valid here, and refused when the clock is built
     # (an event clock of the sweep's own would never move), so a clock given to build() still works
     clock: str = "wall"
+    write_concurrency: int = DEFAULT_WRITE_CONCURRENCY  # CDP_WRITE_CONCURRENCY: a page's writes in flight at once
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TimersConfig:
         return cls(_required(env, "PROFILES_TABLE"), _required(env, "DUE_INDEX_NAME"), _catalogue(env),
                    _whole(env, "SWEEP_PAGE_SIZE", 100, 1, 100), _whole(env, "SWEEP_RESERVE_MS", 10_000, 0, 600_000),
-                   clock_mode(env))
+                   clock_mode(env), _whole(env, "CDP_WRITE_CONCURRENCY", DEFAULT_WRITE_CONCURRENCY, 1, 64))
 
 
 def json_object(raw: str, what: str) -> dict[str, Any]:
