@@ -8,6 +8,8 @@ below before relying on a figure, and update this file, the one place they live.
 - https://aws.amazon.com/kinesis/data-streams/pricing/
 - https://aws.amazon.com/eventbridge/pricing/
 - https://aws.amazon.com/sqs/pricing/
+- https://aws.amazon.com/cloudwatch/pricing/
+- https://aws.amazon.com/kms/pricing/
 """
 
 REGION = "us-east-1"
@@ -24,9 +26,18 @@ EVENTBRIDGE_CUSTOM_EVENT = 1.00 / 1e6  # per 64 KB chunk
 EVENTBRIDGE_ARCHIVE_GB = 0.10
 SQS_REQUEST = 0.40 / 1e6
 
+DYNAMODB_STORAGE_GB_MONTH = 0.25
+DYNAMODB_PITR_GB_MONTH = 0.20
+EVENTBRIDGE_ARCHIVE_STORAGE_GB_MONTH = 0.023
+CLOUDWATCH_LOGS_INGEST_GB = 0.50
+CLOUDWATCH_METRIC_MONTH = 0.30  # per custom metric (first 10,000)
+KMS_KEY_MONTH = 1.00
+KMS_REQUEST = 0.03 / 10_000
+
 # DynamoDB Streams reads made by Lambda triggers are free; stated here so the model can say so.
 DYNAMODB_STREAM_READ_BY_LAMBDA = 0.0
 
 # Round-trip times the model assumes inside a region (Lambda is billed for the time it waits).
-LATENCY_SECONDS = {"BatchGetItem": 0.008, "PutItem": 0.005, "Query": 0.005, "TransactWriteItems": 0.010,
-                   "PutEvents": 0.015, "GetItem": 0.004}
+LATENCY_SECONDS = {"BatchGetItem": 0.008, "PutItem": 0.005, "UpdateItem": 0.005, "Query": 0.005,
+                   "TransactWriteItems": 0.010, "PutEvents": 0.015, "GetItem": 0.004,
+                   "Destination": 0.150}  # an integration's call to its destination (an ads or list API)

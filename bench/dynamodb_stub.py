@@ -1,0 +1,99 @@
+"""A DynamoDB stand-in at the HTTP layer, for measuring what a handler costs on its side of the wire.
+
+    python -m bench.dynamodb_stub [--latency '{"PutItem": 0.005}']
+
+It speaks DynamoDB's JSON protocol (``X-Amz-Target``) over HTTP/1.1 keep-alive, keeps the items it
+is given (PutItem) and answers reads with them (BatchGetItem, GetItem), so the client does all the
+work it does against DynamoDB: serialising, signing, sending, parsing. It checks no condition and
+holds no index. Each operation can wait a set time before answering, like a round trip in a region.
+It runs in its own process so that none of its work counts as the handler's. It prints its port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+KEY = "customer_id"
+
+
+class Items:
+    """Items by (table, key), as the JSON the client sent: answers are built without re-encoding them."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[str, str], Any] = {}
+        self.lock = threading.Lock()
+        self.requests: dict[str, int] = {}
+
+    def answer(self, operation: str, request: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            self.requests[operation] = self.requests.get(operation, 0) + 1
+        if operation == "PutItem":
+            item = request["Item"]
+            self.by_key[request["TableName"], item[KEY]["S"]] = item
+            return {}
+        if operation == "BatchGetItem":
+            responses = {table: [self.by_key[table, key[KEY]["S"]] for key in asked["Keys"]
+                                 if (table, key[KEY]["S"]) in self.by_key]
+                         for table, asked in request["RequestItems"].items()}
+            return {"Responses": responses, "UnprocessedKeys": {}}
+        if operation == "GetItem":
+            found = self.by_key.get((request["TableName"], request["Key"][KEY]["S"]))
+            return {"Item": found} if found is not None else {}
+        if operation == "Query":
+            return {"Items": [], "Count": 0, "ScannedCount": 0}
+        if operation == "Requests":  # the stub's own: how many of each it answered
+            return dict(self.requests)
+        return {}
+
+
+def serve(latency: dict[str, float], port: int = 0) -> ThreadingHTTPServer:
+    items = Items()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as botocore's pool expects
+        disable_nagle_algorithm = True  # headers and body go out at once, not 40 ms apart
+
+        def do_POST(self) -> None:  # noqa: N802 (the http.server name)
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            operation = self.headers.get("X-Amz-Target", ".").rsplit(".", 1)[-1]
+            wait = latency.get(operation, 0.0)
+            if wait:
+                time.sleep(wait)
+            answer = json.dumps(items.answer(operation, json.loads(body or b"{}"))).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-amz-json-1.0")
+            self.send_header("x-amzn-RequestId", "stub")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latency", default="{}", help="seconds each operation waits, as JSON")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    server = serve({str(k): float(v) for k, v in json.loads(args.latency).items()}, args.port)
+    print(server.server_address[1], flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
