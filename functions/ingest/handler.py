@@ -57,8 +57,9 @@ def build(**overrides: Any) -> Dependencies:
     from cdp.aws.quarantine import S3Quarantine
 
     config = IngestConfig.from_env(os.environ)
-    # One connection per write in flight, so the pool never waits for a connection.
-    dynamodb = Config(max_pool_connections=max(10, config.write_concurrency))
+    # One connection per write in flight, so the pool never waits for a connection. The adapters build
+    # every request themselves, so botocore's parameter check would only repeat work on the hot path.
+    dynamodb = Config(max_pool_connections=max(10, config.write_concurrency), parameter_validation=False)
     return assemble(
         Dependencies, overrides,
         engine=lambda: Engine(load_catalogue(config.catalogue_path), max_future_skew=config.max_future_skew),

@@ -55,7 +55,8 @@ def build(**overrides: Any) -> Dependencies:
     from cdp.aws.dynamo import DynamoDueIndex, DynamoProfileStore
 
     config = TimersConfig.from_env(os.environ)
-    client = boto3.client("dynamodb", config=Config(max_pool_connections=max(10, config.write_concurrency)))
+    client = boto3.client("dynamodb", config=Config(max_pool_connections=max(10, config.write_concurrency),
+                                                    parameter_validation=False))
     return assemble(
         Dependencies, overrides,
         engine=lambda: Engine(load_catalogue(config.catalogue_path)),
