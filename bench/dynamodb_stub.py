@@ -12,6 +12,7 @@ It runs in its own process so that none of its work counts as the handler's. It 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -59,7 +60,7 @@ def serve(latency: dict[str, float], port: int = 0) -> ThreadingHTTPServer:
         protocol_version = "HTTP/1.1"  # keep-alive, as botocore's pool expects
         disable_nagle_algorithm = True  # headers and body go out at once, not 40 ms apart
 
-        def do_POST(self) -> None:  # noqa: N802 (the http.server name)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             operation = self.headers.get("X-Amz-Target", ".").rsplit(".", 1)[-1]
             wait = latency.get(operation, 0.0)
@@ -73,7 +74,7 @@ def serve(latency: dict[str, float], port: int = 0) -> ThreadingHTTPServer:
             self.end_headers()
             self.wfile.write(answer)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             return
 
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
@@ -88,10 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     server = serve({str(k): float(v) for k, v in json.loads(args.latency).items()}, args.port)
     print(server.server_address[1], flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

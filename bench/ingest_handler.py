@@ -51,7 +51,8 @@ class Stub:
 
 
 def _environment(endpoint: str) -> None:
-    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                       "AWS_DEFAULT_REGION": "us-east-1",
                        "AWS_ENDPOINT_URL_DYNAMODB": endpoint, "PROFILES_TABLE": TABLE, "QUARANTINE_BUCKET": "unused",
                        "CATALOGUE_PATH": str(ROOT / "segments"), "POWERTOOLS_METRICS_DISABLED": "true",
                        "POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "ERROR",
@@ -84,7 +85,13 @@ class HandlerRun:
         self.events = sum(len(e["Records"]) for e in self.envelopes)
         self.engine, self.workload = engine, workload
         self.quarantine = DiscardedQuarantine()
-        self.clock = lambda: EventClock(LIVE_START, wall=FixedClock(workload.live_end + 86400))
+        self.start, self.wall = LIVE_START, workload.live_end + 86400
+        self.clocks = (EventClock, FixedClock)
+
+    def clock(self) -> Any:
+        """A fresh event clock at the start of the measured batches."""
+        event_clock, fixed_clock = self.clocks
+        return event_clock(self.start, wall=fixed_clock(self.wall))
 
     def seed(self) -> None:
         for item in self.seeds:

@@ -250,7 +250,8 @@ def cost(counts: Counts, *, ingest_cpu_s_per_event: float, client_cpu_s_per_writ
         "ingest lambda duration": ingest_seconds * gb_s,
         "profile reads (BatchGetItem, 1 RRU per profile up to 4 KB)":
             n * (writes_ingest + writes_timers) * prices.DYNAMODB_READ_REQUEST_UNIT,
-        "profile writes (1 WRU per KB, measured sizes)": n * per["profile_write_units"] * prices.DYNAMODB_WRITE_REQUEST_UNIT,
+        "profile writes (1 WRU per KB, measured sizes)":
+            n * per["profile_write_units"] * prices.DYNAMODB_WRITE_REQUEST_UNIT,
         "due index writes (keys only: 1 to add or drop, 2 to move)":
             n * per["due_index_write_units"] * prices.DYNAMODB_WRITE_REQUEST_UNIT,
         "timers lambda duration (due customers)": timers_seconds * gb_s,

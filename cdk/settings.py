@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from aws_cdk import aws_lambda as lambda_
@@ -106,6 +107,29 @@ def _batching(name: str, given: dict[str, object]) -> tuple[int, int]:
     return batch, window
 
 
+def _published(scope: Construct, integrations: list[Integration]) -> str:
+    """Context ``published_segments``: ``all`` (the default), ``routed`` (only the segments an enabled
+    integration routes), or a list of segment ids published beside the routed ones. Transitions go on
+    the bus one event each, so publishing only what something consumes is what saves bus events."""
+    raw = scope.node.try_get_context("published_segments")
+    if raw is None or raw == "all":
+        return "*"
+    routed = {segment for integration in integrations for segment in integration.segments}
+    if raw == "routed":
+        chosen = routed
+    elif isinstance(raw, list) and all(isinstance(s, str) and _SEGMENT_ID.fullmatch(s) for s in raw):
+        chosen = routed | set(raw)
+    else:
+        raise SettingsError("context published_segments must be all, routed, or a list of segment ids")
+    if not chosen:
+        raise SettingsError("context published_segments: nothing would be published (no enabled integration "
+                            "routes a segment); use all, or list the segments")
+    return ",".join(sorted(chosen))
+
+
+_SEGMENT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")  # as segment ids are (cdp.core.language.SLUG)
+
+
 @dataclass(frozen=True)
 class Settings:
     stage: str
@@ -127,6 +151,7 @@ class Settings:
     alarm_email: str | None
     sweep_workers: int  # concurrent timers sweeps per minute, each over its share of the due shards
     integrations: list[Integration]
+    published_segments: str  # CDP_PUBLISHED_SEGMENTS: "*" (every segment's transitions on the bus) or segment ids
 
     @classmethod
     def from_context(cls, scope: Construct) -> Settings:
@@ -158,5 +183,6 @@ class Settings:
             api_reserved_concurrency=reserved,
             alarm_email=str(scope.node.try_get_context("alarm_email") or "") or None,
             sweep_workers=_int(scope, "sweep_workers", 4, 1, 5),  # EventBridge allows 5 targets per rule
-            integrations=_integrations(scope),
+            integrations=(integrations := _integrations(scope)),
+            published_segments=_published(scope, integrations),
         )
