@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-import json
-from typing import Any
-
 import pytest
 
-from bench import core_speed, run, timers_sweep
+from bench import core_speed, timers_sweep
 from cdp.core.events import parse_record
 
 
@@ -28,22 +24,3 @@ def test_the_timers_simulation_reports_constant_idle_cost() -> None:
     figures = timers_sweep.measure((100, 300))
     assert figures["requests_idle_constant"] and figures["requests_idle"] == 32
     assert [d["put_item"] for d in figures["due"]] == [100, 300]
-
-
-def figures_for(transitions_per_event: float) -> dict[str, Any]:
-    return {"pipeline": {"ingest": {"batch100_customers20_again": {"transitions_per_event": transitions_per_event}},
-                         "serialise_us_per_profile": 60.0},
-            "profile.bytes_typical": 1231, "core": {"record_bytes_mean": 250.0, "us_per_event_catalogue": 25.0},
-            "timers": {"requests_per_due_customer": 1.02}}
-
-
-def test_the_cost_model_adds_its_lines_and_grows_with_transitions() -> None:
-    low, high = run.cost_model(figures_for(0.05)), run.cost_model(copy.deepcopy(figures_for(0.5)))
-    for model in (low, high):
-        assert model["usd_per_million_events"] == pytest.approx(sum(model["lines"].values()))
-        assert all(usd >= 0 for usd in model["lines"].values())
-        json.dumps(model)
-    assert high["lines"]["eventbridge events"] == pytest.approx(10 * low["lines"]["eventbridge events"])
-    assert high["usd_per_million_events"] > low["usd_per_million_events"]
-    # 1M events rounded up to 1 KB each at $0.08/GB
-    assert low["lines"]["kinesis ingest (records rounded up to 1 KB)"] == pytest.approx(0.08 * 1e6 / 1024 ** 2)
