@@ -2,6 +2,8 @@
 
     cdp run [--no-sample] [--clock wall|event]       the whole pipeline on this machine
     cdp send FILE.jsonl|- [--stream NAME]            put Segment-spec messages on the stream
+    cdp import FILE.jsonl|FILE.csv [--stream NAME]   load a history at the stream's limits, then count what applied
+    cdp history [--quick] [--out FILE]               write a generated order history (JSON Lines)
     cdp tail [--queue-url URL]                       follow segment transitions
 
 ``send`` and ``tail`` with neither ``--stream`` / ``--queue-url`` nor ``--endpoint-url`` use the running
@@ -106,6 +108,44 @@ def _send(args: argparse.Namespace) -> int:
           + (f"; {len(report.unreadable)} lines were not JSON objects with a user id and were not sent "
              f"(first: line {report.unreadable[0]})" if report.unreadable else ""))
     return 1 if report.unreadable else 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from cdp_dev.importer import ImportOptions, run_import, totals_for
+    from cdp_dev.targets import send_target
+
+    target = send_target(args.endpoint_url, args.stream, args.region, _local_stacks)
+    kinesis = _target_client("kinesis", target)
+    stream = _stream_name(args, kinesis, target)
+    print(f"importing into {_where(target, f'stream {stream}', kinesis)}", file=sys.stderr, flush=True)
+    local = target.local
+    if local is None and target.endpoint:  # the emulator of a running local stack, named by its endpoint
+        local = next((s for s in _local_stacks() if s.endpoint == target.endpoint), None)
+    totals = totals_for(local.api if local else None, target.endpoint is None,
+                        lambda: _target_client("cloudwatch", target))
+    options = ImportOptions(args.format, args.map, args.event, args.type, args.rate, args.wait, args.no_wait,
+                            args.quiet, 0.5 if local else 30.0, window_rates=local is not None)
+    return run_import(args.file, kinesis, stream, totals, options)
+
+
+def _history(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from cdp_dev.history import HistoryShape, write_history
+
+    scale = 10 if args.quick else 1
+    end = datetime.fromisoformat(args.end) if args.end else None
+    if end is not None:
+        end = end.replace(tzinfo=UTC) if end.tzinfo is None else end.astimezone(UTC)
+    shape = HistoryShape(args.orders // scale, args.customers // scale, args.months, args.seed, end)
+    if args.out in (None, "-"):
+        written = write_history(shape, sys.stdout)
+    else:
+        with open(args.out, "w", encoding="utf-8") as out:
+            written = write_history(shape, out)
+    print(f"wrote {written:,} messages ({shape.orders:,} orders from {shape.customers:,} customers over "
+          f"{shape.months} months){'' if args.out in (None, '-') else ' to ' + args.out}", file=sys.stderr)
+    return 0
 
 
 def _tail(args: argparse.Namespace) -> int:
@@ -261,6 +301,30 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--stream", default=None,
                       help="stream name; without it or --endpoint-url, the running local stack's")
     send.set_defaults(run=_send)
+    load = commands.add_parser("import", help="load a history (JSON Lines or CSV) at the stream's limits")
+    load.add_argument("file", help="a .jsonl or .csv file, or - for standard input")
+    load.add_argument("--stream", default=None,
+                      help="stream name; without it or --endpoint-url, the running local stack's")
+    load.add_argument("--format", choices=("jsonl", "csv"), default=None, help="default: from the file name")
+    load.add_argument("--map", default=None,
+                      help="CSV columns onto message fields: 'userId=customer_id,properties.revenue=total,...'")
+    load.add_argument("--event", default=None, help="CSV: the event name of every row, unless mapped")
+    load.add_argument("--type", default="track", help="CSV: the message type of every row, unless mapped")
+    load.add_argument("--rate", type=float, default=None, help="records per second, below the stream's limit")
+    load.add_argument("--wait", type=float, default=15 * 60.0,
+                      help="seconds to wait for the ingest to settle every record (default 900)")
+    load.add_argument("--no-wait", action="store_true", help="report what the stream accepted, then stop")
+    load.add_argument("--quiet", action="store_true", help="no progress bars")
+    load.set_defaults(run=_import)
+    history = commands.add_parser("history", help="write a generated order history as Segment-spec JSON Lines")
+    history.add_argument("--orders", type=int, default=70_000)
+    history.add_argument("--customers", type=int, default=23_000)
+    history.add_argument("--months", type=int, default=18)
+    history.add_argument("--seed", type=int, default=1)
+    history.add_argument("--end", default=None, help="a date (UTC) the history ends before; default today")
+    history.add_argument("--quick", action="store_true", help="a tenth of the orders and customers")
+    history.add_argument("--out", default=None, help="the file to write; default standard output")
+    history.set_defaults(run=_history, endpoint_url=None)
     tail = commands.add_parser("tail", help="follow segment transitions")
     tail.add_argument("--queue-url", default=None,
                       help="a queue behind a bus rule; without it or --endpoint-url, the running local stack's feed")
