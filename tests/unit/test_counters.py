@@ -420,3 +420,100 @@ def test_round_trip_of_counters_built_by_add(events: list[tuple[int, int]]) -> N
     for offset, value in events:
         counter.add(B + offset, value, now)
     assert state(Counter.decode(counter.encode())) == state(counter)
+
+
+# ---- scanning only the buckets needed -------------------------------------------------------------------
+
+
+def brute_window(counter: Counter, tier: Tier, seconds: int, now: float) -> tuple[int, int]:
+    current = int(now // tier.size)
+    start = current - seconds // tier.size + 1
+    inside = [b for i, b in counter.buckets.get(tier.code, {}).items() if start <= i <= current]
+    return sum(b[0] for b in inside), sum(b[1] for b in inside)
+
+
+def test_a_bucket_exactly_at_the_window_start_counts_and_the_one_before_does_not() -> None:
+    counter = Counter(("h",), has_sum=True)
+    now = B + 10 * HOUR
+    for hours_ago, value in ((3, 300), (2, 200), (1, 100), (0, 1)):
+        counter.add(now - hours_ago * HOUR, value, now)
+    assert counter.window(H, 3 * HOUR, now) == (3, 301)  # the buckets 2 h and 1 h ago and the current one
+    assert counter.window(H, 4 * HOUR, now) == (4, 601)
+
+
+def test_an_empty_counter_has_empty_windows_expiries_and_nothing_to_prune() -> None:
+    counter = Counter(("m", "h"), has_sum=True)
+    assert counter.window(M, HOUR, B) == (0, 0)
+    assert counter.expiries(M, HOUR, B) == []
+    assert counter.prune(B) is False
+    assert Counter().window(H, HOUR, B) == (0, 0)
+
+
+def test_when_every_bucket_has_expired_prune_drops_them_all() -> None:
+    counter = Counter(("m", "h"), has_sum=True)
+    for offset in range(0, 30 * MIN, 5 * MIN):
+        counter.add(B + offset, 10, B + offset)
+    later = B + 3 * DAY
+    assert counter.prune(later) is True
+    assert counter.buckets == {"m": {}, "h": {}}
+    assert (counter.count, counter.total) == (6, 60)  # lifetime figures stay
+    assert counter.window(H, 48 * HOUR, later) == (0, 0)
+    assert counter.prune(later) is False
+
+
+def test_a_late_event_keeps_the_buckets_in_time_order() -> None:
+    counter = Counter(("h",), has_sum=True)
+    now = B + 10 * HOUR
+    counter.add(now, 1, now)
+    counter.add(now - 5 * HOUR, 2, now)  # arrives after a newer one
+    counter.add(now - 2 * HOUR, 3, now)
+    assert list(counter.buckets["h"]) == sorted(counter.buckets["h"])
+    assert counter.window(H, 3 * HOUR, now) == (2, 4)
+    assert counter.window(H, 6 * HOUR, now) == (3, 6)
+
+
+def test_buckets_ahead_of_the_clock_are_skipped_without_stopping_the_scan() -> None:
+    counter = Counter(("m",), has_sum=True)
+    counter.add(B, 1, B)
+    counter.add(B + 5 * MIN, 2, B)  # stamped ahead of the clock
+    assert counter.window(M, 10 * MIN, B) == (1, 1)
+    assert counter.expiries(M, 10 * MIN, B) == [(B + 10 * MIN, 1, 1)]
+    assert counter.window(M, 10 * MIN, B + 5 * MIN) == (2, 3)
+
+
+def test_a_decoded_counter_writes_back_its_own_bytes_until_it_changes() -> None:
+    counter = Counter(("m", "d"), has_sum=True)
+    counter.add(B, 100, B)
+    data = counter.encode()
+    decoded = Counter.decode(data)
+    assert not decoded.changed and decoded.encode() is decoded.encode()
+    decoded.ensure(("m",), has_sum=True)  # nothing new
+    assert not decoded.changed
+    decoded.ensure(("h",), has_sum=True)
+    assert decoded.changed and Counter.decode(decoded.encode()).buckets["h"] == {}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(min_value=-3 * DAY, max_value=400 * DAY + 2 * HOUR), st.integers(-1000, 1000)),
+                max_size=40),
+       st.integers(min_value=0, max_value=30 * DAY), st.sampled_from([(M, 10 * MIN), (M, HOUR), (H, 5 * HOUR),
+                                                                    (H, 48 * HOUR), (D, 7 * DAY), (W, 26 * WEEK)]))
+def test_window_expiries_and_prune_agree_with_looking_at_every_bucket(
+        events: list[tuple[int, int]], later: int, window: tuple[Tier, int]) -> None:
+    tier, seconds = window
+    now = B + 400 * DAY
+    counter = Counter(("m", "h", "d", "w"), has_sum=True)
+    for offset, value in events:  # in any order: late ones, and some ahead of the clock
+        counter.add(B + offset, value, now)
+    decoded = Counter.decode(counter.encode())
+    for subject in (counter, decoded):
+        for moment in (now, now + later):
+            assert subject.window(tier, seconds, moment) == brute_window(subject, tier, seconds, moment)
+            width, current = seconds // tier.size, int(moment // tier.size)
+            assert subject.expiries(tier, seconds, moment) == sorted(
+                ((i + width) * tier.size, b[0], b[1]) for i, b in subject.buckets[tier.code].items()
+                if current - width < i <= current)
+    kept = {code: {i: list(b) for i, b in buckets.items() if i > int((now + later) // TIER_BY_CODE[code].size)
+                   - TIER_BY_CODE[code].keep} for code, buckets in counter.buckets.items()}
+    counter.prune(now + later)
+    assert state(counter)["buckets"] == kept

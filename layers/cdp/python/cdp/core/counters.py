@@ -17,12 +17,15 @@ Thursday 00:00 UTC). A window of W seconds in a tier of bucket size s counts the
 current bucket and the W/s - 1 before it. It therefore never counts an event
 older than W, and always counts every event younger than W - s.
 
-Sums are kept in hundredths, as integers.
+Sums are kept in hundredths, as integers. Each tier's buckets are kept in time order, so a
+window or the retention horizon is found from one end without looking at the other buckets.
+A decoded counter keeps the bytes it came from and writes them back unless it changed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 from cdp.core.durations import DAY, HOUR, MINUTE, WEEK, format_duration
 
@@ -67,7 +70,7 @@ def to_hundredths(value: float) -> int:
 class Counter:
     """Lifetime figures plus time buckets for one event name (and optional property filter)."""
 
-    __slots__ = ("buckets", "count", "first", "has_sum", "last", "total")
+    __slots__ = ("_packed", "_packed_parts", "buckets", "count", "first", "has_sum", "last", "total")
 
     def __init__(self, tiers: tuple[str, ...] = (), has_sum: bool = False) -> None:
         self.count = 0
@@ -76,17 +79,29 @@ class Counter:
         self.last = 0
         self.has_sum = has_sum
         self.buckets: dict[str, dict[int, list[int]]] = {code: {} for code in tiers}
+        self._packed: bytes | None = None  # the encoding it was decoded from, while unchanged
+        self._packed_parts = 0  # how many tiers and buckets that encoding holds
+
+    @property
+    def changed(self) -> bool:
+        """Whether it differs from the encoding it was decoded from (always, for a new counter)."""
+        # Every change through these methods forgets the encoding; one made to ``buckets`` directly
+        # (clearing them) shows in the number of tiers and buckets.
+        return self._packed is None or self._packed_parts != len(self.buckets) + sum(map(len, self.buckets.values()))
 
     def ensure(self, tiers: tuple[str, ...], has_sum: bool) -> None:
         """Start any tier a new segment needs; it fills from now on (there is no backfill)."""
         for code in tiers:
             if code not in self.buckets:
                 self.buckets[code] = {}
+                self._packed = None
         if has_sum and not self.has_sum:
             self.has_sum = True
+            self._packed = None
 
     def add(self, timestamp: int, value: int, now: float) -> bool:
         """Count one event. Returns False when it is older than every bucket kept (lifetime only)."""
+        self._packed = None
         if self.count == 0 or timestamp < self.first:
             self.first = timestamp
         if timestamp > self.last:
@@ -101,20 +116,33 @@ class Counter:
                 continue
             landed = True
             bucket = buckets.get(index)
-            if bucket is None:
-                buckets[index] = [1, value]
-            else:
+            if bucket is not None:
                 bucket[0] += 1
                 bucket[1] += value
+            elif buckets and index < next(reversed(buckets)):  # a late event: keep the buckets in time order
+                buckets[index] = [1, value]
+                self.buckets[code] = dict(sorted(buckets.items()))
+            else:
+                buckets[index] = [1, value]
         return landed
 
-    def prune(self, now: float) -> None:
+    def prune(self, now: float) -> bool:
+        """Drop the buckets past each tier's retention (the oldest, at the front); True when any went."""
+        pruned = False
         for code, buckets in self.buckets.items():
             tier = TIER_BY_CODE[code]
             oldest = int(now // tier.size) - tier.keep
-            stale = [index for index in buckets if index <= oldest]
+            stale = []
+            for index in buckets:
+                if index > oldest:
+                    break
+                stale.append(index)
             for index in stale:
                 del buckets[index]
+            pruned = pruned or bool(stale)
+        if pruned:
+            self._packed = None
+        return pruned
 
     def window(self, tier: Tier, seconds: int, now: float) -> tuple[int, int]:
         """Count and sum (hundredths) of the events in the window ending now."""
@@ -124,10 +152,13 @@ class Counter:
         current = int(now // tier.size)
         start = current - seconds // tier.size + 1
         count = total = 0
-        for index, (bucket_count, bucket_sum) in buckets.items():
-            if start <= index <= current:
-                count += bucket_count
-                total += bucket_sum
+        for index, (bucket_count, bucket_sum) in reversed(buckets.items()):  # newest first
+            if index > current:
+                continue  # stamped ahead of the clock: not in the window yet
+            if index < start:
+                break
+            count += bucket_count
+            total += bucket_sum
         return count, total
 
     def expiries(self, tier: Tier, seconds: int, now: float) -> list[tuple[int, int, int]]:
@@ -138,63 +169,61 @@ class Counter:
         width = seconds // tier.size
         current = int(now // tier.size)
         start = current - width + 1
-        return sorted(
-            ((index + width) * tier.size, bucket[0], bucket[1])
-            for index, bucket in buckets.items()
-            if start <= index <= current
-        )
+        found = []
+        for index, (bucket_count, bucket_sum) in reversed(buckets.items()):
+            if index > current:
+                continue
+            if index < start:
+                break
+            found.append(((index + width) * tier.size, bucket_count, bucket_sum))
+        found.reverse()
+        return found
 
-    # Serialised form: a few varints, about 2-4 bytes per non-empty bucket.
+    # Serialised form: a few varints, about 2-4 bytes per non-empty bucket. Every part is a varint (the
+    # flags and the tier codes are below 0x80, so one byte each), so the whole is packed and read in one pass.
 
     def encode(self) -> bytes:
-        out = bytearray((1 | (2 if self.has_sum else 0),))
-        _put(out, self.count)
-        _put(out, _zigzag(self.total))
-        _put(out, self.first)
-        _put(out, self.last - self.first)
-        _put(out, len(self.buckets))
+        if not self.changed:
+            assert self._packed is not None
+            return self._packed
+        has_sum = self.has_sum
+        parts = [1 | (2 if has_sum else 0), self.count, _zigzag(self.total), self.first, self.last - self.first,
+                 len(self.buckets)]
         for code, buckets in self.buckets.items():
-            out.append(ord(code))
-            _put(out, len(buckets))
+            parts += (ord(code), len(buckets))
             previous = 0
             for index in sorted(buckets):
                 count, total = buckets[index]
-                _put(out, index - previous)
+                if has_sum:
+                    parts += (index - previous, count, _zigzag(total))
+                else:
+                    parts += (index - previous, count)
                 previous = index
-                _put(out, count)
-                if self.has_sum:
-                    _put(out, _zigzag(total))
-        return bytes(out)
+        return _pack(parts)
 
     @classmethod
     def decode(cls, data: bytes) -> Counter:
+        parts = _unpack(data)
         counter = cls()
-        flags = data[0]
-        counter.has_sum = bool(flags & 2)
-        position = 1
-        counter.count, position = _get(data, position)
-        total, position = _get(data, position)
-        counter.total = _unzigzag(total)
-        counter.first, position = _get(data, position)
-        span, position = _get(data, position)
-        counter.last = counter.first + span
-        tiers, position = _get(data, position)
-        for _ in range(tiers):
-            code = chr(data[position])
-            position += 1
-            size, position = _get(data, position)
-            buckets: dict[int, list[int]] = {}
-            index = 0
-            for _ in range(size):
-                delta, position = _get(data, position)
-                index += delta
-                count, position = _get(data, position)
-                value = 0
-                if counter.has_sum:
-                    value, position = _get(data, position)
-                    value = _unzigzag(value)
-                buckets[index] = [count, value]
-            counter.buckets[code] = buckets
+        has_sum = counter.has_sum = bool(parts[0] & 2)
+        counter.count = parts[1]
+        counter.total = _unzigzag(parts[2])
+        counter.first = parts[3]
+        counter.last = counter.first + parts[4]
+        at = 6
+        step = 3 if has_sum else 2
+        for _ in range(parts[5]):
+            code, size = chr(parts[at]), parts[at + 1]
+            chunk = parts[at + 2:at + 2 + size * step]
+            at += 2 + size * step
+            indexes = accumulate(chunk[::step])
+            if has_sum:
+                counter.buckets[code] = {index: [count, (total >> 1) ^ -(total & 1)]
+                                         for index, count, total in zip(indexes, chunk[1::3], chunk[2::3], strict=True)}
+            else:
+                counter.buckets[code] = {index: [count, 0] for index, count in zip(indexes, chunk[1::2], strict=True)}
+            counter._packed_parts += 1 + size
+        counter._packed = bytes(data)
         return counter
 
 
@@ -206,19 +235,29 @@ def _unzigzag(value: int) -> int:
     return value >> 1 if not value & 1 else -((value + 1) >> 1)
 
 
-def _put(out: bytearray, value: int) -> None:
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
+def _pack(values: list[int]) -> bytes:
+    """Unsigned varints: 7 bits a byte, least significant first, the high bit set on all but the last."""
+    out = bytearray()
+    append = out.append
+    for value in values:
+        while value > 0x7F:
+            append((value & 0x7F) | 0x80)
+            value >>= 7
+        append(value)
+    return bytes(out)
 
 
-def _get(data: bytes, position: int) -> tuple[int, int]:
+def _unpack(data: bytes) -> list[int]:
+    values: list[int] = []
+    append = values.append
     result = shift = 0
-    while True:
-        byte = data[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, position
-        shift += 7
+    for byte in data:
+        if byte & 0x80:
+            result |= (byte & 0x7F) << shift
+            shift += 7
+        elif shift:
+            append(result | byte << shift)
+            result = shift = 0
+        else:
+            append(byte)
+    return values

@@ -35,6 +35,10 @@ a profile read needs. Its attributes:
 
 Every collection has a fixed cap, so the item has a measured upper bound.
 
+A profile read from the table (:meth:`Profile.deferred`) decodes the attributes the fold reads
+only now and then (traits, context, orders, cart, dedupe state, transitions, ids) on first use;
+one never read is written back in the form it was stored in. Counters stay packed until read.
+
 Dedupe is exact for a redelivery within ``DEDUPE_HORIZON`` of its first application (the
 stream's 7-day retention plus a day for a redrive) while fewer than ``MAX_MESSAGE_IDS``
 messages of the customer were applied since, and at any age while fewer than
@@ -48,6 +52,9 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import sys
+from array import array
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -70,11 +77,73 @@ MAX_GROUPS = 8
 DIGEST_BYTES = 8
 DUE_SHARDS = 32  # see cdp.pipeline.timers for the sizing
 _ID_ENTRY = struct.Struct(">8sI")  # digest, applied at (Unix seconds)
+_WORD = next(code for code in "IL" if array(code).itemsize == 4)  # an unsigned 4-byte array item
 
 
 def message_digest(message_id: str) -> bytes:
     """The 8-byte digest kept for a message id (and for an order id)."""
     return hashlib.blake2b(message_id.encode(), digest_size=DIGEST_BYTES).digest()
+
+
+def unpack_message_ids(data: bytes) -> dict[bytes, int]:
+    """The packed ``mi`` attribute: digest -> applied at, in the order they were packed."""
+    return dict(_ID_ENTRY.iter_unpack(data))
+
+
+def _holds(packed: bytes, digest: bytes, entry: int) -> bool:
+    """Whether ``digest`` starts one of the ``entry``-byte entries of ``packed``."""
+    at = packed.find(digest)
+    while at >= 0:
+        if at % entry == 0:
+            return True
+        at = packed.find(digest, at + 1)
+    return False
+
+
+def _oldest_applied(packed: bytes) -> int:
+    """The earliest time among packed message id entries (each a digest and a big-endian 4-byte time)."""
+    words = array(_WORD, packed)  # 3 four-byte words per entry: two of digest, then the time
+    if sys.byteorder == "little":
+        words.byteswap()
+    return min(words[2::3])
+
+
+def unpack_order_digests(data: bytes, recent_orders: Iterable[list[Any]]) -> dict[bytes, None]:
+    """The packed ``od`` attribute, plus the recent orders (profiles written before ``od`` existed)."""
+    digests = dict.fromkeys(data[i:i + DIGEST_BYTES] for i in range(0, len(data), DIGEST_BYTES))
+    for order in recent_orders:
+        digests.setdefault(message_digest(order[0]))
+    return digests
+
+
+# The attributes a profile read from the table decodes on first use, and the fields they fill.
+# (The message ids, ``mi``, are read in place: see ``Profile.keep_packed_message_ids``.)
+DEFERRED = {"t": "traits", "ro": "recent_orders", "cart": "cart", "la": "last_add", "cx": "context",
+            "od": "_order_digests", "sq": "shard_marks", "tx": "transitions", "al": "aliases", "gr": "groups"}
+
+
+class _Stored:
+    """A field of a profile read from the table, decoded from its stored form on first use.
+
+    It has no ``__set__``: once decoded or assigned, the value lives on the instance and reads at
+    plain attribute speed.
+    """
+
+    __slots__ = ("attribute", "name")
+
+    def __init__(self, attribute: str) -> None:
+        self.attribute = attribute
+        self.name = DEFERRED[attribute]
+
+    def __get__(self, profile: Profile | None, owner: type | None = None) -> Any:
+        if profile is None:
+            return self
+        value = profile._readers[self.attribute](profile, profile._stored.pop(self.attribute))
+        profile.__dict__[self.name] = value
+        return value
+
+
+Reader = Callable[["Profile", Any], Any]
 
 
 def _sequence(shard: str, sequence: str) -> int | None:
@@ -84,6 +153,18 @@ def _sequence(shard: str, sequence: str) -> int | None:
 
 class Profile:
     """A customer's profile. Counters stay packed until something reads or changes them."""
+
+    if not TYPE_CHECKING:  # the fields' types are those given in __init__
+        traits = _Stored("t")
+        recent_orders = _Stored("ro")
+        cart = _Stored("cart")
+        last_add = _Stored("la")
+        context = _Stored("cx")
+        _order_digests = _Stored("od")
+        shard_marks = _Stored("sq")
+        transitions = _Stored("tx")
+        aliases = _Stored("al")
+        groups = _Stored("gr")
 
     def __init__(self, customer_id: str) -> None:
         self.customer_id = customer_id
@@ -101,7 +182,8 @@ class Profile:
         self.cart: dict[str, list[int]] = {}
         self.last_add: list[Any] | None = None
         self.context: dict[str, Any] = {}
-        self._message_ids: dict[bytes, int] = {}  # digest -> applied at, oldest first
+        self._message_ids: dict[bytes, int] = {}  # digest -> applied at, oldest first (after _packed_ids)
+        self._packed_ids = b""  # stored ids not unpacked yet: older than every one in _message_ids
         self._order_digests: dict[bytes, None] = {}  # completed orders, oldest first
         self.shard_marks: dict[str, list[Any]] = {}  # shard -> [highest sequence handled, at]
         self.memberships: dict[str, int] = {}
@@ -111,6 +193,29 @@ class Profile:
         self.catalogue = ""
         self.aliases: list[str] = []
         self.groups: list[str] = []
+        self._stored: dict[str, Any] = {}  # attribute -> stored form, until the field is first read
+        self._readers: Mapping[str, Reader] = {}
+
+    @classmethod
+    def deferred(cls, customer_id: str, stored: dict[str, Any], readers: Mapping[str, Reader]) -> Profile:
+        """A profile read from the table whose attributes in ``stored`` (any of ``DEFERRED``, each in its
+        stored form) are decoded on first use, by ``readers[attribute](profile, stored form)``."""
+        profile = cls(customer_id)
+        fields = profile.__dict__
+        for attribute in stored:
+            del fields[DEFERRED[attribute]]
+        profile._stored = stored
+        profile._readers = readers
+        return profile
+
+    def unread(self) -> Mapping[str, Any]:
+        """The stored form of each deferred attribute whose field was neither read nor assigned since."""
+        stored = self._stored
+        if stored:
+            fields = self.__dict__
+            for attribute in [a for a in stored if DEFERRED[a] in fields]:
+                del stored[attribute]
+        return stored
 
     # counters
 
@@ -130,6 +235,14 @@ class Profile:
             counter.ensure(tiers, has_sum)
         return counter
 
+    def packed_counters(self) -> dict[str, bytes]:
+        """Every counter, packed; one that nothing changed since it was read is written as it was read."""
+        return {key: value if isinstance(value, bytes) else value.encode() for key, value in self._counters.items()}
+
+    def keep_packed_counters(self, packed: dict[str, bytes]) -> None:
+        """Take the counters of a stored item, packed: each is decoded when first read."""
+        self._counters = dict(packed)
+
     def counter_keys(self) -> list[str]:
         return list(self._counters)
 
@@ -139,11 +252,26 @@ class Profile:
     # dedupe
 
     def seen(self, message_id: str) -> bool:
-        return message_digest(message_id) in self._message_ids
+        digest = message_digest(message_id)
+        return digest in self._message_ids or _holds(self._packed_ids, digest, _ID_ENTRY.size)
 
     def remember(self, message_id: str, now: float) -> None:
         """Remember an applied message id (``prune_dedupe`` bounds them, once the whole batch is folded)."""
-        self._message_ids[message_digest(message_id)] = max(0, int(now))
+        digest = message_digest(message_id)
+        if self._packed_ids and _holds(self._packed_ids, digest, _ID_ENTRY.size):
+            self._unpack_ids()  # it keeps its place among the stored ones
+        self._message_ids[digest] = max(0, int(now))
+
+    def keep_packed_message_ids(self, packed: bytes) -> None:
+        """Take the ``mi`` attribute of a stored item as it is: unpacked only if a prune needs to."""
+        self._message_ids = {}
+        self._packed_ids = packed[:len(packed) - len(packed) % _ID_ENTRY.size]
+
+    def _unpack_ids(self) -> None:
+        if self._packed_ids:
+            ids = unpack_message_ids(self._packed_ids)
+            ids.update(self._message_ids)
+            self._message_ids, self._packed_ids = ids, b""
 
     def prune_dedupe(self, now: float) -> None:
         """Before a write: forget shard watermarks and message ids older than ``DEDUPE_HORIZON`` (but
@@ -151,6 +279,22 @@ class Profile:
         while a batch is folded, so that a message of the batch never pushes out the id of a duplicate
         later in it."""
         cutoff = int(now) - DEDUPE_HORIZON
+        if self._needs_pruning(cutoff):
+            self._unpack_ids()
+            self._prune_ids(cutoff)
+        for shard in [s for s, (_, at) in self.shard_marks.items() if at < cutoff]:
+            del self.shard_marks[shard]
+
+    def _needs_pruning(self, cutoff: int) -> bool:
+        """Whether some message id is to be forgotten; the stored ones are looked at without unpacking."""
+        count = self.message_ids
+        if count <= MIN_MESSAGE_IDS:
+            return False
+        if count > MAX_MESSAGE_IDS or (self._message_ids and min(self._message_ids.values()) < cutoff):
+            return True
+        return bool(self._packed_ids) and _oldest_applied(self._packed_ids) < cutoff
+
+    def _prune_ids(self, cutoff: int) -> None:
         ids = self._message_ids
         if len(ids) > MIN_MESSAGE_IDS and min(ids.values()) < cutoff:
             oldest = sorted(ids, key=ids.__getitem__)[:len(ids) - MIN_MESSAGE_IDS]  # stable: ties by arrival
@@ -160,13 +304,19 @@ class Profile:
         if len(ids) > MAX_MESSAGE_IDS:
             for digest in sorted(ids, key=ids.__getitem__)[:len(ids) - MAX_MESSAGE_IDS]:
                 del ids[digest]
-        for shard in [s for s, (_, at) in self.shard_marks.items() if at < cutoff]:
-            del self.shard_marks[shard]
 
     @property
     def message_ids(self) -> int:
         """How many message ids are remembered."""
-        return len(self._message_ids)
+        return len(self._packed_ids) // _ID_ENTRY.size + len(self._message_ids)
+
+    def packed_message_ids(self) -> bytes:
+        """The ``mi`` attribute: per remembered id its digest and the time it was applied."""
+        return self._packed_ids + b"".join(map(_ID_ENTRY.pack, self._message_ids, self._message_ids.values()))
+
+    def packed_order_digests(self) -> bytes:
+        """The ``od`` attribute: the digests of the completed orders remembered, oldest first."""
+        return b"".join(self._order_digests)
 
     def order_completed(self, order_id: str) -> bool:
         return message_digest(order_id) in self._order_digests
@@ -224,8 +374,7 @@ class Profile:
         if self.channels:
             item["ch"] = self.channels
         if self._counters:
-            item["c"] = {key: value if isinstance(value, bytes) else value.encode()
-                         for key, value in self._counters.items()}
+            item["c"] = self.packed_counters()
         if self.orders or self.revenue or self.first_order is not None:  # kept when every order was refunded
             item["o"] = [self.orders, self.revenue, self.first_order or 0, self.last_order or 0]
         if self.recent_orders:
@@ -239,10 +388,10 @@ class Profile:
 
     def _put_dedupe(self, item: dict[str, Any]) -> None:
         """What makes a redelivery a duplicate: message ids, completed orders, shard watermarks."""
-        if self._message_ids:
-            item["mi"] = b"".join(map(_ID_ENTRY.pack, self._message_ids, self._message_ids.values()))
+        if self.message_ids:
+            item["mi"] = self.packed_message_ids()
         if self._order_digests:
-            item["od"] = b"".join(self._order_digests)
+            item["od"] = self.packed_order_digests()
         if self.shard_marks:
             item["sq"] = self.shard_marks
 
@@ -283,11 +432,8 @@ class Profile:
         legacy = bytes(item.get("ids") or b"")  # digests only: taken as applied at the last update
         profile._message_ids = dict.fromkeys(
             (legacy[i:i + DIGEST_BYTES] for i in range(0, len(legacy), DIGEST_BYTES)), profile.updated_at)
-        profile._message_ids.update(_ID_ENTRY.iter_unpack(bytes(item.get("mi") or b"")))
-        orders = bytes(item.get("od") or b"")
-        profile._order_digests = dict.fromkeys(orders[i:i + DIGEST_BYTES] for i in range(0, len(orders), DIGEST_BYTES))
-        for order in profile.recent_orders:  # profiles written before ``od`` existed
-            profile._order_digests.setdefault(message_digest(order[0]))
+        profile._message_ids.update(unpack_message_ids(bytes(item.get("mi") or b"")))
+        profile._order_digests = unpack_order_digests(bytes(item.get("od") or b""), profile.recent_orders)
         profile.shard_marks = {str(k): [str(v[0]), int(v[1])] for k, v in (item.get("sq") or {}).items()}
         profile.memberships = {k: int(v) for k, v in (item.get("m") or {}).items()}
         profile.deadlines = {k: int(v) for k, v in (item.get("dl") or {}).items()}
