@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from cdp_dev.emulator import LAYOUTS, Emulator
 from cdp_dev.handlers import load_handler
 from cdp_dev.lambda_events import kinesis_record, stream_envelope
 
@@ -239,6 +241,72 @@ def _rate_seconds(expression: str) -> float:
     return float(amount) * {"minute": 60, "hour": 3600, "day": 86400}[unit.rstrip("s")]
 
 
+@dataclass
+class IngestTotals:
+    """What the ingest function did, summed over every invocation since the stack started: records delivered
+    (a redelivered record counts again), events applied, duplicates ignored, events quarantined, records
+    reported for retry. All sent events are through once applied + duplicates + quarantined reach the sent count."""
+
+    records: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    retried: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, records: int, result: Any) -> None:
+        """One invocation's batch result (cdp.pipeline.ingest.BatchResult)."""
+        with self._lock:
+            self.records += records
+            self.applied += result.applied
+            self.duplicates += result.duplicates
+            self.quarantined += sum(result.quarantined.values())
+            self.retried += len(result.failed)
+
+    def as_json(self) -> dict[str, int]:
+        with self._lock:
+            return {"records": self.records, "applied": self.applied, "duplicates": self.duplicates,
+                    "quarantined": self.quarantined, "retried": self.retried}
+
+
+@dataclass
+class ChangeTotals:
+    """What the changes function did, summed over every invocation: table stream records delivered,
+    transitions published (Segment Entered / Exited), records reported for retry."""
+
+    records: int = 0
+    published: int = 0
+    retried: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, records: int, result: Any) -> None:
+        """One invocation's result (cdp.pipeline.changes.ChangesResult)."""
+        with self._lock:
+            self.records += records
+            self.published += len(result.published)
+            self.retried += len(result.failed)
+
+    def as_json(self) -> dict[str, int]:
+        with self._lock:
+            return {"records": self.records, "published": self.published, "retried": self.retried}
+
+
+def observe_batches(module: Any, name: str, tally: Callable[[int, Any], None]) -> None:
+    """Hand each call of ``module.<name>(records, ...)`` (the pipeline function a handler calls once per
+    invocation) to ``tally`` with the number of records and the result, which is returned unchanged. The
+    handlers' Powertools metrics cannot be read instead: they are one set shared by every function of the
+    process, and each clears it."""
+    batch = getattr(getattr(module, name), "__wrapped__", getattr(module, name))  # never wrapped twice
+
+    @functools.wraps(batch)
+    def observed(records: Any, *args: Any, **kwargs: Any) -> Any:
+        result = batch(records, *args, **kwargs)
+        tally(len(records), result)
+        return result
+
+    setattr(module, name, observed)
+
+
 def response_headers(response: dict[str, Any]) -> dict[str, list[str]]:
     """A proxy integration's response headers as API Gateway sends them: ``headers`` and ``multiValueHeaders``
     merged into one list per name, a pair given in both once; no Content-Length (the body's own is sent)."""
@@ -252,7 +320,7 @@ def response_headers(response: dict[str, Any]) -> dict[str, list[str]]:
 class LocalStack:
     def __init__(self, root: Path, *, aws_port: int = 4566, api_port: int = 3000, clock: str = "wall",
                  feed: Callable[[dict[str, Any]], None] | None = None, poll_seconds: float = 0.05,
-                 timer_tick: float | None = None) -> None:
+                 timer_tick: float | None = None, emulator: str | None = None) -> None:
         self.root = root
         self.aws_port, self.api_port = aws_port, api_port
         self.clock_mode = clock
@@ -260,6 +328,8 @@ class LocalStack:
         self.poll_seconds = poll_seconds
         self.timer_tick = timer_tick  # None: the schedule's own rate
         self.last_sweep: dict[str, Any] = {}
+        self.ingest = IngestTotals()
+        self.changes = ChangeTotals()
         self.endpoint = f"http://127.0.0.1:{aws_port}"
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -268,7 +338,10 @@ class LocalStack:
         self.feed_queue_url = ""
         self.queue_urls: dict[str, str] = {}
         self.sandbox: Any = None
-        self._server: Any = None
+        layout = emulator or os.environ.get("CDP_EMULATOR") or "in-process"
+        if layout not in LAYOUTS:
+            raise ValueError(f"CDP_EMULATOR: {layout!r} is not one of {', '.join(LAYOUTS)}")
+        self.emulator: Emulator = LAYOUTS[layout](aws_port)
         self._http: ThreadingHTTPServer | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -282,16 +355,17 @@ class LocalStack:
             raise
 
     def _start(self, template: dict[str, Any] | None) -> None:
-        os.environ.update({"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
-                           "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "AWS_ENDPOINT_URL": self.endpoint,
-                           "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled", "POWERTOOLS_TRACE_DISABLED": "true",
-                           "POWERTOOLS_METRICS_NAMESPACE": "cdp", "POWERTOOLS_LOG_LEVEL": "WARNING",
-                           "POWERTOOLS_METRICS_DISABLED": "true"})
-        # The emulator runs in its own process, so it and the handlers use both cores.
-        self._server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                                         "-p", str(self.aws_port)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self._wait_for_emulator()
+        environment = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
+                       "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION,
+                       "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled", "POWERTOOLS_TRACE_DISABLED": "true",
+                       "POWERTOOLS_METRICS_NAMESPACE": "cdp", "POWERTOOLS_LOG_LEVEL": "WARNING",
+                       "POWERTOOLS_METRICS_DISABLED": "true"}
+        for name in [n for n in os.environ if n.startswith("AWS_ENDPOINT_URL")]:
+            del os.environ[name]  # no endpoint of the user's may take the handlers' requests elsewhere
+        if not self.emulator.in_process:
+            environment["AWS_ENDPOINT_URL"] = self.endpoint  # in process, the emulator answers AWS's own endpoints
+        os.environ.update(environment)
+        self.emulator.start()
         from cdp_dev.sandbox import Sandbox
 
         self.sandbox = Sandbox(0, self.feed)
@@ -300,8 +374,8 @@ class LocalStack:
             template = synthesised_template(self.root, local_context(self.root, self.sandbox.url))
         self.resources = resources_from_template(template, self.root)
         self._create()
-        for environment in self.resources.functions.values():
-            os.environ.update(environment)
+        for variables in self.resources.functions.values():
+            os.environ.update(variables)
         os.environ.update({"POWERTOOLS_SERVICE_NAME": "cdp-local", "POWERTOOLS_LOG_LEVEL": "WARNING"})
         self._wire()
 
@@ -315,31 +389,11 @@ class LocalStack:
         deadline = time.monotonic() + 3  # for all of them: the threads are daemons, none may hold the exit up
         for thread in self.threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        if self._server is not None:
-            self._server.terminate()
-            try:
-                self._server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._server.kill()
-
-    def _wait_for_emulator(self, seconds: float = 30.0) -> None:
-        import urllib.request
-
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self._server is not None and self._server.poll() is not None:
-                raise RuntimeError(f"the AWS emulator exited (is port {self.aws_port} free?)")
-            try:
-                with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"the AWS emulator did not start on {self.endpoint}")
+        self.emulator.stop()
 
     def client(self, service: str) -> Any:
-        import boto3
-
-        return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION)
+        """A boto3 client of the emulator, as the handlers' own reach it."""
+        return self.emulator.client(service)
 
     def _create(self) -> None:
         self._create_stores()
@@ -427,6 +481,7 @@ class LocalStack:
         self.clock = EventClock() if self.clock_mode == "event" else WallClock()
         handlers = {folder: load_handler(self.root, folder) for folder in self.resources.functions}
         self.handlers = handlers
+        self._count_batches()
         self._dependencies: dict[str, Any] = {}
         for folder, handler in handlers.items():
             given = {"clock": self.clock} if folder in SHARED_CLOCK else {}
@@ -447,6 +502,13 @@ class LocalStack:
             self._thread("feed", self._poll_feed)
         if "api" in handlers:
             self._serve_api()
+
+    def _count_batches(self) -> None:
+        """The totals /health reports, from each invocation's batch result."""
+        if "ingest" in self.handlers:
+            observe_batches(self.handlers["ingest"], "ingest_batch", self.ingest.add)
+        if "changes" in self.handlers:
+            observe_batches(self.handlers["changes"], "publish_changes", self.changes.add)
 
     @contextlib.contextmanager
     def _environment_of(self, folder: str) -> Iterator[None]:
@@ -649,6 +711,8 @@ class LocalStack:
             "sandbox": {"url": self.sandbox.url if self.sandbox else None,
                         "deliveries": list(self.sandbox.deliveries[-50:]) if self.sandbox else []},
             "last_sweep": self.last_sweep,
+            "ingest": self.ingest.as_json(),
+            "changes": self.changes.as_json(),
             "errors": self.errors[-10:],
         }
 

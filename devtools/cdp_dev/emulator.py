@@ -1,0 +1,214 @@
+"""The local stack's AWS emulator (moto), in one of two layouts.
+
+- **In process** (the default): moto's backends live in the stack's own process. The handlers' and pollers'
+  boto3 clients reach them without HTTP (moto's botocore hook answers every request to an AWS endpoint), and a
+  threaded moto server serves the same backends on the stack's port for everything outside the process
+  (`cdp send`, `cdp tail`, tests, the benchmark). Each request then costs one boto3 call and moto's work, with
+  no HTTP server, routing or second process around it: about half the CPU of a request over HTTP.
+- **Child process**: moto's server in a process of its own; every client talks HTTP to it. Both cores can
+  then work at once, each request costing more.
+
+Either way two of moto's methods are replaced by equivalents that do not grow with the data or the events:
+Kinesis shards look records up by sequence number instead of walking the shard from its first record
+(:func:`install_kinesis_lookups`), and EventBridge compiles each JSONPath of a target's input template once
+(:func:`install_event_path_cache`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+REGION = "us-east-1"
+
+
+# ---- moto's Kinesis shard, without walking its records --------------------------------------------------------
+
+def _contiguous(records: dict[int, Any]) -> bool:
+    """Whether a shard's sequence numbers are one run of consecutive integers (as moto's put_record makes them)."""
+    if not records:
+        return True
+    first, last = next(iter(records)), next(reversed(records))
+    return bool(last - first + 1 == len(records))
+
+
+def shard_records_after(shard: Any, last_sequence_id: str, limit: int | None) -> tuple[list[Any], int, int]:
+    """moto's ``Shard.get_records``, by lookup: the records after ``last_sequence_id`` (at most ``limit``), the
+    last sequence number returned (or the one given) and the milliseconds the last of them is behind the shard's
+    newest record. Its own walks the shard from the first record on every call."""
+    records: dict[int, Any] = shard.records
+    if not _contiguous(records):
+        return ORIGINAL_GET_RECORDS(shard, last_sequence_id, limit)  # type: ignore[no-any-return]
+    last_sequence = int(last_sequence_id)
+    if not records:
+        return [], last_sequence, 0
+    first, newest = next(iter(records)), next(reversed(records))
+    start = max(first, last_sequence + 1)
+    end = newest if not limit else min(newest, start + limit - 1)
+    found = [records[number] for number in range(start, end + 1)]
+    if not found:
+        return [], last_sequence, 0
+    behind = records[newest].created_at - found[-1].created_at
+    return found, found[-1].sequence_number, int(behind * 1000)
+
+
+def shard_last_sequence(shard: Any) -> int:
+    """moto's ``Shard.get_max_sequence_number`` without copying the shard's keys into a list on every record."""
+    return next(reversed(shard.records)) if shard.records else 0
+
+
+def shard_first_sequence(shard: Any) -> int:
+    """moto's ``Shard.get_min_sequence_number``, likewise."""
+    return next(iter(shard.records)) if shard.records else 0
+
+
+ORIGINAL_GET_RECORDS: Callable[..., Any] = lambda *args: ([], 0, 0)  # noqa: E731 - replaced on install
+
+
+def install_kinesis_lookups() -> None:
+    """Replace moto's Kinesis ``Shard`` methods that walk or copy every record of the shard with lookups that
+    return the same (a shard's records are an insertion-ordered dict keyed by consecutive sequence numbers)."""
+    global ORIGINAL_GET_RECORDS
+    from moto.kinesis.models import Shard
+
+    if getattr(Shard.get_records, "__name__", "") == shard_records_after.__name__:
+        return
+    ORIGINAL_GET_RECORDS = Shard.get_records
+    Shard.get_records = shard_records_after  # type: ignore[assignment]
+    Shard.get_max_sequence_number = shard_last_sequence  # type: ignore[assignment]
+    Shard.get_min_sequence_number = shard_first_sequence  # type: ignore[assignment]
+
+
+# ---- moto's EventBridge targets, without compiling their input paths on every event ----------------------------
+
+def install_event_path_cache() -> None:
+    """Compile each JSONPath of moto's EventBridge input templates once, not once per target per event.
+
+    moto renders every event for every rule target through its input template, compiling each of the template's
+    JSONPaths with ``jsonpath_ng.ext.parse`` (a parser built on each call: milliseconds per path, tens of
+    milliseconds per published event). A compiled path is immutable, so the same one serves every event."""
+    import jsonpath_ng.ext
+
+    compile_path = getattr(jsonpath_ng.ext, "parse")  # noqa: B009 - the module does not export it by name
+    if not hasattr(compile_path, "cache_info"):
+        setattr(jsonpath_ng.ext, "parse", functools.lru_cache(maxsize=512)(compile_path))  # noqa: B010
+
+
+def install_lookups() -> None:
+    """Every replacement of moto's own methods this module makes (see above)."""
+    install_kinesis_lookups()
+    install_event_path_cache()
+
+
+# ---- the two layouts -----------------------------------------------------------------------------------------
+
+def wait_until_serving(endpoint: str, alive: Callable[[], bool], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"the AWS emulator exited (is the port of {endpoint} free?)")
+        try:
+            with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"the AWS emulator did not start on {endpoint}")
+
+
+class InProcessEmulator:
+    """moto's backends in this process: boto3 clients with no endpoint URL reach them directly, and a threaded
+    server serves them over HTTP on ``port``."""
+
+    in_process = True
+
+    def __init__(self, port: int) -> None:
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.port = port
+        self._mock: Any = None
+        self._server: Any = None
+
+    def start(self) -> None:
+        from moto import mock_aws
+        from moto.server import ThreadedMotoServer
+
+        install_lookups()
+        self._mock = mock_aws()
+        self._mock.start()
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        try:
+            self._server.start()
+        except OSError as error:
+            raise RuntimeError(f"the AWS emulator could not serve {self.endpoint}: {error}") from error
+        wait_until_serving(self.endpoint, lambda: True)
+
+    def client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(service, region_name=REGION)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        if self._mock is not None:
+            self._mock.stop()
+            self._mock = None
+
+
+class ChildProcessEmulator:
+    """moto's server in a child process on ``port``; clients use its endpoint URL."""
+
+    in_process = False
+
+    def __init__(self, port: int) -> None:
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.port = port
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen([sys.executable, "-m", "cdp_dev.emulator", "--port", str(self.port)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = self._process
+        wait_until_serving(self.endpoint, lambda: process.poll() is None)
+
+    def client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION)
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+        self._process = None
+
+
+Emulator = InProcessEmulator | ChildProcessEmulator
+LAYOUTS: dict[str, type[InProcessEmulator] | type[ChildProcessEmulator]] = {
+    "in-process": InProcessEmulator, "child": ChildProcessEmulator}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The child process's emulator: moto's server, with the Kinesis lookups installed."""
+    parser = argparse.ArgumentParser(description="moto's server for the local stack")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    install_lookups()
+    from moto.server import main as serve
+
+    serve(["-H", "127.0.0.1", "-p", str(args.port)])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
