@@ -70,10 +70,36 @@ class Unit:
     segments: tuple[Segment, ...]
     inputs: frozenset[str]
     time_driven: bool
+    grouped: bool = False  # an exclusive group: only its first eligible segment is a member
+
+
+@dataclass(frozen=True, slots=True)
+class CounterShape:
+    """A counter an event name feeds: the metric, and the tiers and sum the profile keeps for it."""
+
+    metric: MetricSpec
+    tiers: tuple[str, ...]
+    has_sum: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """What folding one event name updates: its counters, and whether one of them is its plain per-name one."""
+
+    counters: tuple[CounterShape, ...]
+    plain_tracked: bool
+
+
+NOTHING_COUNTED = Counted((), False)
 
 
 class Catalogue:
-    """The enabled segments, their metrics, and the order to evaluate them in."""
+    """The enabled segments, their metrics, and the order to evaluate them in.
+
+    ``readers`` indexes the units by the inputs they read (``e:<event>``, ``c:<channel>``,
+    ``t:<trait>``, ``rfm``, ``stats``, ``s:<segment>``): each key maps to the positions in
+    ``units`` of the units whose conditions read it, so an event evaluates only those.
+    """
 
     def __init__(self, segments: list[Segment], metrics: dict[str, MetricSpec]) -> None:
         self.all_segments = {segment.id: segment for segment in segments}
@@ -82,15 +108,37 @@ class Catalogue:
         self.metrics_by_event: dict[str, list[MetricSpec]] = {}
         for metric in metrics.values():
             self.metrics_by_event.setdefault(metric.source.event, []).append(metric)
+        self.counted = {event: Counted(tuple(CounterShape(m, tuple(sorted(m.tiers)), m.sum_property is not None)
+                                             for m in specs), any(m.key == event for m in specs))
+                        for event, specs in self.metrics_by_event.items()}
         self.latches: dict[str, list[AbsenceCondition]] = {}
         for segment in self.segments.values():
             for node in segment.condition.walk():
                 if isinstance(node, AbsenceCondition) and node.when is not None:
                     node.latch_key = f"{segment.id}:{node.path}"
                     self.latches.setdefault(node.trigger.source.event, []).append(node)
+        self.latch_keys = frozenset(node.latch_key for nodes in self.latches.values() for node in nodes)
         self.units = self._order_units()
         self.fingerprint = _fingerprint(self.segments.values())
         self.unit_of = {segment.id: unit for unit in self.units for segment in unit.segments}
+        self.position = {segment.id: index for index, unit in enumerate(self.units) for segment in unit.segments}
+        readers: dict[str, list[int]] = {}
+        for index, unit in enumerate(self.units):
+            for key in unit.inputs:
+                readers.setdefault(key, []).append(index)
+        self.readers = {key: tuple(indexes) for key, indexes in readers.items()}
+        # Per segment, the positions of the units that refer to it: they follow it when it flips.
+        self.dependants = {segment_id: self.readers.get(f"s:{segment_id}", ()) for segment_id in self.segments}
+
+    def units_reading(self, inputs: Iterable[str]) -> set[int]:
+        """The positions in ``units`` of the units that read any of ``inputs``."""
+        readers = self.readers
+        found: set[int] = set()
+        for key in inputs:
+            indexes = readers.get(key)
+            if indexes:
+                found.update(indexes)
+        return found
 
     def _order_units(self) -> list[Unit]:
         # Keyed apart so that a group and an ungrouped segment may share a name.
@@ -102,7 +150,8 @@ class Catalogue:
             members.sort(key=Segment.rank)
             inputs = frozenset().union(*(m.inputs for m in members))
             time_driven = any(node.time_driven for m in members for node in m.condition.walk())
-            units[name] = Unit(name.removeprefix("group:"), tuple(members), inputs, time_driven)
+            units[name] = Unit(name.removeprefix("group:"), tuple(members), inputs, time_driven,
+                               members[0].group is not None)
         unit_name = {s.id: f"group:{s.group}" if s.group else s.id for s in self.segments.values()}
         ordered: list[Unit] = []
         state: dict[str, str] = {}

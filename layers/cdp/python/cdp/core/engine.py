@@ -8,6 +8,7 @@ deadline passes. Both return the membership transitions, each with the clause th
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -60,10 +61,9 @@ class Engine:
         outcome = Outcome(applied=folded.applied, duplicates=folded.duplicates,
                           beyond_retention=folded.beyond_retention, rejected=folded.rejected,
                           changed=folded.applied > 0)
-        before = (dict(profile.memberships), dict(profile.deadlines))
-        outcome.transitions = self.evaluate(profile, now, folded.touched)
-        if (dict(profile.memberships), dict(profile.deadlines)) != before:
-            outcome.changed = True
+        evaluation = self._evaluate(profile, now, folded.touched)
+        outcome.transitions = evaluation.transitions
+        outcome.changed = outcome.changed or evaluation.changed
         outcome.next_deadline = profile.next_deadline
         return outcome
 
@@ -94,53 +94,105 @@ class Engine:
 
         ``touched=None`` re-evaluates every segment (after a catalogue or statistics change).
         """
-        view = ProfileView(profile, now, self.stats)
-        if profile.catalogue != self.catalogue.fingerprint:
-            # A new profile, or a changed catalogue: a condition can be true with none of its inputs
-            # touched (e.g. "no order within 30 days"), so every segment is evaluated once.
-            touched = None
-            profile.catalogue = self.catalogue.fingerprint
-        transitions = self._forget_removed(profile, now)
-        changed: set[str] = set()  # ``s:<segment>`` for each flip so far: segments that refer to it follow
-        for unit in self.catalogue.units:
-            if touched is None or unit.inputs & touched or unit.inputs & changed or _is_due(unit, profile, now):
-                _evaluate_unit(unit, view, touched, changed, transitions)
-        # The write carries its own transitions, so the table stream can say why each one happened.
-        profile.transitions = [[t.segment_id, t.kind, t.at, t.clause, t.reason] for t in transitions]
-        return transitions
+        return self._evaluate(profile, now, touched).transitions
 
-    def _forget_removed(self, profile: Profile, now: float) -> list[Transition]:
+    def _evaluate(self, profile: Profile, now: float, touched: set[str] | None) -> Evaluation:
+        """Evaluate the units that read a touched input or are due, then those reading a segment that flipped.
+
+        Units are evaluated in the catalogue's order, in which a unit comes after every segment it refers to,
+        so a flip is always seen by the units that follow it.
+        """
+        catalogue = self.catalogue
+        view = ProfileView(profile, now, self.stats)
+        evaluation = Evaluation([])
+        if profile.catalogue != catalogue.fingerprint:
+            # A new profile, or a changed catalogue: a condition can be true with none of its inputs
+            # touched (e.g. "no order within 30 days"), so every segment is evaluated once. Only then
+            # can the profile hold a segment the catalogue no longer has.
+            touched = None
+            profile.catalogue = catalogue.fingerprint
+            self._forget_removed(profile, now, evaluation)
+        if touched is None:
+            pending = list(range(len(catalogue.units)))
+        else:
+            pending = sorted(catalogue.units_reading(touched) | _due(catalogue, profile, now))
+        queued = set(pending)
+        units, dependants = catalogue.units, catalogue.dependants
+        while pending:
+            unit = units[heapq.heappop(pending)]
+            if unit.grouped:
+                flipped = _evaluate_group(unit, view, touched, evaluation)
+            else:
+                segment = unit.segments[0]
+                flipped = [segment.id] if _evaluate_segment(segment, view, touched, evaluation) else []
+            for segment_id in flipped:
+                # The units that refer to a flipped segment follow it in the order: queue them.
+                for index in dependants[segment_id]:
+                    if index not in queued:
+                        queued.add(index)
+                        heapq.heappush(pending, index)
+        # The write carries its own transitions, so the table stream can say why each one happened.
+        profile.transitions = [[t.segment_id, t.kind, t.at, t.clause, t.reason] for t in evaluation.transitions]
+        return evaluation
+
+    def _forget_removed(self, profile: Profile, now: float, evaluation: Evaluation) -> None:
         """Leave the segments no longer in the catalogue, and drop their deadlines."""
         segments = self.catalogue.segments
-        transitions = []
         for segment_id in [s for s in profile.memberships if s not in segments]:
             del profile.memberships[segment_id]
-            transitions.append(Transition(profile.customer_id, segment_id, segment_id, EXITED, int(now),
-                                          "segment", "the segment was disabled or removed"))
+            evaluation.transitions.append(Transition(profile.customer_id, segment_id, segment_id, EXITED, int(now),
+                                                     "segment", "the segment was disabled or removed"))
+            evaluation.changed = True
         for segment_id in [s for s in profile.deadlines if s not in segments]:
             del profile.deadlines[segment_id]
-        return transitions
+            evaluation.changed = True
 
 
-def _is_due(unit: Unit, profile: Profile, now: float) -> bool:
-    """Whether the deadline of one of the unit's segments has passed."""
-    return any(profile.deadlines.get(s.id, math.inf) <= now for s in unit.segments)
+@dataclass
+class Evaluation:
+    """What evaluating a profile did: its transitions, and whether any membership or deadline changed."""
+
+    transitions: list[Transition]
+    changed: bool = False
 
 
-def _evaluate_unit(unit: Unit, view: ProfileView, touched: set[str] | None, changed: set[str],
-                   transitions: list[Transition]) -> None:
-    """Evaluate a unit's segments and apply the flips, adding them to ``transitions``.
+def _due(catalogue: Catalogue, profile: Profile, now: float) -> set[int]:
+    """The positions of the units with a segment whose deadline has passed, found from the profile's deadlines."""
+    position = catalogue.position
+    return {position[segment_id] for segment_id, deadline in profile.deadlines.items()
+            if deadline <= now and segment_id in position}
 
-    In an exclusive group only the first eligible segment is a member.
+
+def _evaluate_segment(segment: Segment, view: ProfileView, touched: set[str] | None,
+                      evaluation: Evaluation) -> bool:
+    """Evaluate a segment outside any exclusive group and apply its flip; returns whether it flipped."""
+    profile = view.profile
+    member = _holds(segment, view, evaluation)
+    if (segment.id in profile.memberships) == member:
+        return False
+    if member:
+        profile.memberships[segment.id] = int(view.now)
+    else:
+        del profile.memberships[segment.id]
+    clause, reason = explain(segment, view, member, touched)
+    _record(evaluation, profile, segment, member, int(view.now), clause, reason)
+    return True
+
+
+def _evaluate_group(unit: Unit, view: ProfileView, touched: set[str] | None, evaluation: Evaluation) -> list[str]:
+    """Evaluate an exclusive group and apply its flips; returns the flipped ids.
+
+    Only the first eligible segment is a member.
     """
     profile = view.profile
-    eligible = _eligible(unit, view)
-    members = eligible[:1] if unit.segments[0].group else eligible
+    eligible = [segment for segment in unit.segments if _holds(segment, view, evaluation)]
+    members = eligible[:1]
+    flipped: list[str] = []
     for segment in unit.segments:
         member = segment in members
         if (segment.id in profile.memberships) == member:
             continue
-        changed.add(f"s:{segment.id}")
+        flipped.append(segment.id)
         if member:
             profile.memberships[segment.id] = int(view.now)
             clause, reason = explain(segment, view, True, touched)
@@ -150,23 +202,30 @@ def _evaluate_unit(unit: Unit, view: ProfileView, touched: set[str] | None, chan
                 clause, reason = _outranked(segment, members[0])
             else:
                 clause, reason = explain(segment, view, False, touched)
-        transitions.append(Transition(profile.customer_id, segment.id, segment.name, ENTERED if member else EXITED,
-                                      int(view.now), clause, reason))
+        _record(evaluation, profile, segment, member, int(view.now), clause, reason)
+    return flipped
 
 
-def _eligible(unit: Unit, view: ProfileView) -> list[Segment]:
-    """The unit's segments whose condition holds; each segment's next deadline is kept on the profile."""
+def _record(evaluation: Evaluation, profile: Profile, segment: Segment, member: bool, at: int, clause: str,
+            reason: str) -> None:
+    evaluation.transitions.append(Transition(profile.customer_id, segment.id, segment.name,
+                                             ENTERED if member else EXITED, at, clause, reason))
+    evaluation.changed = True
+
+
+def _holds(segment: Segment, view: ProfileView, evaluation: Evaluation) -> bool:
+    """Whether the segment's condition holds; its next deadline is kept on the profile."""
+    value, deadline = segment.condition.evaluate(view)
     deadlines = view.profile.deadlines
-    eligible: list[Segment] = []
-    for segment in unit.segments:
-        value, deadline = segment.condition.evaluate(view)
-        if deadline is None:
-            deadlines.pop(segment.id, None)
-        else:
-            deadlines[segment.id] = math.ceil(deadline)
-        if value:
-            eligible.append(segment)
-    return eligible
+    if deadline is None:
+        if deadlines.pop(segment.id, None) is not None:
+            evaluation.changed = True
+    else:
+        due = math.ceil(deadline)
+        if deadlines.get(segment.id) != due:
+            deadlines[segment.id] = due
+            evaluation.changed = True
+    return value
 
 
 def _outranked(segment: Segment, winner: Segment) -> tuple[str, str]:

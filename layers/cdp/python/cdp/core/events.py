@@ -403,8 +403,8 @@ def _section(context: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def _context(context: dict[str, Any]) -> EventContext:
-    if not context:
-        return _EMPTY_CONTEXT
+    if not context or not any(key in context for key in _CONTEXT_SECTIONS):
+        return EMPTY_CONTEXT  # what a browser library sends: nothing of this is in it
     device = _section(context, "device")
     os_info = _section(context, "os")
     location = _section(context, "location")
@@ -420,7 +420,8 @@ def _context(context: dict[str, Any]) -> EventContext:
     )
 
 
-_EMPTY_CONTEXT = EventContext()
+EMPTY_CONTEXT = EventContext()
+_CONTEXT_SECTIONS = ("device", "os", "location", "campaign")
 
 
 def _amount(value: object, path: str) -> float:

@@ -15,9 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cdp.core.catalogue import Catalogue
+from cdp.core.catalogue import NOTHING_COUNTED, Catalogue
 from cdp.core.clock import DEFAULT_MAX_FUTURE_SKEW
 from cdp.core.events import (
+    EMPTY_CONTEXT,
     NUMBER_DIGITS,
     ORDER_CANCELLED,
     ORDER_COMPLETED,
@@ -54,6 +55,7 @@ class Folded:
     """What folding a batch did: the inputs it touched, and what became of each event."""
 
     touched: set[str] = field(default_factory=set)
+    counters: set[str] = field(default_factory=set)  # keys of the counters the batch added to
     applied: int = 0
     duplicates: int = 0
     beyond_retention: int = 0  # applied, but older than some counter it feeds keeps
@@ -86,7 +88,7 @@ def fold(profile: Profile, events: Iterable[Event], catalogue: Catalogue, now: f
             profile.created_at = int(now)
         profile.updated_at = int(now)
         profile.prune_dedupe(now)
-        _tidy(profile, catalogue, now)
+        _tidy(profile, catalogue, now, None if profile.catalogue != catalogue.fingerprint else folded.counters)
     return folded
 
 
@@ -109,7 +111,7 @@ def fold_event(profile: Profile, event: Event, catalogue: Catalogue, now: float,
             return problem
     touched.add(f"e:{event.name}")
     touched.add(f"c:{event.channel}")
-    if not _count(profile, event, catalogue, moment, now):
+    if not _count(profile, event, catalogue, moment, now, folded):
         folded.beyond_retention += 1
     if moment > profile.channels.get(event.channel, 0):
         profile.channels[event.channel] = moment
@@ -192,21 +194,27 @@ def _reverse_order(profile: Profile, event: Event, known: list[Any] | None) -> s
     return None
 
 
-def _count(profile: Profile, event: Event, catalogue: Catalogue, moment: int, now: float) -> bool:
+def _count(profile: Profile, event: Event, catalogue: Catalogue, moment: int, now: float, folded: Folded) -> bool:
     """Add the event to every counter the catalogue keeps of it, and to its plain per-name counter.
 
+    Notes the key of each counter it changed, and touches ``e:<key>`` of each filtered one it passed.
     False when it is older than one of those counters keeps.
     """
     name = event.name
-    plain_tracked = False
+    counted = catalogue.counted.get(name, NOTHING_COUNTED)
+    keys = folded.counters
     landed = True
-    for spec in catalogue.metrics_by_event.get(name, ()):
+    for shape in counted.counters:
+        spec = shape.metric
         if spec.source.matches(event):
-            counter = profile.counter_for_update(spec.key, tuple(sorted(spec.tiers)), spec.sum_property is not None)
+            counter = profile.counter_for_update(spec.key, shape.tiers, shape.has_sum)
             landed = counter.add(moment, spec.value_of(event), now) and landed
-        plain_tracked = plain_tracked or spec.key == name
-    if not plain_tracked:
+            keys.add(spec.key)
+            if spec.source.where:
+                folded.touched.add(f"e:{spec.key}")
+    if not counted.plain_tracked:
         profile.counter_for_update(name, (), False).add(moment, 0, now)
+        keys.add(name)
     return landed
 
 
@@ -235,7 +243,7 @@ def _fold_cart(profile: Profile, event: Event, moment: int) -> None:
 def _fold_context(profile: Profile, event: Event, moment: int) -> None:
     """The latest device, location and campaign; the first campaign is kept apart."""
     ctx = event.context
-    if moment < profile.context.get("at", 0):
+    if ctx is EMPTY_CONTEXT or moment < profile.context.get("at", 0):
         return  # a late event does not overwrite newer context
     fields = {"device": ctx.device_type, "os": ctx.os, "country": ctx.country, "city": ctx.city,
               "utm_source": ctx.utm_source, "utm_medium": ctx.utm_medium,
@@ -272,25 +280,39 @@ def _fold_latch(profile: Profile, node: AbsenceCondition, event: Event, moment: 
         profile.latches[node.latch_key] = moment
 
 
-def _tidy(profile: Profile, catalogue: Catalogue, now: float) -> None:
-    """Prune the counters; drop those and the latches no segment reads, and the least recent plain counters."""
+def _tidy(profile: Profile, catalogue: Catalogue, now: float, changed: set[str] | None) -> None:
+    """Prune the counters the batch changed (``None``: every counter, as after a catalogue change); drop the
+    counters and latches no segment reads, and the least recent plain counters.
+
+    A counter the batch did not change gained no bucket, so it stays within its bound unpruned (a window
+    never counts a bucket older than itself), and is left as stored.
+    """
     wanted = catalogue.metrics
-    plain: list[tuple[int, str]] = []
+    plain: list[str] = []
     for key in profile.counter_keys():
-        counter = profile.counter(key)
-        assert counter is not None
         spec = wanted.get(key)
         if spec is None and "|" in key:
             profile.drop_counter(key)  # its segment is gone
             continue
         if spec is None:
-            counter.buckets.clear()
-            plain.append((counter.last, key))
-        counter.prune(now)
+            plain.append(key)
+        if changed is None or key in changed:
+            counter = profile.counter(key)
+            assert counter is not None
+            if spec is None:
+                counter.buckets.clear()
+            counter.prune(now)
     if len(plain) > MAX_PLAIN_COUNTERS:
-        plain.sort()
-        for _, key in plain[: len(plain) - MAX_PLAIN_COUNTERS]:
+        lasts = sorted((_last(profile, key), key) for key in plain)
+        for _, key in lasts[: len(plain) - MAX_PLAIN_COUNTERS]:
             profile.drop_counter(key)
-    live = {node.latch_key for nodes in catalogue.latches.values() for node in nodes}
-    for key in [k for k in profile.latches if k not in live]:
-        del profile.latches[key]
+    if profile.latches:
+        live = catalogue.latch_keys
+        for key in [k for k in profile.latches if k not in live]:
+            del profile.latches[key]
+
+
+def _last(profile: Profile, key: str) -> int:
+    counter = profile.counter(key)
+    assert counter is not None
+    return counter.last

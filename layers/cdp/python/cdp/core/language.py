@@ -124,12 +124,11 @@ class EventFilter:
 
     event: str
     where: tuple[PropertyFilter, ...] = ()
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        if not self.where:
-            return self.event
-        return self.event + "|" + ",".join(f.key() for f in self.where)
+    def __post_init__(self) -> None:
+        key = self.event + "|" + ",".join(f.key() for f in self.where) if self.where else self.event
+        object.__setattr__(self, "key", key)  # read on every evaluation, so worked out once
 
     def matches(self, event: Event) -> bool:
         return event.name == self.event and all(f.matches(event.properties) for f in self.where)
@@ -138,6 +137,12 @@ class EventFilter:
         if not self.where:
             return self.event
         return f"{self.event} where {' and '.join(f.key() for f in self.where)}"
+
+
+def input_of(source: EventFilter) -> str:
+    """The input a condition on ``source`` reads: ``e:<event>``, or for a filtered source ``e:<counter key>``,
+    which folding touches only when an event passes the filter."""
+    return f"e:{source.key}"
 
 
 @dataclass(slots=True)
@@ -172,11 +177,16 @@ class MetricSpec:
 
 
 class Condition:
-    """A node of a condition tree."""
+    """A node of a condition tree.
+
+    ``cost`` ranks how much evaluating the node reads (profile fields first, then counters), so that
+    ``all`` and ``any`` look at their cheap parts first and stop as soon as one decides the answer.
+    """
 
     path: str = "condition"
     inputs: frozenset[str] = frozenset()
     time_driven: bool = False
+    cost: int = 0
 
     def evaluate(self, ctx: Context) -> Result:
         raise NotImplementedError
@@ -193,16 +203,13 @@ class Condition:
             yield from child.walk()
 
 
-def _earliest(*deadlines: float | None) -> float | None:
-    present = [d for d in deadlines if d is not None]
-    return min(present) if present else None
-
-
 class Combination(Condition):
-    """A node over a list of conditions."""
+    """A node over a list of conditions; they are evaluated cheapest first (the answer does not depend on it)."""
 
     def __init__(self, items: list[Condition]) -> None:
         self.items = tuple(items)
+        self.cost = sum(item.cost for item in self.items)
+        self.by_cost = tuple(sorted(self.items, key=lambda item: item.cost))
 
     def children(self) -> tuple[Condition, ...]:
         return self.items
@@ -210,13 +217,22 @@ class Combination(Condition):
 
 class AllOf(Combination):
     def evaluate(self, ctx: Context) -> Result:
-        results = [item.evaluate(ctx) for item in self.items]
-        if all(value for value, _ in results):
-            return True, _earliest(*(d for _, d in results))
-        failing = [d for value, d in results if not value]
-        if any(d is None for d in failing):
-            return False, None  # a part that stays false keeps the whole false
-        return False, _earliest(*failing)
+        # True: the earliest deadline of all parts. False: a part that stays false keeps the whole false
+        # (no deadline); otherwise the earliest deadline of the false parts.
+        earliest: float | None = None
+        failing: float | None = None
+        failed = False
+        for item in self.by_cost:
+            value, deadline = item.evaluate(ctx)
+            if not value:
+                if deadline is None:
+                    return False, None
+                if failing is None or deadline < failing:
+                    failing = deadline
+                failed = True
+            elif not failed and deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        return (False, failing) if failed else (True, earliest)
 
     def describe(self) -> str:
         return "all of (" + "; ".join(item.describe() for item in self.items) + ")"
@@ -224,13 +240,22 @@ class AllOf(Combination):
 
 class AnyOf(Combination):
     def evaluate(self, ctx: Context) -> Result:
-        results = [item.evaluate(ctx) for item in self.items]
-        passing = [d for value, d in results if value]
-        if passing:
-            if any(d is None for d in passing):
-                return True, None  # a part that stays true keeps the whole true
-            return True, _earliest(*passing)
-        return False, _earliest(*(d for _, d in results))
+        # True: a part that stays true keeps the whole true (no deadline); otherwise the earliest deadline of
+        # the true parts. False: the earliest deadline of all parts.
+        earliest: float | None = None
+        passing: float | None = None
+        passed = False
+        for item in self.by_cost:
+            value, deadline = item.evaluate(ctx)
+            if value:
+                if deadline is None:
+                    return True, None
+                if passing is None or deadline < passing:
+                    passing = deadline
+                passed = True
+            elif not passed and deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        return (True, passing) if passed else (False, earliest)
 
     def describe(self) -> str:
         return "any of (" + "; ".join(item.describe() for item in self.items) + ")"
@@ -239,6 +264,7 @@ class AnyOf(Combination):
 class Not(Condition):
     def __init__(self, item: Condition) -> None:
         self.item = item
+        self.cost = item.cost
 
     def children(self) -> tuple[Condition, ...]:
         return (self.item,)
@@ -266,13 +292,22 @@ class TraitCondition(Condition):
 class MetricCondition(Condition):
     """count / sum / average of an event over a sliding window (or the customer's lifetime)."""
 
+    cost = 3
     time_driven = True
 
     def __init__(self, kind: str, metric: MetricSpec, window: int | None, op: str, value: float) -> None:
         self.kind, self.metric, self.window, self.op, self.value = kind, metric, window, op, value
         self.tier: Tier | None = tier_for_window(window) if window else None
-        self.inputs = frozenset({f"e:{metric.source.event}"})
+        self.inputs = frozenset({input_of(metric.source)})
         self.time_driven = window is not None
+        self.compare = COMPARATORS[op]
+        # A count only falls as buckets leave the window: "at least" that is false, or "fewer than" that is
+        # true, stays so with no new event, and needs no look at when each bucket leaves.
+        self.settled: bool | None = None
+        if kind == "count" and op in ("gt", "gte"):
+            self.settled = False
+        elif kind == "count" and op in ("lt", "lte"):
+            self.settled = True
 
     def figure(self, count: int, total: int) -> float | None:
         if self.kind == "count":
@@ -283,7 +318,7 @@ class MetricCondition(Condition):
 
     def _test(self, count: int, total: int) -> bool:
         figure = self.figure(count, total)
-        return figure is not None and COMPARATORS[self.op](figure, self.value)
+        return figure is not None and self.compare(figure, self.value)
 
     def evaluate(self, ctx: Context) -> Result:
         counter = ctx.counter(self.metric.key)
@@ -293,6 +328,8 @@ class MetricCondition(Condition):
             return self._test(counter.count, counter.total), None
         count, total = counter.window(self.tier, self.window, ctx.now)
         value = self._test(count, total)
+        if value is self.settled:
+            return value, None
         for expires, bucket_count, bucket_sum in counter.expiries(self.tier, self.window, ctx.now):
             count -= bucket_count
             total -= bucket_sum
@@ -311,6 +348,7 @@ class MetricCondition(Condition):
 class RatioCondition(Condition):
     """count(numerator) / count(denominator) over the same window."""
 
+    cost = 4
     time_driven = True
 
     def __init__(self, numerator: MetricSpec, denominator: MetricSpec, window: int, op: str,
@@ -318,7 +356,7 @@ class RatioCondition(Condition):
         self.numerator, self.denominator = numerator, denominator
         self.window, self.op, self.value, self.min_denominator = window, op, value, min_denominator
         self.tier = tier_for_window(window)
-        self.inputs = frozenset({f"e:{numerator.source.event}", f"e:{denominator.source.event}"})
+        self.inputs = frozenset({input_of(numerator.source), input_of(denominator.source)})
 
     def _test(self, top: int, bottom: int) -> bool:
         return bottom >= self.min_denominator and COMPARATORS[self.op](top / bottom, self.value)
@@ -349,11 +387,12 @@ class RatioCondition(Condition):
 class RecencyCondition(Condition):
     """The last (or first) matching event happened within a duration of now."""
 
+    cost = 2
     time_driven = True
 
     def __init__(self, metric: MetricSpec, window: int, of: str) -> None:
         self.metric, self.window, self.of = metric, window, of
-        self.inputs = frozenset({f"e:{metric.source.event}"})
+        self.inputs = frozenset({input_of(metric.source)})
 
     def evaluate(self, ctx: Context) -> Result:
         counter = ctx.counter(self.metric.key)
@@ -377,6 +416,7 @@ class AbsenceCondition(Condition):
     With ``when``, a trigger counts only if ``when`` held at the moment it happened.
     """
 
+    cost = 2
     time_driven = True
 
     def __init__(self, trigger: MetricSpec, missing: MetricSpec, within: int, expire: int | None,
@@ -384,7 +424,7 @@ class AbsenceCondition(Condition):
         self.trigger, self.missing, self.within, self.expire, self.when = (
             trigger, missing, within, expire, when)
         self.latch_key = ""  # set by the catalogue once the node's place is known
-        inputs = {f"e:{trigger.source.event}", f"e:{missing.source.event}"}
+        inputs = {input_of(trigger.source), input_of(missing.source)}
         if when is not None:
             inputs |= when.inputs
         self.inputs = frozenset(inputs)
@@ -421,6 +461,7 @@ class AbsenceCondition(Condition):
 
 
 class ChannelCondition(Condition):
+    cost = 1
     time_driven = True
 
     def __init__(self, channel: str, window: int | None) -> None:
