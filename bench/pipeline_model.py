@@ -53,16 +53,18 @@ class CountingStore(MemoryProfileStore):
         self.keep_images = 2000
 
     def save(self, profile: Profile, expected_version: int) -> None:
-        before = self.item(profile.customer_id)
+        keeping = len(self.images) < self.keep_images
+        before = self.item(profile.customer_id) if keeping else None
+        stored = self._keys.get(profile.customer_id)
         super().save(profile, expected_version)
         item = profile.to_item()
-        if len(self.images) < self.keep_images:
+        if keeping:
             self.images.append((before, item))
         size = item_size(item)
         self.item_bytes.append(size)
         self.writes[self.writer] += 1
         self.write_units[self.writer] += math.ceil(size / 1024)
-        old, new = (before or {}).get("nd"), item.get("nd")
+        old, new = stored[2] if stored else None, item.get("nd")
         self.index_units[self.writer] += 0 if old == new else (1 if old is None or new is None else 2)
 
 
