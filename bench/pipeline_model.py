@@ -10,7 +10,7 @@ changes function reads the stream 100 records at a time, as its mapping does at 
 Counted per write: the billed item size (rounded up to 1 KB per write request unit) and the due
 index entry it moves (the index is keys-only: one unit to add or drop an entry, two to move one, none
 when the deadline stays). Per changes invocation: membership writes (one per transition), size
-counters touched (one update per segment and members shard), bus entries and PutEvents calls. Per
+counters touched (one update per touched segment), bus entries and PutEvents calls. Per
 integration that is enabled: the deliveries its segments get, and so its SQS, Lambda and ledger
 requests. :func:`cost` turns the counts into dollars.
 """
@@ -26,7 +26,6 @@ from typing import Any
 from cdp.core.clock import FixedClock
 from cdp.core.engine import Engine, Transition
 from cdp.core.profile import Profile, item_size
-from cdp.pipeline.changes import MEMBER_SHARDS, members_partition
 from cdp.pipeline.ingest import StreamRecord, ingest_batch
 from cdp.pipeline.timers import sweep
 from cdp.ports import QuarantinedRecord
@@ -182,8 +181,7 @@ class Pipeline:
         counts, transitions = self.counts, self.pending
         counts.stream_records += self.pending_records
         counts.changes_invocations += 1
-        counts.size_updates += len({members_partition(t.segment_id, t.customer_id, MEMBER_SHARDS)
-                                    for t in transitions})
+        counts.size_updates += len({t.segment_id for t in transitions})  # one ADD per touched segment
         published = [t for t in transitions if self.published is None or t.segment_id in self.published]
         counts.bus_entries += len(published)
         counts.put_events_calls += math.ceil(len(published) / BUS_ENTRIES_PER_PUT_EVENTS)

@@ -78,8 +78,9 @@ def measure() -> dict[str, Any]:
     from moto import mock_aws
 
     from bench.core_speed import workload
-    from cdp.aws.dynamo import DynamoMembersIndex, DynamoProfileStore, deserialise_item, serialise_item
+    from cdp.aws.dynamo import DynamoProfileStore, deserialise_item, serialise_item
     from cdp.aws.eventbridge import EventBridgePublisher
+    from cdp.aws.members import DynamoMembersIndex
     from cdp.aws.quarantine import S3Quarantine
     from cdp.core.catalogue import load_catalogue
     from cdp.core.clock import EventClock

@@ -35,9 +35,11 @@ class Changes(Construct):
             self, "Changes", folder="changes", layers=layers, key=key, architecture=settings.architecture,
             memory_mb=settings.memory_mb, timeout=Duration.seconds(60),
             environment={"MEMBERS_TABLE": storage.members.table_name, "EVENT_BUS_NAME": self.bus.event_bus_name,
-                         "MEMBER_SHARDS": str(settings.member_shards)})
+                         "MEMBER_SHARDS": str(settings.member_shards),
+                         "CDP_PUBLISHED_SEGMENTS": settings.published_segments})
         role = self.function.role
-        storage.members.grant(role, "dynamodb:PutItem", "dynamodb:UpdateItem")  # via TransactWriteItems
+        # Conditional membership puts and the size counters' ADD; the function never reads the index.
+        storage.members.grant(role, "dynamodb:PutItem", "dynamodb:UpdateItem")
         role.add_to_policy(iam.PolicyStatement(actions=["events:PutEvents"], resources=[self.bus.event_bus_arn]))
         self.function.function.add_event_source(sources.DynamoEventSource(
             storage.profiles,

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import bisect
 import pickle
+import threading
 from collections import Counter as Tally
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from cdp.aws.members import EXITED_MEMBER_TTL, decode_cursor, encode_cursor
 from cdp.core.profile import Profile
+from cdp.pipeline.changes import MEMBER_SHARDS, MembershipChange, members_partition
 from cdp.pipeline.fanout import LedgerEntry
 from cdp.pipeline.timers import DueEntry, DuePage
-from cdp.ports import ConflictError
+from cdp.ports import ConflictError, TransientError
 
 BATCH_GET_LIMIT = 100
 
@@ -46,6 +49,9 @@ class MemoryProfileStore:
 
     def __init__(self) -> None:
         self._encoded: dict[str, bytes] = {}
+        # customer -> (version, due shard, next deadline): what a condition or the due index reads,
+        # kept beside the encoded item as a database keeps its keys, so a write decodes nothing
+        self._keys: dict[str, tuple[int, str | None, int | None]] = {}
         self.items = StoredItems(self._encoded)
         self.requests: Tally[str] = Tally()
         self._due: dict[str, list[tuple[int, str]]] = {}  # shard -> sorted (deadline, customer id)
@@ -61,19 +67,21 @@ class MemoryProfileStore:
 
     def save(self, profile: Profile, expected_version: int) -> None:
         self.requests["PutItem"] += 1
-        stored = self.item(profile.customer_id)
-        if (int(stored["v"]) if stored else 0) != expected_version:
+        stored = self._keys.get(profile.customer_id)
+        if (stored[0] if stored else 0) != expected_version:
             raise ConflictError(profile.customer_id)
         self.put(profile.to_item())
 
     def put(self, item: dict[str, Any]) -> None:
         """Store an item as it is, unconditionally (for seeding a simulation)."""
-        old = self.item(item["customer_id"])
-        if old is not None and "ds" in old:
-            entries = self._due[old["ds"]]
-            del entries[bisect.bisect_left(entries, (old["nd"], old["customer_id"]))]
+        customer_id = item["customer_id"]
+        old = self._keys.get(customer_id)
+        if old is not None and old[1] is not None:
+            entries = self._due[old[1]]
+            del entries[bisect.bisect_left(entries, (old[2], customer_id))]
         if "ds" in item:
-            bisect.insort(self._due.setdefault(item["ds"], []), (item["nd"], item["customer_id"]))
+            bisect.insort(self._due.setdefault(item["ds"], []), (item["nd"], customer_id))
+        self._keys[customer_id] = (int(item.get("v", 0)), item.get("ds"), item.get("nd"))
         self._encoded[item["customer_id"]] = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -120,3 +128,80 @@ class MemoryDeadLetters:
 
     def put(self, body: str, reason: str) -> None:
         self.letters.append((body, reason))
+
+
+class MemoryMembersIndex:
+    """The members index in memory: the DynamoDB index's version-conditional membership write (which yields
+    its size delta), its per-shard size counters and its listing order, counting the requests it would send.
+
+    Thread-safe, as the changes function writes from a pool. ``failing_writes`` and ``failing_counters``
+    make chosen requests fail as throttled ones do, before they take effect.
+    """
+
+    def __init__(self, shards: int = MEMBER_SHARDS) -> None:
+        self.shards = shards
+        self.items: dict[tuple[str, str], dict[str, int]] = {}  # (segment#NN, customer id) -> v, since, exited_at
+        self.sizes: dict[str, int] = {}  # segment#NN -> members
+        self.requests: Tally[str] = Tally()
+        self.failing_writes: Callable[[MembershipChange], bool] | None = None
+        self.failing_counters: Callable[[str], bool] | None = None
+        self._lock = threading.Lock()
+
+    def write(self, change: MembershipChange) -> int:
+        partition = self.size_counter(change)
+        with self._lock:
+            self.requests["PutItem"] += 1
+            if self.failing_writes is not None and self.failing_writes(change):
+                raise TransientError("ProvisionedThroughputExceededException")
+            stored = self.items.get((partition, change.customer_id))
+            if stored is not None and stored["v"] >= change.version:
+                return 0
+            item = {"v": change.version, "since": change.at}
+            if change.kind == "exited":
+                item.update(exited_at=change.at, expires_at=change.at + EXITED_MEMBER_TTL)
+            self.items[(partition, change.customer_id)] = item
+        return int(change.kind == "entered") - int(stored is not None and "exited_at" not in stored)
+
+    def size_counter(self, change: MembershipChange) -> str:
+        return members_partition(change.segment_id, change.customer_id, self.shards)
+
+    def add_size(self, counter: str, delta: int) -> None:
+        with self._lock:
+            self.requests["UpdateItem"] += 1
+            if self.failing_counters is not None and self.failing_counters(counter):
+                raise TransientError("ProvisionedThroughputExceededException")
+            self.sizes[counter] = self.sizes.get(counter, 0) + delta
+
+    def record(self, change: MembershipChange) -> None:
+        delta = self.write(change)
+        if delta:
+            self.add_size(self.size_counter(change), delta)
+
+    def size(self, segment_id: str) -> int:
+        with self._lock:
+            self.requests["BatchGetItem"] += -(-self.shards // BATCH_GET_LIMIT)
+            return max(sum(self.sizes.get(f"{segment_id}#{shard:02d}", 0) for shard in range(self.shards)), 0)
+
+    def current(self, segment_id: str) -> set[str]:
+        """Every current member of a segment (no request: for checking a simulation)."""
+        with self._lock:
+            return {customer for (partition, customer), item in self.items.items()
+                    if partition.rsplit("#", 1)[0] == segment_id and "exited_at" not in item}
+
+    def page(self, segment_id: str, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """As the DynamoDB index lists: by shard, then customer id; one Query per shard visited."""
+        shard, after = decode_cursor(cursor, self.shards) if cursor else (0, "")
+        members: list[dict[str, Any]] = []
+        with self._lock:
+            while shard < self.shards and len(members) < limit:
+                self.requests["Query"] += 1
+                partition = f"{segment_id}#{shard:02d}"
+                live = sorted((customer, item["since"]) for (p, customer), item in self.items.items()
+                              if p == partition and customer > after and "exited_at" not in item)
+                taken = live[:limit - len(members)]
+                members += [{"customer_id": customer, "since": since} for customer, since in taken]
+                if len(taken) < len(live):
+                    after = taken[-1][0]
+                    break
+                shard, after = shard + 1, ""
+        return members, (None if shard >= self.shards else encode_cursor(shard, after))

@@ -116,7 +116,8 @@ def build(**overrides: Any) -> Dependencies:
     (the local stack gives its shared clock: ``configure(build(clock=...))``)."""
     import boto3
 
-    from cdp.aws.dynamo import DynamoMembersIndex, DynamoProfileStore
+    from cdp.aws.dynamo import DynamoProfileStore
+    from cdp.aws.members import DynamoMembersIndex
 
     config = ApiConfig.from_env(os.environ)
     client = boto3.client("dynamodb")

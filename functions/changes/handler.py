@@ -33,6 +33,8 @@ class Dependencies:
     index: MembersIndex
     publisher: Publisher
     bus_name: str
+    concurrency: int = 16  # requests in flight at once: membership writes, size updates, PutEvents calls
+    published_segments: frozenset[str] | None = None  # the segments whose transitions go on the bus; None: all
 
 
 @cache
@@ -45,8 +47,8 @@ def build(**overrides: Any) -> Dependencies:
     """The dependencies from the environment; a part given by name is used instead and never built."""
     import boto3
 
-    from cdp.aws.dynamo import DynamoMembersIndex
     from cdp.aws.eventbridge import EventBridgePublisher
+    from cdp.aws.members import DynamoMembersIndex
 
     config = ChangesConfig.from_env(os.environ)
     return assemble(
@@ -55,6 +57,8 @@ def build(**overrides: Any) -> Dependencies:
         index=lambda: DynamoMembersIndex(boto3.client("dynamodb"), config.members_table, config.member_shards),
         publisher=lambda: EventBridgePublisher(boto3.client("events")),
         bus_name=lambda: config.event_bus,
+        concurrency=lambda: config.concurrency,
+        published_segments=lambda: config.published_segments,
     )
 
 
@@ -91,8 +95,9 @@ def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependenc
     if not raw_records:
         return {"batchItemFailures": []}
     changes = [table_change(r) for r in raw_records]
-    result = publish_changes(changes, deps.catalogue, deps.index, deps.publisher, deps.bus_name)
-    tally = Counter((change.segment_id, change.kind) for change in result.published)
+    result = publish_changes(changes, deps.catalogue, deps.index, deps.publisher, deps.bus_name,
+                             concurrency=deps.concurrency, published_segments=deps.published_segments)
+    tally = Counter((change.segment_id, change.kind) for change in result.applied)
     for (segment_id, kind), count in tally.items():
         if is_metrics_disabled():  # as Metrics does; single_metric itself would print anyway
             continue
@@ -101,6 +106,13 @@ def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependenc
             pass
     metrics.add_metric(name="TransitionsPublished", unit=MetricUnit.Count, value=len(result.published))
     metrics.add_metric(name="RecordsRetried", unit=MetricUnit.Count, value=len(result.failed))
+    if result.sizes_lost:
+        # The memberships are written and a retry would not count them again: the sizes need a recount.
+        lost = sum(abs(delta) for delta in result.sizes_lost.values())
+        metrics.add_metric(name="MemberSizeUpdatesLost", unit=MetricUnit.Count, value=lost)
+        logger.error("segment size updates failed after resending; those sizes are off until recounted",
+                     extra={"segments": sorted({counter.split("#")[0] for counter in result.sizes_lost}),
+                            "members": lost})
     if result.failed:
         logger.warning("stream records to retry", extra={"count": len(result.failed),
                                                           "reasons": sorted(set(result.failure_reasons.values()))})

@@ -17,7 +17,8 @@ def test_health_names_the_components_and_the_templates_resources(stack: Running)
     status, health = stack.get("/health")
     assert status == 200 and health["status"] == "ok"
     assert set(health["components"]) >= {"kinesis->ingest", "table stream->changes", "schedule->timers", "api",
-                                         "queue->email", "queue->webhook", "queue->meta", "queue->google"}
+                                         "queue->email", "queue->webhook", "queue->meta", "queue->google",
+                                         "feed keeper"}  # --no-feed: the feed queue keeps only the newest
     assert health["schedules"] == {"timers": 1}
     resources = health["resources"]
     assert len(resources["streams"]) == 1 and len(resources["tables"]) == 3 and resources["buses"] == ["cdp-dev"]

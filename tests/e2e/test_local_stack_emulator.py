@@ -8,14 +8,18 @@ import types
 from collections import Counter
 from typing import Any
 
+import boto3
 import pytest
+from moto import mock_aws
 from moto.events.utils import EventTemplateParser
 from moto.kinesis.models import Shard
+from moto.sqs.exceptions import QueueDoesNotExist
+from moto.sqs.models import Message, SQSBackend
 
 from cdp.pipeline.changes import ChangesResult
 from cdp.pipeline.ingest import BatchResult
 from cdp_dev import emulator
-from cdp_dev.local_stack import ChangeTotals, IngestTotals, observe_batches
+from cdp_dev.local_stack import ChangeTotals, IngestTotals, drop_oldest, observe_batches
 
 
 def filled_shard(records: int) -> Shard:
@@ -77,6 +81,55 @@ def test_an_event_renders_the_same_through_the_compiled_paths() -> None:
     assert json.loads(json.dumps(before))["detail"] == event["detail"]
 
 
+def moto_retention_check() -> Any:
+    own = SQSBackend.is_message_valid_based_on_retention_period
+    return own if own is not emulator.message_within_retention else emulator.ORIGINAL_RETENTION_CHECK
+
+
+@pytest.mark.parametrize("age_seconds", [0, 59, 61, 86400 * 5])
+@pytest.mark.parametrize("retention", [None, "60", "345600"])
+def test_the_retention_check_answers_as_moto_does(age_seconds: int, retention: str | None) -> None:
+    backend = SQSBackend("us-east-1", "123456789012")
+    attributes: dict[str, Any] = {"MessageRetentionPeriod": retention} if retention else {}
+    backend.create_queue("q", **attributes)
+    message = Message("m-1", "body")
+    message.mark_sent()
+    message.sent_timestamp -= age_seconds * 1000  # type: ignore[operator,assignment]
+    assert emulator.message_within_retention(backend, "q", message) == moto_retention_check()(backend, "q", message)
+    for check in (emulator.message_within_retention, moto_retention_check()):
+        with pytest.raises(QueueDoesNotExist):
+            check(backend, "missing", message)
+
+
+def test_a_receive_with_the_retention_check_installed_returns_what_moto_returns() -> None:
+    emulator.install_queue_retention_check()
+    emulator.install_queue_retention_check()  # installing twice keeps moto's own as the original
+    assert emulator.ORIGINAL_RETENTION_CHECK is not emulator.message_within_retention
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        url = sqs.create_queue(QueueName="q")["QueueUrl"]
+        for number in range(12):
+            sqs.send_message(QueueUrl=url, MessageBody=f"m-{number}")
+        received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+        assert [m["Body"] for m in received] == [f"m-{number}" for number in range(10)]
+
+
+def test_the_feed_keeper_drops_the_oldest_waiting_messages_down_to_what_it_keeps() -> None:
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        url = sqs.create_queue(QueueName="feed")["QueueUrl"]
+        for number in range(25):
+            sqs.send_message(QueueUrl=url, MessageBody=f"m-{number}")
+        in_flight = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=60)["Messages"]
+        assert drop_oldest(sqs, url, 10) == 13  # 23 waiting, 2 in flight: untouched, not counted
+        assert drop_oldest(sqs, url, 10) == 0
+        left = []
+        while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+            left += [m["Body"] for m in batch]
+        assert left == [f"m-{number}" for number in range(15, 25)]
+        assert [m["Body"] for m in in_flight] == ["m-0", "m-1"]
+
+
 def test_ingest_totals_add_up_each_invocations_batch_result() -> None:
     totals = IngestTotals()
     results = iter([BatchResult(applied=3, duplicates=1, failed=["9"]),
@@ -96,3 +149,49 @@ def test_change_totals_count_published_transitions_and_retries() -> None:
     observe_batches(module, "publish_changes", totals.add)
     module.publish_changes(["s-1", "s-2", "s-3"])
     assert totals.as_json() == {"records": 3, "published": 2, "retried": 1}
+
+
+ITEM = {"pk": {"S": "c-1"}, "text": {"S": ""}, "count": {"N": "12.50"}, "blob": {"B": b"\x00\xffz"},
+        "names": {"SS": ["a", "b"]}, "numbers": {"NS": ["1", "2.5"]}, "blobs": {"BS": [b"x", b"\x01"]},
+        "nothing": {"NULL": True}, "yes": {"BOOL": True}, "no": {"BOOL": False}, "empty_map": {"M": {}},
+        "empty_list": {"L": []}, "nested": {"M": {"a": {"L": [{"N": "1"}, {"M": {"b": {"S": "deep"}}},
+                                                             {"L": []}, {"NULL": True}]}, "c": {"BOOL": False}}}}
+
+
+def raw_bodies() -> list[bytes]:
+    """The emulator's raw JSON answers to each read of an item."""
+    bodies: list[bytes] = []
+    with mock_aws():
+        session = boto3.session.Session(region_name="us-east-1")
+        session.events.register("before-parse.*.*", lambda response_dict, **_: bodies.append(response_dict["body"]))
+        dynamodb = session.client("dynamodb")
+        dynamodb.create_table(
+            TableName="t", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+        dynamodb.put_item(TableName="t", Item=ITEM)
+        dynamodb.put_item(TableName="t", Item={**ITEM, "count": {"N": "13"}}, ReturnValues="ALL_OLD")
+        del bodies[:]
+        dynamodb.get_item(TableName="t", Key={"pk": {"S": "c-1"}})
+        dynamodb.batch_get_item(RequestItems={"t": {"Keys": [{"pk": {"S": "c-1"}}, {"pk": {"S": "none"}}]}})
+        dynamodb.query(TableName="t", KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "c-1"}})
+        dynamodb.scan(TableName="t")
+    return bodies
+
+
+def test_attribute_values_are_written_byte_for_byte_as_moto_writes_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.core.serialize import BaseJSONSerializer
+
+    emulator.install_attribute_value_writer()
+    emulator.install_attribute_value_writer()  # installing twice keeps moto's own as the original
+    assert emulator.ORIGINAL_SERIALIZE_STRUCTURE is not emulator.serialize_structure
+    mine = raw_bodies()
+    monkeypatch.setattr(BaseJSONSerializer, "_serialize_type_structure", emulator.ORIGINAL_SERIALIZE_STRUCTURE)
+    theirs = raw_bodies()
+    assert len(mine) == 4 and all(b'"deep"' in body for body in mine)
+    assert mine == theirs
+
+
+def test_an_attribute_value_of_other_members_is_left_to_moto() -> None:
+    for odd in ({}, {"X": "1"}, {"S": "a", "other": 1}, {"M": {"a": {"Q": 1}}}, "text"):
+        with pytest.raises(emulator.NotPlain):
+            emulator.plain_attribute_value(None, odd)

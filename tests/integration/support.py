@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cdp.aws.dynamo import DynamoDueIndex, DynamoMembersIndex, DynamoProfileStore, deserialise_item
+from cdp.aws.dynamo import DynamoDueIndex, DynamoProfileStore, deserialise_item
 from cdp.aws.eventbridge import EventBridgePublisher
+from cdp.aws.members import DynamoMembersIndex
 from cdp.aws.quarantine import S3Quarantine
 from cdp.core.catalogue import Catalogue
 from cdp.core.clock import FixedClock

@@ -55,7 +55,8 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from cdp.aws.dynamo import DynamoMembersIndex, DynamoProfileStore
+from cdp.aws.dynamo import DynamoProfileStore
+from cdp.aws.members import DynamoMembersIndex
 from cdp.core.clock import FixedClock
 from cdp.core.profile import Profile
 from cdp.pipeline.changes import MembershipChange, members_partition

@@ -267,8 +267,8 @@ def test_a_throttled_put_events_call_is_resent(stack: Stack) -> None:
 def test_a_members_index_outage_fails_the_record_without_publishing_it(stack: Stack) -> None:
     envelope = frank_envelope()
     envelope["Records"].append(grace_record())
-    InjectedError(stack.dynamodb, "TransactWriteItems", "ProvisionedThroughputExceededException",
-                  lambda request: request["TransactItems"][0]["Put"]["Item"]["customer_id"]["S"] == "frank")
+    InjectedError(stack.dynamodb, "PutItem", "ProvisionedThroughputExceededException",
+                  lambda request: request["Item"]["customer_id"]["S"] == "frank")
 
     assert failures(stack.changes(envelope)) == [FRANK_SEQUENCE]
     assert {c for c, *_ in caught(stack)} == {"grace"}
@@ -310,8 +310,9 @@ def test_the_sample_stream_record_publishes_one_entry_and_one_exit(stack: Stack,
 
     assert failures(stack.changes(envelope)) == []
 
-    # One conditional write per membership change, one PutEvents call for both entries.
-    assert stack.counter.of("dynamodb") == {"TransactWriteItems": 2}  # membership and size, together
+    # One conditional write per membership change, one size update per counter a write changed (the exit
+    # finds no membership stored, so only the entry counts), one PutEvents call for both entries.
+    assert stack.counter.of("dynamodb") == {"PutItem": 2, "UpdateItem": 1}
     assert stack.counter.of("eventbridge") == {"PutEvents": 1}
     events = stack.drain_events()
     details = {d["change"]: d for d in (check_detail(validator, e, {"Frank@Example.com"}) for e in events)}

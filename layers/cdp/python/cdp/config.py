@@ -100,11 +100,30 @@ class ChangesConfig:
     event_bus: str
     catalogue_path: Path
     member_shards: int
+    concurrency: int = 16  # CDP_CHANGES_CONCURRENCY: requests in flight at once (index writes, PutEvents)
+    published_segments: frozenset[str] | None = None  # CDP_PUBLISHED_SEGMENTS: the segments put on the bus; None: all
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ChangesConfig:
         return cls(_required(env, "MEMBERS_TABLE"), _required(env, "EVENT_BUS_NAME"), _catalogue(env),
-                   _whole(env, "MEMBER_SHARDS", 16, 1, 1000))
+                   _whole(env, "MEMBER_SHARDS", 16, 1, 1000), _whole(env, "CDP_CHANGES_CONCURRENCY", 16, 1, 64),
+                   cls.published(env))
+
+    @staticmethod
+    def published(env: Mapping[str, str]) -> frozenset[str] | None:
+        """CDP_PUBLISHED_SEGMENTS: ``*`` (the default: every segment's transitions go on the bus) or a comma
+        list of segment ids; the members index and the profile get every transition either way."""
+        from cdp.core.language import SLUG
+
+        raw = env.get("CDP_PUBLISHED_SEGMENTS", "").strip()
+        if raw in ("", "*"):
+            return None
+        ids = [part.strip() for part in raw.split(",")]
+        for segment_id in ids:
+            if not SLUG.match(segment_id):
+                raise ConfigError(f"environment variable CDP_PUBLISHED_SEGMENTS must be * or a comma list of "
+                                  f"segment ids, not {segment_id!r}")
+        return frozenset(ids)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@ The ingest path never publishes; the table's stream is the outbox. A write that
 succeeded always yields its events here, and a retried batch, which writes nothing
 new, yields none. Every event's id is derived from (customer, segment, kind,
 profile version), so a redelivered stream record produces the same ids.
+
+The members index is written without transactions: each membership write is conditional on its version
+and yields the size delta it made, and a batch's deltas go out as one update per size counter right after
+its membership writes (what that leaves inexact is described in :mod:`cdp.aws.members`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -147,8 +152,20 @@ def bus_entry(change: MembershipChange, new: Mapping[str, Any] | None, catalogue
 
 
 class MembersIndex(Protocol):
-    def record(self, change: MembershipChange) -> None:
-        """Apply one change idempotently: an older version never overwrites a newer one."""
+    """The members index as the changes function writes it: a batch's memberships, then its size deltas."""
+
+    def write(self, change: MembershipChange) -> int:
+        """Write the membership unless this version or a newer one is stored; the size delta the write made
+        (+1, -1, or 0 when it took no effect). Raises :class:`TransientError` when it should be retried."""
+        ...
+
+    def size_counter(self, change: MembershipChange) -> str:
+        """The size counter of the change's members shard; a batch adds a segment's whole delta to the
+        counter of its first change that took effect."""
+        ...
+
+    def add_size(self, counter: str, delta: int) -> None:
+        """Add ``delta`` to one size counter, resending in process while the store throttles."""
         ...
 
 
@@ -166,46 +183,113 @@ class TableChange:
 class ChangesResult:
     failed: list[str] = field(default_factory=list)
     failure_reasons: dict[str, str] = field(default_factory=dict)
-    published: list[MembershipChange] = field(default_factory=list)
+    applied: list[MembershipChange] = field(default_factory=list)  # every change of the records that succeeded
+    published: list[MembershipChange] = field(default_factory=list)  # those of them put on the bus
+    sizes_lost: dict[str, int] = field(default_factory=dict)  # size counter -> delta it could not be given
+
+
+Owned = tuple[str, MembershipChange]  # (stream record id, change)
+ENTRIES_PER_CALL = 10  # PutEvents' limit
 
 
 def publish_changes(records: Sequence[TableChange], catalogue: Catalogue, index: MembersIndex,
-                    publisher: Publisher, bus_name: str) -> ChangesResult:
-    """Update the members index and publish every change; report the records to retry."""
+                    publisher: Publisher, bus_name: str, *, concurrency: int = 1,
+                    published_segments: frozenset[str] | None = None) -> ChangesResult:
+    """Update the members index and publish the changes; report the records to retry.
+
+    Requests go out over ``concurrency`` threads in two rounds: every membership write of the batch (the
+    changes of one membership in version order), then one size update per touched segment together with
+    the PutEvents calls. A record whose membership write or bus entry failed is reported; the others
+    proceed. ``published_segments`` limits the bus to the transitions of those segments (None: all); the
+    members index gets every transition.
+    """
     result = ChangesResult()
-    entries: list[dict[str, Any]] = []
-    owners: list[tuple[str, MembershipChange]] = []
-    for record in records:
-        changes, problem = _indexed_changes(record, index)
-        if problem:
-            result.failure_reasons[record.record_id] = problem
-            continue
-        for change in changes:
-            entries.append(bus_entry(change, record.new, catalogue, bus_name))
-            owners.append((record.record_id, change))
-    failed_entries = set(publisher.publish(entries)) if entries else set()
-    for position, (record_id, _change) in enumerate(owners):
+    owned = _read_changes(records, result)
+    images = {record.record_id: record.new for record in records}
+    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="changes") as pool:
+        deltas, unexpected = _write_memberships(owned, index, pool, result)
+        # A write that failed for a reason other than throttling fails the invocation (after the sizes are
+        # counted, as the retried batch will not count them again), so nothing is published before it.
+        done = [] if unexpected else [(rid, change) for rid, change in owned if rid not in result.failure_reasons]
+        sent = [(rid, change) for rid, change in done
+                if published_segments is None or change.segment_id in published_segments]
+        entries = [bus_entry(change, images[rid], catalogue, bus_name) for rid, change in sent]
+        counting = {counter: pool.submit(index.add_size, counter, delta)
+                    for counter, delta in deltas.items() if delta}
+        calls = [(start, pool.submit(publisher.publish, entries[start:start + ENTRIES_PER_CALL]))
+                 for start in range(0, len(entries), ENTRIES_PER_CALL)]
+        for counter, future in counting.items():
+            if future.exception() is not None:
+                result.sizes_lost[counter] = deltas[counter]
+        failed_entries = _failed_entries(calls)
+    if unexpected is not None:
+        raise unexpected
+    for position, (record_id, _change) in enumerate(sent):
         if position in failed_entries:
             result.failure_reasons.setdefault(record_id, "EventBridge did not accept the event after resending")
-    result.published = [change for record_id, change in owners if record_id not in result.failure_reasons]
+    result.applied = [change for record_id, change in owned if record_id not in result.failure_reasons]
+    result.published = [change for record_id, change in sent if record_id not in result.failure_reasons]
     result.failed = [r.record_id for r in records if r.record_id in result.failure_reasons]
     return result
 
 
-def _indexed_changes(record: TableChange, index: MembersIndex) -> tuple[list[MembershipChange], str]:
-    """The record's membership changes, each applied to the members index; or why the record fails."""
-    try:
-        if record.problem:
-            raise InvalidImage(record.problem)
-        check_image(record.old, "old")
-        check_image(record.new, "new")
-    except InvalidImage as error:
-        # One foreign or hand-edited item fails only its own record; the others proceed.
-        return [], f"not a profile item: {error}"
-    changes = diff(record.old, record.new)
-    try:
-        for change in changes:
-            index.record(change)
-    except TransientError as error:
-        return [], f"members index: {error}"
-    return changes, ""
+def _read_changes(records: Sequence[TableChange], result: ChangesResult) -> list[Owned]:
+    """The membership changes of every readable record; a foreign or hand-edited one fails alone."""
+    owned: list[Owned] = []
+    for record in records:
+        try:
+            if record.problem:
+                raise InvalidImage(record.problem)
+            check_image(record.old, "old")
+            check_image(record.new, "new")
+        except InvalidImage as error:
+            result.failure_reasons[record.record_id] = f"not a profile item: {error}"
+            continue
+        owned += [(record.record_id, change) for change in diff(record.old, record.new)]
+    return owned
+
+
+def _write_memberships(owned: Sequence[Owned], index: MembersIndex, pool: Executor,
+                       result: ChangesResult) -> tuple[dict[str, int], Exception | None]:
+    """Every membership write, concurrently across memberships and in version order within one; the summed
+    size delta per counter of the writes that took effect, and the first error that is not transient."""
+    memberships: dict[tuple[str, str], list[Owned]] = {}
+    for record_id, change in owned:
+        memberships.setdefault((change.segment_id, change.customer_id), []).append((record_id, change))
+    tasks = [pool.submit(_write_in_order, sorted(changes, key=lambda o: o[1].version), index)
+             for changes in memberships.values()]
+    deltas: dict[str, int] = {}
+    counters: dict[str, str] = {}  # segment -> the one counter this batch adds its delta to
+    unexpected: Exception | None = None
+    for task in tasks:
+        for record_id, change, outcome in task.result():
+            if isinstance(outcome, TransientError):
+                result.failure_reasons.setdefault(record_id, f"members index: {outcome}")
+            elif isinstance(outcome, Exception):
+                unexpected = unexpected or outcome
+            elif outcome:
+                # A size is the sum of its shards' counters, so a batch's whole delta for a segment can go
+                # to one of them: one update per touched segment (the shard of its first change, so the
+                # batches spread over the shards), not one per segment and shard.
+                counter = counters.setdefault(change.segment_id, index.size_counter(change))
+                deltas[counter] = deltas.get(counter, 0) + outcome
+    return deltas, unexpected
+
+
+def _write_in_order(changes: Sequence[Owned], index: MembersIndex) -> list[tuple[str, MembershipChange,
+                                                                                  int | Exception]]:
+    outcomes: list[tuple[str, MembershipChange, int | Exception]] = []
+    for record_id, change in changes:
+        try:
+            outcomes.append((record_id, change, index.write(change)))
+        except Exception as error:  # sorted out by the caller, once every write has been tried
+            outcomes.append((record_id, change, error))
+    return outcomes
+
+
+def _failed_entries(calls: Sequence[tuple[int, Future[list[int]]]]) -> set[int]:
+    """Positions of the entries still failing after the publisher's resends; a call that raised, raises."""
+    failed: set[int] = set()
+    for start, call in calls:
+        failed.update(start + position for position in call.result())
+    return failed
