@@ -1,4 +1,4 @@
-"""The members index on DynamoDB: one item per (segment, customer), and one size counter per members shard.
+"""The members index on DynamoDB: one item per (segment, customer), and size counters per members shard.
 
 Layout (one table, keyed ``segment_shard`` / ``customer_id``):
 
@@ -11,8 +11,9 @@ Exact sizes without transactions. A membership write is a PutItem conditional on
 (``attribute_not_exists(customer_id) OR v < :v``) that returns the item it replaced. Its size delta is
 ``member(new) - member(replaced)``, and it is counted only when the write took effect: a redelivered change
 (same version) or an older one arriving after a newer one (reordering, a redrive) fails its condition and
-counts nothing. The changes function sums a batch's deltas per counter and sends one ``ADD`` per touched
-counter right after the batch's membership writes (retried in process with back-off). Over any order of
+counts nothing. The changes function sums a batch's deltas per segment and sends one ``ADD`` per touched
+segment, to the counter of one of its shards, right after the batch's membership writes (retried in process
+with back-off). Over any order of
 deliveries each counter is therefore the telescoping sum of member(after) - member(before) over the writes
 that took effect: the number of current members.
 
