@@ -10,8 +10,10 @@
 
 Either way two of moto's methods are replaced by equivalents that do not grow with the data or the events:
 Kinesis shards look records up by sequence number instead of walking the shard from its first record
-(:func:`install_kinesis_lookups`), and EventBridge compiles each JSONPath of a target's input template once
-(:func:`install_event_path_cache`).
+(:func:`install_kinesis_lookups`), EventBridge compiles each JSONPath of a target's input template once
+(:func:`install_event_path_cache`), and an SQS receive checks each message's retention without describing the
+whole queue (:func:`install_queue_retention_check`), and DynamoDB's attribute values are written to JSON directly
+rather than by moto's generic, shape-walking serializer (:func:`install_attribute_value_writer`).
 """
 
 from __future__ import annotations
@@ -100,10 +102,112 @@ def install_event_path_cache() -> None:
         setattr(jsonpath_ng.ext, "parse", functools.lru_cache(maxsize=512)(compile_path))  # noqa: B010
 
 
+# ---- moto's SQS receive, without describing the whole queue for every message -------------------------------
+
+def message_within_retention(backend: Any, queue_name: str, message: Any) -> bool:
+    """moto's ``SQSBackend.is_message_valid_based_on_retention_period``: whether the message is still within its
+    queue's retention period. Its own asks ``get_queue_attributes`` for the period, which builds every attribute
+    of the queue three times over, each counting the queue's messages (visible, in flight, delayed) by the clock:
+    three walks of the whole queue for every message a receive returns."""
+    from moto.core.utils import unix_time
+
+    retention: int = backend.get_queue(queue_name).message_retention_period
+    return bool(retention + message.sent_timestamp / 1000 > unix_time())
+
+
+ORIGINAL_RETENTION_CHECK: Callable[..., bool] = lambda *args: True  # noqa: E731 - replaced on install
+
+
+def install_queue_retention_check() -> None:
+    """Replace moto's per-message retention check with :func:`message_within_retention` (its own stays at
+    :data:`ORIGINAL_RETENTION_CHECK`)."""
+    global ORIGINAL_RETENTION_CHECK
+    from moto.sqs.models import SQSBackend
+
+    if SQSBackend.is_message_valid_based_on_retention_period is message_within_retention:
+        return
+    ORIGINAL_RETENTION_CHECK = SQSBackend.is_message_valid_based_on_retention_period
+    SQSBackend.is_message_valid_based_on_retention_period = message_within_retention  # type: ignore[assignment]
+
+
+# ---- moto's DynamoDB responses, without the generic serializer for every attribute value --------------------
+
+ATTRIBUTE_VALUE_TYPES = ("S", "N", "B", "SS", "NS", "BS", "M", "L", "NULL", "BOOL")  # the shape's member order
+
+
+class NotPlain(Exception):
+    """An attribute value :func:`plain_attribute_value` leaves to moto's own serializer."""
+
+
+def _text(value: Any) -> Any:
+    return str(value) if value not in [None, {}, []] else value  # moto's _serialize_type_string
+
+
+def plain_attribute_value(serializer: Any, value: Any) -> dict[str, Any]:
+    """An ``AttributeValue`` (``{"S": ...}``, ``{"M": {...}}``, ...) as moto's JSON serializer writes it, member
+    by member of the shape: strings by ``str``, binaries in base64, booleans and nulls as they are, maps and lists
+    recursively (a missing value skipped in a map, kept in a list). Raises :class:`NotPlain` for anything but a
+    dict of those members."""
+    if not isinstance(value, dict) or not value or any(name not in ATTRIBUTE_VALUE_TYPES for name in value):
+        raise NotPlain
+    written: dict[str, Any] = {}
+    for name in ATTRIBUTE_VALUE_TYPES:
+        member = value.get(name)
+        if member is None:
+            continue
+        if name in ("S", "N"):
+            written[name] = _text(member)
+        elif name == "B":
+            written[name] = serializer._base64(member)
+        elif name in ("SS", "NS"):
+            written[name] = [_text(item) for item in member]
+        elif name == "BS":
+            written[name] = [serializer._base64(item) for item in member]
+        elif name == "M":
+            written[name] = {key: plain_attribute_value(serializer, item) for key, item in member.items()
+                             if item is not None}
+        elif name == "L":
+            written[name] = [None if item is None else plain_attribute_value(serializer, item) for item in member]
+        else:
+            written[name] = member
+    return written
+
+
+def serialize_structure(serializer: Any, serialized: dict[str, Any], value: Any, shape: Any, key: str) -> None:
+    """moto's ``BaseJSONSerializer._serialize_type_structure``, writing a plain ``AttributeValue`` directly
+    (:func:`plain_attribute_value`) instead of through the value picker for each of its ten members, and each
+    member of each nested map and list (the bulk of every GetItem, BatchGetItem, Query and stream record)."""
+    if value is not None and key and shape.name == "AttributeValue" \
+            and not getattr(serializer._value_picker, "response_transformers", None):
+        try:
+            serialized[serializer.get_serialized_name(shape, key)] = plain_attribute_value(serializer, value)
+            return
+        except NotPlain:
+            pass
+    ORIGINAL_SERIALIZE_STRUCTURE(serializer, serialized, value, shape, key)
+
+
+ORIGINAL_SERIALIZE_STRUCTURE: Callable[..., None] = lambda *args: None  # noqa: E731 - replaced on install
+
+
+def install_attribute_value_writer() -> None:
+    """Replace moto's JSON structure serializer with :func:`serialize_structure` (its own stays at
+    :data:`ORIGINAL_SERIALIZE_STRUCTURE`)."""
+    global ORIGINAL_SERIALIZE_STRUCTURE
+    from moto.core.serialize import BaseJSONSerializer
+
+    if BaseJSONSerializer._serialize_type_structure is serialize_structure:
+        return
+    ORIGINAL_SERIALIZE_STRUCTURE = BaseJSONSerializer._serialize_type_structure
+    BaseJSONSerializer._serialize_type_structure = serialize_structure  # type: ignore[assignment,method-assign]
+
+
 def install_lookups() -> None:
     """Every replacement of moto's own methods this module makes (see above)."""
     install_kinesis_lookups()
     install_event_path_cache()
+    install_queue_retention_check()
+    install_attribute_value_writer()
 
 
 # ---- the two layouts -----------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from cdp_dev.lambda_events import kinesis_record, stream_envelope
 REGION = "us-east-1"
 LOCAL_VISIBILITY_SECONDS = 2  # a failed integration batch comes back this soon (the template's is minutes)
 FEED_QUEUE = "cdp-local-transitions"
+FEED_KEEP = 200  # with no feed printing them, the feed queue keeps the newest transitions, for cdp tail and tests
 SHARED_CLOCK = ("ingest", "timers", "api")  # the functions given the stack's one clock (email's cap is wall time)
 SOURCE = "cdp.segments"
 
@@ -317,6 +318,23 @@ def response_headers(response: dict[str, Any]) -> dict[str, list[str]]:
     return {name: values for name, values in merged.items() if name.lower() != "content-length"}
 
 
+def drop_oldest(sqs: Any, url: str, keep: int) -> int:
+    """Delete the oldest visible messages of the queue at ``url`` until at most ``keep`` remain; returns how many
+    were deleted. Messages in flight (received, not yet visible again) are neither counted nor touched."""
+    waiting = int(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+                  ["Attributes"]["ApproximateNumberOfMessages"])
+    dropped = 0
+    while waiting - dropped > keep:
+        received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=min(10, waiting - dropped - keep),
+                                       VisibilityTimeout=60, WaitTimeSeconds=0).get("Messages", [])
+        if not received:
+            break
+        sqs.delete_message_batch(QueueUrl=url, Entries=[
+            {"Id": str(number), "ReceiptHandle": message["ReceiptHandle"]} for number, message in enumerate(received)])
+        dropped += len(received)
+    return dropped
+
+
 class LocalStack:
     def __init__(self, root: Path, *, aws_port: int = 4566, api_port: int = 3000, clock: str = "wall",
                  feed: Callable[[dict[str, Any]], None] | None = None, poll_seconds: float = 0.05,
@@ -500,6 +518,8 @@ class LocalStack:
             self._thread(f"schedule->{schedule.function}", self._tick, schedule)
         if self.feed is not None:
             self._thread("feed", self._poll_feed)
+        else:
+            self._thread("feed keeper", self._keep_feed)
         if "api" in handlers:
             self._serve_api()
 
@@ -694,6 +714,14 @@ class LocalStack:
                 if self.feed is not None:
                     self.feed(json.loads(message["Body"]))
                 sqs.delete_message(QueueUrl=self.feed_queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    def _keep_feed(self) -> None:
+        """With no feed printing the transitions, keep the newest :data:`FEED_KEEP` of them on the feed queue
+        for `cdp tail` and tests, and drop older ones: every message kept costs the emulator's queue work on
+        every later send and receive, so a queue nobody drains would slow the whole stack as it grows."""
+        sqs = self.client("sqs")
+        while not self.stopping.wait(1.0):
+            drop_oldest(sqs, self.feed_queue_url, FEED_KEEP)
 
     # ---- the API over HTTP ----------------------------------------------------------------------
 
