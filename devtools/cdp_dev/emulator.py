@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import string
 import subprocess
 import sys
 import time
@@ -130,6 +131,58 @@ def install_queue_retention_check() -> None:
     SQSBackend.is_message_valid_based_on_retention_period = message_within_retention  # type: ignore[assignment]
 
 
+def send_to_standard_queue(backend: Any, queue_name: str, message_body: str,
+                           message_attributes: dict[str, Any] | None = None, delay_seconds: int | None = None,
+                           deduplication_id: str | None = None, group_id: str | None = None,
+                           system_attributes: dict[str, Any] | None = None, validate_group_id: bool = True) -> Any:
+    """moto's ``SQSBackend.send_message`` without building the queue's attributes for a standard queue. Its own
+    asks ``queue.attributes`` whether content-based deduplication is on, which counts the queue's visible, in-flight
+    and delayed messages by the clock (three walks of the whole queue for every message sent, every event a bus
+    rule delivers); a standard queue's attributes never hold that setting, so the answer is always no. A FIFO
+    queue goes to moto's own (:data:`ORIGINAL_SEND_MESSAGE`)."""
+    from moto.moto_api._internal import mock_random
+    from moto.sqs.exceptions import InvalidParameterValue
+    from moto.sqs.models import MAXIMUM_MESSAGE_DELAY, Message
+
+    queue = backend.get_queue(queue_name)
+    if queue.fifo_queue:
+        return ORIGINAL_SEND_MESSAGE(backend, queue_name, message_body, message_attributes, delay_seconds,
+                                     deduplication_id, group_id, system_attributes, validate_group_id)
+    backend._validate_message(queue, message_body=message_body, delay_seconds=int(delay_seconds or 0),
+                              deduplication_id=deduplication_id, group_id=group_id,
+                              validate_group_id=validate_group_id)
+    delay: int = int(delay_seconds) if delay_seconds is not None else queue.delay_seconds
+    message = Message(str(mock_random.uuid4()), message_body, system_attributes)
+    if deduplication_id is not None:
+        message.deduplication_id = deduplication_id
+        message.sequence_number = "".join(mock_random.choice(string.digits) for _ in range(20))
+    if group_id is not None:
+        message.group_id = group_id
+    if message_attributes:
+        message.message_attributes = message_attributes
+    if delay > MAXIMUM_MESSAGE_DELAY:
+        raise InvalidParameterValue(f"Value {delay} for parameter DelaySeconds is invalid. "
+                                    "Reason: DelaySeconds must be >= 0 and <= 900.")
+    message.mark_sent(delay_seconds=delay)
+    queue.add_message(message)
+    return message
+
+
+ORIGINAL_SEND_MESSAGE: Callable[..., Any] = lambda *args: None  # noqa: E731 - replaced on install
+
+
+def install_standard_queue_send() -> None:
+    """Replace moto's SQS send with :func:`send_to_standard_queue` (its own stays at
+    :data:`ORIGINAL_SEND_MESSAGE`); ``send_message_batch`` and EventBridge's SQS targets send through it."""
+    global ORIGINAL_SEND_MESSAGE
+    from moto.sqs.models import SQSBackend
+
+    if SQSBackend.send_message is send_to_standard_queue:
+        return
+    ORIGINAL_SEND_MESSAGE = SQSBackend.send_message
+    SQSBackend.send_message = send_to_standard_queue  # type: ignore[method-assign]
+
+
 # ---- moto's DynamoDB responses, without the generic serializer for every attribute value --------------------
 
 ATTRIBUTE_VALUE_TYPES = ("S", "N", "B", "SS", "NS", "BS", "M", "L", "NULL", "BOOL")  # the shape's member order
@@ -207,6 +260,7 @@ def install_lookups() -> None:
     install_kinesis_lookups()
     install_event_path_cache()
     install_queue_retention_check()
+    install_standard_queue_send()
     install_attribute_value_writer()
 
 
