@@ -19,6 +19,7 @@ rather than by moto's generic, shape-walking serializer (:func:`install_attribut
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import string
 import subprocess
@@ -183,6 +184,63 @@ def install_standard_queue_send() -> None:
     SQSBackend.send_message = send_to_standard_queue  # type: ignore[method-assign]
 
 
+# ---- moto's DynamoDB index query, without sorting the whole table ----------------------------------------------
+
+def _has_values(item: Any, conditions: list[tuple[str, Any]]) -> bool:
+    """Whether the item holds every ``(attribute, value)`` of an index query's key conditions (moto's own test)."""
+    for name, expected in conditions:
+        value = item.attrs.get(name)
+        if not value or value != expected:
+            return False
+    return True
+
+
+def items_in_partition(table: Any, conditions: list[tuple[str, Any]]) -> list[Any]:
+    """moto's ``Table.all_items`` (every item, sorted by primary key) cut down to the items holding the index
+    query's key values: the same items in the same order as moto's query keeps of all of them."""
+    stored = (item for hash_set in table.items.values()
+              for item in (hash_set.values() if table.range_key_attr else (hash_set,)))
+    return sorted((item for item in stored if _has_values(item, conditions)),
+                  key=lambda x: (x.hash_key, x.range_key) if x.range_key else x.hash_key)
+
+
+def query_index_partition(table: Any, hash_key: Any, range_comparison: str | None, range_objs: list[Any],
+                          limit: int, exclusive_start_key: dict[str, Any] | None, scan_index_forward: bool,
+                          projection_expressions: Any, index_name: str | None = None, consistent_read: bool = False,
+                          filter_expression: Any = None, hash_key_conditions: list[tuple[str, Any]] | None = None,
+                          range_key_conditions: Any = None, **filter_kwargs: Any) -> Any:
+    """moto's ``Table.query``, which for an index query sorts every item of the table by primary key (the profiles
+    table's due index: 32 shard queries per sweep, each sorting every profile) and then skips those without the
+    query's key values. This one gives moto's own query (:data:`ORIGINAL_QUERY`) a view of the table whose
+    ``all_items`` holds only the items with those values, sorted alike (:func:`items_in_partition`): the same
+    candidates in the same order, so the same page, Limit, LastEvaluatedKey and projection. Table queries and
+    index queries without key values go to moto's own as they are."""
+    view = table
+    if index_name and hash_key_conditions:
+        view = copy.copy(table)
+        conditions = list(hash_key_conditions)
+        view.all_items = lambda: items_in_partition(table, conditions)
+    return ORIGINAL_QUERY(view, hash_key, range_comparison, range_objs, limit, exclusive_start_key,
+                          scan_index_forward, projection_expressions, index_name, consistent_read,
+                          filter_expression, hash_key_conditions=hash_key_conditions,
+                          range_key_conditions=range_key_conditions, **filter_kwargs)
+
+
+ORIGINAL_QUERY: Callable[..., Any] = lambda *args, **kwargs: ([], 0, None)  # noqa: E731 - replaced on install
+
+
+def install_index_query() -> None:
+    """Replace moto's DynamoDB ``Table.query`` with :func:`query_index_partition` (its own stays at
+    :data:`ORIGINAL_QUERY`)."""
+    global ORIGINAL_QUERY
+    from moto.dynamodb.models.table import Table
+
+    if Table.query is query_index_partition:
+        return
+    ORIGINAL_QUERY = Table.query
+    Table.query = query_index_partition  # type: ignore[method-assign]
+
+
 # ---- moto's DynamoDB responses, without the generic serializer for every attribute value --------------------
 
 ATTRIBUTE_VALUE_TYPES = ("S", "N", "B", "SS", "NS", "BS", "M", "L", "NULL", "BOOL")  # the shape's member order
@@ -261,6 +319,7 @@ def install_lookups() -> None:
     install_event_path_cache()
     install_queue_retention_check()
     install_standard_queue_send()
+    install_index_query()
     install_attribute_value_writer()
 
 

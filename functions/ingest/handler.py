@@ -38,7 +38,7 @@ class Dependencies:
     store: ProfileStore
     quarantine: Quarantine
     clock: Clock
-    pool: Executor | None  # the profile writes of a batch in flight at once; None: one after another
+    pool: Executor | None = None  # the profile writes of a batch in flight at once; None: one after another
 
 
 @cache

@@ -114,6 +114,75 @@ def test_a_receive_with_the_retention_check_installed_returns_what_moto_returns(
         assert [m["Body"] for m in received] == [f"m-{number}" for number in range(10)]
 
 
+SENDS: list[tuple[str, str, dict[str, Any]]] = [
+    ("q", "plain", {}),
+    ("q", "attributes", {"message_attributes": {"kind": {"data_type": "String", "string_value": "x"}}}),
+    ("q", "delayed", {"delay_seconds": 5}),
+    ("q", "not delayed", {"delay_seconds": 0}),
+    ("q", "text delay", {"delay_seconds": "7"}),
+    ("slow", "queue delay", {}),
+    ("q", "with ids", {"deduplication_id": "d-1", "group_id": "g-1", "system_attributes": {"AWSTraceHeader": "t"}}),
+    ("q", "too late", {"delay_seconds": 901}),
+    ("q", "x" * 1_100_000, {}),
+    ("missing", "no queue", {}),
+    ("f.fifo", "fifo", {"group_id": "g-1", "deduplication_id": "d-1"}),
+    ("f.fifo", "fifo again", {"group_id": "g-1", "deduplication_id": "d-1"}),
+    ("f.fifo", "fifo without group", {}),
+    ("c.fifo", "content deduplicated", {"group_id": "g-2"}),
+]
+
+
+def delay_of(message: Any) -> int:
+    """The seconds a message was delayed by when it was sent."""
+    return round((message.delayed_until - message.sent_timestamp) / 1000) if message.delayed_until else 0
+
+
+def sent(send: Any) -> list[Any]:
+    """What each of :data:`SENDS` leaves behind through ``send``: the message's fields and the queue's, or the
+    error raised."""
+    from moto.moto_api._internal import mock_random
+
+    mock_random.seed(15)
+    backend = SQSBackend("us-east-1", "123456789012")
+    backend.create_queue("q")
+    backend.create_queue("slow", DelaySeconds="3")
+    backend.create_queue("f.fifo", FifoQueue="true")
+    backend.create_queue("c.fifo", FifoQueue="true", ContentBasedDeduplication="true")
+    outcomes: list[Any] = []
+    for queue, body, options in SENDS:
+        try:
+            message = send(backend, queue, body, **options)
+        except Exception as error:  # noqa: BLE001 - the error is the outcome compared
+            outcomes.append((type(error).__name__, str(error)))
+            continue
+        fields = {name: value for name, value in vars(message).items()
+                  if name not in ("sent_timestamp", "visible_at", "delayed_until")}
+        outcomes.append((fields, message.delayed, message.visible, delay_of(message),
+                         [m.id for m in backend.get_queue(queue)._messages]))
+    return outcomes
+
+
+def test_a_send_to_a_standard_queue_leaves_what_moto_leaves() -> None:
+    emulator.install_standard_queue_send()  # a FIFO queue's send goes to moto's own, kept on install
+    mine, theirs = sent(emulator.send_to_standard_queue), sent(emulator.ORIGINAL_SEND_MESSAGE)
+    assert mine == theirs
+    assert [type(outcome[0]) for outcome in mine].count(dict) == 10
+    assert mine[7][0] == "InvalidParameterValue" and mine[9][0] == "QueueDoesNotExist"
+
+
+def test_sends_through_the_installed_replacement_arrive_as_through_moto() -> None:
+    emulator.install_standard_queue_send()
+    emulator.install_standard_queue_send()  # installing twice keeps moto's own as the original
+    assert emulator.ORIGINAL_SEND_MESSAGE is not emulator.send_to_standard_queue
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        url = sqs.create_queue(QueueName="q")["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody="one")
+        sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": f"e{n}", "MessageBody": f"m-{n}"} for n in range(3)])
+        received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+        assert [m["Body"] for m in received] == ["one", "m-0", "m-1", "m-2"]
+
+
 def test_the_feed_keeper_drops_the_oldest_waiting_messages_down_to_what_it_keeps() -> None:
     with mock_aws():
         sqs = boto3.client("sqs", region_name="us-east-1")
@@ -195,3 +264,84 @@ def test_an_attribute_value_of_other_members_is_left_to_moto() -> None:
     for odd in ({}, {"X": "1"}, {"S": "a", "other": 1}, {"M": {"a": {"Q": 1}}}, "text"):
         with pytest.raises(emulator.NotPlain):
             emulator.plain_attribute_value(None, odd)
+
+
+def indexed_table(dynamodb: Any, range_key: bool) -> None:
+    """A table with a sparse due-style index (all attributes), a KEYS_ONLY one and one without a sort key."""
+    keys = [{"AttributeName": "pk", "KeyType": "HASH"}] + ([{"AttributeName": "sk", "KeyType": "RANGE"}]
+                                                          if range_key else [])
+    names = ["pk", "ds", "nd", "grp"] + (["sk"] if range_key else [])
+    dynamodb.create_table(
+        TableName="t", KeySchema=keys, BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": name, "AttributeType": "N" if name == "nd" else "S"}
+                              for name in names],
+        GlobalSecondaryIndexes=[
+            {"IndexName": "due", "KeySchema": [{"AttributeName": "ds", "KeyType": "HASH"},
+                                               {"AttributeName": "nd", "KeyType": "RANGE"}],
+             "Projection": {"ProjectionType": "ALL"}},
+            {"IndexName": "keys", "KeySchema": [{"AttributeName": "ds", "KeyType": "HASH"},
+                                                {"AttributeName": "nd", "KeyType": "RANGE"}],
+             "Projection": {"ProjectionType": "KEYS_ONLY"}},
+            {"IndexName": "group", "KeySchema": [{"AttributeName": "grp", "KeyType": "HASH"}],
+             "Projection": {"ProjectionType": "ALL"}}])
+    for number in range(60):
+        item: dict[str, Any] = {"pk": {"S": f"c-{number % 23:02}"}, "note": {"S": "x" * (number % 5)}}
+        if range_key:
+            item["sk"] = {"S": f"s-{number % 3}"}
+        if number % 4:  # sparse: a quarter of the items are not in the due indexes
+            item |= {"ds": {"S": f"{number % 3}"}, "nd": {"N": str(1000 + (number * 37) % 50)}}
+        if number % 5 == 0:
+            item["grp"] = {"S": f"g-{number % 2}"}
+        dynamodb.put_item(TableName="t", Item=item)
+
+
+INDEX_QUERIES: list[dict[str, Any]] = [
+    {"IndexName": "due", "KeyConditionExpression": "ds = :s AND nd <= :u",
+     "ExpressionAttributeValues": {":s": {"S": "1"}, ":u": {"N": "1030"}}, "Limit": 4},
+    {"IndexName": "due", "KeyConditionExpression": "ds = :s AND nd <= :u",
+     "ExpressionAttributeValues": {":s": {"S": "2"}, ":u": {"N": "2000"}}, "Limit": 3, "ScanIndexForward": False},
+    {"IndexName": "keys", "KeyConditionExpression": "ds = :s AND nd BETWEEN :a AND :b",
+     "ExpressionAttributeValues": {":s": {"S": "0"}, ":a": {"N": "1010"}, ":b": {"N": "1040"}}, "Limit": 2},
+    {"IndexName": "due", "KeyConditionExpression": "ds = :s",
+     "ExpressionAttributeValues": {":s": {"S": "1"}, ":o": {"S": "xx"}}, "FilterExpression": "note = :o"},
+    {"IndexName": "due", "KeyConditionExpression": "ds = :s", "ProjectionExpression": "pk, nd",
+     "ExpressionAttributeValues": {":s": {"S": "0"}}, "Limit": 5},
+    {"IndexName": "due", "KeyConditionExpression": "ds = :s", "ExpressionAttributeValues": {":s": {"S": "9"}}},
+    {"IndexName": "group", "KeyConditionExpression": "grp = :g", "ExpressionAttributeValues": {":g": {"S": "g-0"}},
+     "Limit": 2},
+    {"KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "c-03"}}, "Limit": 1},
+]
+
+
+def every_page(range_key: bool) -> list[Any]:
+    """Each of :data:`INDEX_QUERIES` paged to the end (each page from the last page's LastEvaluatedKey)."""
+    pages: list[Any] = []
+    with mock_aws():
+        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+        indexed_table(dynamodb, range_key)
+        for query in INDEX_QUERIES:
+            start: dict[str, Any] = {}
+            while True:
+                page = dynamodb.query(TableName="t", **query, **start)
+                page.pop("ResponseMetadata")
+                pages.append(page)
+                if "LastEvaluatedKey" not in page:
+                    break
+                start = {"ExclusiveStartKey": page["LastEvaluatedKey"]}
+    return pages
+
+
+@pytest.mark.parametrize("range_key", [False, True])
+def test_an_index_query_pages_exactly_as_moto_does(monkeypatch: pytest.MonkeyPatch, range_key: bool) -> None:
+    from moto.dynamodb.models.table import Table
+
+    emulator.install_index_query()
+    emulator.install_index_query()  # installing twice keeps moto's own as the original
+    assert emulator.ORIGINAL_QUERY is not emulator.query_index_partition
+    mine = every_page(range_key)
+    monkeypatch.setattr(Table, "query", emulator.ORIGINAL_QUERY)
+    theirs = every_page(range_key)
+    assert mine == theirs
+    assert len(mine) > len(INDEX_QUERIES) and any(page["Count"] == 0 for page in mine)
+    assert any(set(item) == {"pk", "ds", "nd"} | ({"sk"} if range_key else set())
+               for page in mine for item in page["Items"])  # the KEYS_ONLY index's projection
