@@ -8,10 +8,10 @@ Starts `cdp run --no-sample --no-feed` (event time) on free ports, generates the
 `--quick` a tenth of both), puts its messages on the stream in PutRecords calls at the stream's limit (500
 records), and polls the stack's `/health` ingest totals from the first PutRecords on until every event is
 applied (or counted as a duplicate or quarantined). Reports the seconds, the events per second overall and
-over the first and last 10% of the events, the last-to-first ratio (below 1: the stack slows as its tables grow), and what the
-changes function had done by then (table stream records, transitions published; it may still be behind).
-The floor is json.loads of the same messages, measured in the same run. `CDP_EMULATOR=child` measures the
-emulator in a process of its own.
+over the first and last 10% of the events, the last-to-first ratio (below 1: the stack slows as its tables
+grow), and what the changes function had done by then (table stream records, transitions published; it may
+still be behind). The floor is json.loads of the same messages, measured in the same run. `CDP_EMULATOR=child`
+measures the emulator in a process of its own.
 """
 
 from __future__ import annotations

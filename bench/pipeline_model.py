@@ -32,6 +32,7 @@ from cdp.ports import QuarantinedRecord
 from cdp_dev.memory import MemoryDueIndex, MemoryProfileStore
 
 BUS_ENTRIES_PER_PUT_EVENTS = 10
+INGEST_BATCH = 100  # records per ingest invocation at sustained traffic (the stack's batch_size)
 CHANGES_BATCH = 100  # table stream records per changes invocation (its mapping's batch size) at sustained traffic
 INTEGRATION_BATCH = {"email": 10, "webhook": 10, "meta": 100, "google": 100}  # the stack's default batch sizes
 LOG_BYTES_PER_INVOCATION = 1200  # START, END and REPORT lines plus one metrics (EMF) line
@@ -230,7 +231,9 @@ def cost(counts: Counts, *, ingest_cpu_s_per_event: float, client_cpu_s_per_writ
     writes_timers = per["profile_writes_timers"]
     # Lambda time: CPU at the memory setting's vCPU share, plus the round trips it waits on (writes
     # go out ``concurrency`` at a time; a batch's puts wait about ceil(writes / concurrency) round trips).
-    ingest_batches = per["ingest_invocations"] * n
+    # At sustained traffic a shard's batches are full (the mapping's batch size), whatever the simulation's
+    # batches were cut at to keep one event per customer per batch.
+    ingest_batches = n / INGEST_BATCH
     ingest_seconds = (n * (ingest_cpu_s_per_event + writes_ingest * client_cpu_s_per_write) / share
                       + ingest_batches * wait["BatchGetItem"]
                       + n * writes_ingest / concurrency * wait["PutItem"]
@@ -264,7 +267,7 @@ def cost(counts: Counts, *, ingest_cpu_s_per_event: float, client_cpu_s_per_writ
         "eventbridge events (published transitions)": n * per["bus_entries"] * prices.EVENTBRIDGE_CUSTOM_EVENT,
         "eventbridge archive (1 KB per event)": n * per["bus_entries"] / 1024 ** 2 * prices.EVENTBRIDGE_ARCHIVE_GB,
         "logs (Lambda start/end/report and one metrics line per invocation)":
-            n * (per["ingest_invocations"] + per["changes_invocations"]) * LOG_BYTES_PER_INVOCATION
+            (ingest_batches + n * per["changes_invocations"]) * LOG_BYTES_PER_INVOCATION
             / 1024 ** 3 * prices.CLOUDWATCH_LOGS_INGEST_GB,
         "table stream reads by lambda": 0.0,
     }

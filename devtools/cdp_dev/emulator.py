@@ -8,12 +8,16 @@
 - **Child process**: moto's server in a process of its own; every client talks HTTP to it. Both cores can
   then work at once, each request costing more.
 
-Either way two of moto's methods are replaced by equivalents that do not grow with the data or the events:
+Either way some of moto's methods are replaced by equivalents that do not grow with the data or the events:
 Kinesis shards look records up by sequence number instead of walking the shard from its first record
 (:func:`install_kinesis_lookups`), EventBridge compiles each JSONPath of a target's input template once
-(:func:`install_event_path_cache`), and an SQS receive checks each message's retention without describing the
-whole queue (:func:`install_queue_retention_check`), and DynamoDB's attribute values are written to JSON directly
-rather than by moto's generic, shape-walking serializer (:func:`install_attribute_value_writer`).
+(:func:`install_event_path_cache`), an SQS receive checks each message's retention without describing the
+whole queue (:func:`install_queue_retention_check`), a send to a standard queue does not build the queue's
+attributes, each counting its messages (:func:`install_standard_queue_send`), a DynamoDB index query sorts only
+the items with its key values, not the whole table (:func:`install_index_query`), an item is built keeping a
+running size instead of re-measuring its attributes for each one (:func:`install_item_builder`), and DynamoDB's
+attribute values are written to JSON directly rather than by moto's generic, shape-walking serializer
+(:func:`install_attribute_value_writer`).
 """
 
 from __future__ import annotations
@@ -181,7 +185,7 @@ def install_standard_queue_send() -> None:
     if SQSBackend.send_message is send_to_standard_queue:
         return
     ORIGINAL_SEND_MESSAGE = SQSBackend.send_message
-    SQSBackend.send_message = send_to_standard_queue  # type: ignore[method-assign]
+    SQSBackend.send_message = send_to_standard_queue  # type: ignore[method-assign,assignment]
 
 
 # ---- moto's DynamoDB index query, without sorting the whole table ----------------------------------------------
@@ -198,8 +202,9 @@ def _has_values(item: Any, conditions: list[tuple[str, Any]]) -> bool:
 def items_in_partition(table: Any, conditions: list[tuple[str, Any]]) -> list[Any]:
     """moto's ``Table.all_items`` (every item, sorted by primary key) cut down to the items holding the index
     query's key values: the same items in the same order as moto's query keeps of all of them."""
-    stored = (item for hash_set in table.items.values()
-              for item in (hash_set.values() if table.range_key_attr else (hash_set,)))
+    hash_sets = list(table.items.values())  # copied at once: writers in other threads add items meanwhile
+    stored = (item for hash_set in hash_sets
+              for item in (list(hash_set.values()) if table.range_key_attr else (hash_set,)))
     return sorted((item for item in stored if _has_values(item, conditions)),
                   key=lambda x: (x.hash_key, x.range_key) if x.range_key else x.hash_key)
 
@@ -235,10 +240,52 @@ def install_index_query() -> None:
     global ORIGINAL_QUERY
     from moto.dynamodb.models.table import Table
 
-    if Table.query is query_index_partition:
+    current: Callable[..., Any] = Table.query
+    if current is query_index_partition:
         return
-    ORIGINAL_QUERY = Table.query
-    Table.query = query_index_partition  # type: ignore[method-assign]
+    ORIGINAL_QUERY = current
+    Table.query = query_index_partition  # type: ignore[method-assign,assignment]
+
+
+# ---- moto's DynamoDB items, without re-measuring the item for every attribute -----------------------------------
+
+ITEM_SIZE_LIMIT = 405000  # moto's LimitedSizeDict: between DynamoDB's measured 409 and 410 KB
+
+
+def build_item(item: Any, hash_key: Any, range_key: Any, attrs: dict[str, Any]) -> None:
+    """moto's ``Item.__init__``, keeping a running size. Its own sets each attribute through ``LimitedSizeDict``,
+    which measures every attribute already set (keys and nested values) before each one: quadratic in the
+    attributes of every item written, and growing as profiles grow. The same ``LimitedSizeDict`` results, with
+    ``ItemSizeTooLarge`` raised at the same attribute."""
+    from moto.dynamodb.exceptions import ItemSizeTooLarge
+    from moto.dynamodb.models.dynamo_type import DynamoType, LimitedSizeDict
+    from moto.dynamodb.models.utilities import bytesize
+
+    item.hash_key = hash_key
+    item.range_key = range_key
+    item.attrs = LimitedSizeDict()
+    size = 0
+    for key, value in attrs.items():
+        typed = DynamoType(value)
+        if size + bytesize(key) + typed.size() > ITEM_SIZE_LIMIT:
+            raise ItemSizeTooLarge
+        dict.__setitem__(item.attrs, key, typed)
+        size += bytesize(str(key)) + typed.size()  # as LimitedSizeDict measures the attributes it holds
+
+
+ORIGINAL_ITEM_INIT: Callable[..., None] = lambda *args: None  # noqa: E731 - replaced on install
+
+
+def install_item_builder() -> None:
+    """Replace moto's DynamoDB ``Item.__init__`` with :func:`build_item` (its own stays at
+    :data:`ORIGINAL_ITEM_INIT`)."""
+    global ORIGINAL_ITEM_INIT
+    from moto.dynamodb.models.dynamo_type import Item
+
+    if Item.__init__ is build_item:
+        return
+    ORIGINAL_ITEM_INIT = Item.__init__
+    Item.__init__ = build_item  # type: ignore[method-assign,assignment]
 
 
 # ---- moto's DynamoDB responses, without the generic serializer for every attribute value --------------------
@@ -320,6 +367,7 @@ def install_lookups() -> None:
     install_queue_retention_check()
     install_standard_queue_send()
     install_index_query()
+    install_item_builder()
     install_attribute_value_writer()
 
 
@@ -416,7 +464,7 @@ LAYOUTS: dict[str, type[InProcessEmulator] | type[ChildProcessEmulator]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The child process's emulator: moto's server, with the Kinesis lookups installed."""
+    """The child process's emulator: moto's server, with the replacements above installed."""
     parser = argparse.ArgumentParser(description="moto's server for the local stack")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)

@@ -152,7 +152,7 @@ def sent(send: Any) -> list[Any]:
     for queue, body, options in SENDS:
         try:
             message = send(backend, queue, body, **options)
-        except Exception as error:  # noqa: BLE001 - the error is the outcome compared
+        except Exception as error:  # the error is the outcome compared
             outcomes.append((type(error).__name__, str(error)))
             continue
         fields = {name: value for name, value in vars(message).items()
@@ -345,3 +345,34 @@ def test_an_index_query_pages_exactly_as_moto_does(monkeypatch: pytest.MonkeyPat
     assert len(mine) > len(INDEX_QUERIES) and any(page["Count"] == 0 for page in mine)
     assert any(set(item) == {"pk", "ds", "nd"} | ({"sk"} if range_key else set())
                for page in mine for item in page["Items"])  # the KEYS_ONLY index's projection
+
+
+def built(init: Any, attrs: dict[str, Any]) -> Any:
+    """An item built by ``init`` (moto's ``Item.__init__`` or its replacement): its keys and attributes in order,
+    or the error raised."""
+    from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
+
+    item: Any = Item.__new__(Item)
+    try:
+        init(item, DynamoType({"S": "c-1"}), None, attrs)
+    except Exception as error:  # the error is the outcome compared
+        return type(error).__name__
+    assert type(item.attrs) is LimitedSizeDict
+    return item.hash_key, item.range_key, list(item.attrs.items())
+
+
+def test_an_item_is_built_as_moto_builds_it() -> None:
+    from moto.dynamodb.models.dynamo_type import Item
+
+    emulator.install_item_builder()
+    emulator.install_item_builder()  # installing twice keeps moto's own as the original
+    assert emulator.ORIGINAL_ITEM_INIT is not emulator.build_item and Item.__init__ is emulator.build_item
+    near = 405000 - len("pk") - len("c-1") - len("big")
+    cases: list[dict[str, Any]] = [ITEM, {}, {"pk": {"S": "c-1"}, "big": {"S": "x" * near}},
+             {"pk": {"S": "c-1"}, "big": {"S": "x" * (near + 1)}},
+             {"big": {"S": "x" * 404500}, "more": {"L": [{"S": "y" * 500}, {"N": "12345"}]}, "after": {"S": "z"}},
+             {"pk": {"S": "c-1"}, "list": {"L": [{"M": {"k": {"SS": ["a", "bb"]}}}] * 120000}}, {"bad": {"Q": "1"}}]
+    outcomes = [(built(emulator.build_item, case), built(emulator.ORIGINAL_ITEM_INIT, case)) for case in cases]
+    assert all(mine == theirs for mine, theirs in outcomes)
+    assert [mine for mine, _ in outcomes].count("ItemSizeTooLarge") == 3
+    assert outcomes[2][0] != "ItemSizeTooLarge"
