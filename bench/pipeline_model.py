@@ -218,7 +218,7 @@ def integration_segments(context: Mapping[str, Any]) -> dict[str, set[str]]:
 
 def cost(counts: Counts, *, ingest_cpu_s_per_event: float, client_cpu_s_per_write: float,
          changes_cpu_s_per_record: float, timers_cpu_s_per_due: float, memory_mb: int, concurrency: int,
-         integrations_enabled: bool) -> dict[str, Any]:
+         integrations_enabled: bool, ingest_memory_mb: int | None = None) -> dict[str, Any]:
     """US dollars per million events, line by line, from the counts and the measured CPU times."""
     from bench import prices
 
@@ -227,6 +227,8 @@ def cost(counts: Counts, *, ingest_cpu_s_per_event: float, client_cpu_s_per_writ
     wait = prices.LATENCY_SECONDS
     share = min(1.0, memory_mb / 1769)
     gb_s = memory_mb / 1024 * prices.LAMBDA_ARM_GB_SECOND
+    ingest_mb = ingest_memory_mb or memory_mb
+    ingest_share, ingest_gb_s = min(1.0, ingest_mb / 1769), ingest_mb / 1024 * prices.LAMBDA_ARM_GB_SECOND
     writes_ingest = per["profile_writes_ingest"]
     writes_timers = per["profile_writes_timers"]
     # Lambda time: CPU at the memory setting's vCPU share, plus the round trips it waits on (writes
@@ -234,7 +236,7 @@ def cost(counts: Counts, *, ingest_cpu_s_per_event: float, client_cpu_s_per_writ
     # At sustained traffic a shard's batches are full (the mapping's batch size), whatever the simulation's
     # batches were cut at to keep one event per customer per batch.
     ingest_batches = n / INGEST_BATCH
-    ingest_seconds = (n * (ingest_cpu_s_per_event + writes_ingest * client_cpu_s_per_write) / share
+    ingest_seconds = (n * (ingest_cpu_s_per_event + writes_ingest * client_cpu_s_per_write) / ingest_share
                       + ingest_batches * wait["BatchGetItem"]
                       + n * writes_ingest / concurrency * wait["PutItem"]
                       + ingest_batches * wait["PutItem"])
@@ -250,7 +252,7 @@ def cost(counts: Counts, *, ingest_cpu_s_per_event: float, client_cpu_s_per_writ
             n * math.ceil(mean_record / 1024) / 1024 ** 2 * prices.KINESIS_ON_DEMAND_INGEST_GB,
         "kinesis retrieval": n * mean_record / 1024 ** 3 * prices.KINESIS_ON_DEMAND_RETRIEVAL_GB,
         "ingest lambda requests": ingest_batches * prices.LAMBDA_REQUEST,
-        "ingest lambda duration": ingest_seconds * gb_s,
+        "ingest lambda duration": ingest_seconds * ingest_gb_s,
         "profile reads (BatchGetItem, 1 RRU per profile up to 4 KB)":
             n * (writes_ingest + writes_timers) * prices.DYNAMODB_READ_REQUEST_UNIT,
         "profile writes (1 WRU per KB, measured sizes)":
@@ -281,7 +283,8 @@ def cost(counts: Counts, *, ingest_cpu_s_per_event: float, client_cpu_s_per_writ
         lines["integrations: delivery ledger (1 RRU + 1 WRU per delivery)"] = (
             n * deliveries * (prices.DYNAMODB_READ_REQUEST_UNIT + prices.DYNAMODB_WRITE_REQUEST_UNIT))
     return {"usd_per_million_events": sum(lines.values()), "lines": lines, "per_event": per,
-            "assumptions": {"lambda_memory_mb": memory_mb, "write_concurrency": concurrency,
+            "assumptions": {"lambda_memory_mb": memory_mb, "ingest_memory_mb": ingest_mb,
+                            "write_concurrency": concurrency,
                             "latency_seconds": dict(wait), "prices_region": prices.REGION,
                             "prices_taken": prices.TAKEN, "integrations_enabled": integrations_enabled,
                             "mean_record_bytes": mean_record,

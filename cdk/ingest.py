@@ -38,7 +38,7 @@ class Ingest(Construct):
         self.failures = encrypted_queue(self, "Failures", key)
         self.function = CdpFunction(
             self, "Ingest", folder="ingest", layers=layers, key=key, architecture=settings.architecture,
-            memory_mb=settings.memory_mb, timeout=Duration.seconds(60),
+            memory_mb=settings.ingest_memory_mb, timeout=Duration.seconds(60),
             environment={"PROFILES_TABLE": storage.profiles.table_name,
                          "QUARANTINE_BUCKET": storage.quarantine.bucket_name})
         role = self.function.role

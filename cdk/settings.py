@@ -136,6 +136,7 @@ class Settings:
     stream_shards: int  # 0: on-demand
     architecture: lambda_.Architecture
     memory_mb: int
+    ingest_memory_mb: int  # the ingest function's own: its CPU sets a shard's rate (1,769 MB is one vCPU)
     batch_size: int
     batching_window_seconds: int
     parallelization_factor: int
@@ -169,6 +170,7 @@ class Settings:
             stream_shards=_int(scope, "stream_shards", 0, 0, 500),
             architecture=lambda_.Architecture.ARM_64 if architecture == "arm64" else lambda_.Architecture.X86_64,
             memory_mb=_int(scope, "memory_mb", 512, 128, 10240),
+            ingest_memory_mb=_int(scope, "ingest_memory_mb", 1769, 128, 10240),
             batch_size=_int(scope, "batch_size", 100, 1, 100),
             batching_window_seconds=_int(scope, "batching_window_seconds", 0, 0, 300),
             parallelization_factor=_int(scope, "parallelization_factor", 1, 1, 10),

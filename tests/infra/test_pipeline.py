@@ -105,3 +105,11 @@ def test_queues_and_the_quarantine_are_encrypted_and_refuse_plain_http(template:
     assert policies and all(
         any(s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"
             for s in p["Properties"]["PolicyDocument"]["Statement"]) for p in policies.values())
+
+
+def test_the_ingest_function_gets_a_full_vcpu_and_the_others_the_common_memory(template: Any) -> None:
+    functions = template.find_resources("AWS::Lambda::Function")
+    sizes = {name: f["Properties"].get("MemorySize") for name, f in functions.items()}
+    ingest = [name for name in sizes if name.startswith("Ingest")]
+    assert ingest and all(sizes[name] == 1769 for name in ingest)
+    assert {size for name, size in sizes.items() if name not in ingest and size is not None} == {512}
