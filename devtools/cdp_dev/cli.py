@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -200,9 +201,19 @@ def _port(variable: str, default: int) -> int:
     return int(raw)
 
 
+_FEED_LOCK = threading.Lock()
+
+
+def _print_feed(event: dict[str, Any]) -> None:
+    """One line of the live feed; transitions and sandbox deliveries come from different threads."""
+    line = format_event(event) + "\n"
+    with _FEED_LOCK:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
 def _run(args: argparse.Namespace) -> int:
     import signal
-    import threading
     from pathlib import Path
 
     from cdp_dev.local_stack import REGION, LocalStack
@@ -210,7 +221,7 @@ def _run(args: argparse.Namespace) -> int:
 
     root = Path(args.root).resolve()
     stack = LocalStack(root, aws_port=args.aws_port, api_port=args.api_port, clock=args.clock,
-                       feed=None if args.no_feed else lambda event: print(format_event(event), flush=True),
+                       feed=None if args.no_feed else _print_feed,
                        timer_tick=args.timer_tick)
     done, starting = threading.Event(), threading.Event()
 

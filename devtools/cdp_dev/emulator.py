@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import logging
 import string
 import subprocess
 import sys
@@ -403,6 +404,7 @@ class InProcessEmulator:
         from moto.server import ThreadedMotoServer
 
         install_lookups()
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no request log lines in the feed
         self._mock = mock_aws()
         self._mock.start()
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
