@@ -17,7 +17,7 @@ TAKEN = "2025-06"
 
 LAMBDA_ARM_GB_SECOND = 0.0000133334
 LAMBDA_REQUEST = 0.20 / 1e6
-DYNAMODB_WRITE_REQUEST_UNIT = 0.625 / 1e6  # 1 KB per unit; a transaction costs two per KB
+DYNAMODB_WRITE_REQUEST_UNIT = 0.625 / 1e6  # 1 KB per unit
 DYNAMODB_READ_REQUEST_UNIT = 0.125 / 1e6  # 4 KB per unit, strongly consistent
 KINESIS_ON_DEMAND_INGEST_GB = 0.08  # each record rounded up to 1 KB
 KINESIS_ON_DEMAND_RETRIEVAL_GB = 0.04
@@ -39,5 +39,5 @@ DYNAMODB_STREAM_READ_BY_LAMBDA = 0.0
 
 # Round-trip times the model assumes inside a region (Lambda is billed for the time it waits).
 LATENCY_SECONDS = {"BatchGetItem": 0.008, "PutItem": 0.005, "UpdateItem": 0.005, "Query": 0.005,
-                   "TransactWriteItems": 0.010, "PutEvents": 0.015, "GetItem": 0.004,
+                   "PutEvents": 0.015, "GetItem": 0.004,
                    "Destination": 0.150}  # an integration's call to its destination (an ads or list API)
