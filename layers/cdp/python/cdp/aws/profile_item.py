@@ -27,6 +27,7 @@ from cdp.core.profile import (
     Profile,
     Reader,
     due_shard,
+    holds_digest,
     message_digest,
     unpack_order_digests,
 )
@@ -287,16 +288,8 @@ def _orders_remembered(item: Mapping[str, AttributeValue]) -> bool:
     if recent is None or not recent.get("L"):
         return True
     digests = bytes(item["od"]["B"]) if "od" in item else b""
-    return all(_holds(digests, message_digest(str(decode_value(order["L"][0])))) for order in recent["L"])
-
-
-def _holds(digests: bytes, digest: bytes) -> bool:
-    at = digests.find(digest)
-    while at >= 0:
-        if at % DIGEST_BYTES == 0:
-            return True
-        at = digests.find(digest, at + 1)
-    return False
+    return all(holds_digest(digests, message_digest(str(decode_value(order["L"][0]))), DIGEST_BYTES)
+               for order in recent["L"])
 
 
 def _filled(value: AttributeValue) -> bool:

@@ -90,7 +90,7 @@ def unpack_message_ids(data: bytes) -> dict[bytes, int]:
     return dict(_ID_ENTRY.iter_unpack(data))
 
 
-def _holds(packed: bytes, digest: bytes, entry: int) -> bool:
+def holds_digest(packed: bytes, digest: bytes, entry: int) -> bool:
     """Whether ``digest`` starts one of the ``entry``-byte entries of ``packed``."""
     at = packed.find(digest)
     while at >= 0:
@@ -253,12 +253,12 @@ class Profile:
 
     def seen(self, message_id: str) -> bool:
         digest = message_digest(message_id)
-        return digest in self._message_ids or _holds(self._packed_ids, digest, _ID_ENTRY.size)
+        return digest in self._message_ids or holds_digest(self._packed_ids, digest, _ID_ENTRY.size)
 
     def remember(self, message_id: str, now: float) -> None:
         """Remember an applied message id (``prune_dedupe`` bounds them, once the whole batch is folded)."""
         digest = message_digest(message_id)
-        if self._packed_ids and _holds(self._packed_ids, digest, _ID_ENTRY.size):
+        if self._packed_ids and holds_digest(self._packed_ids, digest, _ID_ENTRY.size):
             self._unpack_ids()  # it keeps its place among the stored ones
         self._message_ids[digest] = max(0, int(now))
 
