@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from cdp.aws.members import EXITED_MEMBER_TTL, decode_cursor, encode_cursor
+from cdp.collector.keys import WriteKey
 from cdp.core.profile import Profile
 from cdp.pipeline.changes import MEMBER_SHARDS, MembershipChange, members_partition
 from cdp.pipeline.fanout import LedgerEntry
@@ -205,3 +206,22 @@ class MemoryMembersIndex:
                     break
                 shard, after = shard + 1, ""
         return members, (None if shard >= self.shards else encode_cursor(shard, after))
+
+
+class MemoryKeyStore:
+    """Write keys in a dict (cdp.collector.keys.KeyStore)."""
+
+    def __init__(self, keys: Sequence[WriteKey] = ()) -> None:
+        self.keys = {k.digest: k for k in keys}
+
+    def find(self, digest: str) -> WriteKey | None:
+        return self.keys.get(digest)
+
+    def keys_of(self, source: str) -> list[WriteKey]:
+        return [k for k in self.keys.values() if k.source == source]
+
+    def all_keys(self) -> list[WriteKey]:
+        return list(self.keys.values())
+
+    def put(self, key: WriteKey) -> None:
+        self.keys[key.digest] = key

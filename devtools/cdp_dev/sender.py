@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-MAX_RECORDS = 500  # PutRecords limit per call
-MAX_BYTES = 5 * 1024 * 1024
+from cdp.aws.kinesis import chunks
+
 ATTEMPTS = 8
 
 
@@ -54,20 +53,6 @@ def send_lines(kinesis: Any, stream: str, lines: list[bytes], progress: IO[str] 
     if progress is not None:
         progress.write("\n")
     return report
-
-
-def chunks(records: list[tuple[bytes, str]]) -> Iterator[list[tuple[bytes, str]]]:
-    """The records in order, in chunks of one PutRecords call each: at most MAX_RECORDS and MAX_BYTES."""
-    chunk: list[tuple[bytes, str]] = []
-    size = 0
-    for data, key in records:
-        if chunk and (len(chunk) == MAX_RECORDS or size + len(data) + len(key) > MAX_BYTES):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append((data, key))
-        size += len(data) + len(key)
-    if chunk:
-        yield chunk
 
 
 def put_all(kinesis: Any, stream: str, chunk: list[tuple[bytes, str]]) -> None:

@@ -2,8 +2,9 @@
 
 One class per function, read by its handler's ``build`` and nowhere else: :class:`IngestConfig`,
 :class:`ChangesConfig`, :class:`ApiConfig`, :class:`TimersConfig`, :class:`EmailConfig`,
-:class:`WebhookConfig`, and :class:`DestinationConfig` for the Meta and Google functions (and inside
-the email and webhook ones). A missing or invalid variable is a :class:`ConfigError` that names it.
+:class:`WebhookConfig`, :class:`CollectorConfig`, and :class:`DestinationConfig` for the Meta and
+Google functions (and inside the email and webhook ones). A missing or invalid variable is a
+:class:`ConfigError` that names it.
 """
 
 from __future__ import annotations
@@ -65,13 +66,13 @@ def clock_mode(env: Mapping[str, str]) -> str:
     return value
 
 
-def cors_origins(env: Mapping[str, str]) -> tuple[str, ...]:
+def cors_origins(env: Mapping[str, str], name: str = "CORS_ORIGINS") -> tuple[str, ...]:
     """CORS_ORIGINS: comma-separated origins allowed to call the API from a browser (none by default), each
     ``https://`` (or ``http://localhost`` and ``http://127.0.0.1`` for local use) with no path."""
-    origins = tuple(origin.strip() for origin in env.get("CORS_ORIGINS", "").split(",") if origin.strip())
+    origins = tuple(origin.strip() for origin in env.get(name, "").split(",") if origin.strip())
     for origin in origins:
         if not _ORIGIN.fullmatch(origin):
-            raise ConfigError(f"environment variable CORS_ORIGINS: {origin!r} must be an https:// origin "
+            raise ConfigError(f"environment variable {name}: {origin!r} must be an https:// origin "
                               "(or http://localhost), without a path")
     return origins
 
@@ -258,3 +259,30 @@ class WebhookConfig:
         if options.include_email and not table:
             raise ConfigError("environment variable PROFILES_TABLE is required when OPTIONS.include_email is true")
         return cls(destination, options, table if options.include_email else None)
+
+
+def collector_origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    """COLLECTOR_ORIGINS: ``*`` (any site may send, as with Segment's own API: a browser's write key is public
+    and the answer carries no data) or comma-separated origins, checked as :func:`cors_origins` checks them."""
+    raw = env.get("COLLECTOR_ORIGINS", "").strip()
+    if raw == "*":
+        return ("*",)
+    return cors_origins(env, "COLLECTOR_ORIGINS")
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    stream_name: str
+    sources_table: str
+    quarantine_bucket: str
+    origins: tuple[str, ...] = ()  # COLLECTOR_ORIGINS
+    # CDP_COLLECTOR_BUDGET_SECONDS: how long a request may keep resending records the stream refused
+    budget_seconds: int = 6
+    key_cache_seconds: int = 30  # CDP_KEY_CACHE_SECONDS: a rotation or revocation takes effect within this
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> CollectorConfig:
+        return cls(_required(env, "STREAM_NAME"), _required(env, "SOURCES_TABLE"),
+                   _required(env, "QUARANTINE_BUCKET"), collector_origins(env),
+                   _whole(env, "CDP_COLLECTOR_BUDGET_SECONDS", 6, 1, 25),
+                   _whole(env, "CDP_KEY_CACHE_SECONDS", 30, 0, 300))

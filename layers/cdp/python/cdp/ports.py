@@ -84,3 +84,12 @@ class Publisher(Protocol):
     def publish(self, entries: Sequence[dict[str, Any]]) -> list[int]:
         """Send bus entries; returns the indexes of entries that still failed after resending."""
         ...
+
+
+class EventStream(Protocol):
+    """The events stream the collector writes to (Kinesis in AWS)."""
+
+    def put(self, entries: Sequence[tuple[bytes, str]]) -> list[str | None]:
+        """Put ``(data, partition key)`` records, in order; returns each one's error code (None: stored
+        durably). Raises :class:`TransientError` when the stream could not be asked at all."""
+        ...
