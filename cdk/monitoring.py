@@ -13,6 +13,7 @@ from constructs import Construct
 
 from cdk.api import Api
 from cdk.changes import Changes
+from cdk.collector import Collector
 from cdk.fanout import Fanout
 from cdk.ingest import Ingest
 from cdk.storage import Storage
@@ -28,7 +29,8 @@ def _metric(name: str, service: str, statistic: str = "Sum", **dimensions: str) 
 
 class Monitoring(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, stage: str, ingest: Ingest, changes: Changes,
-                 api: Api, timers: Timers, fanout: Fanout, storage: Storage, key: kms.IKey, alarm_email: str | None,
+                 api: Api, timers: Timers, fanout: Fanout, collector: Collector, storage: Storage, key: kms.IKey,
+                 alarm_email: str | None,
                  segment_ids: list[str]) -> None:
         super().__init__(scope, construct_id)
         self.topic = sns.Topic(self, "Alarms", master_key=key, display_name=f"cdp {stage} alarms", enforce_ssl=True)
@@ -38,7 +40,7 @@ class Monitoring(Construct):
                              endpoint=alarm_email)
 
         ingest_fn, changes_fn, api_fn = ingest.function.function, changes.function.function, api.function.function
-        timers_fn = timers.function.function
+        timers_fn, collector_fn = timers.function.function, collector.function.function
         iterator_age = ingest_fn.metric("IteratorAge", statistic="Maximum", period=Duration.minutes(1))
         queues: list[tuple[str, sqs.IQueue]] = [("ingest failures", ingest.failures),
                                                 ("changes failures", changes.failures),
@@ -60,7 +62,7 @@ class Monitoring(Construct):
                                threshold=0, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
                                evaluation_periods=3, alarm_description=f"The {label.lower()} function is failing")
               for label, fn in (("Ingest", ingest_fn), ("Changes", changes_fn), ("Api", api_fn),
-                                ("Timers", timers_fn),
+                                ("Timers", timers_fn), ("Collector", collector_fn),
                                 *((d.integration.name.title(), d.function.function) for d in fanout.deliveries))],
             cloudwatch.Alarm(self, "DeadlinesBehind", metric=_metric("DeadlineDelayMax", "timers", "Maximum"),
                              threshold=300, evaluation_periods=5,
@@ -73,6 +75,10 @@ class Monitoring(Construct):
                                      "write": storage.profiles.metric("WriteThrottleEvents", statistic="Sum")}),
                              threshold=0, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
                              evaluation_periods=3, alarm_description="The profiles table is throttling"),
+            cloudwatch.Alarm(self, "CollectorUnavailable", metric=_metric("Requests503", "collector"),
+                             threshold=0, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                             evaluation_periods=3, treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+                             alarm_description="The collector cannot store messages on the stream (SDKs retry)"),
             cloudwatch.Alarm(self, "Api5xx", metric=api.rest_api.metric_server_error(period=Duration.minutes(1)),
                              threshold=0, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
                              evaluation_periods=3, alarm_description="The API answers 5xx (a bug)"),
@@ -121,6 +127,14 @@ class Monitoring(Construct):
                 api.rest_api.metric_latency(statistic="p99", period=Duration.minutes(1))],
                 right=[api.rest_api.metric_client_error(period=Duration.minutes(1)),
                        api.rest_api.metric_server_error(period=Duration.minutes(1))]),
+        )
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="Collector: messages accepted and rejected", width=12, left=[
+                _metric("MessagesAccepted", "collector"), _metric("MessagesRejected", "collector")]),
+            cloudwatch.GraphWidget(title="Collector: requests refused (401, 413, 429, 503) and records resent",
+                                   width=12, left=[_metric(f"Requests{status}", "collector")
+                                                   for status in (400, 401, 413, 429, 503)],
+                                   right=[_metric("StreamRecordsRetried", "collector")]),
         )
         self.dashboard.add_widgets(
             cloudwatch.GraphWidget(title="Timers: customers due, re-evaluated, transitioned", width=12, left=[

@@ -26,13 +26,35 @@ def _int(scope: Construct, key: str, default: int, low: int, high: int) -> int:
     return value
 
 
+def _collector_origins(scope: Construct) -> list[str]:
+    """Where browsers may send from: ``*`` (the default, as Segment's own API: a browser's write key is in the
+    page anyway, and the answer carries no data) or origins, a list or comma-separated (``cdk deploy -c``)."""
+    raw = scope.node.try_get_context("collector_origins")
+    origins = raw.split(",") if isinstance(raw, str) else ["*"] if raw is None else raw
+    if not isinstance(origins, list):
+        raise SettingsError('context collector_origins must be origins (a list or comma-separated), or "*"')
+    if [str(origin).strip() for origin in origins] == ["*"]:
+        return ["*"]
+    return _checked_origins([str(origin) for origin in origins], "collector_origins")
+
+
+def _checked_origins(origins: list[str], key: str) -> list[str]:
+    """The origins as the functions will check them at cold start (cdp.config.cors_origins): a deployment
+    cannot synthesise a setting its functions would refuse."""
+    from cdp.config import ConfigError, cors_origins
+
+    kept = [origin.strip() for origin in origins if origin.strip()]
+    try:
+        cors_origins({"ORIGINS": ",".join(kept)}, "ORIGINS")
+    except ConfigError as error:
+        raise SettingsError(f"context {key}: {str(error).split(': ', 1)[1]}") from None
+    return kept
+
+
 def _origins(scope: Construct) -> list[str]:
     raw = scope.node.try_get_context("cors_origins") or []
     origins = raw.split(",") if isinstance(raw, str) else list(raw)
-    for origin in origins:
-        if not str(origin).startswith(("https://", "http://localhost")):
-            raise SettingsError(f"context cors_origins: {origin!r} must be an https:// origin (or http://localhost)")
-    return [str(origin).strip() for origin in origins if str(origin).strip()]
+    return _checked_origins([str(origin) for origin in origins], "cors_origins")
 
 
 INTEGRATIONS = ("email", "webhook", "meta", "google")
@@ -153,6 +175,10 @@ class Settings:
     sweep_workers: int  # concurrent timers sweeps per minute, each over its share of the due shards
     integrations: list[Integration]
     published_segments: str  # CDP_PUBLISHED_SEGMENTS: "*" (every segment's transitions on the bus) or segment ids
+    collector_origins: list[str]  # browser origins that may send to the collector; ["*"]: any (Segment's default)
+    collector_rate_limit: int  # requests per second the collector's stage accepts (then 429)
+    collector_burst_limit: int
+    collector_memory_mb: int
 
     @classmethod
     def from_context(cls, scope: Construct) -> Settings:
@@ -187,4 +213,8 @@ class Settings:
             sweep_workers=_int(scope, "sweep_workers", 4, 1, 5),  # EventBridge allows 5 targets per rule
             integrations=(integrations := _integrations(scope)),
             published_segments=_published(scope, integrations),
+            collector_origins=_collector_origins(scope),
+            collector_rate_limit=_int(scope, "collector_rate_limit", 1000, 1, 100_000),
+            collector_burst_limit=_int(scope, "collector_burst_limit", 2000, 1, 100_000),
+            collector_memory_mb=_int(scope, "collector_memory_mb", 512, 128, 10240),
         )

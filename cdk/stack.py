@@ -12,6 +12,7 @@ from constructs import Construct
 
 from cdk.api import Api
 from cdk.changes import Changes
+from cdk.collector import Collector
 from cdk.fanout import Fanout
 from cdk.functions import Layers
 from cdk.ingest import Ingest
@@ -30,6 +31,8 @@ class CdpStack(Stack):
         self.storage = Storage(self, "Storage", key=self.key)
         layers = Layers(self, "Layers", architecture=settings.architecture)
         self.ingest = Ingest(self, "Ingest", settings=settings, storage=self.storage, layers=layers, key=self.key)
+        self.collector = Collector(self, "Collector", settings=settings, storage=self.storage,
+                                   stream=self.ingest.stream, layers=layers, key=self.key)
         self.changes = Changes(self, "Changes", settings=settings, storage=self.storage, layers=layers, key=self.key)
         self.api = Api(self, "Api", settings=settings, storage=self.storage, layers=layers, key=self.key)
         self.fanout = Fanout(self, "Fanout", settings=settings, storage=self.storage, bus=self.changes.bus,
@@ -48,10 +51,12 @@ class CdpStack(Stack):
                                                         *(d.rule_arn for d in self.fanout.deliveries)]}}))
         self.monitoring = Monitoring(
             self, "Monitoring", stage=settings.stage, ingest=self.ingest, changes=self.changes, api=self.api,
-            timers=self.timers, fanout=self.fanout,
+            timers=self.timers, fanout=self.fanout, collector=self.collector,
             storage=self.storage, key=self.key, alarm_email=settings.alarm_email,
             segment_ids=sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "segments").glob("*.yaml")))
         CfnOutput(self, "ApiUrl", value=self.api.rest_api.url)
+        CfnOutput(self, "CollectorUrl", value=self.collector.url or "")
+        CfnOutput(self, "WriteKeysTableName", value=self.storage.write_keys.table_name)
         CfnOutput(self, "UserPoolId", value=self.api.user_pool.user_pool_id)
         CfnOutput(self, "UserPoolClientId", value=self.api.user_pool_client.user_pool_client_id)
         CfnOutput(self, "EventsStreamName", value=self.ingest.stream.stream_name)

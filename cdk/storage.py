@@ -38,6 +38,8 @@ class Storage(Construct):
     segment is one hot partition; exits leave a tombstone that expires (TTL ``expires_at``).
 
     Quarantine: records that can never be applied, one JSON Lines object per batch.
+
+    Write keys: the collector's sources, one item per key, keyed by the key's SHA-256 digest.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, key: kms.IKey,
@@ -62,6 +64,10 @@ class Storage(Construct):
             partition_key=dynamodb.Attribute(name="segment_shard", type=dynamodb.AttributeType.STRING),
             sort_key=dynamodb.Attribute(name="customer_id", type=dynamodb.AttributeType.STRING),
             time_to_live_attribute="expires_at",
+        )
+        self.write_keys = encrypted_table(
+            self, "WriteKeys", key, removal_policy,
+            partition_key=dynamodb.Attribute(name="digest", type=dynamodb.AttributeType.STRING),
         )
         self.access_logs = s3.Bucket(
             self, "AccessLogs",
