@@ -72,6 +72,7 @@ def complete(message: dict[str, Any], request: TrackingRequest, received_at: flo
     """A copy of the message with what the collector adds; nothing the sender gave is overwritten except
     ``timestamp``, which is corrected for skew (the sent value is kept as ``originalTimestamp``)."""
     completed = dict(message)
+    completed.pop("writeKey", None)  # a key sent inside a batch's message is not kept either
     if request.route != "batch":
         completed["type"] = request.route
     if completed.get("messageId") in (None, ""):

@@ -94,6 +94,7 @@ def read_request(request: HttpRequest) -> TrackingRequest:
     text = _decode(inflate(request.body, request.headers.get("content-encoding", ""), limit), limit)
     document = _parse(text)
     key = write_key(request.headers.get("authorization", ""), document)
+    document.pop("writeKey", None)  # never kept with the message: the stream, quarantine and profiles never see it
     if route != "batch":
         return TrackingRequest(route, key, [document])
     batch = document.get("batch")
@@ -124,15 +125,18 @@ def inflate(body: bytes, encoding: str, limit: int) -> bytes:
         raise Refused(415, "Content-Encoding", "must be gzip, or absent")
     if len(body) > limit:  # gzip never makes JSON bigger than this, so the inflated body would be over too
         raise Refused(413, "body", f"is {len(body):,} bytes compressed; the limit is {limit:,} inflated")
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        inflated = inflater.decompress(body, limit + 1)
-    except zlib.error:
-        raise Refused(400, "body", "is not valid gzip (Content-Encoding says gzip)") from None
-    if len(inflated) > limit:
-        raise Refused(413, "body", f"inflates past {limit:,} bytes, the limit")
-    if not inflater.eof:
-        raise Refused(400, "body", "is a truncated gzip stream")
+    inflated, rest = b"", body
+    while rest:  # a gzip body may be several members, one after another
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            inflated += inflater.decompress(rest, limit + 1 - len(inflated))
+        except zlib.error:
+            raise Refused(400, "body", "is not valid gzip (Content-Encoding says gzip)") from None
+        if len(inflated) > limit:
+            raise Refused(413, "body", f"inflates past {limit:,} bytes, the limit")
+        if not inflater.eof:
+            raise Refused(400, "body", "is a truncated gzip stream")
+        rest = inflater.unused_data
     return inflated
 
 

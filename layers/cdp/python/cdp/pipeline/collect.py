@@ -88,6 +88,8 @@ def _store(entries: list[StreamEntry], collector: Collector, started: float, res
     """Every entry on the stream, retrying the refused ones with back-off within the budget; None when all
     are stored, else the answer that makes the SDK send the batch again."""
     pending = [(entry.data, entry.partition_key) for entry in entries]
+    if not pending:
+        return None
     attempt, codes = 0, Tally[str]()
     while pending:
         try:
