@@ -313,3 +313,65 @@ def fixed_monthly(customers: int, item_bytes: float, events_per_month: float, bu
             bus_events_per_month / 1024 ** 2 * prices.EVENTBRIDGE_ARCHIVE_STORAGE_GB_MONTH,
         "quarantine bucket (negligible at a clean source)": 0.0 * events_per_month,
     }
+
+
+COLLECTOR_KEY_CACHE_SECONDS = 30  # the collector's CDP_KEY_CACHE_SECONDS default: one GetItem per key per 30 s
+# The HTTP API stage's access log (cdk/collector.py): one JSON line per request (request id, time, route,
+# status, latency, sizes, error), about 200 bytes with CloudWatch's 26 bytes per log event.
+ACCESS_LOG_BYTES_PER_REQUEST = 200
+
+
+def collector_cost(*, cpu_s_per_request: float, messages_per_request: float, api_units_per_request: float,
+                   memory_mb: int) -> dict[str, Any]:
+    """US dollars per million events for the collector in front of the stream (the stream itself, its
+    PutRecords ingest and retrieval, is in :func:`cost`'s Kinesis lines and not counted again here).
+
+    A request is one HTTP API request (billed per 512 KB of it) and one invocation: its measured CPU at the
+    memory setting's vCPU share plus one PutRecords round trip, billed per started millisecond. The write
+    key is read at most once per key per ``COLLECTOR_KEY_CACHE_SECONDS`` per function instance, so ~0 reads
+    per request (a warm instance: 86,400 eventually consistent reads, half a unit each, a month). Valid
+    traffic puts nothing in the quarantine. Logs: the function's (start, end, report and one metrics line per
+    invocation) and the stage's access log line per request.
+    """
+    from bench import prices
+
+    n = 1e6  # events
+    requests = n / messages_per_request
+    share = min(1.0, memory_mb / 1769)
+    seconds = cpu_s_per_request / share + prices.LATENCY_SECONDS["PutRecords"]
+    billed = math.ceil(seconds * 1000) / 1000  # Lambda bills duration per millisecond, rounded up
+    gb_s = memory_mb / 1024 * prices.LAMBDA_ARM_GB_SECOND
+    key_reads_month = 30 * 86400 / COLLECTOR_KEY_CACHE_SECONDS
+    lines: dict[str, float] = {
+        "api gateway http api requests (1 per 512 KB of request)":
+            requests * api_units_per_request * prices.API_GATEWAY_HTTP_REQUEST,
+        "collector lambda requests": requests * prices.LAMBDA_REQUEST,
+        "collector lambda duration (measured CPU at vCPU share + PutRecords wait)": requests * billed * gb_s,
+        "write-key reads (GetItem, cached 30 s per instance: ~0 per request)": 0.0,
+        "kinesis PutRecords (in the pipeline's kinesis lines, not counted twice)": 0.0,
+        "logs (Lambda start/end/report and one metrics line per invocation)":
+            requests * LOG_BYTES_PER_INVOCATION / 1024 ** 3 * prices.CLOUDWATCH_LOGS_INGEST_GB,
+        "logs (the HTTP API stage's access log, one line per request)":
+            requests * ACCESS_LOG_BYTES_PER_REQUEST / 1024 ** 3 * prices.CLOUDWATCH_LOGS_INGEST_GB,
+        "quarantine (S3 PUT per request with a rejected message: none here)": 0.0,
+    }
+    return {"usd_per_million_events": sum(lines.values()), "lines": lines,
+            "per_million_events": {"requests": requests, "lambda_seconds_billed": requests * billed},
+            "assumptions": {"messages_per_request": messages_per_request, "memory_mb": memory_mb,
+                            "vcpu_share": share, "cpu_ms_per_request": cpu_s_per_request * 1e3,
+                            "invocation_ms": seconds * 1e3, "billed_ms": billed * 1e3,
+                            "api_gateway_units_per_request": api_units_per_request,
+                            "put_records_round_trip_s": prices.LATENCY_SECONDS["PutRecords"],
+                            "write_key_reads_per_instance_month": key_reads_month,
+                            "write_key_reads_usd_per_instance_month":
+                                key_reads_month * 0.5 * prices.DYNAMODB_READ_REQUEST_UNIT,
+                            "prices_region": prices.REGION, "prices_taken": prices.TAKEN}}
+
+
+def collector_mix(browser: dict[str, Any], server: dict[str, Any], browser_share: float) -> dict[str, Any]:
+    """A mix of the two: ``browser_share`` of the events from browsers one per request, the rest from servers."""
+    lines = {line: browser_share * usd + (1 - browser_share) * server["lines"][line]
+             for line, usd in browser["lines"].items()}
+    return {"usd_per_million_events": sum(lines.values()), "lines": lines,
+            "assumptions": {"browser_share_of_events": browser_share,
+                            "server_share_of_events": 1 - browser_share}}

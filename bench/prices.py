@@ -10,6 +10,7 @@ below before relying on a figure, and update this file, the one place they live.
 - https://aws.amazon.com/sqs/pricing/
 - https://aws.amazon.com/cloudwatch/pricing/
 - https://aws.amazon.com/kms/pricing/
+- https://aws.amazon.com/api-gateway/pricing/
 """
 
 REGION = "us-east-1"
@@ -25,6 +26,8 @@ KINESIS_ON_DEMAND_STREAM_HOUR = 0.04  # fixed, whatever the traffic
 EVENTBRIDGE_CUSTOM_EVENT = 1.00 / 1e6  # per 64 KB chunk
 EVENTBRIDGE_ARCHIVE_GB = 0.10
 SQS_REQUEST = 0.40 / 1e6
+API_GATEWAY_HTTP_REQUEST = 1.00 / 1e6  # HTTP API, first 300 million a month ($0.90 after)
+API_GATEWAY_HTTP_METER_BYTES = 512 * 1024  # HTTP API requests are metered in 512 KB increments
 
 DYNAMODB_STORAGE_GB_MONTH = 0.25
 DYNAMODB_PITR_GB_MONTH = 0.20
@@ -39,5 +42,5 @@ DYNAMODB_STREAM_READ_BY_LAMBDA = 0.0
 
 # Round-trip times the model assumes inside a region (Lambda is billed for the time it waits).
 LATENCY_SECONDS = {"BatchGetItem": 0.008, "PutItem": 0.005, "UpdateItem": 0.005, "Query": 0.005,
-                   "PutEvents": 0.015, "GetItem": 0.004,
+                   "PutEvents": 0.015, "GetItem": 0.004, "PutRecords": 0.010,
                    "Destination": 0.150}  # an integration's call to its destination (an ads or list API)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -22,6 +23,9 @@ LAMBDA_MEMORY_MB = 512  # the stack's default memory_mb
 INGEST_MEMORY_MB = 1769  # the stack's default ingest_memory_mb (one vCPU)
 WRITE_CONCURRENCY = 16  # the ingest's and timers' default CDP_WRITE_CONCURRENCY
 COLD_IMPORT_RATIO = 2.0  # a handler's init import against a bare ``import boto3``, same run
+COLLECTOR_MEMORY_MB = 512  # the stack's default collector_memory_mb
+COLLECTOR_SHAPES = {"browser": "analytics_js", "server": "analytics_python"}  # cost shape -> measured shape
+COLLECTOR_BROWSER_SHARE = 0.8  # the stated mix: 80% of events from browsers, 20% from servers
 
 # The figures the README reported before this harness measured real-shaped traffic (bench/README.md).
 PREVIOUS = {"core_us_per_event": 27.9, "usd_per_million_events": 0.76, "transitions_per_event": 0.11}
@@ -53,12 +57,29 @@ def cost_models(figures: dict[str, Any]) -> dict[str, Any]:
     real = models["real_shaped.published_all"]
     models["fixed_monthly_usd"] = pipeline_model.fixed_monthly(
         1_000_000, real["assumptions"]["mean_item_bytes"], 30e6, 30e6 * real["per_event"]["bus_entries"], 4)
+    models["collector"] = collector_costs(figures["collector"])
+    return models
+
+
+def collector_costs(collector: dict[str, Any]) -> dict[str, Any]:
+    """The collector's US dollars per million events: browsers (one per request), servers (100), the mix."""
+    from bench import pipeline_model
+
+    models: dict[str, Any] = {}
+    for shape, measured in COLLECTOR_SHAPES.items():
+        row = collector["shapes"][measured]
+        models[shape] = pipeline_model.collector_cost(
+            cpu_s_per_request=row["cpu_s_per_request"], messages_per_request=row["messages_per_request"],
+            api_units_per_request=row["api_gateway_units_per_request"], memory_mb=COLLECTOR_MEMORY_MB)
+        models[shape]["assumptions"]["measured_shape"] = measured
+    models["mix"] = pipeline_model.collector_mix(models["browser"], models["server"], COLLECTOR_BROWSER_SHARE)
     return models
 
 
 def measure(quick: bool) -> dict[str, Any]:
     from bench import (
         cold_import,
+        collector,
         core_speed,
         cost,
         e2e_latency,
@@ -91,6 +112,7 @@ def measure(quick: bool) -> dict[str, Any]:
     figures["core"] = core
     figures["real_traffic"] = real_traffic.measure(300 if quick else 1000, 3, old_workload=False)
     figures["ingest_handler"] = ingest_handler.measure(quick)
+    figures["collector"] = collector.measure(quick)
     figures["codec"] = profile_codec.measure(20_000 if quick else 50_000)
     engine = Engine(load_catalogue(ROOT / "segments"))
     figures["profile.bytes_typical"] = item_size(profile_size.typical_profile(engine).to_item())
@@ -109,6 +131,12 @@ def _check(name: str, value: Any, target: str, met: bool) -> tuple[str, Any, str
     return name, value, target, met
 
 
+def _reported(name: str, value: Any) -> tuple[str, Any, str, bool]:
+    """A figure with no numeric target: met when it was measured (a finite number above zero)."""
+    measured = isinstance(value, int | float) and math.isfinite(value) and value > 0
+    return name, value, "reported", measured
+
+
 def summarise(figures: dict[str, Any]) -> dict[str, Any]:
     ingest = figures["pipeline"]["ingest"]
     cold = figures["cold_import_ms"]
@@ -117,6 +145,8 @@ def summarise(figures: dict[str, Any]) -> dict[str, Any]:
     shard = handler["shard"]["by_memory_mb"][str(INGEST_MEMORY_MB)]
     costs = figures["cost"]
     imported = figures["local_import"]
+    collected = figures["collector"]["shapes"]
+    collector_costs = costs["collector"]
     summary: dict[str, Any] = {
         "ingest.requests_per_event": {k: v["requests_per_event"] for k, v in ingest.items()},
         "core.us_per_event": figures["core"]["us_per_event"],
@@ -130,12 +160,22 @@ def summarise(figures: dict[str, Any]) -> dict[str, Any]:
         "cold_import_ms": cold,
         "cost.usd_per_million_events": {k: v["usd_per_million_events"] for k, v in costs.items()
                                         if "usd_per_million_events" in v},
+        "collector.requests_per_cpu_second": {k: v["requests_per_cpu_second"] for k, v in collected.items()},
+        "collector.messages_per_cpu_second": {k: v["messages_per_cpu_second"] for k, v in collected.items()},
+        "collector.cpu_us_per_message": {k: v["cpu_us_per_message"] for k, v in collected.items()},
+        "collector.json_floor_us_per_message": figures["collector"]["json_floor_us_per_message"],
+        "collector.handler_to_json_floor": {k: v["handler_to_json_floor"] for k, v in collected.items()},
+        "collector.pure_to_json_floor": {k: v["pure_to_json_floor"] for k, v in collected.items()},
+        "cost.collector_usd_per_million_events": {k: v["usd_per_million_events"]
+                                                  for k, v in collector_costs.items()},
         "previous": PREVIOUS,
         "local_import": {k: imported[k] for k in ("events", "seconds", "events_per_s", "last_to_first")},
     }
     floor = cold["boto3_floor"]
     bench_cost = costs["bench.published_all"]["usd_per_million_events"]
     real_cost = costs["real_shaped.published_all"]["usd_per_million_events"]
+    with_collector = real_cost + collector_costs["browser"]["usd_per_million_events"]
+    summary["cost.real_shaped_plus_collector_browser"] = with_collector
     checks = [
         _check("ingest requests / floor (batch 100, 20 customers)", ingest["batch100_customers20"]["ratio_to_floor"],
                "<= 1.05", ingest["batch100_customers20"]["ratio_to_floor"] <= 1.05),
@@ -152,6 +192,12 @@ def summarise(figures: dict[str, Any]) -> dict[str, Any]:
                  v["handler_to_core"] <= 3) for n, v in handler["by_segments"].items()],
         _check(f"events/s per shard at parallelization 1, {INGEST_MEMORY_MB} MB (modelled)",
                shard["events_per_second"], ">= 1000", shard["events_per_second"] >= 1000),
+        *[_reported(f"collector requests/s of one core, {name}", row["requests_per_cpu_second"])
+          for name, row in collected.items()],
+        *[_reported(f"collector handler per message / json.loads, {name}", row["handler_to_json_floor"])
+          for name, row in collected.items()],
+        *[_reported(f"pure collector per message / json.loads, {name}", row["pure_to_json_floor"])
+          for name, row in collected.items()],
         _check("profile bytes, typical", figures["profile.bytes_typical"], "<= 2048",
                figures["profile.bytes_typical"] <= 2048),
         _check("profile bytes, 1M events", figures["profile.bytes_1m_events"], "<= 20480",
@@ -169,6 +215,7 @@ def summarise(figures: dict[str, Any]) -> dict[str, Any]:
                figures["e2e"]["p95_ms"] is not None and figures["e2e"]["p95_ms"] < 1000),
         _check("cost USD per million events, bench workload", bench_cost, "<= 0.40", bench_cost <= 0.40),
         _check("cost USD per million events, real-shaped", real_cost, "<= 2.00", real_cost <= 2.00),
+        _reported("cost USD per million events, real-shaped + collector (browser)", with_collector),
         _check(f"local stack: {imported['orders']:,}-order history applied, seconds", imported["seconds"], "<= 600",
                imported["seconds"] <= 600),
         _check("local stack: rate over the last 10% / the first 10%", imported["last_to_first"], ">= 0.8",
@@ -177,6 +224,14 @@ def summarise(figures: dict[str, Any]) -> dict[str, Any]:
     summary["targets"] = [{"figure": name, "value": value, "target": target, "met": bool(met)}
                           for name, value, target, met in checks]
     return summary
+
+
+def collector_assumption(model: dict[str, Any]) -> str:
+    given = model["assumptions"]
+    if "browser_share_of_events" in given:
+        return f"{given['browser_share_of_events']:.0%} of events from browsers, the rest from servers"
+    return (f"{given['messages_per_request']:g} per request, {given['cpu_ms_per_request']:.2f} ms CPU, "
+            f"{given['billed_ms']:.0f} ms billed at {given['memory_mb']} MB")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,6 +259,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{model['per_event']['transitions']:.3f}):")
         for line, usd in model["lines"].items():
             print(f"  {line:<72} {usd:8.4f}")
+    for shape, model in figures["cost"]["collector"].items():
+        print(f"\ncollector, {shape}: USD per million events, by line "
+              f"({collector_assumption(model)}):")
+        for line, usd in model["lines"].items():
+            print(f"  {line:<72} {usd:8.4f}")
+        print(f"  {'total':<72} {model['usd_per_million_events']:8.4f}")
+    print(f"\nreal-shaped + collector (browser): {summary['cost.real_shaped_plus_collector_browser']:.4f} "
+          "USD per million events")
     print("\nfixed monthly (USD):")
     for line, usd in figures["cost"]["fixed_monthly_usd"].items():
         print(f"  {line:<72} {usd:8.2f}")
