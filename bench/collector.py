@@ -185,7 +185,7 @@ def measure(quick: bool = False) -> dict[str, Any]:
 
 def _measure(quick: bool) -> dict[str, Any]:
     from bench import prices, real_traffic
-    from cdp.aws.sources import DynamoKeyStore, bind_write_keys
+    from cdp.aws.write_keys import DynamoKeyStore, bind_write_keys
     from cdp.collector.keys import issue
     from cdp.collector.messages import prepare
     from cdp.collector.request import read_request

@@ -54,7 +54,7 @@ def build(**overrides: Any) -> Dependencies:
 
     from cdp.aws.kinesis import KinesisEventStream
     from cdp.aws.quarantine import S3Quarantine
-    from cdp.aws.sources import DynamoKeyStore, bind_write_keys
+    from cdp.aws.write_keys import DynamoKeyStore, bind_write_keys
 
     config = CollectorConfig.from_env(os.environ)
 

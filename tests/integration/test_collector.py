@@ -24,7 +24,7 @@ from moto import mock_aws
 
 from cdp.aws.kinesis import KinesisEventStream
 from cdp.aws.quarantine import S3Quarantine
-from cdp.aws.sources import DynamoKeyStore, bind_write_keys
+from cdp.aws.write_keys import DynamoKeyStore, bind_write_keys
 from cdp.collector.keys import KeyCache, create_source
 from cdp.pipeline.collect import THROTTLED, Collector
 from cdp_dev.handlers import load_handler

@@ -187,7 +187,8 @@ def health_endpoint(ingest: FakeIngest, aws_endpoint: str = "") -> Iterator[str]
 
 
 QUARANTINED = [{"type": "track", "event": "Order Completed", "messageId": f"bad-{n}", "userId": f"cust-00000{n}",
-                "timestamp": "2026-10-01T00:00:00Z", "properties": {"order_id": f"x{n}"}} for n in range(1, 4)]
+                "timestamp": "2026-10-01T00:00:00Z", "properties": {"order_id": f"x{n}", "revenue": -1}}
+               for n in range(1, 4)]  # a negative revenue: refused (an order without one is worth 0)
 DUPLICATES = [{"type": "track", "event": "Product Viewed", "messageId": "same", "userId": "cust-000002",
                "timestamp": "2026-10-01T00:00:01Z", "properties": {"product_id": "p"}}] * 3
 

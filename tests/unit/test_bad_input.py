@@ -285,7 +285,7 @@ ECHOES: list[tuple[str, object]] = [
     ("timestamp", msg(timestamp=MARKER)),
     ("originalTimestamp", msg(timestamp=None, originalTimestamp=MARKER)),
     ("timestamp", msg(timestamp={"at": MARKER})),
-    ("channel", msg(channel=MARKER)),
+    ("receivedAt", msg(timestamp=None, receivedAt=MARKER)),
     ("messageId", msg(messageId=MARKER * 20)),
     ("messageId", msg(messageId=[MARKER])),
     ("userId", msg(userId={"id": MARKER})),
@@ -343,9 +343,14 @@ def test_engine_reasons_never_echo_the_order_id() -> None:
     again = normalise(track("Order Completed", {"order_id": MARKER, "revenue": 10}, messageId="again"))
     unknown = normalise(track("Order Refunded", {"order_id": MARKER + "-2"}, messageId="refund"))
     outcome = engine.apply(profile, [again, unknown], now=B + 60)
-    assert len(outcome.rejected) == 2
-    for _, reason in outcome.rejected:
-        assert MARKER not in reason and reason.split(":", 1)[0] in ("properties.order_id", "properties.revenue")
+    assert outcome.applied == 1  # the refund of an unknown order is counted; the order again is refused
+    [(refused_event, reason)] = outcome.rejected
+    assert refused_event is again and MARKER not in reason and reason.startswith("properties.order_id: ")
+
+
+def test_an_unknown_channel_is_accepted_and_never_kept_as_given() -> None:
+    event = normalise(msg(channel=MARKER))
+    assert event.channel == "server" and MARKER not in repr(event.gaps)  # inferred; no gap names it
 
 
 # ---- 4. foreign table images and malformed envelopes ---------------------------------------------------

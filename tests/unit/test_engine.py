@@ -294,17 +294,18 @@ def test_cancellation_after_partial_refund_removes_what_is_left() -> None:
     assert (profile.orders, profile.revenue) == (1, 5000)
 
 
-def test_refund_of_unknown_order_without_amount_is_refused() -> None:
+@pytest.mark.parametrize("name", ["Order Refunded", "Order Cancelled"])
+def test_reversal_of_unknown_order_without_amount_is_counted_and_changes_no_lifetime_figure(name: str) -> None:
     engine, profile = two_orders()
     before = item(profile)
-    refund = order(T + HOUR, "o-unknown", None, "Order Refunded")
-    outcome = engine.apply(profile, [refund], now=T + HOUR)
-    assert outcome.applied == 0
-    [(refused, reason)] = outcome.rejected
-    assert refused is refund
-    assert reason.startswith("properties.revenue") and "o-unknown" not in reason  # never echoes the value
+    reversal = order(T + HOUR, "o-unknown", None, name)
+    outcome = engine.apply(profile, [reversal], now=T + HOUR)
+    assert (outcome.applied, outcome.rejected, outcome.transitions) == (1, [], [])
     assert (profile.orders, profile.revenue) == (2, 15000)
-    assert item(profile) == before
+    assert counter_of(profile, name).count == 1 and profile.seen(reversal.message_id)
+    after = item(profile)
+    for key in ("o", "ro", "od", "cart", "m"):  # lifetime figures, recent and completed orders, cart, members
+        assert after.get(key) == before.get(key), key
 
 
 def test_refund_of_unknown_order_with_amount_reduces_revenue_only() -> None:

@@ -23,7 +23,7 @@ DEVTOOLS = ROOT / "devtools" / "cdp_dev"
 
 # What a function has besides the layer: the Lambda runtime (boto3, botocore) and layers/deps (PyYAML and
 # Powertools, which brings pydantic).
-RUNTIME = {"boto3", "botocore", "yaml", "aws_lambda_powertools", "pydantic"}
+RUNTIME = {"boto3", "botocore", "yaml", "aws_lambda_powertools", "pydantic", "pynamodb"}
 DEVELOPER_TOOLS = ("cdp_dev",)
 # The pure core: no AWS SDK, emulator, CDK, Lambda runtime library, adapter, developer tool or handler, and no
 # loading of modules by path (importlib), which is how the handlers are loaded.

@@ -1,14 +1,15 @@
 """Re-sending is always safe: a redelivery within the dedupe horizon is a no-op, whatever came after it.
 
 The property test sends random histories of a few customers (views, adds, orders, refunds,
-identify calls, email opens) through ``ingest_batch`` in random batches over a simulated week,
-with random redeliveries of earlier messages: the same record again (a Lambda retry: same shard,
-same sequence number, possibly after more than ``MAX_MESSAGE_IDS`` newer messages of the
-customer), the same message under a new sequence number (a redrive or a producer duplicate,
-after more than 100 newer messages but fewer than the id cap). A brute-force oracle that dedupes
-perfectly applies each distinct message id once, through the same ``Engine``, to a fresh
-profile kept in memory. After every batch both must agree on the whole profile item except the
-dedupe state itself (lifetime order figures, counters, traits, cart, memberships, deadlines).
+orders and refunds without an order id, identify calls, email opens) through ``ingest_batch``
+in random batches over a simulated week, with random redeliveries of earlier messages: the same
+record again (a Lambda retry: same shard, same sequence number, possibly after more than
+``MAX_MESSAGE_IDS`` newer messages of the customer), the same message under a new sequence
+number (a redrive or a producer duplicate, after more than 100 newer messages but fewer than the
+id cap). A brute-force oracle that dedupes perfectly applies each distinct message id once,
+through the same ``Engine``, to a fresh profile kept in memory. After every batch both must agree
+on the whole profile item except the dedupe state itself (lifetime order figures, counters,
+traits, cart, memberships, deadlines), and the ingest's spec-gap tally on the applied messages.
 
 The targeted tests pin the documented edges: the horizon, the caps, the order digests, the
 shard watermark, and profiles stored with the legacy ``ids`` attribute.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -152,7 +154,8 @@ def history(rng: random.Random, volumes: Sequence[int]) -> list[dict[str, Any]]:
         customer, slot = f"cust-{c}", B + position * SPAN // len(queue)
         at = slot - rng.choice((0, 0, 0, rng.randrange(60), rng.randrange(2 * DAY)))  # some arrive late
         message_id = f"{customer}-m{position}"
-        kind = rng.choices(("view", "add", "order", "refund", "identify", "email"), (40, 12, 10, 5, 5, 8))[0]
+        kind = rng.choices(("view", "add", "order", "refund", "identify", "email", "no-id order", "no-id refund"),
+                           (40, 12, 10, 5, 5, 8, 4, 2))[0]
         if kind == "refund" and not orders[c]:
             kind = "order"
         if kind == "view":
@@ -166,6 +169,10 @@ def history(rng: random.Random, volumes: Sequence[int]) -> list[dict[str, Any]]:
             message = order(customer, at, message_id, order_id, rng.choice((10.0, 49.99, 120.0, 400.0)))
         elif kind == "refund":  # always with its amount: valid whichever orders are remembered
             message = refund(customer, at, message_id, rng.choice(orders[c]), rng.choice((5.0, 10.0, 500.0)))
+        elif kind == "no-id order":  # as Segment accepts it: deduplicated by its message id alone
+            message = track(customer, "Order Completed", at, message_id, revenue=rng.choice((15.0, 99.5)))
+        elif kind == "no-id refund":  # matches no order: only its amount comes off the revenue
+            message = track(customer, "Order Refunded", at, message_id, total=rng.choice((5.0, 20.0)))
         elif kind == "identify":
             message = {"type": "identify", "userId": customer, "messageId": message_id, "timestamp": iso(at),
                        "traits": {"plan": rng.choice(("free", "pro", "gold")), "email": f"{customer}@example.com"}}
@@ -256,6 +263,8 @@ def test_redelivery_never_changes_what_a_perfect_dedupe_computes(seed: int, volu
             applied.update(e.message_id for e in events)
         assert result.applied == sum(len(events) for events in fresh.values())
         assert result.duplicates == len(batch) - result.applied
+        # each applied message's spec gaps, once: a redelivered order without an id is not counted again
+        assert result.spec_gaps == Counter(gap for events in fresh.values() for e in events for gap in e.gaps)
 
         for customer in fresh:
             stored, expected = store.load([customer])[customer], oracle[customer]
@@ -471,7 +480,8 @@ def test_the_watermark_does_not_advance_when_the_write_fails(error: Exception) -
 
 def test_the_watermark_stops_below_a_rejected_record_so_a_failed_quarantine_is_retried() -> None:
     w = world()
-    records = [w.stream.record(refund("lea", B, "m-bad", "o-unknown")),  # no amount, unknown order: refused
+    assert w.ingest([w.stream.record(order("lea", B - HOUR, "m-first", "o-1"))], B).applied == 1
+    records = [w.stream.record(order("lea", B, "m-bad", "o-1")),  # the same order again: refused
                w.stream.record(view("lea", B + 1, "m-good"))]
 
     class Down:

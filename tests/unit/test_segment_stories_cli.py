@@ -29,9 +29,9 @@ def test_a_wrong_expectation_is_reported_with_what_happened() -> None:
 
 def test_an_invalid_event_in_a_story_is_named() -> None:
     story = {"name": "bad", "start": "2026-10-01T09:00:00Z",
-             "events": [{"customer": "x", "event": "Order Completed", "properties": {"revenue": 1}}]}
+             "events": [{"customer": "x", "event": "Order Completed", "properties": {"revenue": -1}}]}
     result = run_story(story, load_catalogue(SEGMENTS))
-    assert result.problems == ["invalid story: events[0]: properties.order_id: is required for Order Completed"]
+    assert result.problems == ["invalid story: events[0]: properties.revenue: must not be negative"]
 
 
 def test_a_failing_folder_exits_non_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

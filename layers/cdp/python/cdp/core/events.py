@@ -4,9 +4,30 @@ Accepts the six message types (track, identify, page, screen, alias, group), the
 Ecommerce v2 and Email spec event names, and traits either at the top level
 (Segment) or in ``context.traits`` (RudderStack). An invalid message raises
 :class:`InvalidEvent` naming the field and the rule, never the value (reasons reach the
-quarantine, logs and metrics, and a value may be personal data); nothing is guessed.
+quarantine, logs and metrics, and a value may be personal data).
 Everything that can be stored is bounded here (nesting, amounts, quantities, trait numbers,
 the earliest timestamp), so no message can crash the DynamoDB encoding of a batch.
+
+What Segment accepts is accepted. The spec's semantic properties are optional there, so a
+message without one is applied, and the missing field is listed in :attr:`Event.gaps` (the
+ingest counts them by field) instead of refusing the message:
+
+* ``Order Completed`` without ``order_id`` is an order all the same (deduplicated by its
+  message id only); without ``revenue``, ``total`` or ``products`` it is worth 0.
+* a product in ``products`` without ``price`` adds 0 to the order's value.
+* ``Order Refunded`` / ``Order Cancelled`` without ``order_id`` is applied like a reversal of
+  an order the profile does not know (see :mod:`cdp.core.fold`).
+* ``Product Added`` / ``Product Removed`` without ``product_id`` or ``sku`` is counted as the
+  event and leaves the cart as it is.
+* without ``timestamp`` the event time is ``originalTimestamp``, else ``receivedAt``, which the
+  collector always sets (only this last is a gap, named ``timestamp``).
+
+The ``channel`` ``browser`` is web and ``sources`` is server; any other we do not name (Segment's
+``client``, say) is decided from the library and context, as if absent. ``quantity`` may be a
+whole number written as a float (2.0).
+What is still refused is a message that is not one (no type, message id, customer id, event
+name or time at all), a value of the wrong kind (a string revenue) or out of range, and
+anything over a storage limit.
 """
 
 from __future__ import annotations
@@ -108,9 +129,10 @@ class Event:
     previous_id: str | None = None
     group_id: str | None = None
     amount: float | None = None  # order value for order events, unit price for cart events
-    order_id: str | None = None
-    product_id: str | None = None
+    order_id: str | None = None  # None: an order event without one (never matched to another)
+    product_id: str | None = None  # None: a cart event without one (leaves the cart as it is)
     quantity: int = 1
+    gaps: tuple[str, ...] = ()  # spec fields it lacked and was applied without, e.g. "properties.order_id"
 
 
 def parse_record(data: bytes) -> Event:
@@ -179,13 +201,13 @@ def normalise(message: object) -> Event:
     customer_id = user_id or anonymous_id
     if customer_id is None:
         raise InvalidEvent("userId", "either userId or anonymousId is required")
-    timestamp = _timestamp(message)
+    timestamp, timestamp_gaps = _timestamp(message)
     context = _object(message, "context")
     properties = _object(message, "properties")
     traits = _traits(message, context)
     name = _event_name(message, kind)
     channel = _channel(message, context, name)
-    amount, order_id, product_id, quantity = _commerce(properties, name)
+    amount, order_id, product_id, quantity, gaps = _commerce(properties, name)
     if kind == "identify":
         _check_traits(traits)
     previous_id = _identifier(message, "previousId", required=kind == "alias")
@@ -208,6 +230,7 @@ def normalise(message: object) -> Event:
         order_id=order_id,
         product_id=product_id,
         quantity=quantity,
+        gaps=timestamp_gaps + gaps,
     )
 
 
@@ -220,20 +243,28 @@ def _message_type(message: dict[str, Any]) -> str:
     return str(kind)
 
 
-_Commerce = tuple[float | None, str | None, str | None, int]  # amount, order id, product id, quantity
-_NO_COMMERCE: _Commerce = (None, None, None, 1)
+Gaps = tuple[str, ...]
+_Commerce = tuple[float | None, str | None, str | None, int, Gaps]  # amount, order id, product id, quantity, gaps
+_NO_COMMERCE: _Commerce = (None, None, None, 1, ())
+ORDER_ID_GAP = "properties.order_id"
+REVENUE_GAP = "properties.revenue"
+PRICE_GAP = "properties.products[].price"
+PRODUCT_ID_GAP = "properties.product_id"
+TIMESTAMP_GAP = "timestamp"
 
 
 def _commerce(properties: dict[str, Any], name: str) -> _Commerce:
-    """An order's amount and id, or a cart event's price, product id and quantity."""
+    """An order's amount and id, or a cart event's price, product id and quantity, with the gaps among them."""
     if name in ORDER_EVENTS:
-        order_id = _property_id(properties, "order_id", name)
-        return _order_amount(properties, name), order_id, None, 1
+        order_id = _property_id(properties, "order_id")
+        amount, gaps = _order_amount(properties, name)
+        return amount, order_id, None, 1, ((ORDER_ID_GAP,) if order_id is None else ()) + gaps
     if name in CART_EVENTS:
-        product_id = _product_id(properties, name)
+        product_id = _product_id(properties)
         quantity = _quantity(properties)
         price = properties.get("price")
-        return (_amount(price, "properties.price") if price is not None else None), None, product_id, quantity
+        return ((_amount(price, "properties.price") if price is not None else None), None, product_id, quantity,
+                (PRODUCT_ID_GAP,) if product_id is None else ())
     return _NO_COMMERCE
 
 
@@ -266,9 +297,13 @@ def _identifier(message: dict[str, Any], key: str, *, required: bool) -> str | N
     return text
 
 
-def _timestamp(message: dict[str, Any]) -> float:
-    # `timestamp` is when the event happened; Segment fills it from originalTimestamp when absent.
-    for key in ("timestamp", "originalTimestamp"):
+def _timestamp(message: dict[str, Any]) -> tuple[float, Gaps]:
+    """When the event happened, and the gap when only the time it was received says so.
+
+    ``timestamp``, else the device's ``originalTimestamp`` (as Segment fills it), else ``receivedAt``. The first
+    one present is the one read: a malformed ``timestamp`` is refused, not replaced by a later one.
+    """
+    for key in ("timestamp", "originalTimestamp", "receivedAt"):
         value = message.get(key)
         if value is not None:
             break
@@ -285,7 +320,7 @@ def _timestamp(message: dict[str, Any]) -> float:
     moment = parsed.timestamp()
     if moment < EARLIEST_TIMESTAMP:
         raise InvalidEvent(key, "is before 2000-01-01T00:00:00Z, the earliest accepted")
-    return moment
+    return moment, (TIMESTAMP_GAP,) if key == "receivedAt" else ()
 
 
 def _object(message: dict[str, Any], key: str) -> dict[str, Any]:
@@ -367,16 +402,21 @@ def _event_name(message: dict[str, Any], kind: str) -> str:
             "alias": "Alias", "group": "Group"}[kind]
 
 
+# Other names senders use for our channels: Segment's "browser", RudderStack's cloud "sources".
+_CHANNEL_NAMES = {"browser": "web", "sources": "server"}
+
+
 def _channel(message: dict[str, Any], context: dict[str, Any], name: str) -> str:
+    """The explicit channel when it is one we know; otherwise (absent, Segment's "client", or any other value,
+    which Segment accepts) decided by the library and the client context."""
     if name in EMAIL_EVENTS:
         return "email"
     explicit = message.get("channel")
-    if explicit is not None and explicit != "client":  # Segment's browser libraries send "client"
+    if isinstance(explicit, str):
         if explicit in CHANNELS:
-            return str(explicit)
-        if explicit == "sources":  # RudderStack's cloud sources are server-side
-            return "server"
-        raise InvalidEvent("channel", f"must be one of {', '.join(CHANNELS)} (or client, sources)")
+            return explicit
+        if explicit in _CHANNEL_NAMES:
+            return _CHANNEL_NAMES[explicit]
     library = context.get("library")
     library_name = library.get("name") if isinstance(library, dict) else None
     if isinstance(library_name, str):
@@ -437,52 +477,61 @@ def _amount(value: object, path: str) -> float:
     return float(value)
 
 
-def _property_id(properties: dict[str, Any], key: str, name: str) -> str:
+def _property_id(properties: dict[str, Any], key: str) -> str | None:
+    """An id property, or None when it is absent or empty (Segment accepts both); any other kind is refused."""
     value = properties.get(key)
     if value is None or value == "":
-        raise InvalidEvent(f"properties.{key}", f"is required for {name}")
+        return None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidEvent(f"properties.{key}", f"must be a string, not {json_type(value)}")
     return str(value)[:MAX_ID_LENGTH]
 
 
-def _product_id(properties: dict[str, Any], name: str) -> str:
+def _product_id(properties: dict[str, Any]) -> str | None:
     if properties.get("product_id") in (None, "") and properties.get("sku") not in (None, ""):
-        return _property_id(properties, "sku", name)
-    return _property_id(properties, "product_id", name)
+        return _property_id(properties, "sku")
+    return _property_id(properties, "product_id")
 
 
 def _quantity(properties: dict[str, Any], path: str = "properties") -> int:
     value = properties.get("quantity")
     if value is None:
         return 1
+    if isinstance(value, float) and value.is_integer():  # 2.0: how a float-typed quantity is serialised
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_QUANTITY:
         raise InvalidEvent(f"{path}.quantity", f"must be a whole number from 1 to {MAX_QUANTITY:,}")
     return value
 
 
-def _order_amount(properties: dict[str, Any], name: str) -> float | None:
-    """The order's value: ``revenue``, else ``total``, else the sum of ``products[].price * quantity``."""
+def _order_amount(properties: dict[str, Any], name: str) -> tuple[float | None, Gaps]:
+    """The order's value: ``revenue``, else ``total``, else the sum of ``products[].price * quantity``.
+
+    A product without a price adds 0 (a gap). An ``Order Completed`` with none of the three is worth 0 (a
+    gap); a refund or cancellation without one has no amount (None: it covers the whole order, when known).
+    """
     for key in ("revenue", "total"):
         if properties.get(key) is not None:
-            return _amount(properties[key], f"properties.{key}")
+            return _amount(properties[key], f"properties.{key}"), ()
     products = properties.get("products")
     if products is not None:
         if not isinstance(products, list):
             raise InvalidEvent("properties.products", f"must be an array, not {json_type(products)}")
         total = 0.0
+        unpriced = False
         for index, product in enumerate(products):
             path = f"properties.products[{index}]"
             if not isinstance(product, dict):
                 raise InvalidEvent(path, f"must be an object, not {json_type(product)}")
+            quantity = _quantity(product, path)
             if product.get("price") is None:
-                raise InvalidEvent(f"{path}.price", "is required to value the order (or send revenue)")
-            price = _amount(product["price"], f"{path}.price")
-            total += price * _quantity(product, path)
+                unpriced = True
+                continue
+            total += _amount(product["price"], f"{path}.price") * quantity
         if total > MAX_AMOUNT:
             raise InvalidEvent("properties.products", f"the order's value (price times quantity, summed) must be"
                                                       f" at most {MAX_AMOUNT:,}")
-        return total
+        return total, (PRICE_GAP,) if unpriced else ()
     if name == ORDER_COMPLETED:
-        raise InvalidEvent("properties.revenue", "is required for Order Completed (or total, or products)")
-    return None  # a refund or cancellation without an amount covers the whole order
+        return 0.0, (REVENUE_GAP,)
+    return None, ()

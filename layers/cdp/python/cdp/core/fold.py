@@ -7,6 +7,21 @@ updates the traits, the lifetime order figures, the counters, the channels, the 
 context, the aliases and groups and the absence latches, and notes which inputs it touched
 (``t:<trait>``, ``rfm``, ``e:<event>``, ``c:<channel>``), so that the engine
 (:mod:`cdp.core.engine`) re-evaluates only the segments that read them.
+
+Orders, as Segment accepts them (see :mod:`cdp.core.events`):
+
+* ``Order Completed`` with an ``order_id`` counts once per order id, for ever: re-sent with a new
+  message id it is refused. It is kept among the recent orders, so a refund can find it.
+* ``Order Completed`` without an ``order_id`` counts once per message id (a redelivery is a
+  duplicate; the same purchase sent again with a new message id counts again). It adds to the
+  lifetime orders and revenue and the first and last order, is not kept among the recent orders,
+  and no refund or cancellation can ever match it.
+* ``Order Refunded`` / ``Order Cancelled`` of an order among the recent ones reduces that order
+  (a cancellation, or a refund of at least its value, removes it and one order). Of any other
+  order, or without an ``order_id``: with an amount, revenue drops by it (a cancellation also
+  removes one order); without one, nothing exact is known, so only the event is counted.
+
+A cart event without a product id is counted and leaves the cart as it is.
 """
 
 from __future__ import annotations
@@ -142,22 +157,24 @@ def _fold_traits(profile: Profile, event: Event, touched: set[str]) -> str | Non
 
 def _fold_order(profile: Profile, event: Event, moment: int, touched: set[str]) -> str | None:
     """An order completed, refunded or cancelled: the lifetime figures and the recent orders."""
-    assert event.order_id is not None
-    known = next((order for order in profile.recent_orders if order[0] == event.order_id), None)
+    order_id = event.order_id
+    known = None if order_id is None else next((o for o in profile.recent_orders if o[0] == order_id), None)
     if event.name == ORDER_COMPLETED:
         problem = _complete_order(profile, event, known, moment)
-    else:
-        problem = _reverse_order(profile, event, known)
-    if problem is None:
+        if problem is None:
+            touched.add("rfm")
+        return problem
+    if _reverse_order(profile, event, known):
         touched.add("rfm")
-    return problem
+    return None
 
 
 def _complete_order(profile: Profile, event: Event, known: list[Any] | None, moment: int) -> str | None:
     # Lifetime figures count for ever, so a completed order never counts again: not when re-sent
-    # with a new message id, nor after it was refunded or cancelled.
-    assert event.order_id is not None
-    if known is not None or profile.order_completed(event.order_id):
+    # with a new message id, nor after it was refunded or cancelled. Without an order id only the
+    # message id tells one order from another (fold skips a message applied before).
+    order_id = event.order_id
+    if order_id is not None and (known is not None or profile.order_completed(order_id)):
         return "properties.order_id: this order was already completed"
     value = round((event.amount or 0.0) * 100)
     if profile.revenue + value > MAX_LIFETIME_REVENUE:
@@ -168,17 +185,21 @@ def _complete_order(profile: Profile, event: Event, known: list[Any] | None, mom
         profile.first_order = moment
     if profile.last_order is None or moment > profile.last_order:
         profile.last_order = moment
-    profile.recent_orders = [*profile.recent_orders, [event.order_id, moment, value]][-RECENT_ORDERS:]
-    profile.remember_order(event.order_id)
+    if order_id is not None:  # kept for a refund to find; no refund can name an order without an id
+        profile.recent_orders = [*profile.recent_orders, [order_id, moment, value]][-RECENT_ORDERS:]
+        profile.remember_order(order_id)
     profile.cart = {pid: item for pid, item in profile.cart.items() if item[2] > moment}
     return None
 
 
-def _reverse_order(profile: Profile, event: Event, known: list[Any] | None) -> str | None:
-    """A refund or cancellation reduces the lifetime figures; a whole one also removes the order."""
+def _reverse_order(profile: Profile, event: Event, known: list[Any] | None) -> bool:
+    """A refund or cancellation reduces the lifetime figures; a whole one also removes the order.
+
+    ``known`` is the recent order it reverses (None: unknown, or no order id). Without an amount and without
+    a known order nothing exact is known, so nothing changes. Returns whether the lifetime figures may have.
+    """
     if event.amount is None and known is None:
-        return (f"properties.revenue: is required when the order is not among the last {RECENT_ORDERS}"
-                " completed orders")
+        return False
     order_value = known[2] if known is not None else None
     value = round(event.amount * 100) if event.amount is not None else order_value or 0
     whole = event.name == ORDER_CANCELLED or (order_value is not None and value >= order_value)
@@ -191,7 +212,7 @@ def _reverse_order(profile: Profile, event: Event, known: list[Any] | None) -> s
         profile.recent_orders = [o for o in profile.recent_orders if o is not known]
         if not whole:
             profile.recent_orders.append([known[0], known[1], known[2] - value])
-    return None
+    return True
 
 
 def _count(profile: Profile, event: Event, catalogue: Catalogue, moment: int, now: float, folded: Folded) -> bool:
@@ -219,7 +240,8 @@ def _count(profile: Profile, event: Event, catalogue: Catalogue, moment: int, no
 
 
 def _fold_cart(profile: Profile, event: Event, moment: int) -> None:
-    assert event.product_id is not None
+    if event.product_id is None:
+        return  # no product to add or remove: the event is counted, the cart is as it was
     item = profile.cart.get(event.product_id)
     if event.name == PRODUCT_ADDED:
         price = round(event.amount * 100) if event.amount is not None else (item[1] if item else 0)

@@ -13,6 +13,10 @@ put back on the stream (a redrive) has a new sequence number and is deduplicated
 message id. The watermark covers only records whose partition key is the customer id: Kinesis
 and Lambda keep order per partition key (also with a parallelization factor above 1), so only
 those arrive in sequence order for the customer; any other record is deduplicated by its id.
+
+A message Segment accepts is applied even without some field of the spec (an ``Order Completed``
+without ``order_id``, say: see :mod:`cdp.core.events`). ``spec_gaps`` counts, by field, the applied
+events that lacked one, so a producer's gaps show in a metric rather than in lost events.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class BatchResult:
     quarantined: Tally[str] = field(default_factory=Tally)  # by field
     transitions: list[Transition] = field(default_factory=list)
     lags: list[float] = field(default_factory=list)  # seconds from event time to application
+    spec_gaps: Tally[str] = field(default_factory=Tally)  # applied events without a spec field, by field
 
 
 Parsed = tuple[StreamRecord, Event | InvalidEvent]  # a record and its event, or why it is not one
@@ -84,8 +89,8 @@ def ingest_batch(records: Sequence[StreamRecord], engine: Engine, store: Profile
         customers = list(by_customer.items())
         writes = each(lambda customer: _write_customer(customer[0], customer[1], profiles.get(customer[0]),
                                                        engine, store, now), customers, pool)
-        for (_, items), (write, outcome) in zip(customers, writes, strict=True):
-            poison += _account(items, write, outcome, now, result)
+        for (_, items), (write, outcome, gaps) in zip(customers, writes, strict=True):
+            poison += _account(items, write, outcome, gaps, now, result)
     _quarantine(poison, quarantine, result)
     result.failed = [r.sequence for r in records if r.sequence in result.failure_reasons]
     return result
@@ -155,25 +160,27 @@ def _load_profiles(store: ProfileStore, by_customer: ByCustomer, result: BatchRe
 
 
 def _write_customer(customer_id: str, items: Items, profile: Profile | None, engine: Engine,
-                    store: ProfileStore, now: float) -> tuple[WriteOutcome, Outcome]:
+                    store: ProfileStore, now: float) -> tuple[WriteOutcome, Outcome, Tally[str]]:
     """Fold one customer's events and write the profile once; touches nothing shared, so it runs on any thread.
 
-    Returns how the write ended and the fold of the profile as written (or as found, when nothing changed).
+    Returns how the write ended, the fold of the profile as written (or as found, when nothing changed) and
+    the spec gaps of the events that fold applied.
     """
-    folds: list[Outcome] = []
+    folds: list[tuple[Outcome, Tally[str]]] = []
 
     def fold(current: Profile) -> bool:
-        outcome = _fold(current, items, engine, now)
-        folds.append(outcome)
+        outcome, gaps = _fold(current, items, engine, now)
+        folds.append((outcome, gaps))
         if outcome.changed:
             _advance_watermarks(current, items, outcome, now)
         return outcome.changed
 
     write = write_profile(store, customer_id, profile, fold)
-    return write, folds[-1]
+    outcome, gaps = folds[-1]
+    return write, outcome, gaps
 
 
-def _account(items: Items, write: WriteOutcome, outcome: Outcome, now: float,
+def _account(items: Items, write: WriteOutcome, outcome: Outcome, gaps: Tally[str], now: float,
              result: BatchResult) -> list[QuarantinedRecord]:
     """Add one customer's write to the batch result; returns the records its fold rejected."""
     result.conflicts += write.conflicts
@@ -185,20 +192,37 @@ def _account(items: Items, write: WriteOutcome, outcome: Outcome, now: float,
     result.duplicates += outcome.duplicates
     result.beyond_retention += outcome.beyond_retention
     result.transitions += outcome.transitions
+    result.spec_gaps.update(gaps)
     result.lags += [now - event.timestamp for _, event in items]
     rejected = {id(event): reason for event, reason in outcome.rejected}
     return [_quarantined(record, rejected[id(event)], rejected[id(event)].split(":", 1)[0], now)
             for record, event in items if id(event) in rejected]
 
 
-def _fold(profile: Profile, items: Items, engine: Engine, now: float) -> Outcome:
-    """The customer's events folded into the profile. At or below its shard's watermark a record was
-    handled already: a duplicate without folding."""
+def _fold(profile: Profile, items: Items, engine: Engine, now: float) -> tuple[Outcome, Tally[str]]:
+    """The customer's events folded into the profile, and the spec gaps of those it applied. At or below its
+    shard's watermark a record was handled already: a duplicate without folding."""
     pending = [event for record, event in items
                if not (_in_customer_order(record, event) and profile.delivered(record.shard, record.sequence))]
+    # The ids applied before, read before the fold remembers the batch's; only when some event has a gap.
+    seen = {e.message_id for e in pending if profile.seen(e.message_id)} if any(e.gaps for e in pending) else None
     outcome = engine.apply(profile, pending, now)
     outcome.duplicates += len(items) - len(pending)
-    return outcome
+    return outcome, (Tally() if seen is None else _applied_gaps(pending, outcome, seen))
+
+
+def _applied_gaps(pending: Sequence[Event], outcome: Outcome, seen: set[str]) -> Tally[str]:
+    """The gaps of the events the fold applied: as it does, oldest first, each message id not applied before
+    once, by its first event that was not rejected (a rejected one is not remembered, so a copy may apply)."""
+    rejected = {id(event) for event, _ in outcome.rejected}
+    applied = set(seen)
+    gaps: Tally[str] = Tally()
+    for event in sorted(pending, key=lambda e: e.timestamp):
+        if event.message_id in applied or id(event) in rejected:
+            continue
+        applied.add(event.message_id)
+        gaps.update(event.gaps)
+    return gaps
 
 
 def _in_customer_order(record: StreamRecord, event: Event) -> bool:
