@@ -37,7 +37,8 @@ def main() -> None:
     missing_id = dict(messages[3])
     del missing_id["messageId"]
     unknown_type = {**messages[4], "type": "purchase", "messageId": "poison-type"}
-    no_order_id = {"type": "track", "event": "Order Completed", "messageId": "poison-order", "userId": "alice",
+    # Segment accepts an order without order_id, and so does the ingest: applied among the poison, by its message id.
+    no_order_id = {"type": "track", "event": "Order Completed", "messageId": "order-without-id", "userId": "alice",
                    "timestamp": "2026-10-02T10:00:00Z", "properties": {"revenue": 10}}
     oversize = {**messages[5], "messageId": "poison-big", "properties": {"blob": "x" * 40_000}}
     poison: list[tuple[bytes, str]] = [

@@ -81,7 +81,7 @@ def test_poison_pills_are_quarantined_whole_and_the_valid_records_applied(stack:
     assert alice.seen("sample-00002") and alice.seen("sample-00003")
     assert not alice.seen("poison-type") and not alice.seen("poison-big")
     # the Order Completed without an order id is applied, by its message id, and kept from no refund's reach
-    assert alice.seen("poison-order") and (alice.orders, alice.revenue) == (1, 1000) and alice.recent_orders == []
+    assert alice.seen("order-without-id") and (alice.orders, alice.revenue) == (1, 1000) and alice.recent_orders == []
     assert bob.traits["plan"] == "gold"
     assert carol.traits["email"] == "carol@example.com"
     assert {p["customer_id"]["S"] for p in stack.scan(PROFILES_TABLE)} == {"alice", "bob", "carol"}
