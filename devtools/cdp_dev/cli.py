@@ -5,9 +5,14 @@
     cdp import FILE.jsonl|FILE.csv [--stream NAME]   load a history at the stream's limits, then count what applied
     cdp history [--quick] [--out FILE]               write a generated order history (JSON Lines)
     cdp tail [--queue-url URL]                       follow segment transitions
+    cdp sources create NAME [--table NAME]           a new source of the collector; prints its write key once
+    cdp sources list [--table NAME]                  every source's keys: id, state, created, expires
+    cdp sources rotate NAME [--overlap 24h]          a new key; the old ones stay valid for the overlap
+    cdp sources revoke NAME [--key KEY_ID]           refuse the source's keys (or one of them) from now on
 
-``send`` and ``tail`` with neither ``--stream`` / ``--queue-url`` nor ``--endpoint-url`` use the running
-local stack (``cdp_dev.targets``), and stop with an error when there is none: AWS only when asked for.
+``send``, ``tail`` and ``sources`` with neither ``--stream`` / ``--queue-url`` / ``--table`` nor
+``--endpoint-url`` use the running local stack (``cdp_dev.targets``), and stop with an error when there is
+none: AWS only when asked for.
     cdp segments validate [DIR]                      check definitions
     cdp segments test [DIR]                          run the stories in DIR/stories
     cdp redrive failures --queue-url URL --stream NAME
@@ -180,6 +185,48 @@ def format_event(event: dict[str, Any]) -> str:
             f"{detail.get('segment', {}).get('id', ''):<24} {detail.get('clause', {}).get('reason', '')}")
 
 
+def _local_at(target: Target) -> LocalStackInfo | None:
+    """The local stack the target is, or whose emulator ``--endpoint-url`` names."""
+    if target.local is not None or not target.endpoint:
+        return target.local
+    return next((s for s in _local_stacks() if s.endpoint == target.endpoint), None)
+
+
+def _write_keys_table(args: argparse.Namespace, target: Target, dynamodb: Any) -> str:
+    """``--table``; else the local stack's; else the one write keys table at ``--endpoint-url``."""
+    if args.table:
+        return str(args.table)
+    local = _local_at(target)
+    if local is not None:
+        if not local.write_keys_table:
+            raise ValueError("the running local stack has no write keys table; restart it with `make run`")
+        return local.write_keys_table
+    names = [n for n in dynamodb.list_tables().get("TableNames", []) if "WriteKeys" in n]
+    if len(names) != 1:
+        raise ValueError(f"--table is needed: found {len(names)} write keys tables ({', '.join(names) or 'none'})")
+    return str(names[0])
+
+
+def _sources(args: argparse.Namespace) -> int:
+    from cdp_dev.sources import SourcesCommand, key_store
+    from cdp_dev.targets import sources_target
+
+    target = sources_target(args.endpoint_url, args.table, args.region, _local_stacks)
+    dynamodb = _target_client("dynamodb", target)
+    table = _write_keys_table(args, target, dynamodb)
+    # An emulator of a local stack gets its dummy credentials, never real ones.
+    store = key_store(table, dynamodb.meta.region_name, target.endpoint,
+                      ("local", "local") if _local_at(target) is not None else None)
+    command = SourcesCommand(store, _where(target, f"table {table}", dynamodb), sys.stdout, sys.stderr)
+    if args.sources_command == "create":
+        return command.create(args.name)
+    if args.sources_command == "rotate":
+        return command.rotate(args.name, args.overlap)
+    if args.sources_command == "revoke":
+        return command.revoke(args.name, args.key)
+    return command.list()
+
+
 def _seconds(raw: str | None) -> float | None:
     if not raw:
         return None
@@ -245,23 +292,45 @@ def _run(args: argparse.Namespace) -> int:
     api = f"http://127.0.0.1:{args.api_port}"
     # So that `cdp send` and `cdp tail` with no flags find this stack, and never a real account by accident.
     state = register(LocalStackInfo(stack.endpoint, api, stack.resources.streams[0], stack.feed_queue_url, REGION,
-                                    os.getpid()), state_dir())
-    print(f"AWS emulator  {stack.endpoint}\nAPI           {api}"
-          f"  (GET /health, /segments, /customers/<id>)\nclock         {args.clock}\n", flush=True)
+                                    os.getpid(), stack.write_keys_table), state_dir())
+    print(f"AWS emulator  {stack.endpoint}\nAPI           {api}  (GET /health, /segments, /customers/<id>)\n"
+          + collector_lines(stack.collector_url, stack.write_key) + f"clock         {args.clock}\n", flush=True)
     try:
         if not args.no_sample:
-            from cdp_dev.sender import send_lines
-
-            kinesis = stack.client("kinesis")
-            sample = (root / "events" / "sample.jsonl").read_bytes().splitlines()
-            report = send_lines(kinesis, stack.resources.streams[0], sample)
-            print(f"sent {report.sent} sample events; live segment transitions follow (Ctrl-C stops)\n", flush=True)
+            print(_send_sample(stack, root / "events" / "sample.jsonl")
+                  + "; live segment transitions follow (Ctrl-C stops)\n", flush=True)
         done.wait()
     finally:
         print("stopping ...", flush=True)
         unregister(state)
         stack.stop()
     return 0
+
+
+TRY_EVENT = '{"userId":"u1","event":"Product Viewed","properties":{"product_id":"p1"}}'
+
+
+def collector_lines(url: str, write_key: str) -> str:
+    """What `cdp run` prints about its collector: the URL, the local source's write key, a line to try."""
+    if not write_key:
+        return ""
+    return (f"collector     {url}  (Segment's Tracking API: POST /v1/batch, /v1/track, /v1/identify ...)\n"
+            f"write key     {write_key}  (source local; also in GET /health)\n"
+            f"try           curl -u {write_key}: {url}/track -H 'Content-Type: application/json' -d '{TRY_EVENT}'\n")
+
+
+def _send_sample(stack: Any, path: Any) -> str:
+    """The sample through the collector, as an SDK sends it (or onto the stream, for a stack without one)."""
+    sample = path.read_bytes().splitlines()
+    if stack.write_key:
+        from cdp_dev.local_stack import post_to_collector
+
+        posted = post_to_collector(stack.collector_url, stack.write_key, sample)
+        return (f"sent {posted.accepted + posted.rejected} sample events through the collector "
+                f"({posted.accepted} accepted, {posted.rejected} rejected)")
+    from cdp_dev.sender import send_lines
+
+    return f"sent {send_lines(stack.client('kinesis'), stack.resources.streams[0], sample).sent} sample events"
 
 
 def _segments(args: argparse.Namespace) -> int:
@@ -341,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a queue behind a bus rule; without it or --endpoint-url, the running local stack's feed")
     tail.add_argument("--once", action="store_true", help="print what is waiting, then stop")
     tail.set_defaults(run=_tail)
+    _add_sources(commands)
     segments = commands.add_parser("segments", help="segment definitions as code")
     segments_commands = segments.add_subparsers(dest="segments_command", required=True)
     validate = segments_commands.add_parser("validate", help="check every definition in a folder")
@@ -360,6 +430,26 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.add_argument("--stream", required=True, help="the events stream name")
     redrive.set_defaults(run=_redrive)
     return parser
+
+
+def _add_sources(commands: Any) -> None:
+    table = argparse.ArgumentParser(add_help=False)
+    table.add_argument("--table", default=None,
+                       help="a deployed stack's write keys table (its WriteKeysTableName output); without it or "
+                            "--endpoint-url, the running local stack's")
+    sources = commands.add_parser("sources", help="the collector's sources and their write keys")
+    actions = sources.add_subparsers(dest="sources_command", required=True)
+    create = actions.add_parser("create", parents=[table], help="a new source; prints its write key once")
+    create.add_argument("name", help="lower-case letters, digits and hyphens")
+    actions.add_parser("list", parents=[table], help="every source's keys: id, state, created, expires")
+    rotate = actions.add_parser("rotate", parents=[table],
+                                help="a new key for the source; its valid keys stay valid for the overlap")
+    rotate.add_argument("name")
+    rotate.add_argument("--overlap", default=None, help="how long the old keys stay valid: 90s, 30m, 24h (default), 7d")
+    revoke = actions.add_parser("revoke", parents=[table], help="refuse the source's valid keys from now on")
+    revoke.add_argument("name")
+    revoke.add_argument("--key", default=None, metavar="KEY_ID", help="only this key (its id in `cdp sources list`)")
+    sources.set_defaults(run=_sources)
 
 
 def main(argv: list[str] | None = None) -> int:

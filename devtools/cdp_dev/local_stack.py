@@ -4,7 +4,8 @@ Resources come from the synthesised CDK template, so local and cloud cannot drif
 table, bucket, queue and bus in the template is created on the emulator under its logical id, each
 function gets the environment the template gives it (references resolved to those names), and each
 event source mapping is emulated with the template's batch size, retries, bisect and on-failure
-destination. The API is served over HTTP as API Gateway proxy events.
+destination. The API is served over HTTP as API Gateway proxy events, and the collector beside it under
+``/v1/`` as HTTP API (payload 2.0) events, with one source (``local``) and its write key made at start-up.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import gzip
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,6 +39,11 @@ FEED_QUEUE = "cdp-local-transitions"
 FEED_KEEP = 200  # with no feed printing them, the feed queue keeps the newest transitions, for cdp tail and tests
 SHARED_CLOCK = ("ingest", "timers", "api")  # the functions given the stack's one clock (email's cap is wall time)
 SOURCE = "cdp.segments"
+COLLECTOR_PREFIX = "/v1/"  # Segment's Tracking API routes, served by the collector function
+LOCAL_SOURCE = "local"  # the source `cdp run` makes, whose write key it prints
+MAX_REQUEST_BYTES = 10 * 1024 * 1024  # an HTTP API's payload quota: API Gateway answers 413 past it
+SAMPLE_BATCH_BYTES = 400 * 1024  # well under the collector's 500 KB per batch
+SAMPLE_BATCH_MESSAGES = 1_000  # well under its 2,500 messages
 
 
 def synthesised_template(root: Path, context: dict[str, object] | None = None) -> dict[str, Any]:
@@ -335,6 +344,163 @@ def drop_oldest(sqs: Any, url: str, keep: int) -> int:
     return dropped
 
 
+def http_api_event(method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes,
+                   source_ip: str, request_id: str, now: float | None = None) -> dict[str, Any]:
+    """An HTTP API (payload format 2.0) event, as API Gateway hands a request to a Lambda integration: header
+    names in lower case (repeated headers joined with commas, cookies apart), the raw path and query, and the
+    body as text, or base64 (``isBase64Encoded``) when it is not UTF-8 or has a ``Content-Encoding``."""
+    url = urlsplit(target)
+    joined: dict[str, str] = {}
+    for name, value in headers:
+        key = name.lower()
+        joined[key] = f"{joined[key]},{value}" if key in joined else value
+    cookies = [c.strip() for c in joined.pop("cookie", "").split(";") if c.strip()]
+    moment = time.time() if now is None else now
+    event: dict[str, Any] = {
+        "version": "2.0", "routeKey": f"{method} {url.path}", "rawPath": url.path, "rawQueryString": url.query,
+        "headers": joined,
+        "requestContext": {
+            "accountId": "123456789012", "apiId": "local", "domainName": joined.get("host", "127.0.0.1"),
+            "domainPrefix": "local", "requestId": request_id, "routeKey": f"{method} {url.path}",
+            "stage": "$default", "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(moment)),
+            "timeEpoch": int(moment * 1000),
+            "http": {"method": method, "path": url.path, "protocol": "HTTP/1.1", "sourceIp": source_ip,
+                     "userAgent": joined.get("user-agent", "")},
+        },
+        "isBase64Encoded": False,
+    }
+    if cookies:
+        event["cookies"] = cookies
+    query = parse_qs(url.query, keep_blank_values=True)
+    if query:
+        event["queryStringParameters"] = {k: ",".join(v) for k, v in query.items()}
+    if body:
+        text = None
+        if not joined.get("content-encoding"):
+            with contextlib.suppress(UnicodeDecodeError):
+                text = body.decode("utf-8")
+        if text is None:
+            event["body"], event["isBase64Encoded"] = base64.b64encode(body).decode("ascii"), True
+        else:
+            event["body"] = text
+    return event
+
+
+def read_body(stream: Any, headers: Any, limit: int = MAX_REQUEST_BYTES) -> bytes | None:
+    """A request's body (by its Content-Length, or chunked); None when it is past ``limit``, API Gateway's
+    payload quota. All of it is read either way, so the client gets the answer rather than a reset."""
+    if "chunked" in str(headers.get("Transfer-Encoding") or "").lower():
+        parts, size = [], 0
+        while length := int(stream.readline().split(b";", 1)[0].strip() or b"0", 16):
+            size += length
+            chunk = stream.read(length)
+            stream.readline()
+            if size <= limit:
+                parts.append(chunk)
+        stream.readline()  # the blank line after the last chunk (no trailers are sent by the SDKs)
+        return b"".join(parts) if size <= limit else None
+    length = int(headers.get("Content-Length") or 0)
+    if length <= limit:
+        return bytes(stream.read(length)) if length else b""
+    while length > 0 and (read := stream.read(min(length, 1 << 20))):
+        length -= len(read)
+    return None
+
+
+@dataclass
+class CollectorTotals:
+    """What the collector answered since the stack started: requests, messages accepted onto the stream and
+    rejected (quarantined), and requests refused whole (any answer but 200)."""
+
+    requests: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    refused: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, status: int, body: str) -> None:
+        try:
+            answer = json.loads(body) if status == 200 else {}
+        except ValueError:
+            answer = {}
+        with self._lock:
+            self.requests += 1
+            self.refused += status != 200
+            self.accepted += int(answer.get("accepted", 0)) if isinstance(answer, dict) else 0
+            self.rejected += int(answer.get("rejected", 0)) if isinstance(answer, dict) else 0
+
+    def as_json(self) -> dict[str, int]:
+        with self._lock:
+            return {"requests": self.requests, "accepted": self.accepted, "rejected": self.rejected,
+                    "refused": self.refused}
+
+
+@dataclass
+class PostReport:
+    """What posting messages to the collector came to."""
+
+    accepted: int = 0
+    rejected: int = 0  # by the collector (quarantined), or not a JSON object (never sent)
+    requests: int = 0
+
+
+def sample_batches(lines: Sequence[bytes], max_bytes: int = SAMPLE_BATCH_BYTES,
+                   max_messages: int = SAMPLE_BATCH_MESSAGES) -> tuple[list[list[Any]], int]:
+    """The JSON objects of ``lines`` in batches under both limits (in order), and how many lines were not one.
+    ``sentAt`` is left out: the messages carry their own time, which the collector's skew correction would
+    otherwise move to the time they arrive."""
+    batches: list[list[Any]] = [[]]
+    size, unreadable = 0, 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            message = json.loads(line)
+        except (ValueError, RecursionError):
+            message = None
+        if not isinstance(message, dict):
+            unreadable += 1
+            continue
+        message.pop("sentAt", None)
+        length = len(json.dumps(message, separators=(",", ":")).encode()) + 1
+        if batches[-1] and (size + length > max_bytes or len(batches[-1]) >= max_messages):
+            batches.append([])
+            size = 0
+        batches[-1].append(message)
+        size += length
+    return [batch for batch in batches if batch], unreadable
+
+
+def post_to_collector(url: str, write_key: str, lines: Sequence[bytes], attempts: int = 5,
+                      sleep: Callable[[float], None] = time.sleep) -> PostReport:
+    """POST the messages of ``lines`` to the collector at ``url`` (``.../v1``) as gzipped batches with the write
+    key, as an SDK does; a 429 or 503 is sent again after its ``Retry-After``. Raises on any other refusal."""
+    batches, unreadable = sample_batches(lines)
+    report = PostReport(rejected=unreadable)
+    token = base64.b64encode(f"{write_key}:".encode()).decode()
+    for batch in batches:
+        body = gzip.compress(json.dumps({"batch": batch}, separators=(",", ":")).encode())
+        for attempt in range(attempts):
+            request = urllib.request.Request(
+                f"{url.rstrip('/')}/batch", data=body, method="POST",
+                headers={"Authorization": f"Basic {token}", "Content-Type": "application/json",
+                         "Content-Encoding": "gzip"})
+            report.requests += 1
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    answer = json.loads(response.read())
+                report.accepted += int(answer.get("accepted", 0))
+                report.rejected += int(answer.get("rejected", 0))
+                break
+            except urllib.error.HTTPError as error:
+                detail = error.read().decode("utf-8", "replace")
+                if error.code not in (429, 503) or attempt == attempts - 1:
+                    message = json.loads(detail).get("message", detail) if detail.startswith("{") else detail
+                    raise RuntimeError(f"the collector answered {error.code}: {message}") from None
+                sleep(float(error.headers.get("Retry-After") or 1))
+    return report
+
+
 class LocalStack:
     def __init__(self, root: Path, *, aws_port: int = 4566, api_port: int = 3000, clock: str = "wall",
                  feed: Callable[[dict[str, Any]], None] | None = None, poll_seconds: float = 0.05,
@@ -348,6 +514,8 @@ class LocalStack:
         self.last_sweep: dict[str, Any] = {}
         self.ingest = IngestTotals()
         self.changes = ChangeTotals()
+        self.collected = CollectorTotals()
+        self.write_key = ""  # the local source's, made at start-up
         self.endpoint = f"http://127.0.0.1:{aws_port}"
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -505,8 +673,7 @@ class LocalStack:
             given = {"clock": self.clock} if folder in SHARED_CLOCK else {}
             with self._environment_of(folder):  # each function's cold start reads its own environment
                 self._dependencies[folder] = handler.build(**given)
-        if "api" in handlers:
-            handlers["api"].configure(self._dependencies["api"])
+        self._configure_front()
         for mapping in self.resources.mappings:
             if mapping.source in self.resources.streams:
                 self._thread(f"kinesis->{mapping.function}", self._poll_kinesis, mapping)
@@ -522,6 +689,31 @@ class LocalStack:
             self._thread("feed keeper", self._keep_feed)
         if "api" in handlers:
             self._serve_api()
+
+    def _configure_front(self) -> None:
+        """The api function's routes get their dependencies; the collector gets its local source."""
+        if "api" in self.handlers:
+            self.handlers["api"].configure(self._dependencies["api"])
+        if "collector" in self.handlers:
+            self.write_key = self._create_local_source()
+
+    @property
+    def write_keys_table(self) -> str:
+        """The collector's table of write keys (its SOURCES_TABLE), or "" when the template has no collector."""
+        return self.resources.functions.get("collector", {}).get("SOURCES_TABLE", "")
+
+    @property
+    def collector_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}{COLLECTOR_PREFIX.rstrip('/')}"
+
+    def _create_local_source(self) -> str:
+        """The source ``local`` in the write keys table, as `cdp sources create local` makes it; its key."""
+        from cdp.collector.keys import create_source
+        from cdp_dev.sources import key_store
+
+        store = key_store(self.write_keys_table, REGION, None if self.emulator.in_process else self.endpoint,
+                          ("local", "local"))
+        return create_source(store, LOCAL_SOURCE, time.time())
 
     def _count_batches(self) -> None:
         """The totals /health reports, from each invocation's batch result."""
@@ -739,42 +931,80 @@ class LocalStack:
             "sandbox": {"url": self.sandbox.url if self.sandbox else None,
                         "deliveries": list(self.sandbox.deliveries[-50:]) if self.sandbox else []},
             "last_sweep": self.last_sweep,
+            "collector": ({"url": self.collector_url, "write_key": self.write_key, "source": LOCAL_SOURCE}
+                          if self.write_key else None),
+            "collected": self.collected.as_json(),
             "ingest": self.ingest.as_json(),
             "changes": self.changes.as_json(),
             "errors": self.errors[-10:],
         }
 
+    def _api_response(self, method: str, path: str, headers: Any, body: bytes) -> dict[str, Any]:
+        """The api function's answer to a request, given to it as an API Gateway REST (proxy) event."""
+        url = urlsplit(path)
+        raw = body.decode("utf-8", "replace") if body else None
+        query = parse_qs(url.query, keep_blank_values=True)
+        claims = {"sub": headers["X-Local-User"]} if headers.get("X-Local-User") else None
+        event = {
+            "resource": url.path, "path": url.path, "httpMethod": method,
+            "headers": dict(headers.items()),
+            "multiValueHeaders": {k: [v] for k, v in headers.items()},
+            "queryStringParameters": {k: v[-1] for k, v in query.items()} or None,
+            "multiValueQueryStringParameters": query or None,
+            "pathParameters": None, "stageVariables": None, "body": raw, "isBase64Encoded": False,
+            "requestContext": {"requestId": f"local-{time.monotonic_ns()}", "stage": "local",
+                               "httpMethod": method, "path": url.path, "resourcePath": url.path,
+                               "identity": {"sourceIp": "127.0.0.1"},
+                               "authorizer": {"claims": claims} if claims else None},
+        }
+        try:
+            response: dict[str, Any] = self.handlers["api"].app.resolve(event, None)
+        finally:
+            self.handlers["api"].metrics.clear_metrics()
+        return response
+
+    def _collector_response(self, method: str, path: str, headers: Any, body: bytes,
+                            source_ip: str) -> dict[str, Any]:
+        """The collector function's answer, given the request as an HTTP API (payload 2.0) event; a function
+        error is API Gateway's 500, as in AWS."""
+        handler = self.handlers["collector"]
+        event = http_api_event(method, path, list(headers.items()), body, source_ip, f"local-{time.monotonic_ns()}")
+        try:
+            response: dict[str, Any] = handler.handle(event, None, self._dependencies["collector"])
+        except Exception as error:
+            self.errors.append(f"collector: {type(error).__name__}: {error}")
+            response = {"statusCode": 500, "headers": {"Content-Type": "application/json"},
+                        "body": json.dumps({"message": "Internal Server Error"})}
+        finally:
+            handler.metrics.clear_metrics()  # Lambda flushes them per invocation; nothing here reads them
+        if method != "OPTIONS":  # a preflight sends no messages
+            self.collected.add(int(response.get("statusCode", 200)), str(response.get("body") or ""))
+        return response
+
+    def _answer(self, method: str, path: str, headers: Any, body: bytes | None, source_ip: str) -> dict[str, Any]:
+        """The answer to a request (not /health): the collector's under /v1/, else the api function's."""
+        if body is None:
+            return {"statusCode": 413, "headers": {"Content-Type": "application/json"},
+                    "body": json.dumps({"message": "Request Entity Too Large"})}
+        if "collector" in self.handlers and urlsplit(path).path.startswith(COLLECTOR_PREFIX):
+            return self._collector_response(method, path, headers, body, source_ip)
+        return self._api_response(method, path, headers, body)
+
     def _serve_api(self) -> None:
         stack = self
-        app = self.handlers["api"].app
+        collector = "collector" in self.handlers
 
         class Handler(BaseHTTPRequestHandler):
             def _respond(self) -> None:
                 url = urlsplit(self.path)
+                body = read_body(self.rfile, self.headers)
                 if url.path == "/health":
                     encoded, status = json.dumps(stack.health()).encode(), 200
                     headers = {"Content-Type": ["application/json"]}
                 else:
-                    length = int(self.headers.get("Content-Length") or 0)
-                    raw = self.rfile.read(length).decode("utf-8", "replace") if length else None
-                    query = parse_qs(url.query, keep_blank_values=True)
-                    claims = ({"sub": self.headers["X-Local-User"]} if self.headers.get("X-Local-User") else None)
-                    event = {
-                        "resource": url.path, "path": url.path, "httpMethod": self.command,
-                        "headers": dict(self.headers.items()),
-                        "multiValueHeaders": {k: [v] for k, v in self.headers.items()},
-                        "queryStringParameters": {k: v[-1] for k, v in query.items()} or None,
-                        "multiValueQueryStringParameters": query or None,
-                        "pathParameters": None, "stageVariables": None, "body": raw, "isBase64Encoded": False,
-                        "requestContext": {"requestId": f"local-{time.monotonic_ns()}", "stage": "local",
-                                           "httpMethod": self.command, "path": url.path, "resourcePath": url.path,
-                                           "identity": {"sourceIp": "127.0.0.1"},
-                                           "authorizer": {"claims": claims} if claims else None},
-                    }
-                    response = app.resolve(event, None)
-                    stack.handlers["api"].metrics.clear_metrics()
-                    status, body = response["statusCode"], response.get("body") or ""
-                    encoded = base64.b64decode(body) if response.get("isBase64Encoded") else body.encode()
+                    response = stack._answer(self.command, self.path, self.headers, body, self.client_address[0])
+                    status, text = response["statusCode"], response.get("body") or ""
+                    encoded = base64.b64decode(text) if response.get("isBase64Encoded") else text.encode()
                     headers = response_headers(response)
                 self.send_response(status)
                 for key, values in headers.items():
@@ -783,6 +1013,12 @@ class LocalStack:
                 self.send_header("Content-Length", str(len(encoded)))
                 self.end_headers()
                 self.wfile.write(encoded)
+
+            def do_OPTIONS(self) -> None:  # a browser's CORS preflight, for the collector's routes only
+                if collector and urlsplit(self.path).path.startswith(COLLECTOR_PREFIX):
+                    self._respond()
+                else:
+                    self.send_error(501, f"Unsupported method ({self.command!r})")
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _respond
 

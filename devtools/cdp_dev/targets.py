@@ -1,10 +1,11 @@
 """Which stack a ``cdp`` command talks to: the running local stack, or AWS only when told so.
 
-``cdp run`` registers itself with a small state file (its emulator endpoint, API, stream and feed queue)
-in the user's runtime directory and removes it on stop. ``cdp send`` and ``cdp tail`` with no target
-flags use the one local stack whose state file is there and whose ``/health`` answers; they go to AWS
-only with an explicit ``--stream`` / ``--queue-url`` (or to ``--endpoint-url``), so sending to a real
-account never happens by accident. With no local stack and no such flag they stop with an error.
+``cdp run`` registers itself with a small state file (its emulator endpoint, API, stream, feed queue and
+write keys table) in the user's runtime directory and removes it on stop. ``cdp send``, ``cdp tail`` and
+``cdp sources`` with no target flags use the one local stack whose state file is there and whose ``/health``
+answers; they go to AWS only with an explicit ``--stream`` / ``--queue-url`` / ``--table`` (or to
+``--endpoint-url``), so writing to a real account never happens by accident. With no local stack and no
+such flag they stop with an error.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class LocalStackInfo:
     feed_queue_url: str
     region: str
     pid: int
+    write_keys_table: str = ""  # the collector's; absent from the files of stacks started before it had one
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,18 @@ def tail_target(endpoint_url: str | None, queue_url: str | None, region: str | N
     if queue_url:
         return Target(None, region, None)
     found = _only(local_stacks(), "to follow a deployed stack, pass --queue-url URL (a queue behind a bus rule)")
+    return Target(found.endpoint, found.region, found)
+
+
+def sources_target(endpoint_url: str | None, table: str | None, region: str | None,
+                   local_stacks: Callable[[], list[LocalStackInfo]]) -> Target:
+    """``cdp sources``: ``--endpoint-url`` if given; else AWS if ``--table`` is given; else the local stack."""
+    if endpoint_url:
+        return Target(endpoint_url, region, None)
+    if table:
+        return Target(None, region, None)
+    found = _only(local_stacks(), "to manage a deployed stack's sources, pass --table NAME (its "
+                                  "WriteKeysTableName output) or --endpoint-url URL")
     return Target(found.endpoint, found.region, found)
 
 

@@ -19,7 +19,8 @@ def test_health_counts_applied_duplicate_and_quarantined_events(stack: Running, 
     before = ingest_totals(stack)
     viewed = track(who, "Product Viewed", product_id="p1")
     poison: dict[str, Any] = {"type": "track", "event": "Order Completed", "userId": who, "messageId": f"bad-{who}",
-                              "timestamp": iso(time.time()), "properties": {"revenue": 10}}  # no order_id
+                              "timestamp": iso(time.time()),
+                              "properties": {"order_id": f"o-{who}", "revenue": -10}}  # never applicable
     stack.send([viewed, track(who, "Product Added", product_id="p1", price=5), poison], tmp_path)
     wait_for(lambda: ingest_totals(stack)["records"] - before["records"] >= 3, timeout=30)
     stack.send([viewed], tmp_path)  # the same message again, as a producer retry sends it

@@ -2,16 +2,21 @@
 
 Each line is taken from README.md itself, so the two cannot drift apart, and run in a shell from the repo
 root with only the ports changed, through the environment variables the CLI documents. The stack must
-answer /health, print the sample's transitions, and be gone, all its processes, within 10 s of SIGTERM.
+answer /health, send the sample through its collector, print the sample's transitions, print the README's
+curl line with its write key (which then works), and be gone, all its processes, within 10 s of SIGTERM.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
+import subprocess
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,6 +68,12 @@ def test_the_readme_opens_with_make_run_and_make_test_and_the_makefile_has_both(
         assert re.search(rf"^\.PHONY:.*\b{target}\b", makefile, re.MULTILINE)
 
 
+def readme_curl() -> str:
+    """The quick start's first event: a curl to the local collector with the write key `make run` prints."""
+    return next((command(line) for block in code_blocks(README) for line in block
+                 if command(line).startswith("curl -u <write key>: http://127.0.0.1:3000/v1/")), MISSING + "curl -u")
+
+
 def read(path: Path) -> str:
     try:
         return path.read_text()
@@ -96,6 +107,28 @@ def test_a_readme_make_run_line_serves_the_api_prints_transitions_and_stops_on_s
         print(f"\n`{line}`: /health answered {answered:.1f} s after the command started")
         assert health["status"] == "ok" and health["clock"] == clock
         assert health["aws_endpoint"] == f"http://127.0.0.1:{aws_port}"
+
+        key = health["collector"]["write_key"]
+        sent = len((ROOT / "events" / "sample.jsonl").read_text().splitlines())
+        through = f"sent {sent} sample events through the collector ({sent} accepted, 0 rejected)"
+        wait_for(lambda: through in log.read_text(errors="replace"), timeout=60)
+        curl = readme_curl()
+        assert not curl.startswith(MISSING), curl
+        curl = curl.replace("<write key>", key).replace(":3000/", f":{api_port}/")
+        assert f"try           {curl}" in log.read_text(errors="replace").splitlines()
+        answered_curl = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30, check=False)
+        assert json.loads(answered_curl.stdout) == {"success": True, "accepted": 1, "rejected": 0}, answered_curl
+
+        def alices_views() -> dict[str, Any] | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/customers/alice", timeout=5) as response:
+                    profile = json.loads(response.read())
+            except OSError:
+                return None
+            return next((c for c in profile["counters"] if c["key"] == "Product Viewed"), None)
+
+        views = wait_for(alices_views, timeout=30)
+        assert views["first_at"] == "2026-10-01T09:01:00Z"  # the sample's own time: no skew correction moved it
 
         sample = set(re.findall(r'"userId":"([^"]+)"', (ROOT / "events" / "sample.jsonl").read_text()))
         printed = wait_for(lambda: [m for m in TRANSITION.finditer(log.read_text(errors="replace"))
