@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -139,19 +140,22 @@ def list_sources(store: KeyStore) -> list[SourceSummary]:
 class KeyCache:
     """The collector's view of the key store: each digest looked up at most once per ``ttl`` seconds, an
     unknown one included (so a flood of bad keys costs one read per key per ``ttl``), at most ``size``
-    digests kept. A rotation or revocation therefore takes effect within ``ttl`` seconds."""
+    digests kept. A rotation or revocation therefore takes effect within ``ttl`` seconds. Safe to share between
+    threads (the local stack serves requests on several)."""
 
     def __init__(self, store: KeyStore, ttl: float = 30.0, size: int = 1024) -> None:
         self.store, self.ttl, self.size = store, ttl, size
         self._seen: dict[str, tuple[float, WriteKey | None]] = {}
+        self._lock = threading.Lock()
 
     def find(self, digest: str, now: float) -> WriteKey | None:
         seen = self._seen.get(digest)
         if seen is not None and now - seen[0] < self.ttl:
             return seen[1]
-        found = self.store.find(digest)
-        if len(self._seen) >= self.size:
-            self._seen.pop(next(iter(self._seen)))  # the oldest entry: insertion order
-        self._seen.pop(digest, None)
-        self._seen[digest] = (now, found)
+        found = self.store.find(digest)  # outside the lock: a slow read never holds up the other threads
+        with self._lock:
+            if len(self._seen) >= self.size:
+                self._seen.pop(next(iter(self._seen)))  # the oldest entry: insertion order
+            self._seen.pop(digest, None)
+            self._seen[digest] = (now, found)
         return found
