@@ -32,8 +32,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-## Lint, type-check and run the whole test suite.
-test: $(STAMP)
+## Lint, type-check and run the whole test suite (the browser tests load analytics.js from node_modules).
+test: $(STAMP) node_modules/.bin/cdk
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
