@@ -1,0 +1,60 @@
+"""The id map under moto: conditional links, a redelivered merge, and batched reads past 100 keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from cdp.aws.identity_map import DynamoIdentityMap, bind_identity_map
+from cdp.core.identity import customer_digest, identifier_digest, resolve_all
+from cdp.ports import ConflictError
+
+TABLE = "identity-map"
+REGION = "eu-west-1"
+
+
+@pytest.fixture
+def identity_map() -> Iterator[DynamoIdentityMap]:
+    with mock_aws():
+        boto3.client("dynamodb", region_name=REGION).create_table(
+            TableName=TABLE, KeySchema=[{"AttributeName": "digest", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "digest", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+        yield DynamoIdentityMap(bind_identity_map(TABLE, REGION))
+
+
+def test_a_link_is_kept_with_its_audit_and_the_raw_id_is_never_stored(identity_map: DynamoIdentityMap) -> None:
+    identity_map.link(customer_digest("anon-9"), "customer", "u-1", 1_790_000_000.0, "m-1")
+    assert identity_map.links([customer_digest("anon-9"), customer_digest("nobody")]) == {
+        customer_digest("anon-9"): "u-1"}
+    items = boto3.client("dynamodb", region_name=REGION).scan(TableName=TABLE)["Items"]
+    assert len(items) == 1 and items[0]["message_id"] == {"S": "m-1"}
+    assert "anon-9" not in str(items)
+
+
+def test_a_redelivered_merge_changes_nothing_and_a_second_customer_is_refused(identity_map: DynamoIdentityMap) -> None:
+    digest = customer_digest("anon-9")
+    identity_map.link(digest, "customer", "u-1", 1.0, "m-1")
+    identity_map.link(digest, "customer", "u-1", 2.0, "m-1")  # the same merge again
+    with pytest.raises(ConflictError):
+        identity_map.link(digest, "customer", "u-2", 3.0, "m-2")
+    assert identity_map.links([digest]) == {digest: "u-1"}
+
+
+def test_email_lookups_use_the_same_hashed_index(identity_map: DynamoIdentityMap) -> None:
+    identity_map.link(identifier_digest("email", "Alice@Example.com"), "email", "u-1", 1.0, None)
+    assert identity_map.links([identifier_digest("email", "alice@example.com ")]) == {
+        identifier_digest("email", "alice@example.com"): "u-1"}
+
+
+def test_a_batch_of_ids_resolves_in_batched_reads_past_100_keys(identity_map: DynamoIdentityMap) -> None:
+    for n in range(150):
+        identity_map.link(customer_digest(f"anon-{n}"), "customer", f"u-{n % 7}", 1.0, f"m-{n}")
+    identity_map.link(customer_digest("u-3"), "customer", "u-final", 2.0, "m-chain")  # a chain: u-3 -> u-final
+    ids = {f"anon-{n}" for n in range(150)} | {"stranger"}
+    resolved = resolve_all(ids, identity_map.links)
+    assert resolved["stranger"] == "stranger"
+    assert resolved["anon-3"] == "u-final" and resolved["anon-10"] == "u-final"  # 10 % 7 == 3
+    assert resolved["anon-1"] == "u-1"
