@@ -126,6 +126,32 @@ class Counter:
                 buckets[index] = [1, value]
         return landed
 
+    def absorb(self, other: Counter) -> None:
+        """Count ``other``'s events here too, as if each had been added to this counter.
+
+        The lifetime figures add up (first and last: the earliest and the latest), and so do the buckets, tier by
+        tier and index by index, kept in time order. A tier only ``other`` keeps is taken as it is, and one only this
+        counter keeps stays as it is: each holds the events of the counter that kept it (there is no backfill, as
+        for a tier :meth:`ensure` starts). ``other`` is left as it was.
+        """
+        self._packed = None
+        if other.count:
+            self.first = min(self.first, other.first) if self.count else other.first
+            self.last = max(self.last, other.last)
+        self.count += other.count
+        self.total += other.total
+        self.has_sum = self.has_sum or other.has_sum
+        for code, theirs in other.buckets.items():
+            mine = self.buckets.setdefault(code, {})
+            for index, (count, total) in theirs.items():
+                bucket = mine.get(index)
+                if bucket is None:
+                    mine[index] = [count, total]
+                else:
+                    bucket[0] += count
+                    bucket[1] += total
+            self.buckets[code] = dict(sorted(mine.items()))
+
     def prune(self, now: float) -> bool:
         """Drop the buckets past each tier's retention (the oldest, at the front); True when any went."""
         pruned = False

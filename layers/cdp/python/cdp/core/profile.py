@@ -90,6 +90,11 @@ def unpack_message_ids(data: bytes) -> dict[bytes, int]:
     return dict(_ID_ENTRY.iter_unpack(data))
 
 
+def pack_message_ids(ids: Mapping[bytes, int]) -> bytes:
+    """The packed ``mi`` form of digest -> applied at, in the mapping's order (what ``unpack_message_ids`` reads)."""
+    return b"".join(map(_ID_ENTRY.pack, ids, ids.values()))
+
+
 def holds_digest(packed: bytes, digest: bytes, entry: int) -> bool:
     """Whether ``digest`` starts one of the ``entry``-byte entries of ``packed``."""
     at = packed.find(digest)
@@ -317,6 +322,11 @@ class Profile:
     def packed_order_digests(self) -> bytes:
         """The ``od`` attribute: the digests of the completed orders remembered, oldest first."""
         return b"".join(self._order_digests)
+
+    def keep_order_digests(self, digests: Iterable[bytes]) -> None:
+        """Take these completed-order digests, oldest first, in place of the ones held; beyond
+        ``MAX_ORDER_DIGESTS`` the oldest are forgotten (as ``remember_order`` forgets them)."""
+        self._order_digests = dict.fromkeys(list(dict.fromkeys(digests))[-MAX_ORDER_DIGESTS:])
 
     def order_completed(self, order_id: str) -> bool:
         return message_digest(order_id) in self._order_digests
