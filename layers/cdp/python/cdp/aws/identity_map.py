@@ -8,12 +8,12 @@ written with a condition, so two merges can never point one id at two customers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute
 from pynamodb.exceptions import PutError, PynamoDBException
 from pynamodb.models import Model
 
+from cdp.aws.plain_records import bind_table
 from cdp.ports import ConflictError, TransientError
 
 
@@ -31,12 +31,8 @@ class IdentityLinkItem(Model):
 
 
 def bind_identity_map(table_name: str, region: str | None = None, host: str | None = None) -> type[IdentityLinkItem]:
-    meta: dict[str, Any] = {"table_name": table_name}
-    if region:
-        meta["region"] = region
-    if host:
-        meta["host"] = host
-    return type("BoundIdentityLinkItem", (IdentityLinkItem,), {"Meta": type("Meta", (), meta)})
+    """The model of one deployment's table."""
+    return bind_table(IdentityLinkItem, table_name, region, host)
 
 
 class DynamoIdentityMap:

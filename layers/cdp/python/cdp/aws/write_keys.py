@@ -6,12 +6,11 @@ describes its items. The model is bound to the table's name at cold start, not a
 
 from __future__ import annotations
 
-from typing import Any
-
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute
 from pynamodb.exceptions import PynamoDBException
 from pynamodb.models import Model
 
+from cdp.aws.plain_records import bind_table
 from cdp.collector.keys import WriteKey
 from cdp.ports import TransientError
 
@@ -36,13 +35,8 @@ class WriteKeyItem(Model):
 
 
 def bind_write_keys(table_name: str, region: str | None = None, host: str | None = None) -> type[WriteKeyItem]:
-    """The model of one deployment's table (pynamodb keeps the table name and connection per class)."""
-    meta: dict[str, Any] = {"table_name": table_name}
-    if region:
-        meta["region"] = region
-    if host:
-        meta["host"] = host
-    return type("BoundWriteKeyItem", (WriteKeyItem,), {"Meta": type("Meta", (), meta)})
+    """The model of one deployment's table."""
+    return bind_table(WriteKeyItem, table_name, region, host)
 
 
 class DynamoKeyStore:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import Counter as Tally
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -46,6 +47,7 @@ class Outcome:
     rejected: list[tuple[Event, str]] = field(default_factory=list)
     changed: bool = False
     next_deadline: int | None = None
+    spec_gaps: Tally[str] = field(default_factory=Tally)  # applied events without a spec field, by field
 
 
 class Engine:
@@ -60,7 +62,7 @@ class Engine:
         folded = fold(profile, events, self.catalogue, now, stats=self.stats, max_future_skew=self.max_future_skew)
         outcome = Outcome(applied=folded.applied, duplicates=folded.duplicates,
                           beyond_retention=folded.beyond_retention, rejected=folded.rejected,
-                          changed=folded.applied > 0)
+                          changed=folded.applied > 0, spec_gaps=folded.spec_gaps)
         evaluation = self._evaluate(profile, now, folded.touched)
         outcome.transitions = evaluation.transitions
         outcome.changed = outcome.changed or evaluation.changed

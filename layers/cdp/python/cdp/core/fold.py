@@ -26,6 +26,7 @@ A cart event without a product id is counted and leaves the cart as it is.
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,7 @@ class Folded:
     duplicates: int = 0
     beyond_retention: int = 0  # applied, but older than some counter it feeds keeps
     rejected: list[tuple[Event, str]] = field(default_factory=list)
+    spec_gaps: Tally[str] = field(default_factory=Tally)  # applied events without a spec field, by field
 
 
 def fold(profile: Profile, events: Iterable[Event], catalogue: Catalogue, now: float, *,
@@ -98,6 +100,7 @@ def fold(profile: Profile, events: Iterable[Event], catalogue: Catalogue, now: f
             continue
         profile.remember(event.message_id, now)
         folded.applied += 1
+        folded.spec_gaps.update(event.gaps)
     if folded.applied:
         if not profile.created_at:
             profile.created_at = int(now)

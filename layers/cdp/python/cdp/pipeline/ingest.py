@@ -89,8 +89,8 @@ def ingest_batch(records: Sequence[StreamRecord], engine: Engine, store: Profile
         customers = list(by_customer.items())
         writes = each(lambda customer: _write_customer(customer[0], customer[1], profiles.get(customer[0]),
                                                        engine, store, now), customers, pool)
-        for (_, items), (write, outcome, gaps) in zip(customers, writes, strict=True):
-            poison += _account(items, write, outcome, gaps, now, result)
+        for (_, items), (write, outcome) in zip(customers, writes, strict=True):
+            poison += _account(items, write, outcome, now, result)
     _quarantine(poison, quarantine, result)
     result.failed = [r.sequence for r in records if r.sequence in result.failure_reasons]
     return result
@@ -160,27 +160,25 @@ def _load_profiles(store: ProfileStore, by_customer: ByCustomer, result: BatchRe
 
 
 def _write_customer(customer_id: str, items: Items, profile: Profile | None, engine: Engine,
-                    store: ProfileStore, now: float) -> tuple[WriteOutcome, Outcome, Tally[str]]:
+                    store: ProfileStore, now: float) -> tuple[WriteOutcome, Outcome]:
     """Fold one customer's events and write the profile once; touches nothing shared, so it runs on any thread.
 
-    Returns how the write ended, the fold of the profile as written (or as found, when nothing changed) and
-    the spec gaps of the events that fold applied.
+    Returns how the write ended and the fold of the profile as written (or as found, when nothing changed).
     """
-    folds: list[tuple[Outcome, Tally[str]]] = []
+    folds: list[Outcome] = []
 
     def fold(current: Profile) -> bool:
-        outcome, gaps = _fold(current, items, engine, now)
-        folds.append((outcome, gaps))
+        outcome = _fold(current, items, engine, now)
+        folds.append(outcome)
         if outcome.changed:
             _advance_watermarks(current, items, outcome, now)
         return outcome.changed
 
     write = write_profile(store, customer_id, profile, fold)
-    outcome, gaps = folds[-1]
-    return write, outcome, gaps
+    return write, folds[-1]
 
 
-def _account(items: Items, write: WriteOutcome, outcome: Outcome, gaps: Tally[str], now: float,
+def _account(items: Items, write: WriteOutcome, outcome: Outcome, now: float,
              result: BatchResult) -> list[QuarantinedRecord]:
     """Add one customer's write to the batch result; returns the records its fold rejected."""
     result.conflicts += write.conflicts
@@ -192,37 +190,21 @@ def _account(items: Items, write: WriteOutcome, outcome: Outcome, gaps: Tally[st
     result.duplicates += outcome.duplicates
     result.beyond_retention += outcome.beyond_retention
     result.transitions += outcome.transitions
-    result.spec_gaps.update(gaps)
+    result.spec_gaps.update(outcome.spec_gaps)
     result.lags += [now - event.timestamp for _, event in items]
     rejected = {id(event): reason for event, reason in outcome.rejected}
     return [_quarantined(record, rejected[id(event)], rejected[id(event)].split(":", 1)[0], now)
             for record, event in items if id(event) in rejected]
 
 
-def _fold(profile: Profile, items: Items, engine: Engine, now: float) -> tuple[Outcome, Tally[str]]:
-    """The customer's events folded into the profile, and the spec gaps of those it applied. At or below its
-    shard's watermark a record was handled already: a duplicate without folding."""
+def _fold(profile: Profile, items: Items, engine: Engine, now: float) -> Outcome:
+    """The customer's events folded into the profile. At or below its shard's watermark a record was
+    handled already: a duplicate without folding."""
     pending = [event for record, event in items
                if not (_in_customer_order(record, event) and profile.delivered(record.shard, record.sequence))]
-    # The ids applied before, read before the fold remembers the batch's; only when some event has a gap.
-    seen = {e.message_id for e in pending if profile.seen(e.message_id)} if any(e.gaps for e in pending) else None
     outcome = engine.apply(profile, pending, now)
     outcome.duplicates += len(items) - len(pending)
-    return outcome, (Tally() if seen is None else _applied_gaps(pending, outcome, seen))
-
-
-def _applied_gaps(pending: Sequence[Event], outcome: Outcome, seen: set[str]) -> Tally[str]:
-    """The gaps of the events the fold applied: as it does, oldest first, each message id not applied before
-    once, by its first event that was not rejected (a rejected one is not remembered, so a copy may apply)."""
-    rejected = {id(event) for event, _ in outcome.rejected}
-    applied = set(seen)
-    gaps: Tally[str] = Tally()
-    for event in sorted(pending, key=lambda e: e.timestamp):
-        if event.message_id in applied or id(event) in rejected:
-            continue
-        applied.add(event.message_id)
-        gaps.update(event.gaps)
-    return gaps
+    return outcome
 
 
 def _in_customer_order(record: StreamRecord, event: Event) -> bool:
