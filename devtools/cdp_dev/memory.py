@@ -225,3 +225,27 @@ class MemoryKeyStore:
 
     def put(self, key: WriteKey) -> None:
         self.keys[key.digest] = key
+
+
+class MemoryIdentityMap:
+    """The id map in memory (digest -> customer), with the adapter's conditional link; counts its requests."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, Any]] = {}
+        self.reads = 0  # batched reads
+        self.writes = 0
+
+    def links(self, digests: Sequence[str]) -> dict[str, str]:
+        self.reads += 1
+        return {digest: str(self.items[digest]["canonical"]) for digest in digests if digest in self.items}
+
+    def link(self, digest: str, kind: str, canonical: str, at: float, message_id: str | None) -> None:
+        self.writes += 1
+        held = self.items.get(digest)
+        if held is not None and held["canonical"] != canonical:
+            raise ConflictError(f"the id is already linked to another customer ({kind})")
+        self.items[digest] = {"kind": kind, "canonical": canonical, "linked_at": at, "message_id": message_id}
+
+    def index(self, digest: str, kind: str, canonical: str, at: float) -> None:
+        self.writes += 1
+        self.items[digest] = {"kind": kind, "canonical": canonical, "linked_at": at, "message_id": None}

@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 
 from cdp.core.events import Event, normalise
 from cdp.core.identity import (
-    MAX_MERGES,
     Merge,
     customer_digest,
     identifier_digest,
@@ -16,6 +15,7 @@ from cdp.core.identity import (
     resolve,
     resolve_all,
 )
+from cdp.core.profile import MAX_MERGES
 
 AT = "2026-10-01T10:00:00Z"
 

@@ -58,6 +58,14 @@ def _catalogue(env: Mapping[str, str]) -> Path:
     return path
 
 
+def flag(env: Mapping[str, str], name: str) -> bool:
+    """A true/false variable (false when unset)."""
+    raw = env.get(name, "").strip().lower()
+    if raw not in ("", "true", "false"):
+        raise ConfigError(f"environment variable {name} must be true or false, not {raw!r}")
+    return raw == "true"
+
+
 def clock_mode(env: Mapping[str, str]) -> str:
     """CDP_CLOCK: ``wall`` (the default) or ``event`` (replays evaluate in event time)."""
     value = env.get("CDP_CLOCK", "").strip() or "wall"
@@ -87,12 +95,15 @@ class IngestConfig:
     clock: str = "wall"  # CDP_CLOCK
     # CDP_WRITE_CONCURRENCY: profile writes of one batch in flight at once (1: one after another)
     write_concurrency: int = DEFAULT_WRITE_CONCURRENCY
+    identity_table: str = ""  # IDENTITY_TABLE: the id map (merged ids and hashed email addresses)
+    merge_known: bool = False  # CDP_MERGE_KNOWN: merge a customer known by user id into another
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> IngestConfig:
         return cls(_required(env, "PROFILES_TABLE"), _required(env, "QUARANTINE_BUCKET"), _catalogue(env),
                    _whole(env, "CDP_MAX_FUTURE_SKEW_SECONDS", DEFAULT_MAX_FUTURE_SKEW, 0, 86_400), clock_mode(env),
-                   _whole(env, "CDP_WRITE_CONCURRENCY", DEFAULT_WRITE_CONCURRENCY, 1, 64))
+                   _whole(env, "CDP_WRITE_CONCURRENCY", DEFAULT_WRITE_CONCURRENCY, 1, 64),
+                   _required(env, "IDENTITY_TABLE"), flag(env, "CDP_MERGE_KNOWN"))
 
 
 @dataclass(frozen=True)
@@ -139,12 +150,13 @@ class ApiConfig:
     me_claim: str
     clock: str = "wall"  # CDP_CLOCK
     cors_origins: tuple[str, ...] = ()
+    identity_table: str = ""  # IDENTITY_TABLE: the id map, through which merged ids and email addresses resolve
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ApiConfig:
         return cls(_required(env, "PROFILES_TABLE"), _required(env, "MEMBERS_TABLE"), _catalogue(env),
                    _whole(env, "MEMBER_SHARDS", 16, 1, 1000), env.get("ME_CLAIM", "").strip() or "sub",
-                   clock_mode(env), cors_origins(env))
+                   clock_mode(env), cors_origins(env), _required(env, "IDENTITY_TABLE"))
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,23 @@ class ProfileLookup(ProfileStore, Protocol):
         ...
 
 
+class IdentityMap(Protocol):
+    """Identifier digest -> the customer it belongs to (see :mod:`cdp.core.identity`)."""
+
+    def links(self, digests: Sequence[str]) -> dict[str, str]:
+        """The customer of each digest that has one (batched reads). Raises :class:`TransientError`."""
+        ...
+
+    def link(self, digest: str, kind: str, canonical: str, at: float, message_id: str | None) -> None:
+        """Point a merged id at its customer, unless it already points at another (:class:`ConflictError`);
+        linking it again to the same customer changes nothing."""
+        ...
+
+    def index(self, digest: str, kind: str, canonical: str, at: float) -> None:
+        """Point a lookup identifier (an email address) at a customer, replacing what it pointed at."""
+        ...
+
+
 class InvalidCursor(ValueError):
     """A listing cursor that the index did not make."""
 

@@ -56,3 +56,10 @@ class DynamoIdentityMap:
             if error.cause_response_code == "ConditionalCheckFailedException":
                 raise ConflictError(f"the id is already linked to another customer ({kind})") from error
             raise TransientError(f"writing the id map failed: {error.cause_response_code}") from error
+
+    def index(self, digest: str, kind: str, canonical: str, at: float) -> None:
+        """Point a lookup identifier at ``canonical`` whatever it pointed at (an address can change hands)."""
+        try:
+            self.model(digest, kind=kind, canonical=canonical, linked_at=at).save()
+        except PynamoDBException as error:
+            raise TransientError(f"writing the id map failed: {type(error).__name__}") from error

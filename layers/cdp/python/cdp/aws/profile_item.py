@@ -167,6 +167,12 @@ def encode_profile(profile: Profile) -> dict[str, AttributeValue]:
     _put_segmentation(profile, item)
     for attribute in ("tx", "al", "gr"):
         _put(profile, unread, item, attribute)
+    if profile.known:
+        item["kn"] = {"N": "1"}
+    if profile.merges:
+        item["mg"] = {"L": [{"L": [{"S": m[0]}, {"N": number_text(m[1])}, {"S": m[2]}]} for m in profile.merges]}
+    if profile.merged_into is not None:
+        item["mt"] = {"S": profile.merged_into}
     return item
 
 
@@ -317,11 +323,17 @@ def _read_figures(profile: Profile, item: Mapping[str, AttributeValue]) -> None:
         profile.latches = _number_map(latches)
     if (catalogue := get("cv")) is not None:
         profile.catalogue = str(decode_value(catalogue))
+    if get("kn") is not None:
+        profile.known = True
+    if (merges := get("mg")) is not None:
+        profile.merges = [[str(m["L"][0]["S"]), _int(m["L"][1]), str(m["L"][2]["S"])] for m in merges["L"]]
+    if (merged_into := get("mt")) is not None:
+        profile.merged_into = str(merged_into["S"])
 
 
 # ---- the table stream ------------------------------------------------------------------------------------
 
-STREAM_ATTRIBUTES = ("customer_id", "v", "ua", "m", "t", "tx")  # what the changes function reads
+STREAM_ATTRIBUTES = ("customer_id", "v", "ua", "m", "t", "tx", "mg", "mt")  # what the changes function reads
 
 
 def decode_stream_image(image: Mapping[str, AttributeValue]) -> dict[str, Any]:

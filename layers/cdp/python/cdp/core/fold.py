@@ -287,7 +287,10 @@ def _fold_context(profile: Profile, event: Event, moment: int) -> None:
 
 
 def _fold_identities(profile: Profile, event: Event) -> None:
-    """The customer's previous ids (alias calls) and group ids, the newest few of each."""
+    """The customer's previous ids (alias calls) and group ids, the newest few of each; whether a message
+    named the customer by user id."""
+    if event.user_id is not None and event.user_id == profile.customer_id:
+        profile.known = True
     if event.previous_id and event.previous_id not in profile.aliases:
         profile.aliases = [*profile.aliases, event.previous_id][-MAX_ALIASES:]
     if event.group_id and event.group_id not in profile.groups:

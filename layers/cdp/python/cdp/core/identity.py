@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cdp.core.events import Event
+from cdp.core.profile import MAX_MERGES
 
-MAX_MERGES = 100  # ids merged into one customer, as Segment bounds it; later ones are refused and counted
 KINDS = ("customer", "email")
 
 

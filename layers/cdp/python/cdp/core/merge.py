@@ -36,6 +36,8 @@ field               merged
 ``lt``              per latch, the later qualified trigger time; latches no segment reads are dropped
 ``al`` / ``gr``     the known side's, then the anonymous side's new ones, the absorbed anonymous id last (moved
                     there if it was already held); the last ``MAX_ALIASES`` / ``MAX_GROUPS``
+``kn``              known when either side is
+``mg``              the known side's merged ids, then the anonymous side's (the caller adds the anonymous id)
 ``m`` ``dl``        the known side's: not merged. ``tx`` is emptied and ``cv`` cleared, so the next evaluation
                     (``Engine.evaluate``, or the next ``Engine.apply``) evaluates every segment in full and records
                     the entries and exits the merge causes
@@ -61,11 +63,13 @@ Merging the same anonymous profile twice counts it twice: the caller merges once
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from cdp.core.catalogue import Catalogue
 from cdp.core.counters import Counter
+from cdp.core.engine import EXITED, Engine, Transition
 from cdp.core.fold import MAX_LIFETIME_REVENUE
 from cdp.core.profile import (
     MAX_ALIASES,
@@ -113,6 +117,10 @@ def merge_profiles(known: Profile, anonymous: Profile, now: float, *, catalogue:
     merged.aliases = _identities(known.aliases, anonymous.aliases, anonymous.customer_id,
                                  known.customer_id)[-MAX_ALIASES:]
     merged.groups = _identities(known.groups, anonymous.groups, None, None)[-MAX_GROUPS:]
+    merged.known = known.known or anonymous.known
+    held = known.merged_ids()
+    merged.merges = [list(entry) for entry in known.merges] + [
+        list(entry) for entry in anonymous.merges if entry[0] not in held]
     return merged
 
 
@@ -306,3 +314,50 @@ def _identities(known: list[str], anonymous: Iterable[str], absorbed: str | None
         ids.append(absorbed)
     return ids
 
+
+
+# ---- the two sides of a merge in the ingest ---------------------------------------------------------------
+
+MERGED = "merged"  # the clause of every transition a merge causes
+
+
+def freeze_merged(profile: Profile, into: str, now: float) -> list[Transition] | None:
+    """Mark ``profile`` as merged into ``into``: it leaves every segment (clause ``merged``), keeps no deadline,
+    and no write changes it again. Returns its exits, or None when it is marked already (nothing to write)."""
+    if profile.merged_into is not None:
+        return None
+    at = int(now)
+    exits = [Transition(profile.customer_id, segment_id, segment_id, EXITED, at, MERGED,
+                        "merged into another customer") for segment_id in profile.memberships]
+    profile.merged_into = into
+    profile.memberships = {}
+    profile.deadlines = {}
+    profile.transitions = [[t.segment_id, t.kind, t.at, t.clause, t.reason] for t in exits]
+    if not profile.created_at:
+        profile.created_at = at
+    profile.updated_at = at
+    return exits
+
+
+def absorb(profile: Profile, snapshots: Iterable[Profile], engine: Engine, now: float,
+           messages: Mapping[str, str]) -> tuple[int, list[Transition]]:
+    """Merge into ``profile``, in place, each snapshot (a profile frozen by :func:`freeze_merged`) it has not
+    absorbed yet, recording the id with the time and the merging message (``messages``: id -> message id, ""
+    when a merge is completed for a later message), then evaluate every segment on the result. Returns how many
+    it absorbed and the transitions, each with the clause ``merged``."""
+    absorbed = 0
+    for snapshot in snapshots:
+        held = profile.merged_ids()
+        if snapshot.customer_id == profile.customer_id or snapshot.customer_id in held:
+            continue
+        merged = merge_profiles(profile, snapshot, now, catalogue=engine.catalogue)
+        merged.merges.append([snapshot.customer_id, int(now), messages.get(snapshot.customer_id, "")])
+        profile.take(merged)
+        absorbed += 1
+    if not absorbed:
+        return 0, []
+    profile.updated_at = int(now)
+    transitions = [replace(t, clause=MERGED, reason=f"{t.clause}: {t.reason}" if t.clause else t.reason)
+                   for t in engine.evaluate(profile, now, None)]
+    profile.transitions = [[t.segment_id, t.kind, t.at, t.clause, t.reason] for t in transitions]
+    return absorbed, transitions

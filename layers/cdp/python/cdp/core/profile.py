@@ -31,6 +31,10 @@ a profile read needs. Its attributes:
 ``cv``         fingerprint of the catalogue the profile was last evaluated against in full
 ``tx``         the transitions this write made: [segment, kind, time, clause, reason]
 ``al`` ``gr``  aliases (previous ids) and group ids
+``kn``         1 once a message named the customer by user id (a known customer)
+``mg``         the ids merged into this customer: [[id, at, message id], ...] (``MAX_MERGES``)
+``mt``         set on a profile merged into another: the customer it was merged into. It is
+               kept as it was at the merge and no longer changes (see :mod:`cdp.pipeline.identity`)
 =============  =============================================================
 
 Every collection has a fixed cap, so the item has a measured upper bound.
@@ -74,6 +78,7 @@ MAX_CART_ITEMS = 50
 RECENT_ORDERS = 8
 MAX_ALIASES = 8
 MAX_GROUPS = 8
+MAX_MERGES = 100  # ids merged into one customer, as Segment bounds it; later merges are refused and counted
 DIGEST_BYTES = 8
 DUE_SHARDS = 32  # see cdp.pipeline.timers for the sizing
 _ID_ENTRY = struct.Struct(">8sI")  # digest, applied at (Unix seconds)
@@ -198,6 +203,9 @@ class Profile:
         self.catalogue = ""
         self.aliases: list[str] = []
         self.groups: list[str] = []
+        self.known = False
+        self.merges: list[list[Any]] = []  # [id, at, message id] per id merged in, oldest first
+        self.merged_into: str | None = None
         self._stored: dict[str, Any] = {}  # attribute -> stored form, until the field is first read
         self._readers: Mapping[str, Reader] = {}
 
@@ -375,7 +383,26 @@ class Profile:
             item["al"] = self.aliases
         if self.groups:
             item["gr"] = self.groups
+        self._put_identity(item)
         return item
+
+    def _put_identity(self, item: dict[str, Any]) -> None:
+        if self.known:
+            item["kn"] = 1
+        if self.merges:
+            item["mg"] = self.merges
+        if self.merged_into is not None:
+            item["mt"] = self.merged_into
+
+    def take(self, other: Profile) -> None:
+        """Become ``other`` in place (a profile made from this one, as a merge makes it)."""
+        fields = self.__dict__
+        fields.clear()
+        fields.update(other.__dict__)
+
+    def merged_ids(self) -> set[str]:
+        """The ids merged into this customer, directly or through a customer merged into it."""
+        return {str(entry[0]) for entry in self.merges}
 
     def _put_aggregates(self, item: dict[str, Any]) -> None:
         """What the events folded into: traits, channels, counters, orders, cart and context."""
@@ -453,6 +480,9 @@ class Profile:
         profile.catalogue = str(item.get("cv", ""))
         profile.aliases = [str(a) for a in item.get("al") or []]
         profile.groups = [str(g) for g in item.get("gr") or []]
+        profile.known = bool(item.get("kn"))
+        profile.merges = [[str(m[0]), int(m[1]), str(m[2])] for m in item.get("mg") or []]
+        profile.merged_into = str(item["mt"]) if item.get("mt") else None
         return profile
 
 

@@ -24,13 +24,26 @@ from __future__ import annotations
 from collections import Counter as Tally
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cdp.core.clock import Clock, wall_time
 from cdp.core.engine import Engine, Outcome, Transition
 from cdp.core.events import Event, InvalidEvent, parse_record
 from cdp.core.fold import future_reason
+from cdp.core.identity import merge_of
+from cdp.core.merge import absorb
 from cdp.core.profile import Profile
+from cdp.pipeline.identity import (
+    Identity,
+    IdentityResult,
+    complete,
+    ids_of,
+    index_email,
+    merge,
+    profiles_to_load,
+    resolve_batch,
+    snapshots,
+)
 from cdp.pipeline.parallel import each
 from cdp.pipeline.write import WriteOutcome, write_profile
 from cdp.ports import ProfileStore, Quarantine, QuarantinedRecord, TransientError
@@ -62,6 +75,7 @@ class BatchResult:
     transitions: list[Transition] = field(default_factory=list)
     lags: list[float] = field(default_factory=list)  # seconds from event time to application
     spec_gaps: Tally[str] = field(default_factory=Tally)  # applied events without a spec field, by field
+    identity: IdentityResult = field(default_factory=IdentityResult)
 
 
 Parsed = tuple[StreamRecord, Event | InvalidEvent]  # a record and its event, or why it is not one
@@ -70,11 +84,13 @@ ByCustomer = dict[str, list[tuple[StreamRecord, Event]]]
 
 
 def ingest_batch(records: Sequence[StreamRecord], engine: Engine, store: ProfileStore,
-                 quarantine: Quarantine, clock: Clock, pool: Executor | None = None) -> BatchResult:
+                 quarantine: Quarantine, clock: Clock, pool: Executor | None = None,
+                 identity: Identity | None = None) -> BatchResult:
     """Decode, refuse and quarantine what can never apply, then fold and write each customer once.
 
     With a ``pool``, the customers' writes go out concurrently (see :mod:`cdp.pipeline.parallel`);
-    the result is the same as without one, in the same order.
+    the result is the same as without one, in the same order. With ``identity``, every id is first
+    resolved to its canonical customer and the batch's merges are made (see :mod:`cdp.pipeline.identity`).
     """
     result = BatchResult()
     # Refused before any clock observes it: an event stamped far ahead (2999) would otherwise move an
@@ -84,16 +100,112 @@ def ingest_batch(records: Sequence[StreamRecord], engine: Engine, store: Profile
     _observe(clock, decoded)
     now = clock.now()
     by_customer, poison = _by_customer(decoded, now)
-    profiles = _load_profiles(store, by_customer, result)
-    if profiles is not None:
-        customers = list(by_customer.items())
-        writes = each(lambda customer: _write_customer(customer[0], customer[1], profiles.get(customer[0]),
-                                                       engine, store, now), customers, pool)
-        for (_, items), (write, outcome) in zip(customers, writes, strict=True):
-            poison += _account(items, write, outcome, now, result)
+    work = (_plain(by_customer, store, result) if identity is None
+            else _resolved(decoded, by_customer, identity, store, now, result))
+    if work is not None:
+        poison += _write_all(work, engine, store, now, pool, identity, result)
     _quarantine(poison, quarantine, result)
     result.failed = [r.sequence for r in records if r.sequence in result.failure_reasons]
     return result
+
+
+@dataclass
+class _Customer:
+    """One canonical customer's share of the batch: its records, its profile as read, and the frozen profiles
+    of ids merged into it that it is to absorb."""
+
+    customer_id: str
+    items: list[tuple[StreamRecord, Event]]
+    profile: Profile | None
+    snapshots: list[Profile] = field(default_factory=list)
+    absorbed: int = 0  # of the snapshots, how many the write merged in
+    emails_indexed: int = 0
+
+
+@dataclass
+class _Work:
+    customers: list[_Customer]
+    messages: dict[str, str] = field(default_factory=dict)  # merged id -> the message that merged it
+
+
+def _plain(by_customer: ByCustomer, store: ProfileStore, result: BatchResult) -> _Work | None:
+    """Every customer as its own id says (no id map)."""
+    profiles = _load_profiles(store, by_customer, list(by_customer), result)
+    if profiles is None:
+        return None
+    return _Work([_Customer(customer_id, items, profiles.get(customer_id))
+                  for customer_id, items in by_customer.items()])
+
+
+def _resolved(decoded: list[Parsed], by_customer: ByCustomer, identity: Identity, store: ProfileStore, now: float,
+              result: BatchResult) -> _Work | None:
+    """Every id resolved through the id map, the batch's merges made in batch order, and the records grouped by
+    canonical customer. None when the map or the profiles could not be read (every record retries)."""
+    try:
+        resolution = resolve_batch(identity, ids_of(e for items in by_customer.values() for _, e in items),
+                                   result.identity)
+    except TransientError as error:
+        for items in by_customer.values():
+            _fail(result, items, f"the id map could not be read: {error}")
+        return None
+    profiles = _load_profiles(store, by_customer, profiles_to_load(resolution), result)
+    if profiles is None:
+        return None
+    for record, parsed in decoded:
+        request = merge_of(parsed) if isinstance(parsed, Event) else None
+        if request is not None:
+            reason = merge(identity, request, resolution, profiles, store, now, result.identity)
+            if reason is not None:
+                result.failure_reasons[record.sequence] = f"merge not made: {reason}"
+    stalled = complete(resolution, profiles, store, now, result.identity)
+    groups: ByCustomer = {}
+    for customer_id, items in by_customer.items():
+        root = resolution.root(customer_id)
+        if root != customer_id:
+            items = [(record, replace(event, customer_id=root)) for record, event in items]
+            result.identity.forwarded += len(items)
+        groups.setdefault(root, []).extend(items)
+    for root, reason in stalled.items():
+        _fail(result, groups.pop(root, []), f"merge not completed: {reason}")
+    frozen = snapshots(resolution, profiles)
+    return _Work([_Customer(root, items, profiles.get(root), frozen.get(root, [])) for root, items in groups.items()],
+                 resolution.messages)
+
+
+def _write_all(work: _Work, engine: Engine, store: ProfileStore, now: float, pool: Executor | None,
+               identity: Identity | None, result: BatchResult) -> list[QuarantinedRecord]:
+    """Write every customer once; a customer found merged into another meanwhile is written there instead."""
+    poison: list[QuarantinedRecord] = []
+    pending = work.customers
+    for _ in range(MAX_FORWARDS + 1):
+        writes = each(lambda customer: _write_customer(customer, engine, store, now, identity, work.messages),
+                      pending, pool)
+        forwards: dict[str, _Customer] = {}
+        for customer, (write, outcome, forward) in zip(pending, writes, strict=True):
+            if forward is None:
+                poison += _account(customer.items, write, outcome, now, result)
+                if write.written:
+                    result.identity.absorbed += customer.absorbed
+                    result.identity.emails_indexed += customer.emails_indexed
+                continue
+            target = forwards.setdefault(forward.customer_id, _Customer(forward.customer_id, [], None))
+            target.items += forward.items
+            target.snapshots += forward.snapshots
+            result.identity.forwarded += len(forward.items)
+        if not forwards:
+            return poison
+        pending = list(forwards.values())
+        loaded = _load_profiles(store, {c.customer_id: c.items for c in pending}, list(forwards), result)
+        if loaded is None:
+            return poison
+        for customer in pending:
+            customer.profile = loaded.get(customer.customer_id)
+    for customer in pending:
+        _fail(result, customer.items, "the customer was merged concurrently too many times")
+    return poison
+
+
+MAX_FORWARDS = 3  # times one batch follows a customer merged away while it was being written
 
 
 def _decode(records: Sequence[StreamRecord]) -> list[Parsed]:
@@ -147,35 +259,73 @@ def _fail(result: BatchResult, items: Items, reason: str) -> None:
         result.failure_reasons[record.sequence] = reason
 
 
-def _load_profiles(store: ProfileStore, by_customer: ByCustomer, result: BatchResult) -> dict[str, Profile] | None:
-    """Every customer's stored profile, in one load; None when the store failed (all their records retry)."""
-    if not by_customer:
+def _load_profiles(store: ProfileStore, by_customer: ByCustomer, customer_ids: list[str],
+                   result: BatchResult) -> dict[str, Profile] | None:
+    """The stored profiles, in one load; None when the store failed (all the customers' records retry)."""
+    if not customer_ids:
         return {}
     try:
-        return store.load(list(by_customer))
+        return store.load(customer_ids)
     except TransientError as error:
         for items in by_customer.values():
             _fail(result, items, f"profiles could not be loaded: {error}")
         return None
 
 
-def _write_customer(customer_id: str, items: Items, profile: Profile | None, engine: Engine,
-                    store: ProfileStore, now: float) -> tuple[WriteOutcome, Outcome]:
-    """Fold one customer's events and write the profile once; touches nothing shared, so it runs on any thread.
+def _write_customer(customer: _Customer, engine: Engine, store: ProfileStore, now: float, identity: Identity | None,
+                    messages: dict[str, str]) -> tuple[WriteOutcome, Outcome, _Customer | None]:
+    """Absorb and fold one customer's share and write the profile once; touches nothing shared, so it runs on any
+    thread.
 
-    Returns how the write ended and the fold of the profile as written (or as found, when nothing changed).
+    Returns how the write ended, the fold of the profile as written (or as found, when nothing changed), and,
+    when the profile turned out to be merged into another customer, that customer's share to write instead.
     """
     folds: list[Outcome] = []
+    merged_away: list[Profile] = []
+    items, snapshots = customer.items, customer.snapshots
+    email_before = _email(customer.profile) if identity is not None and _may_index(customer) else None
 
     def fold(current: Profile) -> bool:
+        merged_away[:] = [current] if current.merged_into is not None else []
+        if merged_away:
+            return False
+        absorbed, merged = absorb(current, snapshots, engine, now, messages) if snapshots else (0, [])
+        customer.absorbed = absorbed
         outcome = _fold(current, items, engine, now)
+        if absorbed:
+            outcome.transitions = merged + outcome.transitions
+            current.transitions = [[t.segment_id, t.kind, t.at, t.clause, t.reason] for t in merged] + \
+                current.transitions
+            outcome.changed = True
         folds.append(outcome)
         if outcome.changed:
             _advance_watermarks(current, items, outcome, now)
+            if identity is not None and (absorbed or _may_index(customer)):
+                customer.emails_indexed = int(index_email(identity, current, email_before, bool(absorbed), now))
         return outcome.changed
 
-    write = write_profile(store, customer_id, profile, fold)
-    return write, folds[-1]
+    try:
+        write = write_profile(store, customer.customer_id, customer.profile, fold)
+    except TransientError as error:  # the id map's email index, written just before the profile
+        write = WriteOutcome(customer.profile or Profile(customer.customer_id), error=error,
+                             reason=f"the id map could not be written: {error}")
+    if merged_away and not write.failed:
+        away = merged_away[0]
+        assert away.merged_into is not None
+        return write, Outcome(), _Customer(away.merged_into, [(r, replace(e, customer_id=away.merged_into))
+                                                               for r, e in items], None, [*snapshots, away])
+    return write, folds[-1] if folds else Outcome(), None
+
+
+def _may_index(customer: _Customer) -> bool:
+    """Whether the customer's email address can change in this write: an identify carries one, or a merge."""
+    return bool(customer.snapshots) or any(event.type == "identify" and "email" in event.traits
+                                           for _, event in customer.items)
+
+
+def _email(profile: Profile | None) -> str | None:
+    email = profile.traits.get("email") if profile is not None else None
+    return email if isinstance(email, str) else None
 
 
 def _account(items: Items, write: WriteOutcome, outcome: Outcome, now: float,
