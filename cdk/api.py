@@ -31,12 +31,14 @@ class Api(Construct):
             reserved_concurrency=settings.api_reserved_concurrency or None,
             environment={"PROFILES_TABLE": storage.profiles.table_name,
                          "MEMBERS_TABLE": storage.members.table_name,
+                         "IDENTITY_TABLE": storage.identity_map.table_name,
                          "MEMBER_SHARDS": str(settings.member_shards),
                          "CORS_ORIGINS": ",".join(settings.cors_origins),
                          "ME_CLAIM": "sub"})
         role = self.function.role
         grant_items(role, storage.profiles, "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem")
         storage.members.grant(role, "dynamodb:Query", "dynamodb:BatchGetItem")
+        grant_items(role, storage.identity_map, "dynamodb:BatchGetItem")  # resolves ids; merges are the ingest's
         key.grant_encrypt_decrypt(role)
         acknowledge_function(self.function)
 

@@ -40,9 +40,13 @@ class Ingest(Construct):
             self, "Ingest", folder="ingest", layers=layers, key=key, architecture=settings.architecture,
             memory_mb=settings.ingest_memory_mb, timeout=Duration.seconds(60),
             environment={"PROFILES_TABLE": storage.profiles.table_name,
-                         "QUARANTINE_BUCKET": storage.quarantine.bucket_name})
+                         "QUARANTINE_BUCKET": storage.quarantine.bucket_name,
+                         "IDENTITY_TABLE": storage.identity_map.table_name,
+                         "CDP_MERGE_KNOWN": "true" if settings.merge_known else "false"})
         role = self.function.role
         grant_items(role, storage.profiles, "dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem")
+        # The batch's one read of its ids, and the conditional link and email index puts; never a delete.
+        grant_items(role, storage.identity_map, "dynamodb:BatchGetItem", "dynamodb:PutItem")
         role.add_to_policy(iam.PolicyStatement(actions=["s3:PutObject"],
                                                resources=[storage.quarantine.arn_for_objects("quarantine/*")]))
         key.grant_encrypt_decrypt(role)

@@ -143,6 +143,17 @@ class Monitoring(Construct):
             cloudwatch.GraphWidget(title="Timers: delay behind the deadline (s)", width=12, left=[
                 _metric("DeadlineDelayP50", "timers", "Average"), _metric("DeadlineDelayMax", "timers", "Maximum")]),
         )
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="Identity: merges, refused merges and redirected events", width=12, left=[
+                _metric("Merges", "ingest"), _metric("MergedProfilesAbsorbed", "ingest"),
+                *(_metric("MergesRefused", "ingest", reason=reason) for reason in ("known", "limit"))],
+                right=[_metric("EventsRedirected", "ingest")]),
+            cloudwatch.GraphWidget(title="Id map: reads, emails indexed and table throttles", width=12, left=[
+                _metric("IdentityMapReads", "ingest"), _metric("EmailsIndexed", "ingest")],
+                right=[storage.identity_map.metric("ReadThrottleEvents", statistic="Sum", period=Duration.minutes(1)),
+                       storage.identity_map.metric("WriteThrottleEvents", statistic="Sum",
+                                                   period=Duration.minutes(1))]),
+        )
         if fanout.deliveries:
             self.dashboard.add_widgets(cloudwatch.GraphWidget(
                 title="Integrations: delivered, skipped, refused (dead letters), retried", width=24, left=[

@@ -26,6 +26,19 @@ def _int(scope: Construct, key: str, default: int, low: int, high: int) -> int:
     return value
 
 
+def _flag(scope: Construct, key: str, default: bool = False) -> bool:
+    """A true/false setting: a JSON boolean in cdk.json, or the text true/false from ``cdk deploy -c``."""
+    raw = scope.node.try_get_context(key)
+    if raw is None:
+        return default
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text not in ("true", "false"):
+        raise SettingsError(f"context {key} must be true or false, not {raw!r}")
+    return text == "true"
+
+
 def _collector_origins(scope: Construct) -> list[str]:
     """Where browsers may send from: ``*`` (the default, as Segment's own API: a browser's write key is in the
     page anyway, and the answer carries no data) or origins, a list or comma-separated (``cdk deploy -c``)."""
@@ -179,6 +192,8 @@ class Settings:
     collector_rate_limit: int  # requests per second the collector's stage accepts (then 429)
     collector_burst_limit: int
     collector_memory_mb: int
+    # CDP_MERGE_KNOWN: merge a customer known by user id into another (off, as Segment: a known customer stays)
+    merge_known: bool = False
 
     @classmethod
     def from_context(cls, scope: Construct) -> Settings:
@@ -217,4 +232,5 @@ class Settings:
             collector_rate_limit=_int(scope, "collector_rate_limit", 1000, 1, 100_000),
             collector_burst_limit=_int(scope, "collector_burst_limit", 2000, 1, 100_000),
             collector_memory_mb=_int(scope, "collector_memory_mb", 512, 128, 10240),
+            merge_known=_flag(scope, "merge_known"),
         )

@@ -62,6 +62,7 @@ class CdpStack(Stack):
         CfnOutput(self, "EventsStreamName", value=self.ingest.stream.stream_name)
         CfnOutput(self, "ProfilesTableName", value=self.storage.profiles.table_name)
         CfnOutput(self, "MembersTableName", value=self.storage.members.table_name)
+        CfnOutput(self, "IdentityTableName", value=self.storage.identity_map.table_name)
         CfnOutput(self, "QuarantineBucketName", value=self.storage.quarantine.bucket_name)
         CfnOutput(self, "IngestFailuresQueueUrl", value=self.ingest.failures.queue_url)
         CfnOutput(self, "EventBusName", value=self.changes.bus.event_bus_name)

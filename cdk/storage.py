@@ -1,4 +1,5 @@
-"""Storage: the profiles table, the members index and the quarantine bucket, all encrypted with the stack's key."""
+"""Storage: the profiles table, the members index, the id map and the quarantine bucket, all encrypted with the
+stack's key."""
 
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ class Storage(Construct):
     Quarantine: records that can never be applied, one JSON Lines object per batch.
 
     Write keys: the collector's sources, one item per key, keyed by the key's SHA-256 digest.
+
+    Id map: identifier digest (a merged customer id, a hashed email address) -> its canonical customer,
+    one small item each (see cdp.aws.identity_map), keyed by the digest so no address is a key.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, key: kms.IKey,
@@ -67,6 +71,10 @@ class Storage(Construct):
         )
         self.write_keys = encrypted_table(
             self, "WriteKeys", key, removal_policy,
+            partition_key=dynamodb.Attribute(name="digest", type=dynamodb.AttributeType.STRING),
+        )
+        self.identity_map = encrypted_table(
+            self, "IdentityMap", key, removal_policy,
             partition_key=dynamodb.Attribute(name="digest", type=dynamodb.AttributeType.STRING),
         )
         self.access_logs = s3.Bucket(

@@ -34,15 +34,16 @@ from cdp.api.models import (
     SegmentDefinition,
     SegmentList,
 )
-from cdp.api.views import profile_document, segment_document, segments_summary
+from cdp.api.views import holds_email, normalised_email, profile_document, segment_document, segments_summary
 from cdp.config import ApiConfig, cors_origins
 from cdp.core.catalogue import Catalogue, Segment, load_catalogue
 from cdp.core.clock import Clock, clock_from_env
 from cdp.core.engine import Engine
+from cdp.core.identity import identifier_digest, resolve_all
 from cdp.core.profile import Profile
 from cdp.core.static_segments import InvalidEdit, UnknownSegment, static_edit
 from cdp.pipeline.write import edit_static_segment
-from cdp.ports import ConflictError, InvalidCursor, MemberListing, ProfileLookup, TransientError
+from cdp.ports import ConflictError, IdentityMap, InvalidCursor, MemberListing, ProfileLookup, TransientError
 from cdp.wiring import assemble
 
 logger = Logger(service="cdp-api")
@@ -81,6 +82,10 @@ class Forbidden(Exception):
     pass
 
 
+class NoLookup(Exception):
+    """GET /customers without a lookup: it answers as it did before lookups existed (no route)."""
+
+
 class Invalid(Exception):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
@@ -94,6 +99,7 @@ class Dependencies:
     members: MemberListing
     clock: Clock
     me_claim: str
+    identity_map: IdentityMap | None = None  # merged ids and email addresses -> their canonical customer
 
 
 _dependencies: Dependencies | None = None
@@ -117,6 +123,7 @@ def build(**overrides: Any) -> Dependencies:
     import boto3
 
     from cdp.aws.dynamo import DynamoProfileStore
+    from cdp.aws.identity_map import DynamoIdentityMap, bind_identity_map
     from cdp.aws.members import DynamoMembersIndex
 
     config = ApiConfig.from_env(os.environ)
@@ -128,6 +135,7 @@ def build(**overrides: Any) -> Dependencies:
         members=lambda: DynamoMembersIndex(client, config.members_table, config.member_shards),
         clock=lambda: clock_from_env(config.clock),
         me_claim=lambda: config.me_claim,
+        identity_map=lambda: DynamoIdentityMap(bind_identity_map(config.identity_table, os.environ.get("AWS_REGION"))),
     )
 
 
@@ -182,33 +190,117 @@ def _throttled(error: TransientError) -> Response[str]:
         "Retry-After": "1"})
 
 
-@app.not_found
-def _no_route(_: Exception) -> Response[str]:
+def _no_route_problem() -> Response[str]:
     # The path is not repeated back: it can hold a customer id. The routes are in /openapi.json.
     return _problem(404, "no_route", f"no {app.current_event.http_method} route matches this path (see /openapi.json)")
+
+
+@app.not_found
+def _no_route(_: Exception) -> Response[str]:
+    return _no_route_problem()
+
+
+@app.exception_handler(NoLookup)
+def _no_lookup(_: NoLookup) -> Response[str]:
+    return _no_route_problem()
+
+
+NOT_FOUND = "customerId: no profile has this customer id"  # the id is not repeated back
+FOLLOW_LIMIT = 4  # frozen profiles followed at most: the map resolves chains itself, this only covers its lag
 
 
 def _profile(customer_id: str) -> Profile:
     profile = deps().profiles.get(customer_id)
     if profile is None:
-        raise NotFound("customerId: no profile has this customer id")  # the id is not repeated back
+        raise NotFound(NOT_FOUND)
     return profile
 
 
-@app.get("/customers/<customerId>", summary="A customer's profile, memberships and score (one read)",
-         responses=documented(CustomerProfile, "The profile", 404), security=OPERATOR, tags=["customers"])
-def get_customer(customerId: ID) -> CustomerProfile:
+def _canonical(customer_id: str) -> str:
+    """The customer an id now belongs to, through the id map (one batched read; more only for a chain).
+    Without a map every id is its own customer."""
+    id_map = deps().identity_map
+    return customer_id if id_map is None else resolve_all({customer_id}, id_map.links)[customer_id]
+
+
+def _live_profile(canonical: str, not_found: str) -> Profile:
+    """The live profile of a resolved customer. A frozen one (merged away, which the map may not show yet) is
+    never answered: its ``merged_into`` leads on, through the map again."""
+    current, seen = canonical, set()
+    for _ in range(FOLLOW_LIMIT):
+        profile = deps().profiles.get(current)
+        if profile is None:
+            break
+        if profile.merged_into is None:
+            return profile
+        seen.add(current)
+        current = _canonical(profile.merged_into)
+        if current in seen:
+            break
+    raise NotFound(not_found)
+
+
+def _customer_document(profile: Profile, requested_id: str | None = None) -> CustomerProfile:
     d = deps()
-    # API Gateway passes the path as sent, percent-encoded.
-    return CustomerProfile.model_validate(profile_document(_profile(unquote(customerId)), d.catalogue,
-                                                           d.clock.now()))
+    return CustomerProfile.model_validate(profile_document(profile, d.catalogue, d.clock.now(), requested_id))
+
+
+@app.get("/customers/<customerId>", summary="A customer's profile, memberships and score, by any id merged into it",
+         responses=documented(CustomerProfile, "The canonical customer's profile", 404), security=OPERATOR,
+         tags=["customers"])
+def get_customer(customerId: ID) -> CustomerProfile:
+    requested = unquote(customerId)  # API Gateway passes the path as sent, percent-encoded
+    return _customer_document(_live_profile(_canonical(requested), NOT_FOUND), requested)
+
+
+EMAIL = Annotated[str | None, Query(min_length=1, max_length=320, description="An email address (any case).")]
+ANONYMOUS_ID = Annotated[str | None, Query(min_length=1, max_length=256,
+                                           description="An anonymous id, merged into its customer or not.")]
+
+
+@app.get("/customers", summary="The profile of the customer an email address or anonymous id belongs to",
+         description="Give exactly one of `email` and `anonymous_id`. The answer is the canonical customer's "
+                     "profile, as `GET /customers/{customerId}` gives it.",
+         responses=documented(CustomerProfile, "The canonical customer's profile", 404), security=OPERATOR,
+         tags=["customers"])
+def find_customer(email: EMAIL = None, anonymous_id: ANONYMOUS_ID = None) -> CustomerProfile:
+    if not app.current_event.query_string_parameters:
+        raise NoLookup()  # there is no customer listing
+    # Never repeat the address or id back: errors name the parameter only.
+    if email is not None and anonymous_id is not None:
+        raise Invalid("anonymous_id", "anonymous_id: give email or anonymous_id, not both")
+    if anonymous_id is not None:
+        return _customer_document(_live_profile(_canonical(anonymous_id),
+                                                "anonymous_id: no profile has this anonymous id"), anonymous_id)
+    if email is None:
+        raise Invalid("email", "email: give email or anonymous_id (exactly one is required)")
+    if not normalised_email(email):
+        raise Invalid("email", "email: is blank")
+    return _customer_document(_by_email(email, "email: no profile has this email address"))
+
+
+def _by_email(email: str, not_found: str) -> Profile:
+    """The customer the email index names, if their profile holds the address now (the index is written just
+    before the profile, and an address can move on)."""
+    id_map = deps().identity_map
+    digest = identifier_digest("email", email)
+    indexed = id_map.links([digest]).get(digest) if id_map is not None else None
+    if indexed is None:
+        raise NotFound(not_found)
+    profile = _live_profile(_canonical(indexed), not_found)
+    if not holds_email(profile, email):
+        raise NotFound(not_found)
+    return profile
 
 
 @app.get("/customers/<customerId>/segments", summary="A customer's segments, primary segment and score",
-         responses=documented(CustomerSegments, "The customer's segments", 404), security=OPERATOR, tags=["customers"])
+         responses=documented(CustomerSegments, "The canonical customer's segments", 404), security=OPERATOR,
+         tags=["customers"])
 def get_customer_segments(customerId: ID) -> CustomerSegments:
-    profile = _profile(unquote(customerId))
+    requested = unquote(customerId)
+    profile = _live_profile(_canonical(requested), NOT_FOUND)
     return CustomerSegments.model_validate({"customer_id": profile.customer_id,
+                                            "requested_id": requested if requested != profile.customer_id else None,
                                             **segments_summary(profile, deps().catalogue)})
 
 
@@ -222,7 +314,11 @@ def get_me() -> CustomerProfile:
     customer_id = claims.get(d.me_claim) if isinstance(claims, dict) else None
     if not customer_id:
         raise Forbidden("a verified identity token is required")
-    return CustomerProfile.model_validate(profile_document(_profile(str(customer_id)), d.catalogue, d.clock.now()))
+    profile = _profile(str(customer_id))
+    if profile.merged_into is not None:
+        # Merged into another customer: that profile is not the caller's to read, and this one is no longer live.
+        raise NotFound("this customer's profile was merged into another customer")
+    return _customer_document(profile)
 
 
 @app.get("/segments", summary="Every enabled segment's definition",

@@ -1,7 +1,10 @@
 """Ingest: Kinesis batches of Segment-spec messages folded into profiles, with a partial-batch response.
 
 Metrics per batch: the totals, ``EventsRejected`` per field that quarantined a record, and
-``EventsWithSpecGaps`` per spec field that applied events lacked (``properties.order_id``, say).
+``EventsWithSpecGaps`` per spec field that applied events lacked (``properties.order_id``, say). Identity:
+``Merges`` (ids merged into a customer), ``MergesRefused`` per ``reason`` (``known``: both customers known by
+user id, ``limit``: the customer holds the most merged ids), ``EventsRedirected`` (events for a merged id applied
+to its canonical customer), ``MergedProfilesAbsorbed``, ``EmailsIndexed`` and ``IdentityMapReads``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from cdp.core.catalogue import load_catalogue
 from cdp.core.clock import Clock, clock_from_env
 from cdp.core.engine import Engine
 from cdp.envelopes import MalformedEnvelope, kinesis_records
+from cdp.pipeline.identity import Identity
 from cdp.pipeline.ingest import BatchResult, StreamRecord, ingest_batch
 from cdp.pipeline.parallel import request_pool
 from cdp.ports import ProfileStore, Quarantine
@@ -43,6 +47,7 @@ class Dependencies:
     quarantine: Quarantine
     clock: Clock
     pool: Executor | None = None  # the profile writes of a batch in flight at once; None: one after another
+    identity: Identity | None = None  # the id map and merge rules; None: every id is its own customer
 
 
 @cache
@@ -58,6 +63,7 @@ def build(**overrides: Any) -> Dependencies:
     from botocore.config import Config
 
     from cdp.aws.dynamo import DynamoProfileStore
+    from cdp.aws.identity_map import DynamoIdentityMap, bind_identity_map
     from cdp.aws.quarantine import S3Quarantine
 
     config = IngestConfig.from_env(os.environ)
@@ -71,6 +77,9 @@ def build(**overrides: Any) -> Dependencies:
         quarantine=lambda: S3Quarantine(boto3.client("s3"), config.quarantine_bucket),
         clock=lambda: clock_from_env(config.clock, config.max_future_skew),
         pool=lambda: request_pool(config.write_concurrency, "cdp-ingest-writes"),
+        identity=lambda: Identity(
+            DynamoIdentityMap(bind_identity_map(config.identity_table, os.environ.get("AWS_REGION"))),
+            merge_known=config.merge_known),
     )
 
 
@@ -101,7 +110,7 @@ def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependenc
     if not raw_records:
         return {"batchItemFailures": []}
     result = ingest_batch([stream_record(r) for r in raw_records], deps.engine, deps.store,
-                          deps.quarantine, deps.clock, deps.pool)
+                          deps.quarantine, deps.clock, deps.pool, identity=deps.identity)
     record_metrics(result)
     failed = result.failure_reasons
 
@@ -116,21 +125,32 @@ def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependenc
 
 
 def record_metrics(result: BatchResult) -> None:
+    identity = result.identity
     for name, value in (("EventsApplied", result.applied), ("EventsDuplicate", result.duplicates),
                         ("EventsQuarantined", sum(result.quarantined.values())),
                         ("EventsBeyondRetention", result.beyond_retention), ("ProfileConflicts", result.conflicts),
-                        ("ProfilesWritten", result.customers_written), ("RecordsRetried", len(result.failed))):
+                        ("ProfilesWritten", result.customers_written), ("RecordsRetried", len(result.failed)),
+                        ("Merges", identity.merges), ("EventsRedirected", identity.forwarded),
+                        ("MergedProfilesAbsorbed", identity.absorbed), ("EmailsIndexed", identity.emails_indexed),
+                        ("IdentityMapReads", identity.map_reads)):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
     if result.lags:
         metrics.add_metric(name="LagSeconds", unit=MetricUnit.Seconds, value=max(result.lags))
-    # By field name only: a field is a fixed path (never a value), so the dimensions stay few and hold no data.
-    for name, tally in (("EventsRejected", result.quarantined), ("EventsWithSpecGaps", result.spec_gaps)):
-        for field_name, count in tally.items():
+    # By field name or refusal reason only: both are fixed words (never a value), so the dimensions stay few and
+    # hold no data.
+    for name, dimension, tally in (("EventsRejected", "field", result.quarantined),
+                                   ("EventsWithSpecGaps", "field", result.spec_gaps),
+                                   ("MergesRefused", "reason", identity.refused)):
+        for word, count in tally.items():
             if is_metrics_disabled():  # as Metrics does; single_metric itself would print anyway
                 continue
             with single_metric(name=name, unit=MetricUnit.Count, value=count, namespace=NAMESPACE,
-                               default_dimensions={"service": "ingest", "field": field_name}):
+                               default_dimensions={"service": "ingest", dimension: word}):
                 pass
+    if identity.merges or identity.refused or identity.absorbed:
+        # Counts only: which ids were merged is in the profiles (their merged ids), never in the logs.
+        logger.info("identity merges", extra={"merges": identity.merges, "refused": dict(identity.refused),
+                                              "absorbed": identity.absorbed, "redirected": identity.forwarded})
     if result.failed:
         # Reasons only: no payloads or identifiers, so no personal data reaches the logs.
         logger.warning("records to retry", extra={"count": len(result.failed),

@@ -56,6 +56,7 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from cdp.aws.dynamo import DynamoProfileStore
+from cdp.aws.identity_map import DynamoIdentityMap, bind_identity_map
 from cdp.aws.members import DynamoMembersIndex
 from cdp.core.clock import FixedClock
 from cdp.core.profile import Profile
@@ -69,6 +70,7 @@ from .support import (
     EVENTS,
     MEMBER_SHARDS,
     MEMBERS_TABLE,
+    REGION,
     ROOT,
     InjectedError,
     Stack,
@@ -93,6 +95,7 @@ WEB = {"library": {"name": "analytics.js", "version": "5.2.0"}}
 # The return model of each documented operation: its 200 body must match that component schema.
 SUCCESS_MODELS = {
     ("get", "/customers/{customerId}"): "CustomerProfile",
+    ("get", "/customers"): "CustomerProfile",
     ("get", "/customers/{customerId}/segments"): "CustomerSegments",
     ("get", "/me"): "CustomerProfile",
     ("get", "/segments"): "SegmentList",
@@ -233,7 +236,9 @@ def api(stack: Stack, exchanges: list[Reply], monkeypatch: pytest.MonkeyPatch) -
     against the schema the OpenAPI document gives for its path, method and status: in whatever order the tests
     run, and whichever run alone, each exchange is checked once, by the test that made it."""
     monkeypatch.setattr(api_handler, "_dependencies", None)  # restored after the test
-    deps = api_handler.Dependencies(stack.catalogue, stack.store(), members_index(stack), FixedClock(T), "sub")
+    monkeypatch.setenv("IDENTITY_TABLE", IDENTITY_TABLE)
+    deps = api_handler.Dependencies(stack.catalogue, stack.store(), members_index(stack), FixedClock(T), "sub",
+                                    identity_map(stack))
     api_handler.configure(deps)
     yield Api(stack, exchanges, deps)
     problems = undocumented(exchanges)
@@ -244,6 +249,20 @@ def api(stack: Stack, exchanges: list[Reply], monkeypatch: pytest.MonkeyPatch) -
 
 def members_index(stack: Stack) -> DynamoMembersIndex:
     return DynamoMembersIndex(stack.dynamodb, MEMBERS_TABLE, SHARDS)
+
+
+IDENTITY_TABLE = "cdp-identity-map"
+
+
+def identity_map(stack: Stack) -> DynamoIdentityMap:
+    """The id map's table in this test's moto stack (its requests go through pynamodb's own client, which
+    ``stack.counter`` does not see)."""
+    stack.dynamodb.create_table(
+        TableName=IDENTITY_TABLE, BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": "digest", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "digest", "AttributeType": "S"}])
+    stack.counter.reset()
+    return DynamoIdentityMap(bind_identity_map(IDENTITY_TABLE, REGION))
 
 
 def problem(reply: Reply, status: int, code: str, field: str | None = None) -> dict[str, Any]:
@@ -313,6 +332,8 @@ ALICE_SEGMENTS = [
 ]
 ALICE = {
     "customer_id": "alice",
+    "canonical_id": "alice",
+    "merged_ids": [],
     "traits": {"first_name": "Alice", "plan": "gold"},
     "rfm": {"orders": 3, "revenue": 244.85, "average_order_value": 81.62,
             "first_order_at": "2026-09-10T12:00:00Z", "last_order_at": "2026-10-18T07:00:00Z",
@@ -415,7 +436,7 @@ def test_a_customer_with_no_events_but_a_static_membership_has_empty_figures(api
 
     assert reply.status == 200
     assert reply.json == {
-        "customer_id": "dora", "traits": {},
+        "customer_id": "dora", "canonical_id": "dora", "merged_ids": [], "traits": {},
         "rfm": {"orders": 0, "revenue": 0.0, "average_order_value": None, "first_order_at": None,
                 "last_order_at": None, "recency_days": None},
         "counters": [], "cart": {"items": [], "last_added": None}, "channels": {},
@@ -1172,6 +1193,9 @@ def tour(api: Api) -> list[Reply]:
         assert api.call(name).status == 200
         assert api.call(name, customer="nobody").status == 404
         assert api.call(name, customer="c" * 257).status == 400
+    for query, status in (({"anonymous_id": ["alice"]}, 200), ({"anonymous_id": ["nobody"]}, 404),
+                          ({"email": ["nobody@example.com"]}, 404), ({"email": ["x"], "anonymous_id": ["y"]}, 400)):
+        assert api.send(raw_event("GET", "/customers", query)).status == status, query
     assert api.call("get-me").status == 200
     assert api.call("get-me", claims={"sub": "nobody"}).status == 404
     assert api.call("get-me-unauthenticated").status == 403

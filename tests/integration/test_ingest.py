@@ -446,8 +446,10 @@ def test_changes_config_names_the_missing_variable(env: dict[str, str], missing:
 
 
 def test_valid_configuration_is_read() -> None:
-    ingest = IngestConfig.from_env({"PROFILES_TABLE": "t", "QUARANTINE_BUCKET": "b", "CATALOGUE_PATH": CATALOGUE})
+    ingest = IngestConfig.from_env({"PROFILES_TABLE": "t", "QUARANTINE_BUCKET": "b", "CATALOGUE_PATH": CATALOGUE,
+                                    "IDENTITY_TABLE": "i"})
     assert (ingest.profiles_table, ingest.quarantine_bucket, str(ingest.catalogue_path)) == ("t", "b", CATALOGUE)
+    assert (ingest.identity_table, ingest.merge_known) == ("i", False)
     changes = ChangesConfig.from_env({"MEMBERS_TABLE": "m", "EVENT_BUS_NAME": "bus", "CATALOGUE_PATH": CATALOGUE})
     assert (changes.members_table, changes.event_bus, changes.member_shards) == ("m", "bus", 16)
 

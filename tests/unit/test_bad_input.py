@@ -261,7 +261,7 @@ def test_wall_time_is_an_event_clocks_wall_clock_or_the_clock_itself() -> None:
 
 
 def test_the_skew_is_a_setting_read_at_cold_start() -> None:
-    base = {"PROFILES_TABLE": "t", "QUARANTINE_BUCKET": "b", "CATALOGUE_PATH": str(SEGMENTS)}
+    base = {"PROFILES_TABLE": "t", "QUARANTINE_BUCKET": "b", "CATALOGUE_PATH": str(SEGMENTS), "IDENTITY_TABLE": "i"}
     assert IngestConfig.from_env(base).max_future_skew == DEFAULT_MAX_FUTURE_SKEW == 300
     assert IngestConfig.from_env({**base, "CDP_MAX_FUTURE_SKEW_SECONDS": "60"}).max_future_skew == 60
     for bad in ("soon", "-1", "86401"):

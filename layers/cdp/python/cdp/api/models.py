@@ -65,8 +65,21 @@ class Membership(Model):
     since: str | None = Field(examples=["2026-10-02T09:00:00Z"])
 
 
+class MergedId(Model):
+    """An id merged into this customer, when, and by which message (the merge audit)."""
+
+    id: str = Field(examples=["anon-7f3a"])
+    at: str | None = Field(examples=["2026-10-02T09:00:00Z"])
+    message_id: str = Field(examples=["m-2c9d"])
+
+
 class CustomerProfile(Model):
     customer_id: str = Field(examples=["alice"])
+    canonical_id: str = Field(examples=["alice"], description="The canonical customer every merged id resolves to.")
+    requested_id: str | None = Field(
+        default=None, exclude_if=lambda requested: requested is None, examples=["anon-7f3a"],
+        description="The id asked for, when it was merged into the canonical customer (absent otherwise).")
+    merged_ids: list[MergedId] = Field(description="The ids merged into this customer, oldest first.")
     traits: dict[str, Any] = Field(examples=[{"first_name": "Alice", "plan": "gold"}])
     rfm: Rfm
     counters: list[Counter]
@@ -82,6 +95,9 @@ class CustomerProfile(Model):
 
 class CustomerSegments(Model):
     customer_id: str
+    requested_id: str | None = Field(
+        default=None, exclude_if=lambda requested: requested is None,
+        description="The id asked for, when it was merged into this customer (absent otherwise).")
     segments: list[Membership]
     primary_segment: str | None
     score: float

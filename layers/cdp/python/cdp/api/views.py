@@ -48,7 +48,32 @@ def segments_summary(profile: Profile, catalogue: Catalogue) -> dict[str, Any]:
             "score": membership_score(catalogue, profile.memberships)}
 
 
-def profile_document(profile: Profile, catalogue: Catalogue, now: float) -> dict[str, Any]:
+def normalised_email(address: str) -> str:
+    """An email address as the id map indexes it (cdp.core.identity.identifier_digest)."""
+    return address.strip().lower()
+
+
+def holds_email(profile: Profile, address: str) -> bool:
+    """Whether the profile's own ``email`` trait is this address: the email index is written just before the
+    profile, and an address can move to another customer, so an index entry alone proves nothing."""
+    email = profile.traits.get("email")
+    return isinstance(email, str) and normalised_email(email) == normalised_email(address)
+
+
+def identity_fields(profile: Profile, requested_id: str | None = None) -> dict[str, Any]:
+    """Which customer is canonical, the ids merged into it, and the id asked for when it is not the canonical one."""
+    fields: dict[str, Any] = {
+        "canonical_id": profile.customer_id,
+        "merged_ids": [{"id": str(merged), "at": iso(at), "message_id": str(message_id)}
+                       for merged, at, message_id in profile.merges],
+    }
+    if requested_id is not None and requested_id != profile.customer_id:
+        fields["requested_id"] = requested_id
+    return fields
+
+
+def profile_document(profile: Profile, catalogue: Catalogue, now: float,
+                     requested_id: str | None = None) -> dict[str, Any]:
     windows = windows_by_metric(catalogue)
     counters = []
     for key in sorted(profile.counter_keys()):
@@ -71,6 +96,7 @@ def profile_document(profile: Profile, catalogue: Catalogue, now: float) -> dict
     revenue = profile.revenue / 100
     return {
         "customer_id": profile.customer_id,
+        **identity_fields(profile, requested_id),
         "traits": profile.traits,
         "rfm": {
             "orders": profile.orders,

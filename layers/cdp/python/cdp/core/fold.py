@@ -252,7 +252,8 @@ def _fold_cart(profile: Profile, event: Event, moment: int) -> None:
             profile.cart[event.product_id] = [event.quantity, price, moment]
         else:
             item[0] += event.quantity
-            item[1] = price
+            if moment >= item[2]:  # a late add does not overwrite a newer add's price
+                item[1] = price
             item[2] = max(item[2], moment)
         if profile.last_add is None or moment >= profile.last_add[1]:
             profile.last_add = [event.product_id, moment]

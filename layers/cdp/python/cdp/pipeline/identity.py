@@ -31,6 +31,7 @@ one its events make anyway.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -119,7 +120,8 @@ def merge(identity: Identity, merge: Merge, resolution: Resolution, profiles: di
     absorbed = profiles.get(source)
     if absorbed is not None and absorbed.merged_into is not None:
         return "the id map changed while the batch was read"  # marked, but its link was not read: retried
-    refusal = _refusal(identity, absorbed, profiles.get(target), source, target, resolution)
+    # An id that already belongs to another customer brings that customer along: a merge of two known ones.
+    refusal = _refusal(identity, absorbed, profiles.get(target), source != merge.absorbed, resolution, target)
     if refusal:
         result.refused[refusal] += 1
         return None
@@ -135,9 +137,9 @@ def merge(identity: Identity, merge: Merge, resolution: Resolution, profiles: di
     return reason
 
 
-def _refusal(identity: Identity, absorbed: Profile | None, canonical: Profile | None, source: str, target: str,
-             resolution: Resolution) -> str | None:
-    if absorbed is not None and absorbed.known and not identity.merge_known:
+def _refusal(identity: Identity, absorbed: Profile | None, canonical: Profile | None, owned: bool,
+             resolution: Resolution, target: str) -> str | None:
+    if (owned or (absorbed is not None and absorbed.known)) and not identity.merge_known:
         return "known"  # two customers known by user id
     pending = sum(1 for merged, root in resolution.roots.items() if root == target and merged in resolution.messages)
     held = len(canonical.merges) if canonical is not None else 0
@@ -157,7 +159,8 @@ def freeze(store: ProfileStore, source: str, absorbed: Profile | None, target: s
         exits[:] = marked or []
         return marked is not None
 
-    write = write_profile(store, source, absorbed, mark)
+    # A copy: a put that fails must leave the batch's loaded profile unmarked (it is not frozen then).
+    write = write_profile(store, source, copy.deepcopy(absorbed), mark)
     if write.failed:
         return write.reason
     profiles[source] = write.profile

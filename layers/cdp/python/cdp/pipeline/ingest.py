@@ -188,6 +188,7 @@ def _write_all(work: _Work, engine: Engine, store: ProfileStore, now: float, poo
                     result.identity.absorbed += customer.absorbed
                     result.identity.emails_indexed += customer.emails_indexed
                 continue
+            result.conflicts += write.conflicts
             target = forwards.setdefault(forward.customer_id, _Customer(forward.customer_id, [], None))
             target.items += forward.items
             target.snapshots += forward.snapshots
