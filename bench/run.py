@@ -83,6 +83,7 @@ def measure(quick: bool) -> dict[str, Any]:
         core_speed,
         cost,
         e2e_latency,
+        identity,
         ingest_handler,
         local_import,
         pipeline_requests,
@@ -124,6 +125,7 @@ def measure(quick: bool) -> dict[str, Any]:
     figures["cold_import_ms"] = cold_import.measure(3 if quick else 5)
     figures["e2e"] = e2e_latency.measure(60 if quick else 200)
     figures["local_import"] = local_import.measure(quick)
+    figures["identity"] = identity.measure(200 if quick else 400)
     return figures
 
 
@@ -170,12 +172,16 @@ def summarise(figures: dict[str, Any]) -> dict[str, Any]:
                                                   for k, v in collector_costs.items()},
         "previous": PREVIOUS,
         "local_import": {k: imported[k] for k in ("events", "seconds", "events_per_s", "last_to_first")},
+        "identity.requests_per_merge": figures["identity"]["requests_per_merge"],
+        "identity.requests_per_event_after_merge": figures["identity"]["requests_per_event_after_merge"],
+        "identity.profile_bytes_after_100_merges": figures["identity"]["profile_bytes_after_100_merges"]["bytes"],
     }
     floor = cold["boto3_floor"]
     bench_cost = costs["bench.published_all"]["usd_per_million_events"]
     real_cost = costs["real_shaped.published_all"]["usd_per_million_events"]
     with_collector = real_cost + collector_costs["browser"]["usd_per_million_events"]
     summary["cost.real_shaped_plus_collector_browser"] = with_collector
+    merged_bytes = figures["identity"]["profile_bytes_after_100_merges"]["bytes"]
     checks = [
         _check("ingest requests / floor (batch 100, 20 customers)", ingest["batch100_customers20"]["ratio_to_floor"],
                "<= 1.05", ingest["batch100_customers20"]["ratio_to_floor"] <= 1.05),
@@ -216,6 +222,12 @@ def summarise(figures: dict[str, Any]) -> dict[str, Any]:
         _check("cost USD per million events, bench workload", bench_cost, "<= 0.40", bench_cost <= 0.40),
         _check("cost USD per million events, real-shaped", real_cost, "<= 2.00", real_cost <= 2.00),
         _reported("cost USD per million events, real-shaped + collector (browser)", with_collector),
+        _check("identity: extra requests per event after a merge (an id-map read per event would be 1)",
+               figures["identity"]["extra_requests_per_event_after_merge"], "<= 0.05",
+               figures["identity"]["extra_requests_per_event_after_merge"] <= 0.05),
+        _reported("identity: requests per merge (profile puts + id-map puts)",
+                  sum(figures["identity"]["requests_per_merge"].values())),
+        _check("identity: profile bytes after 100 merges", merged_bytes, "<= 40960", merged_bytes <= 40960),
         _check(f"local stack: {imported['orders']:,}-order history applied, seconds", imported["seconds"], "<= 600",
                imported["seconds"] <= 600),
         _check("local stack: rate over the last 10% / the first 10%", imported["last_to_first"], ">= 0.8",

@@ -24,3 +24,16 @@ def test_the_timers_simulation_reports_constant_idle_cost() -> None:
     figures = timers_sweep.measure((100, 300))
     assert figures["requests_idle_constant"] and figures["requests_idle"] == 32
     assert [d["put_item"] for d in figures["due"]] == [100, 300]
+
+
+def test_the_identity_bench_counts_requests_of_merges_and_of_events_after_them() -> None:
+    from bench import identity
+
+    figures = identity.measure(visitors=40, batch=20)
+    assert figures["merges"] == 40
+    assert figures["requests_per_merge"]["profile_puts"] == 2 and figures["requests_per_merge"]["map_puts"] == 2
+    after, never = figures["requests_per_event_after_merge"], figures["requests_per_event_never_merged"]
+    assert after["profile_puts"] == never["profile_puts"] and after["map_puts"] == 0
+    assert after["map_reads"] <= 2 * never["map_reads"]  # a chain round per batch, never a read per event
+    many = figures["profile_bytes_after_100_merges"]
+    assert many["merged_ids"] == 100 and many["refused_after"] == 1 and many["bytes"] > many["bytes_of_merged_ids"]
