@@ -17,7 +17,8 @@ attributes, each counting its messages (:func:`install_standard_queue_send`), a 
 the items with its key values, not the whole table (:func:`install_index_query`), an item is built keeping a
 running size instead of re-measuring its attributes for each one (:func:`install_item_builder`), and DynamoDB's
 attribute values are written to JSON directly rather than by moto's generic, shape-walking serializer
-(:func:`install_attribute_value_writer`).
+(:func:`install_attribute_value_writer`). One is a correction: table stream records get unique sequence numbers
+under concurrent writes (:func:`serialise_table_stream_appends`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import logging
 import string
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -361,7 +363,32 @@ def install_attribute_value_writer() -> None:
     BaseJSONSerializer._serialize_type_structure = serialize_structure  # type: ignore[assignment,method-assign]
 
 
+def serialise_table_stream_appends() -> None:
+    """Give every write its own table stream sequence number, as DynamoDB does.
+
+    moto numbers a stream record by the shard's length, read and then appended to without a lock, so two profile
+    writes from the ingest's write threads can get the same number. The changes function then keys two customers'
+    records, and their images, by one id, and reading the stream after a repeated last number never advances. One
+    lock around moto's append keeps the numbers unique and in append order.
+    """
+    from moto.dynamodb.models.table import StreamShard
+
+    if getattr(StreamShard.add, "serialised", False):
+        return
+    append = StreamShard.add
+    lock = threading.Lock()
+
+    @functools.wraps(append)
+    def add(self: StreamShard, old: Any, new: Any) -> None:
+        with lock:
+            append(self, old, new)
+
+    add.serialised = True  # type: ignore[attr-defined]
+    StreamShard.add = add  # type: ignore[method-assign]
+
+
 def install_lookups() -> None:
+    serialise_table_stream_appends()
     """Every replacement of moto's own methods this module makes (see above)."""
     install_kinesis_lookups()
     install_event_path_cache()

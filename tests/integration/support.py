@@ -24,6 +24,7 @@ from cdp.core.catalogue import Catalogue
 from cdp.core.clock import FixedClock
 from cdp.core.engine import Engine
 from cdp.pipeline.parallel import request_pool
+from cdp_dev.emulator import serialise_table_stream_appends
 from cdp_dev.handlers import load_handler
 from cdp_dev.lambda_events import SAMPLE_REGION, SAMPLE_STREAM_ARN, sample_kinesis_record, stream_envelope
 
@@ -40,6 +41,8 @@ QUEUE_NAME = "cdp-segment-events"
 MEMBER_SHARDS = 16
 WRITE_POOL = request_pool(4, "test-profile-writes")  # profile writes go out concurrently, as in Lambda
 KINESIS_ARN = SAMPLE_STREAM_ARN
+
+serialise_table_stream_appends()  # as the local stack's emulator does
 
 ingest_handler = load_handler(ROOT, "ingest")
 changes_handler = load_handler(ROOT, "changes")
@@ -306,7 +309,10 @@ class Stack:
     # the table stream, as the changes function receives it
 
     def stream_records(self) -> list[dict[str, Any]]:
-        """Every stream record written since the last call (boto3's shapes)."""
+        """Every stream record written since the last call (boto3's shapes).
+
+        Sequence numbers must rise within a shard: a repeated one fails here rather than being read forever.
+        """
         shards = self.streams.describe_stream(StreamArn=self.stream_arn)["StreamDescription"]["Shards"]
         records: list[dict[str, Any]] = []
         for shard in shards:
@@ -322,8 +328,13 @@ class Stack:
                 page = self.streams.get_records(ShardIterator=iterator, Limit=1000)
                 if not page["Records"]:
                     break
+                for record in page["Records"]:
+                    sequence = record["dynamodb"]["SequenceNumber"]
+                    assert after is None or int(sequence) > int(after), (
+                        f"the table stream gave sequence number {sequence} after {after}")
+                    after = sequence
                 records += page["Records"]
-                self._after[shard_id] = page["Records"][-1]["dynamodb"]["SequenceNumber"]
+                self._after[shard_id] = sequence
                 iterator = page.get("NextShardIterator")
         return records
 
