@@ -54,6 +54,8 @@ from tests.email_support import (
     message,
 )
 
+SENT = {"emailed": "1"}  # what a claimed (sent) entry keeps in the ledger: no identifier
+
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_DEV", "false")
 
@@ -188,7 +190,7 @@ def test_an_entry_sends_the_segments_template_with_its_data(world: World) -> Non
                                    "customer_id": "frank"})]
     assert [a.event.message_id for a in result.delivered] == ["m1"]
     assert not result.retry and not result.refused
-    assert world.ledger.entry(CART, "frank") == LedgerEntry(1, ENTERED, "frank-cart-abandoners-entered-1", {})
+    assert world.ledger.entry(CART, "frank") == LedgerEntry(1, ENTERED, "frank-cart-abandoners-entered-1", SENT)
     assert world.cap.sends("frank") == ["frank-cart-abandoners-entered-1"]
 
 
@@ -367,7 +369,7 @@ def test_a_re_entry_over_an_entry_with_other_identifiers_sends_once_and_records_
     body["detail"]["identifiers"] = {"email_sha256": "b" * 64}
     result = world.deliver([("m1", json.dumps(body))])
     assert world.sender.templates == ["cart-reminder"] and not result.retry and not result.skipped
-    assert world.ledger.entry(CART, "frank") == LedgerEntry(3, ENTERED, "frank-cart-abandoners-entered-3", {})
+    assert world.ledger.entry(CART, "frank") == LedgerEntry(3, ENTERED, "frank-cart-abandoners-entered-3", SENT)
 
 
 def test_a_redelivered_event_never_sends_twice(world: World) -> None:
@@ -531,7 +533,7 @@ def test_the_sample_envelope_sends_frank_his_cart_reminder(world: World) -> None
     assert world.sender.sent == [("cart-reminder", "frank@example.com",
                                   {"segment_id": CART, "segment_name": "Cart abandoners", "first_name": "Frank",
                                    "customer_id": "frank"})]
-    assert world.ledger.entry(CART, "frank") == LedgerEntry(2, ENTERED, "5d1c0f8f3a4b4c6e9e0a7f2b1c3d4e5f", {})
+    assert world.ledger.entry(CART, "frank") == LedgerEntry(2, ENTERED, "5d1c0f8f3a4b4c6e9e0a7f2b1c3d4e5f", SENT)
 
 
 # ---- the cold start, and SES's errors --------------------------------------------------------------------
@@ -608,3 +610,53 @@ def test_ses_errors_map_to_retry_refusal_or_unknown(errors: Any, outcome: Any) -
         assert str(raised.value) == str(outcome) and raised.value.__cause__ is None
     assert client.calls[0] == {"Source": "shop@example.com", "Destination": {"ToAddresses": ["frank@example.com"]},
                                "Template": "t", "TemplateData": '{"a":"b"}', "ConfigurationSetName": "cdp"}
+
+
+# ---- identity merges ------------------------------------------------------------------------------------
+
+
+def merged_entry(customer_id: str, segment_id: str, version: int) -> tuple[str, str]:
+    body = json.loads(bus_event(customer_id, segment_id, version=version))
+    body["detail"]["clause"] = {"path": "merged", "reason": "condition: test"}
+    return (f"{customer_id}-merged", json.dumps(body))
+
+
+def merged_customer(world: World, customer_id: str, merged_id: str, **traits: Any) -> None:
+    profile = Profile(customer_id)
+    profile.version = 2
+    profile.traits = traits
+    profile.merges = [[merged_id, int(T), "identify-1"]]
+    world.profiles.put(profile.to_item())
+
+
+def test_a_customer_emailed_under_a_merged_id_gets_no_second_email_when_the_merge_moves_them_in(
+        world: World) -> None:
+    world.customer("anon-1", email="ada@example.com", first_name="Ada")  # identified by traits before the merge
+    assert world.deliver([message("m1", "anon-1", CART)]).delivered
+    world.deliver([message("m2", "anon-1", CART, kind=EXITED, version=2)])  # the merge's exit, its mark kept
+    merged_customer(world, "user-1", "anon-1", email="ada@example.com", first_name="Ada")
+
+    result = world.deliver([merged_entry("user-1", CART, 2)])
+
+    assert world.sender.templates == ["cart-reminder"]  # the one email, before the merge
+    assert reasons(result) == ["emailed for this segment under an id merged into this customer"]
+
+
+def test_an_anonymous_cart_becomes_the_known_customers_reminder_after_the_merge(world: World) -> None:
+    world.customer("anon-1")  # no address: the anonymous entry sends nothing
+    assert reasons(world.deliver([message("m1", "anon-1", CART)])) == ["no valid email address in the profile"]
+    world.deliver([message("m2", "anon-1", CART, kind=EXITED, version=2)])
+    merged_customer(world, "user-1", "anon-1", email="ada@example.com", first_name="Ada")
+
+    result = world.deliver([merged_entry("user-1", CART, 2)])
+
+    assert [a.event.customer_id for a in result.delivered] == ["user-1"]
+    assert world.sender.sent[0][1] == "ada@example.com"
+
+
+def test_a_later_entry_of_a_merged_customer_that_no_merge_caused_sends_as_usual(world: World) -> None:
+    world.customer("anon-1", email="ada@example.com")
+    world.deliver([message("m1", "anon-1", CART)])
+    merged_customer(world, "user-1", "anon-1", email="ada@example.com")
+    assert world.deliver([message("m2", "user-1", CART, version=5)]).delivered  # clause "condition"
+    assert len(world.sender.sent) == 2

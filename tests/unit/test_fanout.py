@@ -152,7 +152,7 @@ def test_a_real_bus_event_is_parsed() -> None:
     assert event == MembershipEvent(
         message_id="m-1", event_id=event_id("alice", CART, ENTERED, 4), kind=ENTERED, customer_id="alice",
         segment_id=CART, version=4, at=datetime.fromtimestamp(AT + 4, UTC).isoformat().replace("+00:00", "Z"),
-        primary_segment=CART, identifiers=identifiers)
+        primary_segment=CART, identifiers=identifiers, clause="condition.absence")
     assert event.key == (CART, "alice")
     assert event.identifiers[EMAIL] == sha256("alice@example.com")
 

@@ -73,6 +73,8 @@ from cdp.pipeline.fanout import (
 from cdp.ports import TransientError
 
 NAMESPACE = "email"  # the delivery ledger's namespace for this integration
+EMAILED = "emailed"  # the mark a claimed (sent) entry carries in the ledger, and its exit after it
+MERGED_CLAUSE = "merged"  # the clause of a membership change an identity merge caused
 CAP_ATTEMPTS = 5  # conditional writes tried on the cap record before giving up for this batch
 MAX_CAP_COUNT = 100
 MAX_CAP_HOURS = 24 * 366
@@ -323,7 +325,7 @@ def deliver_emails(messages: Sequence[tuple[str, str]], templates: Mapping[str, 
         return result
     planned = plan(events, applied)
     result.skipped += planned.skipped
-    candidates = _candidates(planned.actions, templates, ledger, result)
+    candidates = _candidates(planned.actions, templates, ledger, applied, result)
     if not candidates:
         return result
     found = _recipients(profiles, candidates, result)
@@ -336,6 +338,9 @@ def deliver_emails(messages: Sequence[tuple[str, str]], templates: Mapping[str, 
         address, why_not = recipient(profile, options)
         if profile is None or address is None:
             _done(ledger, action, why_not, result)
+            continue
+        if _merged_and_emailed(event, profile, ledger, result):
+            _done(ledger, action, "emailed for this segment under an id merged into this customer", result)
             continue
         data = template_data(event, segment_name(bodies.get(event.message_id, "")), profile)
         _claim_and_send(action, template, address, data, applied.get(event.key), ledger, cap, sender, int(now),
@@ -379,14 +384,18 @@ def recipient(profile: Profile | None, options: EmailOptions) -> tuple[str | Non
 
 
 def _candidates(actions: Sequence[Action], templates: Mapping[str, str], ledger: DeliveryLedger,
-                result: DeliveryResult) -> list[tuple[Action, str]]:
+                applied: Mapping[tuple[str, str], LedgerEntry], result: DeliveryResult) -> list[tuple[Action, str]]:
     """The Entered actions that may send, with their template; every other action is recorded as done."""
     candidates: list[tuple[Action, str]] = []
     for action in actions:
         if not action.records:
             continue  # a clean-up removal for list destinations: an email has nothing to take back
         if action.kind == EXITED:
-            _done(ledger, action, "exit recorded (no email on exit)", result)
+            # An exit keeps the mark of an email sent on the entry: a merge that moves the customer into the
+            # segment under another id then knows this person was emailed (see ``_merged_and_emailed``).
+            previous = applied.get(action.event.key)
+            _done(ledger, action, "exit recorded (no email on exit)", result,
+                  emailed=previous is not None and bool(previous.identifiers.get(EMAILED)))
             continue
         template, why_not = email_template(action.event, templates)
         if template is None:
@@ -411,7 +420,7 @@ def _claim_and_send(action: Action, template: str, address: str, data: Mapping[s
                     previous: LedgerEntry | None, ledger: EmailLedger, cap: FrequencyCapStore, sender: EmailSender,
                     now: int, options: EmailOptions, result: DeliveryResult) -> None:
     event = action.event
-    claim = _entry(action)
+    claim = _entry(action, emailed=True)
     try:
         claimed = ledger.record(NAMESPACE, event.key, claim)
     except TransientError as error:
@@ -477,15 +486,31 @@ def _retry(action: Action, claim: LedgerEntry, previous: LedgerEntry | None, led
         result.skipped.append((action.event, f"not sent and not retried: {reason}; {kept}"))
 
 
-def _entry(action: Action) -> LedgerEntry:
-    """The ledger entry for an email event: no identifiers are kept (an exit sends nothing)."""
-    return LedgerEntry(action.event.version, action.kind, action.event.event_id, {})
+def _entry(action: Action, emailed: bool = False) -> LedgerEntry:
+    """The ledger entry for an email event: no identifiers are kept, only whether an email was claimed."""
+    return LedgerEntry(action.event.version, action.kind, action.event.event_id, {EMAILED: "1"} if emailed else {})
 
 
-def _done(ledger: DeliveryLedger, action: Action, reason: str, result: DeliveryResult) -> None:
+def _merged_and_emailed(event: MembershipEvent, profile: Profile, ledger: DeliveryLedger,
+                        result: DeliveryResult) -> bool:
+    """Whether an entry a merge caused (clause ``merged``) would email someone already emailed for the segment
+    under one of the ids merged into them: the customer was in the segment on both sides, so no second email.
+    A ledger that cannot be read retries the event."""
+    if event.clause != MERGED_CLAUSE or not profile.merges:
+        return False
+    keys = [(event.segment_id, str(entry[0])) for entry in profile.merges]
+    try:
+        entries = ledger.entries(NAMESPACE, keys)
+    except TransientError as error:
+        result.retry[event.message_id] = f"delivery ledger unavailable: {error}"
+        return True
+    return any(entry.identifiers.get(EMAILED) for entry in entries.values())
+
+
+def _done(ledger: DeliveryLedger, action: Action, reason: str, result: DeliveryResult, emailed: bool = False) -> None:
     """Record an event that sends nothing, so order and idempotency hold for it too."""
     try:
-        ledger.record(NAMESPACE, action.event.key, _entry(action))
+        ledger.record(NAMESPACE, action.event.key, _entry(action, emailed))
     except TransientError as error:
         result.retry[action.event.message_id] = f"delivery ledger unavailable: {error}"
         return

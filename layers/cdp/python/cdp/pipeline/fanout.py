@@ -43,6 +43,7 @@ class MembershipEvent:
     at: str
     primary_segment: str | None
     identifiers: Mapping[str, str]
+    clause: str = ""  # the clause that flipped it; "merged" for a change an identity merge caused
 
     @property
     def key(self) -> tuple[str, str]:
@@ -66,8 +67,11 @@ def parse_message(message_id: str, body: str) -> MembershipEvent:
     if not isinstance(identifiers, dict) or not all(isinstance(v, str) for v in identifiers.values()):
         raise InvalidDelivery("detail.identifiers: must be an object of strings")
     primary = detail.get("primary_segment")
+    clause = detail.get("clause")
+    path = clause.get("path") if isinstance(clause, dict) else None
     return MembershipEvent(message_id, event_id, kind, customer_id, segment_id, version, str(detail.get("at", "")),
-                           primary if isinstance(primary, str) else None, dict(identifiers))
+                           primary if isinstance(primary, str) else None, dict(identifiers),
+                           path if isinstance(path, str) else "")
 
 
 def _json_object(body: str) -> dict[str, Any]:
