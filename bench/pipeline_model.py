@@ -237,7 +237,7 @@ def cost(counts: Counts, *, ingest_cpu_s_per_event: float, client_cpu_s_per_writ
     # batches were cut at to keep one event per customer per batch.
     ingest_batches = n / INGEST_BATCH
     ingest_seconds = (n * (ingest_cpu_s_per_event + writes_ingest * client_cpu_s_per_write) / ingest_share
-                      + ingest_batches * wait["BatchGetItem"]
+                      + 2 * ingest_batches * wait["BatchGetItem"]  # the id map, then the profiles
                       + n * writes_ingest / concurrency * wait["PutItem"]
                       + ingest_batches * wait["PutItem"])
     timers_seconds = (n * writes_timers * (timers_cpu_s_per_due + client_cpu_s_per_write) / share
@@ -255,6 +255,10 @@ def cost(counts: Counts, *, ingest_cpu_s_per_event: float, client_cpu_s_per_writ
         "ingest lambda duration": ingest_seconds * ingest_gb_s,
         "profile reads (BatchGetItem, 1 RRU per profile up to 4 KB)":
             n * (writes_ingest + writes_timers) * prices.DYNAMODB_READ_REQUEST_UNIT,
+        "id map reads (BatchGetItem, eventually consistent: 0.5 RRU per id per batch)":
+            n * writes_ingest * 0.5 * prices.DYNAMODB_READ_REQUEST_UNIT,
+        "id map writes (a merge's link, a new email address: 1 WRU each)":
+            n * per.get("id_map_writes", 0.0) * prices.DYNAMODB_WRITE_REQUEST_UNIT,
         "profile writes (1 WRU per KB, measured sizes)":
             n * per["profile_write_units"] * prices.DYNAMODB_WRITE_REQUEST_UNIT,
         "due index writes (keys only: 1 to add or drop, 2 to move)":
