@@ -125,3 +125,24 @@ def test_a_static_edit_that_cannot_be_written_raises_its_error() -> None:
     store = ScriptedStore(saves=[TransientError("throttled")])
     with pytest.raises(TransientError, match="throttled"):
         edit_static_segment(store, Engine(CATALOGUE), static_edit(CATALOGUE, "vip", ["ada"], []), lambda: T)
+
+
+def test_a_profile_merged_into_another_customer_is_never_changed_again() -> None:
+    frozen = Profile("anon-1")
+    frozen.version, frozen.merged_into = 3, "user-1"
+    calls: list[Profile] = []
+
+    class Refusing:
+        def load(self, customer_ids: Sequence[str]) -> dict[str, Profile]:
+            raise AssertionError("nothing to reload")
+
+        def save(self, profile: Profile, expected_version: int) -> None:
+            raise AssertionError("a frozen profile is never written")
+
+    def change(profile: Profile) -> bool:
+        calls.append(profile)
+        return True
+
+    outcome = write_profile(Refusing(), "anon-1", frozen, change)
+    assert not outcome.written and not outcome.failed and calls == []
+    assert outcome.profile.merged_into == "user-1" and outcome.profile.version == 3

@@ -282,14 +282,10 @@ def _write_customer(customer: _Customer, engine: Engine, store: ProfileStore, no
     when the profile turned out to be merged into another customer, that customer's share to write instead.
     """
     folds: list[Outcome] = []
-    merged_away: list[Profile] = []
     items, snapshots = customer.items, customer.snapshots
     email_before = _email(customer.profile) if identity is not None and _may_index(customer) else None
 
     def fold(current: Profile) -> bool:
-        merged_away[:] = [current] if current.merged_into is not None else []
-        if merged_away:
-            return False
         absorbed, merged = absorb(current, snapshots, engine, now, messages) if snapshots else (0, [])
         customer.absorbed = absorbed
         outcome = _fold(current, items, engine, now)
@@ -310,11 +306,11 @@ def _write_customer(customer: _Customer, engine: Engine, store: ProfileStore, no
     except TransientError as error:  # the id map's email index, written just before the profile
         write = WriteOutcome(customer.profile or Profile(customer.customer_id), error=error,
                              reason=f"the id map could not be written: {error}")
-    if merged_away and not write.failed:
-        away = merged_away[0]
-        assert away.merged_into is not None
-        return write, Outcome(), _Customer(away.merged_into, [(r, replace(e, customer_id=away.merged_into))
-                                                               for r, e in items], None, [*snapshots, away])
+    away = write.profile
+    if not write.failed and away.merged_into is not None:  # merged away meanwhile: write its customer instead
+        target = away.merged_into
+        return write, Outcome(), _Customer(target, [(r, replace(e, customer_id=target)) for r, e in items], None,
+                                           [*snapshots, away])
     return write, folds[-1] if folds else Outcome(), None
 
 

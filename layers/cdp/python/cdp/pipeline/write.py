@@ -4,9 +4,9 @@ Every writer of profiles (the ingest, the timers sweep, the API's static-segment
 :func:`write_profile`. The profile is written with optimistic locking: the put is conditional on the
 version that was read, so a concurrent writer's change is never overwritten. When the put finds
 another version, the profile is read again (strongly consistent) and the change made again on top,
-up to ``attempts`` puts in all. Nothing raises: conflicts that do not let up and transient errors
-(throttling, a timeout) come back as a :class:`WriteOutcome` that says why, for the caller to retry
-later or answer with.
+up to ``attempts`` puts in all. A profile merged into another customer is never changed. Nothing raises:
+conflicts that do not let up and transient errors (throttling, a timeout) come back as a
+:class:`WriteOutcome` that says why, for the caller to retry later or answer with.
 
 Requests: one put per attempt, and one single-key load after each conflict but the last. The first
 read is the caller's, so a batch is loaded with one call for all its customers.
@@ -51,6 +51,10 @@ def write_profile(store: ProfileStore, customer_id: str, profile: Profile | None
     current = profile or Profile(customer_id)
     conflicts = 0
     for attempt in range(1, attempts + 1):
+        if current.merged_into is not None:
+            # Merged into another customer: kept as it was at the merge, never written again (the caller
+            # finds ``profile.merged_into`` set and writes there instead, as the ingest does).
+            return WriteOutcome(current, conflicts=conflicts)
         if not change(current):
             return WriteOutcome(current, conflicts=conflicts)
         expected = current.version
