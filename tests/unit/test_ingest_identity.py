@@ -319,3 +319,17 @@ def test_an_email_index_that_cannot_be_written_retries_the_customer_and_nothing_
     world.identity = Identity(world.id_map)
     assert world.ingest([identify("user-1", None, B, "i-1", email="a@example.com")]).failed == []
     assert world.id_map.items[identifier_digest("email", "a@example.com")]["canonical"] == "user-1"
+
+
+def test_a_chain_merged_in_the_batch_that_names_its_first_id_counts_that_id_once() -> None:
+    world = World(merge_known=True)
+    world.ingest(browsing("a"))
+    world.ingest([identify("b", "a", B + 1000, "m-1")])
+
+    result = world.ingest([track("a", "Product Viewed", B + 1200, "late", product_id="z"),
+                           alias("b", "c", B + 1100, "m-2")])
+
+    assert result.failed == []
+    merged = world.profile("c")
+    assert (views(merged), merged.orders, merged.revenue) == (7, 1, 8000)  # a's history through b, once
+    assert merged.merged_ids() == {"a", "b"}

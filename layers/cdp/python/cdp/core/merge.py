@@ -346,9 +346,12 @@ def absorb(profile: Profile, snapshots: Iterable[Profile], engine: Engine, now: 
     when a merge is completed for a later message), then evaluate every segment on the result. Returns how many
     it absorbed and the transitions, each with the clause ``merged``."""
     absorbed = 0
-    for snapshot in snapshots:
+    pending = [s for s in snapshots if s.customer_id != profile.customer_id]
+    # A snapshot that another one absorbed before it was frozen arrives inside that one (a chain): not twice.
+    inside = {merged for snapshot in pending for merged in snapshot.merged_ids()}
+    for snapshot in pending:
         held = profile.merged_ids()
-        if snapshot.customer_id == profile.customer_id or snapshot.customer_id in held:
+        if snapshot.customer_id in held or snapshot.customer_id in inside:
             continue
         merged = merge_profiles(profile, snapshot, now, catalogue=engine.catalogue)
         merged.merges.append([snapshot.customer_id, int(now), messages.get(snapshot.customer_id, "")])
