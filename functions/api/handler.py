@@ -364,7 +364,12 @@ def list_members(segmentId: SEGMENT_ID,
 def edit_members(segmentId: SEGMENT_ID,
                  edit: Annotated[MembershipEdit, Body()]) -> MembershipEditResult:
     d = deps()
-    checked = static_edit(d.catalogue, segmentId, edit.add, edit.remove)
+    # Merged ids are edited as the customer they belong to (one batched read of the map for all of them).
+    asked = {*edit.add, *edit.remove}
+    roots = resolve_all(asked, d.identity_map.links) if d.identity_map is not None and asked else {}
+    add = list(dict.fromkeys(roots.get(c, c) for c in edit.add))
+    remove = list(dict.fromkeys(roots.get(c, c) for c in edit.remove))
+    checked = static_edit(d.catalogue, segmentId, add, remove)
     done = edit_static_segment(d.profiles, Engine(d.catalogue), checked, d.clock.now)
     return MembershipEditResult(segment_id=checked.segment_id, added=done.added, removed=done.removed,
                                 unchanged=done.unchanged)

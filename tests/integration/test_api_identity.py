@@ -272,3 +272,14 @@ def test_the_lookups_show_the_merge_audit_times(api: base.Api) -> None:
 
     assert [[entry["id"], entry["at"], entry["message_id"]] for entry in body["merged_ids"]] == [
         [merged, iso(at), message_id] for merged, at, message_id in stored]
+
+
+def test_a_static_segment_edit_of_a_merged_id_edits_the_customer_it_belongs_to(api: base.Api) -> None:
+    seed_merged_alice(api)
+
+    reply = api.send(base.raw_event("POST", "/segments/vip/members", body='{"add": ["anon-1"]}'))
+
+    assert reply.status == 200, reply.text
+    assert reply.json["added"] == ["alice"]
+    assert "vip" in api.stack.profile("alice").memberships
+    assert api.stack.profile("anon-1").memberships == {}
