@@ -22,9 +22,9 @@ def test_health_names_the_components_and_the_templates_resources(stack: Running)
     assert health["schedules"] == {"timers": 1}
     resources = health["resources"]
     assert len(resources["streams"]) == 1 and resources["buses"] == ["cdp-dev"]
-    # profiles, members index, write keys (the collector's) and the integrations' delivery ledger
+    # profiles, members index, write keys (the collector's), the id map and the integrations' delivery ledger
     assert sorted(name.rstrip("0123456789ABCDEF") for name in resources["tables"]) == [
-        "FanoutLedger", "StorageMembers", "StorageProfiles", "StorageWriteKeys"]
+        "FanoutLedger", "StorageIdentityMap", "StorageMembers", "StorageProfiles", "StorageWriteKeys"]
     assert health["environment"]["ingest"]["PROFILES_TABLE"] in resources["tables"]
 
 
