@@ -303,7 +303,10 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         print("stopping ...", flush=True)
         unregister(state)
-        stack.stop()
+        busy = stack.stop()
+    if busy:  # their request pools' worker threads would hold the interpreter's exit up
+        print(f"stopped; cut off: {', '.join(busy)}", flush=True)
+        os._exit(0)
     return 0
 
 

@@ -44,6 +44,7 @@ LOCAL_SOURCE = "local"  # the source `cdp run` makes, whose write key it prints
 MAX_REQUEST_BYTES = 10 * 1024 * 1024  # an HTTP API's payload quota: API Gateway answers 413 past it
 SAMPLE_BATCH_BYTES = 400 * 1024  # well under the collector's 500 KB per batch
 SAMPLE_BATCH_MESSAGES = 1_000  # well under its 2,500 messages
+STOP_SECONDS = 6.0  # for the components' invocations in hand, within the 10 s a stop is given
 
 
 def synthesised_template(root: Path, context: dict[str, object] | None = None) -> dict[str, Any]:
@@ -565,17 +566,24 @@ class LocalStack:
         os.environ.update({"POWERTOOLS_SERVICE_NAME": "cdp-local", "POWERTOOLS_LOG_LEVEL": "WARNING"})
         self._wire()
 
-    def stop(self) -> None:
+    def stop(self) -> list[str]:
+        """Stop every component, then the emulator; the names of components still busy after STOP_SECONDS.
+
+        The emulator stops last: a handler cut off mid-batch would otherwise retry its requests against
+        the endpoints of real AWS once the emulator is gone. A component that outlives the wait is left to
+        the caller (a daemon thread, but its request pool's workers would hold a normal exit up).
+        """
         self.stopping.set()
         if self.sandbox is not None:
             self.sandbox.stop()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
-        deadline = time.monotonic() + 3  # for all of them: the threads are daemons, none may hold the exit up
+        deadline = time.monotonic() + STOP_SECONDS  # for all of them together
         for thread in self.threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.emulator.stop()
+        return [thread.name for thread in self.threads if thread.is_alive()]
 
     def client(self, service: str) -> Any:
         """A boto3 client of the emulator, as the handlers' own reach it."""
