@@ -54,8 +54,14 @@ def test_a_component_still_busy_after_the_wait_is_named(monkeypatch: pytest.Monk
     monkeypatch.setattr(local_stack, "STOP_SECONDS", 0.2)
     emulator, release = RecordingEmulator(), threading.Event()
     stack = stack_with(emulator)
-    stack._thread("changes", lambda: release.wait(10))
-    stack._thread("timers", lambda: stack.stopping.wait())
+    def held() -> None:
+        release.wait(10)
+
+    def idle() -> None:
+        stack.stopping.wait()
+
+    stack._thread("changes", held)
+    stack._thread("timers", idle)
     try:
         assert stack.stop() == ["changes"]
         assert emulator.stopped_at is not None
