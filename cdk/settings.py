@@ -162,6 +162,66 @@ def _published(scope: Construct, integrations: list[Integration]) -> str:
     return ",".join(sorted(chosen))
 
 
+def _consent(scope: Construct) -> str:
+    """Context ``consent``: which consent categories each use needs (see cdp.core.consent), as the functions
+    read it from CONSENT_POLICY; checked here with the functions' own parser."""
+    import json
+
+    from cdp.core.consent import ConsentPolicy, ConsentPolicyError
+
+    raw = scope.node.try_get_context("consent")
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise SettingsError("context consent must be an object (JSON with -c)") from None
+    try:
+        return json.dumps(ConsentPolicy.parse(raw).as_json(), sort_keys=True)
+    except ConsentPolicyError as error:
+        raise SettingsError(f"context {error}") from None
+
+
+def _after_deletion(scope: Construct) -> str:
+    """Context ``after_deletion``: what a new event for a deleted customer does. ``block`` (the default):
+    nothing, while the tombstone lasts; ``fresh``: an event newer than the deletion starts a new profile."""
+    raw = str(scope.node.try_get_context("after_deletion") or "block")
+    if raw not in ("block", "fresh"):
+        raise SettingsError(f"context after_deletion must be block or fresh, not {raw!r}")
+    return raw
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long each place that holds personal data keeps it, in days (context ``retention.<name>``)."""
+
+    profile_days: int = 730  # a profile untouched this long expires (its exits sent first); 0: never
+    tombstone_days: int = 400  # a deleted customer's tombstone blocks re-creation this long
+    quarantine_days: int = 30  # quarantined records (raw messages) are deleted after this
+    archive_days: int = 30  # the bus archive's retention (EventBridge cannot delete from an archive)
+    ledger_exit_days: int = 30  # a delivery ledger entry of an exit expires after this
+    request_days: int = 1095  # data-subject request records (the audit) are kept this long
+
+
+RETENTION_LIMITS = {"profile_days": (0, 3650), "tombstone_days": (1, 3650), "quarantine_days": (1, 365),
+                    "archive_days": (1, 365), "ledger_exit_days": (8, 365), "request_days": (30, 3650)}
+
+
+def _retention(scope: Construct) -> Retention:
+    raw = scope.node.try_get_context("retention") or {}
+    if not isinstance(raw, dict):
+        raise SettingsError("context retention must be an object of name -> days")
+    unknown = set(raw) - set(RETENTION_LIMITS)
+    if unknown:
+        raise SettingsError(f"context retention.{sorted(unknown)[0]}: unknown; known: {', '.join(RETENTION_LIMITS)}")
+    values = {}
+    for name, (low, high) in RETENTION_LIMITS.items():
+        value = raw.get(name, getattr(Retention, name))
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise SettingsError(f"context retention.{name} must be a whole number of days from {low} to {high}")
+        values[name] = value
+    return Retention(**values)
+
+
 _SEGMENT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")  # as segment ids are (cdp.core.language.SLUG)
 
 
@@ -194,6 +254,9 @@ class Settings:
     collector_memory_mb: int
     # CDP_MERGE_KNOWN: merge a customer known by user id into another (off, as Segment: a known customer stays)
     merge_known: bool = False
+    consent_policy: str = "{}"  # CONSENT_POLICY: JSON of cdp.core.consent.ConsentPolicy
+    after_deletion: str = "block"  # CDP_AFTER_DELETION: block | fresh
+    retention: Retention = Retention()
 
     @classmethod
     def from_context(cls, scope: Construct) -> Settings:
@@ -233,4 +296,7 @@ class Settings:
             collector_burst_limit=_int(scope, "collector_burst_limit", 2000, 1, 100_000),
             collector_memory_mb=_int(scope, "collector_memory_mb", 512, 128, 10240),
             merge_known=_flag(scope, "merge_known"),
+            consent_policy=_consent(scope),
+            after_deletion=_after_deletion(scope),
+            retention=_retention(scope),
         )
