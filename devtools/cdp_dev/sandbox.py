@@ -1,7 +1,9 @@
 """A local stand-in for the ad and list platforms, for the local stack: it accepts what the
 integrations send, answers as the platforms document, and reports each delivery to the feed.
 
-It checks nothing beyond the shape it needs to count rows; the tests' fake servers check formats.
+It checks nothing beyond the shape it needs to count rows; the tests' fake servers check formats. It keeps
+what each audience and list holds now (adds less removes), as the platform would, and answers it at
+``GET /audiences``: what a deletion must leave without the customer.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ class Sandbox:
         self.report = report
         self.deliveries: list[dict[str, Any]] = []
         self._jobs: dict[str, str] = {}  # Google offline user data job -> user list id
+        self.audiences: dict[str, set[str]] = {}  # "integration:target" -> the identifiers it holds now
+        self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -58,6 +62,9 @@ class Sandbox:
             self._server.server_close()
 
     def answer(self, method: str, path: str, raw: bytes) -> tuple[int, dict[str, Any]]:
+        if method == "GET" and path.rstrip("/").endswith("/audiences"):
+            with self._lock:
+                return 200, {name: sorted(held) for name, held in sorted(self.audiences.items())}
         if path.endswith("/token"):
             return 200, {"access_token": "local-access-token", "expires_in": 3600, "token_type": "Bearer"}
         if path.endswith("/users"):  # Meta Custom Audiences
@@ -97,6 +104,12 @@ class Sandbox:
         """``identifiers``: what the rows name, as sent (hashes for the ad platforms, customer ids for lists)."""
         delivery = {"integration": integration, "action": action, "target": target, "rows": rows,
                     "identifiers": identifiers}
+        with self._lock:
+            held = self.audiences.setdefault(f"{integration}:{target}", set())
+            if action == "add":
+                held.update(identifiers)
+            elif action == "remove":
+                held.difference_update(identifiers)
         self.deliveries.append(delivery)
         if self.report is not None:
             self.report(delivery)
