@@ -27,9 +27,11 @@ class Changes(Construct):
         super().__init__(scope, construct_id)
         self.bus = events.EventBus(self, "Bus", event_bus_name=bus_name(settings.stage))
         self.archive = self.bus.archive("Archive", archive_name=f"cdp-{settings.stage}-segments",
-                                        description="Every Segment Entered / Exited, for replay",
+                                        description="Every segment change (entered, exited, consent), for replay",
                                         event_pattern=events.EventPattern(source=["cdp.segments"]),
-                                        retention=Duration.days(365))
+                                        # The events carry hashed identifiers and cannot be deleted one by one:
+                                        # the archive keeps them only as long as retention.archive_days says.
+                                        retention=Duration.days(settings.retention.archive_days))
         self.failures = encrypted_queue(self, "Failures", key)
         self.function = CdpFunction(
             self, "Changes", folder="changes", layers=layers, key=key, architecture=settings.architecture,

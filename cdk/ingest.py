@@ -42,7 +42,10 @@ class Ingest(Construct):
             environment={"PROFILES_TABLE": storage.profiles.table_name,
                          "QUARANTINE_BUCKET": storage.quarantine.bucket_name,
                          "IDENTITY_TABLE": storage.identity_map.table_name,
-                         "CDP_MERGE_KNOWN": "true" if settings.merge_known else "false"})
+                         "CDP_MERGE_KNOWN": "true" if settings.merge_known else "false",
+                         # profiling consent: without it a customer is in no segment (cdp.core.engine)
+                         "CONSENT_POLICY": settings.consent_policy,
+                         "PROFILE_RETENTION_DAYS": str(settings.retention.profile_days)})
         role = self.function.role
         grant_items(role, storage.profiles, "dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem")
         # The batch's one read of its ids, and the conditional link and email index puts; never a delete.

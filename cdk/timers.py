@@ -28,7 +28,9 @@ class Timers(Construct):
             memory_mb=settings.memory_mb, timeout=SWEEP_TIMEOUT,
             environment={"PROFILES_TABLE": storage.profiles.table_name,
                          "DUE_INDEX_NAME": storage.due_index_name,
-                         "SWEEP_PAGE_SIZE": "100", "SWEEP_RESERVE_MS": "10000"})
+                         "SWEEP_PAGE_SIZE": "100", "SWEEP_RESERVE_MS": "10000",
+                         "CONSENT_POLICY": settings.consent_policy,
+                         "PROFILE_RETENTION_DAYS": str(settings.retention.profile_days)})
         role = self.function.role
         role.add_to_policy(iam.PolicyStatement(
             actions=["dynamodb:Query"],

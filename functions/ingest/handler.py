@@ -72,7 +72,8 @@ def build(**overrides: Any) -> Dependencies:
     dynamodb = Config(max_pool_connections=max(10, config.write_concurrency), parameter_validation=False)
     return assemble(
         Dependencies, overrides,
-        engine=lambda: Engine(load_catalogue(config.catalogue_path), max_future_skew=config.max_future_skew),
+        engine=lambda: Engine(load_catalogue(config.catalogue_path), max_future_skew=config.max_future_skew,
+                              consent_policy=config.consent_policy, retention_days=config.retention_days),
         store=lambda: DynamoProfileStore(boto3.client("dynamodb", config=dynamodb), config.profiles_table),
         quarantine=lambda: S3Quarantine(boto3.client("s3"), config.quarantine_bucket),
         clock=lambda: clock_from_env(config.clock, config.max_future_skew),

@@ -59,7 +59,8 @@ def build(**overrides: Any) -> Dependencies:
                                                     parameter_validation=False))
     return assemble(
         Dependencies, overrides,
-        engine=lambda: Engine(load_catalogue(config.catalogue_path)),
+        engine=lambda: Engine(load_catalogue(config.catalogue_path), consent_policy=config.consent_policy,
+                              retention_days=config.retention_days),
         store=lambda: DynamoProfileStore(client, config.profiles_table),
         index=lambda: DynamoDueIndex(client, config.profiles_table, config.due_index),
         clock=lambda: sweep_clock(config.clock),

@@ -84,7 +84,7 @@ def test_ingest_may_only_read_and_conditionally_write_profiles(template: Any) ->
 def test_the_bus_keeps_an_archive_for_replay(template: Any) -> None:
     template.resource_count_is("AWS::Events::EventBus", 1)
     template.has_resource_properties("AWS::Events::Archive", {
-        "EventPattern": {"source": ["cdp.segments"]}, "RetentionDays": 365})
+        "EventPattern": {"source": ["cdp.segments"]}, "RetentionDays": 30})
 
 
 def test_members_index_is_sharded_by_segment_and_expires_tombstones(template: Any) -> None:

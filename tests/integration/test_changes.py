@@ -10,7 +10,16 @@ from typing import Any
 
 import pytest
 
-from .support import MEMBERS_TABLE, InjectedError, Stack, changes_handler, failures, load_envelope
+from .support import (
+    MEMBERS_TABLE,
+    InjectedError,
+    Stack,
+    changes_handler,
+    failures,
+    kinesis_envelope,
+    load_envelope,
+    track,
+)
 
 CATALOGUE = str(Path(__file__).resolve().parents[2] / "segments")
 
@@ -68,3 +77,63 @@ def test_a_size_update_that_keeps_failing_is_logged_and_counted_and_fails_no_rec
     emitted: list[dict[str, Any]] = [json.loads(line) for line in capsys.readouterr().out.splitlines()
                                      if line.startswith("{")]
     assert any(m.get("MemberSizeUpdatesLost") == [1.0] for m in emitted), emitted
+
+
+# ---- consent and deletion -----------------------------------------------------------------------------------
+
+
+def consent_message(customer_id: str, at: float, message_id: str, **categories: bool) -> dict[str, Any]:
+    message = track(customer_id, "Segment Consent Preference Updated", at, message_id)
+    message["context"] = {"consent": {"categoryPreferences": categories}}
+    return message
+
+
+def test_a_consent_change_is_announced_per_segment_and_withdrawn_profiling_exits_them_all(stack: Stack) -> None:
+    from cdp.core.consent import ConsentPolicy
+    from cdp.core.engine import Engine
+
+    policy = ConsentPolicy.parse({"uses": {"profiling": ["analytics"], "meta": ["advertising"]}})
+    engine = Engine(stack.catalogue, consent_policy=policy)
+    assert failures(stack.ingest(load_envelope("kinesis/batch.json"), engine=engine)) == []
+    assert failures(stack.changes(stack.stream_envelope())) == []
+    stack.drain_events()
+    segments = set(stack.profile("dave").memberships)
+    assert segments, "the sample puts dave in a segment"
+    now = stack.clock.now()
+
+    # Advertising withdrawn: dave stays in his segments, and each integration hears of it.
+    assert failures(stack.ingest(kinesis_envelope([consent_message("dave", now, "c-1", analytics=True,
+                                                                   advertising=False)], first=900),
+                                 engine=engine)) == []
+    assert failures(stack.changes(stack.stream_envelope())) == []
+    events = [e for e in stack.drain_events() if e["detail"]["customer_id"] == "dave"]
+    kept = segments & set(stack.profile("dave").memberships)
+    consent = [e for e in events if e["detail-type"] == "Segment Consent Changed"]
+    assert sorted(e["detail"]["segment"]["id"] for e in consent) == sorted(kept)
+    assert {(e["detail"]["change"], e["detail"]["clause"]["path"]) for e in consent} == {("consent", "consent")}
+    assert {(seg, cid) for seg, cid in stack.members() if cid == "dave"} == {(s, "dave") for s in kept}
+    assert stack.profile("dave").consent.categories == {"analytics": True, "advertising": False}
+
+    # Analytics withdrawn: no profiling, so dave leaves every segment, saying why.
+    assert failures(stack.ingest(kinesis_envelope([consent_message("dave", now + 1, "c-2", analytics=False)],
+                                                  first=901), engine=engine)) == []
+    assert failures(stack.changes(stack.stream_envelope())) == []
+    exits = [e for e in stack.drain_events() if e["detail"]["customer_id"] == "dave"]
+    assert sorted(e["detail"]["segment"]["id"] for e in exits) == sorted(kept)
+    assert {(e["detail-type"], e["detail"]["clause"]["path"]) for e in exits} == {("Segment Exited", "consent")}
+    assert all("analytics" in e["detail"]["clause"]["reason"] for e in exits)
+    assert stack.profile("dave").memberships == {}
+
+
+def test_a_deleted_profile_leaves_its_segments_with_clause_deleted(stack: Stack) -> None:
+    import copy
+
+    removed = copy.deepcopy(load_envelope("dynamodb/stream.json"))
+    for record in removed["Records"]:
+        record["eventName"] = "REMOVE"
+        body = record["dynamodb"]
+        body["OldImage"] = body.pop("NewImage")
+    assert failures(stack.changes(removed)) == []
+    details = [e["detail"] for e in stack.drain_events()]
+    assert details and {(d["change"], d["clause"]["path"], d["clause"]["reason"]) for d in details} == {
+        ("exited", "deleted", "the profile was deleted")}

@@ -79,6 +79,13 @@ def profiles(draw: st.DrawFn) -> Profile:
     profile.catalogue = draw(texts)
     profile.aliases = draw(st.lists(texts, max_size=2))
     profile.groups = draw(st.lists(texts, max_size=2))
+    statements = st.tuples(st.dictionaries(texts, st.booleans(), max_size=3), times | st.floats(946_684_800, 2**32),
+                           texts)
+    for categories, stated_at, source in draw(st.lists(statements, max_size=3)):
+        profile.consent.record(categories, stated_at, source, draw(texts))
+    if draw(st.booleans()):
+        profile.consent.unsubscribe(draw(times | st.floats(946_684_800, 2**32)),
+                                    draw(st.sampled_from(["unsubscribed", "spam"])))
     return profile
 
 
@@ -170,6 +177,7 @@ def test_every_deferred_field_reads_as_the_old_path_does() -> None:
     profile.mark_delivered(SHARD, "49630000000000000000000000000000000000000000000000000042", B)
     profile.transitions = [["vip", "entered", B, "orders", "second order"]]
     profile.aliases, profile.groups = ["anon-1"], ["acme"]
+    profile.consent.record({"analytics": True}, B + 0.5, "web", "m-9")
     item = encode_profile(profile)
     lazy, eager = decode_profile(item), old_decoding(item)
     for name in DEFERRED.values():

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from cdp.core.clock import DEFAULT_MAX_FUTURE_SKEW
 
 if TYPE_CHECKING:
+    from cdp.core.consent import ConsentPolicy
     from cdp.integrations.email import EmailOptions
     from cdp.integrations.webhook import WebhookOptions
 
@@ -85,6 +86,11 @@ def cors_origins(env: Mapping[str, str], name: str = "CORS_ORIGINS") -> tuple[st
     return origins
 
 
+def retention_days(env: Mapping[str, str]) -> int:
+    """PROFILE_RETENTION_DAYS: days after its last event a profile expires (its exits first); 0: never."""
+    return _whole(env, "PROFILE_RETENTION_DAYS", 0, 0, 3650)
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     profiles_table: str
@@ -97,13 +103,40 @@ class IngestConfig:
     write_concurrency: int = DEFAULT_WRITE_CONCURRENCY
     identity_table: str = ""  # IDENTITY_TABLE: the id map (merged ids and hashed email addresses)
     merge_known: bool = False  # CDP_MERGE_KNOWN: merge a customer known by user id into another
+    consent_policy: ConsentPolicy | None = None  # CONSENT_POLICY: which consent each use needs; None: none
+    after_deletion: str = "block"  # CDP_AFTER_DELETION: block | fresh (see cdp.pipeline.identity.Identity)
+    retention_days: int = 0  # PROFILE_RETENTION_DAYS: a profile no event touched this long expires; 0: never
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> IngestConfig:
         return cls(_required(env, "PROFILES_TABLE"), _required(env, "QUARANTINE_BUCKET"), _catalogue(env),
                    _whole(env, "CDP_MAX_FUTURE_SKEW_SECONDS", DEFAULT_MAX_FUTURE_SKEW, 0, 86_400), clock_mode(env),
                    _whole(env, "CDP_WRITE_CONCURRENCY", DEFAULT_WRITE_CONCURRENCY, 1, 64),
-                   _required(env, "IDENTITY_TABLE"), flag(env, "CDP_MERGE_KNOWN"))
+                   _required(env, "IDENTITY_TABLE"), flag(env, "CDP_MERGE_KNOWN"), cls.consent(env),
+                   cls.deletion(env), retention_days(env))
+
+    @staticmethod
+    def deletion(env: Mapping[str, str]) -> str:
+        """CDP_AFTER_DELETION: ``block`` (the default: a deleted customer's events are dropped) or ``fresh`` (an
+        event after the deletion starts a fresh profile)."""
+        value = env.get("CDP_AFTER_DELETION", "").strip() or "block"
+        if value not in ("block", "fresh"):
+            raise ConfigError(f"environment variable CDP_AFTER_DELETION must be block or fresh, not {value!r}")
+        return value
+
+    @staticmethod
+    def consent(env: Mapping[str, str]) -> ConsentPolicy | None:
+        """CONSENT_POLICY: the JSON of :class:`~cdp.core.consent.ConsentPolicy` (``{"default": ..., "uses":
+        {...}}``); None when unset, which permits every use (as the empty policy does)."""
+        from cdp.core.consent import ConsentPolicy, ConsentPolicyError
+
+        raw = env.get("CONSENT_POLICY", "").strip()
+        if not raw:
+            return None
+        try:
+            return ConsentPolicy.parse(json_object(raw, "environment variable CONSENT_POLICY"))
+        except ConsentPolicyError as error:
+            raise ConfigError(f"environment variable CONSENT_POLICY: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -151,12 +184,45 @@ class ApiConfig:
     clock: str = "wall"  # CDP_CLOCK
     cors_origins: tuple[str, ...] = ()
     identity_table: str = ""  # IDENTITY_TABLE: the id map, through which merged ids and email addresses resolve
+    # Data subject requests (empty: the routes answer 503): REQUESTS_TABLE, PRIVACY_QUEUE_URL, LEDGER_TABLE
+    # (empty without integrations), REQUEST_RETENTION_DAYS
+    requests_table: str = ""
+    privacy_queue_url: str = ""
+    ledger_table: str = ""
+    request_days: int = 365
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ApiConfig:
         return cls(_required(env, "PROFILES_TABLE"), _required(env, "MEMBERS_TABLE"), _catalogue(env),
                    _whole(env, "MEMBER_SHARDS", 16, 1, 1000), env.get("ME_CLAIM", "").strip() or "sub",
-                   clock_mode(env), cors_origins(env), _required(env, "IDENTITY_TABLE"))
+                   clock_mode(env), cors_origins(env), _required(env, "IDENTITY_TABLE"),
+                   env.get("REQUESTS_TABLE", "").strip(), env.get("PRIVACY_QUEUE_URL", "").strip(),
+                   env.get("LEDGER_TABLE", "").strip(), _whole(env, "REQUEST_RETENTION_DAYS", 365, 1, 3650))
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """The privacy function: the deletion jobs' stores, and how long tombstones and requests are kept."""
+
+    profiles_table: str
+    members_table: str
+    identity_table: str
+    requests_table: str
+    quarantine_bucket: str
+    queue_url: str  # PRIVACY_QUEUE_URL: where the verify pass is queued
+    catalogue_path: Path
+    member_shards: int
+    ledger_table: str = ""  # LEDGER_TABLE: empty without integrations
+    verify_delay_seconds: int = 60  # VERIFY_DELAY_SECONDS: the wait before a verify pass
+    tombstone_days: int = 400  # TOMBSTONE_RETENTION_DAYS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> PrivacyConfig:
+        return cls(_required(env, "PROFILES_TABLE"), _required(env, "MEMBERS_TABLE"), _required(env, "IDENTITY_TABLE"),
+                   _required(env, "REQUESTS_TABLE"), _required(env, "QUARANTINE_BUCKET"),
+                   _required(env, "PRIVACY_QUEUE_URL"), _catalogue(env), _whole(env, "MEMBER_SHARDS", 16, 1, 1000),
+                   env.get("LEDGER_TABLE", "").strip(), _whole(env, "VERIFY_DELAY_SECONDS", 60, 0, 900),
+                   _whole(env, "TOMBSTONE_RETENTION_DAYS", 400, 1, 3650))
 
 
 @dataclass(frozen=True)
@@ -170,12 +236,15 @@ class TimersConfig:
     # (an event clock of the sweep's own would never move), so a clock given to build() still works
     clock: str = "wall"
     write_concurrency: int = DEFAULT_WRITE_CONCURRENCY  # CDP_WRITE_CONCURRENCY: a page's writes in flight at once
+    consent_policy: ConsentPolicy | None = None  # CONSENT_POLICY, as the ingest reads it (IngestConfig.consent)
+    retention_days: int = 0  # PROFILE_RETENTION_DAYS, as the ingest reads it
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TimersConfig:
         return cls(_required(env, "PROFILES_TABLE"), _required(env, "DUE_INDEX_NAME"), _catalogue(env),
                    _whole(env, "SWEEP_PAGE_SIZE", 100, 1, 100), _whole(env, "SWEEP_RESERVE_MS", 10_000, 0, 600_000),
-                   clock_mode(env), _whole(env, "CDP_WRITE_CONCURRENCY", DEFAULT_WRITE_CONCURRENCY, 1, 64))
+                   clock_mode(env), _whole(env, "CDP_WRITE_CONCURRENCY", DEFAULT_WRITE_CONCURRENCY, 1, 64),
+                   IngestConfig.consent(env), retention_days(env))
 
 
 def json_object(raw: str, what: str) -> dict[str, Any]:
@@ -209,6 +278,9 @@ class DestinationConfig:
     base_url: str  # empty: the platform's own
     api_version: str  # empty: the module's default
     options: dict[str, Any]  # integration-specific settings
+    profiles_table: str = ""  # PROFILES_TABLE: where each customer's consent is read at delivery
+    consent: ConsentPolicy | None = None  # CONSENT_POLICY (IngestConfig.consent); None: every use permitted
+    ledger_exit_days: int = 30  # LEDGER_EXIT_DAYS: a ledger entry of an exit expires after this
 
     def secret_id(self, holds: str) -> str:
         """SECRET_ARN, which this integration cannot do without; ``holds`` says what the secret is."""
@@ -227,7 +299,14 @@ class DestinationConfig:
             raise ConfigError("environment variable BASE_URL must be an https:// URL")
         return cls(targets, _required(env, "LEDGER_TABLE"), _required(env, "DEAD_LETTER_QUEUE_URL"),
                    env.get("SECRET_ARN", "").strip(), base_url.rstrip("/"), env.get("API_VERSION", "").strip(),
-                   _json_object(env, "OPTIONS", required=False))
+                   _json_object(env, "OPTIONS", required=False), env.get("PROFILES_TABLE", "").strip(),
+                   IngestConfig.consent(env), _whole(env, "LEDGER_EXIT_DAYS", 30, 1, 3650))
+
+    def consent_table(self) -> str:
+        """PROFILES_TABLE, which a batch integration cannot do without: consent is checked per customer."""
+        if not self.profiles_table:
+            raise ConfigError("environment variable PROFILES_TABLE is required (consent is read per customer)")
+        return self.profiles_table
 
 
 @dataclass(frozen=True)

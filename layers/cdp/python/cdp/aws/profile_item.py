@@ -21,11 +21,13 @@ from collections.abc import Callable, Mapping
 from decimal import Clamped, Context, Decimal, Inexact, Overflow, Rounded, Underflow
 from typing import Any
 
+from cdp.core.consent import ConsentState
 from cdp.core.profile import (
     DEFERRED,
     DIGEST_BYTES,
     Profile,
     Reader,
+    consent_item,
     due_shard,
     holds_digest,
     message_digest,
@@ -167,13 +169,21 @@ def encode_profile(profile: Profile) -> dict[str, AttributeValue]:
     _put_segmentation(profile, item)
     for attribute in ("tx", "al", "gr"):
         _put(profile, unread, item, attribute)
+    _put_identity(profile, item)
+    _put(profile, unread, item, "cs")
+    if profile.expires_at is not None:
+        item["xp"] = {"N": number_text(profile.expires_at)}
+    return item
+
+
+def _put_identity(profile: Profile, item: dict[str, AttributeValue]) -> None:
+    """Known, merged ids and the customer a merged profile went to."""
     if profile.known:
         item["kn"] = {"N": "1"}
     if profile.merges:
         item["mg"] = {"L": [{"L": [{"S": m[0]}, {"N": number_text(m[1])}, {"S": m[2]}]} for m in profile.merges]}
     if profile.merged_into is not None:
         item["mt"] = {"S": profile.merged_into}
-    return item
 
 
 def _put(profile: Profile, unread: Mapping[str, Any], item: dict[str, AttributeValue], attribute: str) -> None:
@@ -218,7 +228,12 @@ def _encode_field(name: str) -> Callable[[Profile], AttributeValue | None]:
 
 _ENCODERS: dict[str, Callable[[Profile], AttributeValue | None]] = {
     attribute: _encode_field(name) for attribute, name in DEFERRED.items()}
-_ENCODERS.update(cart=_encode_cart, od=_encode_order_digests)
+def _encode_consent(profile: Profile) -> AttributeValue | None:
+    consent = profile.consent
+    return None if consent.empty else encode_value(consent_item(consent))
+
+
+_ENCODERS.update(cart=_encode_cart, od=_encode_order_digests, cs=_encode_consent)
 
 
 # ---- decoding --------------------------------------------------------------------------------------------
@@ -259,10 +274,14 @@ def _read_strings(profile: Profile, value: AttributeValue) -> list[str]:
     return [str(decode_value(entry)) for entry in value["L"]]
 
 
+def _read_consent(profile: Profile, value: AttributeValue) -> ConsentState:
+    return ConsentState.from_item(decode_value(value))
+
+
 READERS: Mapping[str, Reader] = {
     "t": _read_traits, "ro": _read_recent_orders, "cart": _read_cart, "la": _read_last_add,
     "cx": _read_traits, "od": _read_order_digests, "sq": _read_shard_marks,
-    "tx": _read_transitions, "al": _read_strings, "gr": _read_strings,
+    "tx": _read_transitions, "al": _read_strings, "gr": _read_strings, "cs": _read_consent,
 }
 assert READERS.keys() == DEFERRED.keys()
 
@@ -323,17 +342,25 @@ def _read_figures(profile: Profile, item: Mapping[str, AttributeValue]) -> None:
         profile.latches = _number_map(latches)
     if (catalogue := get("cv")) is not None:
         profile.catalogue = str(decode_value(catalogue))
+    _read_identity(profile, item)
+
+
+def _read_identity(profile: Profile, item: Mapping[str, AttributeValue]) -> None:
+    """Known, merged ids, the customer a merged profile went to, and the retention's TTL."""
+    get = item.get
     if get("kn") is not None:
         profile.known = True
     if (merges := get("mg")) is not None:
         profile.merges = [[str(m["L"][0]["S"]), _int(m["L"][1]), str(m["L"][2]["S"])] for m in merges["L"]]
     if (merged_into := get("mt")) is not None:
         profile.merged_into = str(merged_into["S"])
+    if (expires := get("xp")) is not None:
+        profile.expires_at = _int(expires)
 
 
 # ---- the table stream ------------------------------------------------------------------------------------
 
-STREAM_ATTRIBUTES = ("customer_id", "v", "ua", "m", "t", "tx", "mg", "mt")  # what the changes function reads
+STREAM_ATTRIBUTES = ("customer_id", "v", "ua", "m", "t", "tx", "mg", "mt", "cs")  # what the changes function reads
 
 
 def decode_stream_image(image: Mapping[str, AttributeValue]) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from typing import Any
 USES = ("profiling", "email", "webhook", "meta", "google")
 CONSENT_EVENT = "Segment Consent Preference Updated"
 UNSUBSCRIBE_EVENTS = {"Unsubscribed": "unsubscribed", "Email Marked as Spam": "spam"}
-MAX_CONSENT_HISTORY = 20  # preference changes kept per customer (the export's consent history)
-MAX_CATEGORIES = 32  # categories kept from one message; a consent manager has a handful
+MAX_CONSENT_HISTORY = 10  # preference changes kept per customer (the export's consent history)
+MAX_CATEGORIES = 16  # categories kept from one message; a consent manager has a handful
 MAX_CATEGORY_CHARS = 64
 GRANTED, DENIED = "granted", "denied"
 

@@ -4,6 +4,11 @@
 :func:`cdp.core.fold.fold`. ``Engine.evaluate`` is what the timers call when a profile's
 deadline passes. Both return the membership transitions, each with the clause that flipped
 (:func:`explain`), and leave the profile's next deadline set.
+
+With a consent policy whose ``profiling`` use the customer's consent does not permit, no segment is
+evaluated at all: the customer leaves every segment (clause ``consent``, the reason naming the missing
+category) and keeps no deadline. The profile's catalogue fingerprint is cleared, so the first evaluation
+once consent is given again is a full one.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cdp.core.catalogue import Catalogue, Segment, Unit
+from cdp.core.consent import ConsentPolicy
 from cdp.core.events import Event
 from cdp.core.fold import MAX_CLOCK_SKEW, fold
 from cdp.core.language import AllOf, AnyOf, Condition, Not
@@ -23,6 +29,12 @@ from cdp.core.profile import Profile, ProfileView
 
 ENTERED = "entered"
 EXITED = "exited"
+CONSENT = "consent"  # the clause of the exits a missing profiling consent makes
+EXPIRED = "expired"  # the clause of the exits of a profile that no event touched for the retention
+EXPIRY = "~expiry"  # its deadline among the segments' (no segment id has a ~), so the timers sweep it
+DAY = 86_400
+TTL_GRACE = DAY  # DynamoDB may delete an expired item at once: the timers' exits go first
+PROFILING = "profiling"  # the consent use that segments are evaluated at all
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +64,20 @@ class Outcome:
 
 class Engine:
     def __init__(self, catalogue: Catalogue, stats: PopulationStats | None = None,
-                 max_future_skew: float = MAX_CLOCK_SKEW) -> None:
+                 max_future_skew: float = MAX_CLOCK_SKEW, consent_policy: ConsentPolicy | None = None,
+                 retention_days: int = 0) -> None:
         self.catalogue = catalogue
         self.stats = stats
         self.max_future_skew = max_future_skew  # seconds an event may be stamped ahead of the clock
+        self.consent_policy = consent_policy  # None: every use permitted
+        self.retention_days = retention_days  # a profile no event touched this long expires; 0: never
+
+    def profiling_refusal(self, profile: Profile) -> str | None:
+        """Why the customer's consent does not permit evaluating segments for them (None: it does)."""
+        policy = self.consent_policy
+        if policy is None or not policy.uses.get(PROFILING):
+            return None  # the consent is not even decoded: most policies leave profiling free
+        return policy.refusal(PROFILING, profile.consent)
 
     def apply(self, profile: Profile, events: Iterable[Event], now: float) -> Outcome:
         """Fold one customer's events into the profile, then evaluate what they touched."""
@@ -63,6 +85,8 @@ class Engine:
         outcome = Outcome(applied=folded.applied, duplicates=folded.duplicates,
                           beyond_retention=folded.beyond_retention, rejected=folded.rejected,
                           changed=folded.applied > 0, spec_gaps=folded.spec_gaps)
+        if folded.applied and self.retention_days:
+            outcome.changed = _renew_expiry(profile, now, self.retention_days) or outcome.changed
         evaluation = self._evaluate(profile, now, folded.touched)
         outcome.transitions = evaluation.transitions
         outcome.changed = outcome.changed or evaluation.changed
@@ -104,6 +128,13 @@ class Engine:
         Units are evaluated in the catalogue's order, in which a unit comes after every segment it refers to,
         so a flip is always seen by the units that follow it.
         """
+        expiry = profile.deadlines.get(EXPIRY)
+        if expiry is not None and expiry <= now:
+            days = self.retention_days or "the retention's"
+            return self._leave_everything(profile, now, EXPIRED, f"no event for {days} days: the profile expires")
+        refusal = self.profiling_refusal(profile)
+        if refusal is not None:
+            return self._leave_everything(profile, now, CONSENT, refusal)
         catalogue = self.catalogue
         view = ProfileView(profile, now, self.stats)
         evaluation = Evaluation([])
@@ -137,6 +168,26 @@ class Engine:
         profile.transitions = [[t.segment_id, t.kind, t.at, t.clause, t.reason] for t in evaluation.transitions]
         return evaluation
 
+    def _leave_everything(self, profile: Profile, now: float, clause: str, reason: str) -> Evaluation:
+        """Without profiling consent (clause ``consent``), or once the profile expires (clause ``expired``):
+        every segment left, no deadline, nothing evaluated."""
+        segments = self.catalogue.all_segments
+        at = int(now)
+        evaluation = Evaluation([Transition(profile.customer_id, segment_id,
+                                            segments[segment_id].name if segment_id in segments else segment_id,
+                                            EXITED, at, clause, reason) for segment_id in profile.memberships])
+        evaluation.changed = bool(profile.memberships or profile.deadlines or profile.catalogue)
+        profile.memberships.clear()
+        expiry = profile.deadlines.get(EXPIRY) if clause != EXPIRED else None
+        profile.deadlines.clear()
+        if expiry is not None:  # a customer without profiling consent still expires
+            profile.deadlines[EXPIRY] = expiry
+        # Consent given again must evaluate every segment, not only those its inputs touch: a cleared
+        # fingerprint is what a new profile has.
+        profile.catalogue = ""
+        profile.transitions = [[t.segment_id, t.kind, t.at, t.clause, t.reason] for t in evaluation.transitions]
+        return evaluation
+
     def _forget_removed(self, profile: Profile, now: float, evaluation: Evaluation) -> None:
         """Leave the segments no longer in the catalogue, and drop their deadlines."""
         segments = self.catalogue.segments
@@ -145,9 +196,20 @@ class Engine:
             evaluation.transitions.append(Transition(profile.customer_id, segment_id, segment_id, EXITED, int(now),
                                                      "segment", "the segment was disabled or removed"))
             evaluation.changed = True
-        for segment_id in [s for s in profile.deadlines if s not in segments]:
+        for segment_id in [s for s in profile.deadlines if s not in segments and s != EXPIRY]:
             del profile.deadlines[segment_id]
             evaluation.changed = True
+
+
+def _renew_expiry(profile: Profile, now: float, days: int) -> bool:
+    """Move the profile's expiry to ``days`` after the day of ``now`` (at day granularity, so a customer's
+    due-index entry moves at most once a day), its TTL a day later; True when it moved."""
+    expiry = (int(now) // DAY + 1 + days) * DAY
+    if profile.deadlines.get(EXPIRY) == expiry:
+        return False
+    profile.deadlines[EXPIRY] = expiry
+    profile.expires_at = expiry + TTL_GRACE
+    return True
 
 
 @dataclass

@@ -8,6 +8,10 @@ quarantine, logs and metrics, and a value may be personal data).
 Everything that can be stored is bounded here (nesting, amounts, quantities, trait numbers,
 the earliest timestamp), so no message can crash the DynamoDB encoding of a batch.
 
+Consent preferences (``context.consent.categoryPreferences``, any message type) are kept on the event
+as lower-cased category -> granted (:func:`cdp.core.consent.category_preferences`); what is not a boolean
+is left out, never refused.
+
 What Segment accepts is accepted. The spec's semantic properties are optional there, so a
 message without one is applied, and the missing field is listed in :attr:`Event.gaps` (the
 ingest counts them by field) instead of refusing the message:
@@ -38,6 +42,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from cdp.core.consent import category_preferences
 
 MAX_MESSAGE_BYTES = 32 * 1024  # Segment's own limit for one message
 MAX_ID_LENGTH = 256
@@ -133,6 +139,8 @@ class Event:
     product_id: str | None = None  # None: a cart event without one (leaves the cart as it is)
     quantity: int = 1
     gaps: tuple[str, ...] = ()  # spec fields it lacked and was applied without, e.g. "properties.order_id"
+    # context.consent.categoryPreferences (Segment's Consent Management spec), lower-cased; None: not stated
+    consent: dict[str, bool] | None = None
 
 
 def parse_record(data: bytes) -> Event:
@@ -231,6 +239,7 @@ def normalise(message: object) -> Event:
         product_id=product_id,
         quantity=quantity,
         gaps=timestamp_gaps + gaps,
+        consent=category_preferences(context),
     )
 
 

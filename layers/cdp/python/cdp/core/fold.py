@@ -22,6 +22,12 @@ Orders, as Segment accepts them (see :mod:`cdp.core.events`):
   removes one order); without one, nothing exact is known, so only the event is counted.
 
 A cart event without a product id is counted and leaves the cart as it is.
+
+Consent (see :mod:`cdp.core.consent`): any message stating ``context.consent.categoryPreferences``
+(``Segment Consent Preference Updated`` is one, counted like any track event) records them in
+``profile.consent`` with the message's time, channel and id; older preferences never overwrite newer
+ones. The Email spec's ``Unsubscribed`` and ``Email Marked as Spam`` unsubscribe the customer. A change
+of either touches ``consent``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any
 
 from cdp.core.catalogue import NOTHING_COUNTED, Catalogue
 from cdp.core.clock import DEFAULT_MAX_FUTURE_SKEW
+from cdp.core.consent import UNSUBSCRIBE_EVENTS
 from cdp.core.events import (
     EMPTY_CONTEXT,
     NUMBER_DIGITS,
@@ -137,6 +144,8 @@ def fold_event(profile: Profile, event: Event, catalogue: Catalogue, now: float,
         _fold_cart(profile, event, moment)
     _fold_context(profile, event, moment)
     _fold_identities(profile, event)
+    if event.consent or (event.type == "track" and event.name in UNSUBSCRIBE_EVENTS):
+        _fold_consent(profile, event, touched)
     for node in catalogue.latches.get(event.name, ()):
         _fold_latch(profile, node, event, moment, stats)
     return None
@@ -296,6 +305,19 @@ def _fold_identities(profile: Profile, event: Event) -> None:
         profile.aliases = [*profile.aliases, event.previous_id][-MAX_ALIASES:]
     if event.group_id and event.group_id not in profile.groups:
         profile.groups = [*profile.groups, event.group_id][-MAX_GROUPS:]
+
+
+def _fold_consent(profile: Profile, event: Event, touched: set[str]) -> None:
+    """The consent preferences the message states (an empty set states none), and an unsubscribe."""
+    consent = profile.consent
+    changed = False
+    if event.consent:
+        changed = consent.record(event.consent, event.timestamp, event.channel, event.message_id)
+    reason = UNSUBSCRIBE_EVENTS.get(event.name) if event.type == "track" else None
+    if reason is not None:
+        changed = consent.unsubscribe(event.timestamp, reason) or changed
+    if changed:
+        touched.add("consent")
 
 
 def _fold_latch(profile: Profile, node: AbsenceCondition, event: Event, moment: int,

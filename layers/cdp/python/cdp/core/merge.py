@@ -38,6 +38,9 @@ field               merged
                     there if it was already held); the last ``MAX_ALIASES`` / ``MAX_GROUPS``
 ``kn``              known when either side is
 ``mg``              the known side's merged ids, then the anonymous side's (the caller adds the anonymous id)
+``cs``              consent (``merged_consent``): the latest preferences of either side (a tie: the known
+                    side's), both histories in time order (the last ``MAX_CONSENT_HISTORY``), and
+                    unsubscribed when either side is, at the earlier time
 ``m`` ``dl``        the known side's: not merged. ``tx`` is emptied and ``cv`` cleared, so the next evaluation
                     (``Engine.evaluate``, or the next ``Engine.apply``) evaluates every segment in full and records
                     the entries and exits the merge causes
@@ -68,8 +71,9 @@ from dataclasses import replace
 from typing import Any
 
 from cdp.core.catalogue import Catalogue
+from cdp.core.consent import merged_consent
 from cdp.core.counters import Counter
-from cdp.core.engine import EXITED, Engine, Transition
+from cdp.core.engine import CONSENT, EXITED, EXPIRY, Engine, Transition
 from cdp.core.fold import MAX_LIFETIME_REVENUE
 from cdp.core.profile import (
     MAX_ALIASES,
@@ -87,6 +91,15 @@ from cdp.core.profile import (
 LAST_TOUCH = ("device", "os", "country", "city", "utm_source", "utm_medium", "utm_campaign")
 FIRST_TOUCH = ("first_utm_source", "first_utm_medium", "first_utm_campaign")
 _CONTEXT_TIMES = ("at", "traits_ms")
+
+
+def _later_expiry(merged: Profile, known: Profile, anonymous: Profile) -> None:
+    """The later expiry of the two (retention counts from either side's last event)."""
+    expiries = [p.deadlines[EXPIRY] for p in (known, anonymous) if EXPIRY in p.deadlines]
+    if expiries:
+        merged.deadlines[EXPIRY] = max(expiries)
+    ttls = [p.expires_at for p in (known, anonymous) if p.expires_at is not None]
+    merged.expires_at = max(ttls) if ttls else None
 
 
 def merge_profiles(known: Profile, anonymous: Profile, now: float, *, catalogue: Catalogue) -> Profile:
@@ -111,6 +124,7 @@ def merge_profiles(known: Profile, anonymous: Profile, now: float, *, catalogue:
     _merge_dedupe(merged, known, anonymous, now)
     merged.memberships = dict(known.memberships)
     merged.deadlines = dict(known.deadlines)
+    _later_expiry(merged, known, anonymous)
     merged.latches = _latches(known.latches, anonymous.latches, catalogue)
     merged.transitions = []
     merged.catalogue = ""  # not evaluated against any catalogue: the next evaluation is a full one
@@ -121,6 +135,7 @@ def merge_profiles(known: Profile, anonymous: Profile, now: float, *, catalogue:
     held = known.merged_ids()
     merged.merges = [list(entry) for entry in known.merges] + [
         list(entry) for entry in anonymous.merges if entry[0] not in held]
+    merged.consent = merged_consent(known.consent, anonymous.consent)
     return merged
 
 
@@ -344,7 +359,8 @@ def absorb(profile: Profile, snapshots: Iterable[Profile], engine: Engine, now: 
     """Merge into ``profile``, in place, each snapshot (a profile frozen by :func:`freeze_merged`) it has not
     absorbed yet, recording the id with the time and the merging message (``messages``: id -> message id, ""
     when a merge is completed for a later message), then evaluate every segment on the result. Returns how many
-    it absorbed and the transitions, each with the clause ``merged``."""
+    it absorbed and the transitions, each with the clause ``merged`` (an exit for a missing profiling consent:
+    ``consent``)."""
     absorbed = 0
     pending = [s for s in snapshots if s.customer_id != profile.customer_id]
     # A snapshot that another one absorbed before it was frozen arrives inside that one (a chain): not twice.
@@ -360,7 +376,9 @@ def absorb(profile: Profile, snapshots: Iterable[Profile], engine: Engine, now: 
     if not absorbed:
         return 0, []
     profile.updated_at = int(now)
-    transitions = [replace(t, clause=MERGED, reason=f"{t.clause}: {t.reason}" if t.clause else t.reason)
+    # Exits for a missing profiling consent keep their clause: integrations act on it.
+    transitions = [t if t.clause == CONSENT else
+                   replace(t, clause=MERGED, reason=f"{t.clause}: {t.reason}" if t.clause else t.reason)
                    for t in engine.evaluate(profile, now, None)]
     profile.transitions = [[t.segment_id, t.kind, t.at, t.clause, t.reason] for t in transitions]
     return absorbed, transitions

@@ -35,12 +35,19 @@ a profile read needs. Its attributes:
 ``mg``         the ids merged into this customer: [[id, at, message id], ...] (``MAX_MERGES``)
 ``mt``         set on a profile merged into another: the customer it was merged into. It is
                kept as it was at the merge and no longer changes (see :mod:`cdp.pipeline.identity`)
+``cs``         consent (:class:`~cdp.core.consent.ConsentState`): ``c`` the latest category
+               preferences, ``a`` ``s`` ``m`` when, from which channel and in which message they
+               were given, ``u`` ``r`` unsubscribed at and why, ``h`` the history of changes
+               (``MAX_CONSENT_HISTORY``, each at most ``MAX_CATEGORIES`` categories)
+``xp``         the table's TTL attribute, with a retention set: a day after the profile's expiry
+               (``dl`` key ``~expiry``, the start of the day ``retention_days`` after its last event),
+               so the timers make its exits before DynamoDB may delete it
 =============  =============================================================
 
 Every collection has a fixed cap, so the item has a measured upper bound.
 
 A profile read from the table (:meth:`Profile.deferred`) decodes the attributes the fold reads
-only now and then (traits, context, orders, cart, dedupe state, transitions, ids) on first use;
+only now and then (traits, context, orders, cart, dedupe state, transitions, ids, consent) on first use;
 one never read is written back in the form it was stored in. Counters stay packed until read.
 
 Dedupe is exact for a redelivery within ``DEDUPE_HORIZON`` of its first application (the
@@ -62,6 +69,7 @@ from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from cdp.core.consent import ConsentState
 from cdp.core.counters import Counter
 
 if TYPE_CHECKING:
@@ -129,7 +137,8 @@ def unpack_order_digests(data: bytes, recent_orders: Iterable[list[Any]]) -> dic
 # The attributes a profile read from the table decodes on first use, and the fields they fill.
 # (The message ids, ``mi``, are read in place: see ``Profile.keep_packed_message_ids``.)
 DEFERRED = {"t": "traits", "ro": "recent_orders", "cart": "cart", "la": "last_add", "cx": "context",
-            "od": "_order_digests", "sq": "shard_marks", "tx": "transitions", "al": "aliases", "gr": "groups"}
+            "od": "_order_digests", "sq": "shard_marks", "tx": "transitions", "al": "aliases", "gr": "groups",
+            "cs": "consent"}
 
 
 class _Stored:
@@ -175,6 +184,7 @@ class Profile:
         transitions = _Stored("tx")
         aliases = _Stored("al")
         groups = _Stored("gr")
+        consent = _Stored("cs")
 
     def __init__(self, customer_id: str) -> None:
         self.customer_id = customer_id
@@ -206,6 +216,8 @@ class Profile:
         self.known = False
         self.merges: list[list[Any]] = []  # [id, at, message id] per id merged in, oldest first
         self.merged_into: str | None = None
+        self.consent = ConsentState()  # the latest preferences and any unsubscribe (see cdp.core.consent)
+        self.expires_at: int | None = None  # when DynamoDB's TTL may delete the item (retention)
         self._stored: dict[str, Any] = {}  # attribute -> stored form, until the field is first read
         self._readers: Mapping[str, Reader] = {}
 
@@ -393,6 +405,10 @@ class Profile:
             item["mg"] = self.merges
         if self.merged_into is not None:
             item["mt"] = self.merged_into
+        if not self.consent.empty:
+            item["cs"] = consent_item(self.consent)
+        if self.expires_at is not None:
+            item["xp"] = self.expires_at
 
     def take(self, other: Profile) -> None:
         """Become ``other`` in place (a profile made from this one, as a merge makes it)."""
@@ -483,6 +499,8 @@ class Profile:
         profile.known = bool(item.get("kn"))
         profile.merges = [[str(m[0]), int(m[1]), str(m[2])] for m in item.get("mg") or []]
         profile.merged_into = str(item["mt"]) if item.get("mt") else None
+        profile.consent = ConsentState.from_item(item.get("cs"))
+        profile.expires_at = int(item["xp"]) if item.get("xp") is not None else None
         return profile
 
 
@@ -519,6 +537,22 @@ class ProfileView:
 
     def latch(self, key: str) -> int | None:
         return self.profile.latches.get(key)
+
+
+def consent_item(consent: ConsentState) -> dict[str, Any]:
+    """The ``cs`` attribute. Times in whole seconds are written as whole numbers, as DynamoDB returns them, so
+    that consent read and written unchanged is written exactly as it was stored."""
+    item = consent.as_item()
+    for key in ("a", "u"):
+        if key in item:
+            item[key] = _whole_number(item[key])
+    for entry in item.get("h", ()):
+        entry[0] = _whole_number(entry[0])
+    return item
+
+
+def _whole_number(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def due_shard(customer_id: str) -> str:

@@ -5,6 +5,12 @@ succeeded always yields its events here, and a retried batch, which writes nothi
 new, yields none. Every event's id is derived from (customer, segment, kind,
 profile version), so a redelivered stream record produces the same ids.
 
+A write that changes the customer's consent (its preferences or its unsubscribe) while they are in
+segments yields one ``Segment Consent Changed`` per segment they were in before and are in after (the
+detail of a ``Segment Entered``, with ``change`` ``consent``), so that each integration can decide again
+whether it may hold the customer. These change no membership: the members index never sees them.
+A deleted profile (a REMOVE record, no new image) leaves its segments with the clause ``deleted``.
+
 The members index is written without transactions: each membership write is conditional on its version
 and yields the size delta it made, and a batch's deltas go out as one update per size counter right after
 its membership writes (what that leaves inexact is described in :mod:`cdp.aws.members`).
@@ -27,7 +33,9 @@ from cdp.ports import Publisher, TransientError
 
 SCHEMA_VERSION = "1"
 SOURCE = "cdp.segments"
-DETAIL_TYPES = {"entered": "Segment Entered", "exited": "Segment Exited"}
+DETAIL_TYPES = {"entered": "Segment Entered", "exited": "Segment Exited", "consent": "Segment Consent Changed"}
+CONSENT_CHANGED = "consent"  # the kind (and clause) of a consent change of a member
+DELETED = "deleted"  # the clause of the exits of a deleted profile
 MEMBER_SHARDS = 16  # members index partitions per segment; see members_partition
 
 
@@ -35,7 +43,7 @@ MEMBER_SHARDS = 16  # members index partitions per segment; see members_partitio
 class MembershipChange:
     customer_id: str
     segment_id: str
-    kind: str  # entered | exited
+    kind: str  # entered | exited | consent (a member whose consent changed: no membership changes)
     at: int
     version: int
     clause: str
@@ -93,14 +101,37 @@ def check_image(image: Mapping[str, Any] | None, which: str) -> None:
     traits = image.get("t")
     if traits is not None and not isinstance(traits, Mapping):
         raise InvalidImage(f"{which} image: t must be a map of trait name to value")
+    _check_consent(image.get("cs"), which)
     transitions = image.get("tx")
     if transitions is not None and not (isinstance(transitions, list) and all(
             isinstance(t, list) and len(t) >= 5 and _is_time(t[2]) for t in transitions)):
         raise InvalidImage(f"{which} image: tx must be a list of [segment, kind, time, clause, reason]")
 
 
+def _check_consent(consent: object, which: str) -> None:
+    """The ``cs`` attribute: a map whose categories (``c``) map names to true/false, unsubscribed (``u``) a time."""
+    if consent is None:
+        return
+    if not isinstance(consent, Mapping):
+        raise InvalidImage(f"{which} image: cs must be a map (the customer's consent)")
+    categories = consent.get("c")
+    if categories is not None and not (isinstance(categories, Mapping)
+                                       and all(isinstance(v, bool) for v in categories.values())):
+        raise InvalidImage(f"{which} image: cs.c must map each consent category to true or false")
+    if consent.get("u") is not None and not _is_time(consent["u"]):
+        raise InvalidImage(f"{which} image: cs.u must be a time (Unix seconds)")
+
+
+def _consent_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether the preferences or the unsubscribe differ (a restatement that moves only the time does not)."""
+    before, after = old.get("cs") or {}, new.get("cs") or {}
+    return (dict(before.get("c") or {}) != dict(after.get("c") or {})
+            or before.get("u") != after.get("u"))
+
+
 def diff(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[MembershipChange]:
-    """Membership changes between two images of a profile item (plain Python values)."""
+    """Membership changes between two images of a profile item (plain Python values), then a consent change
+    for each segment the customer stays in when their consent changed."""
     before = dict((old or {}).get("m") or {})
     after = dict((new or {}).get("m") or {})
     image = new or old or {}
@@ -115,10 +146,15 @@ def diff(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[M
                                         str(why[3]) if why else "", str(why[4]) if why else ""))
     for segment_id in sorted(before.keys() - after.keys()):
         why = reasons.get(segment_id)
-        reason = str(why[4]) if why else ("the profile was deleted" if new is None else "")
+        if new is None:
+            clause, reason = DELETED, "the profile was deleted"
+        else:
+            clause, reason = (str(why[3]), str(why[4])) if why else ("", "")
         at = int(why[2]) if why else moment
-        changes.append(MembershipChange(customer_id, segment_id, "exited", at, version,
-                                        str(why[3]) if why else "", reason))
+        changes.append(MembershipChange(customer_id, segment_id, "exited", at, version, clause, reason))
+    if old is not None and new is not None and _consent_changed(old, new):
+        changes += [MembershipChange(customer_id, segment_id, CONSENT_CHANGED, moment, version, CONSENT_CHANGED,
+                                     "consent changed") for segment_id in sorted(before.keys() & after.keys())]
     return changes
 
 
@@ -201,13 +237,14 @@ def publish_changes(records: Sequence[TableChange], catalogue: Catalogue, index:
     changes of one membership in version order), then one size update per touched segment together with
     the PutEvents calls. A record whose membership write or bus entry failed is reported; the others
     proceed. ``published_segments`` limits the bus to the transitions of those segments (None: all); the
-    members index gets every transition.
+    members index gets every transition (and no consent change).
     """
     result = ChangesResult()
     owned = _read_changes(records, result)
     images = {record.record_id: record.new for record in records}
+    memberships = [(rid, change) for rid, change in owned if change.kind != CONSENT_CHANGED]
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="changes") as pool:
-        deltas, unexpected = _write_memberships(owned, index, pool, result)
+        deltas, unexpected = _write_memberships(memberships, index, pool, result)
         # A write that failed for a reason other than throttling fails the invocation (after the sizes are
         # counted, as the retried batch will not count them again), so nothing is published before it.
         done = [] if unexpected else [(rid, change) for rid, change in owned if rid not in result.failure_reasons]
