@@ -1,7 +1,7 @@
 """Fan-out: one bus rule, queue, dead-letter queue and function per enabled integration, plus the delivery ledger.
 
-Each rule routes ``Segment Entered`` / ``Segment Exited`` of the integration's segments to its queue
-(retry policy and dead-letter queue on the target). The queue buffers into batches for the
+Each rule routes ``Segment Entered`` / ``Segment Exited`` / ``Segment Consent Changed`` of the integration's
+segments to its queue (retry policy and dead-letter queue on the target). The queue buffers into batches for the
 function, redrives to the same dead-letter queue after repeated failures, and the function puts
 messages that can never be delivered there itself, with the reason.
 """
@@ -79,17 +79,18 @@ class Delivery(Construct):
                                visibility_timeout=Duration.seconds(FUNCTION_TIMEOUT.to_seconds() * 6),
                                dead_letter_queue=sqs.DeadLetterQueue(max_receive_count=MAX_RECEIVES,
                                                                      queue=self.dead_letters))
+        # Every integration reads each customer's consent from the profiles table at delivery.
         environment = {"TARGETS": json.dumps(integration.segments, sort_keys=True),
                        "LEDGER_TABLE": ledger.table_name,
                        "DEAD_LETTER_QUEUE_URL": self.dead_letters.queue_url,
-                       "OPTIONS": json.dumps(integration.options, sort_keys=True)}
+                       "OPTIONS": json.dumps(integration.options, sort_keys=True),
+                       "PROFILES_TABLE": storage.profiles.table_name,
+                       "CONSENT_POLICY": settings.consent_policy,
+                       "LEDGER_EXIT_DAYS": str(settings.retention.ledger_exit_days)}
         if integration.base_url:
             environment["BASE_URL"] = integration.base_url
         if integration.api_version:
             environment["API_VERSION"] = integration.api_version
-        reads_profiles = name == "email" or bool(integration.options.get("include_email"))
-        if reads_profiles:
-            environment["PROFILES_TABLE"] = storage.profiles.table_name
         secret = None
         if integration.secret_name:
             secret = secretsmanager.Secret.from_secret_name_v2(self, "Secret", integration.secret_name)
@@ -98,12 +99,12 @@ class Delivery(Construct):
             self, "Function", folder=name, layers=layers, key=key, architecture=settings.architecture,
             memory_mb=settings.memory_mb, timeout=FUNCTION_TIMEOUT, environment=environment)
         role = self.function.role
-        ledger_actions = ["dynamodb:BatchGetItem", "dynamodb:PutItem"]
+        # DeleteItem: a deleted customer's exit forgets its ledger row.
+        ledger_actions = ["dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"]
         if name == "email":
             ledger_actions += ["dynamodb:GetItem", "dynamodb:UpdateItem"]  # the frequency cap
         grant_items(role, ledger, *ledger_actions)
-        if reads_profiles:
-            grant_items(role, storage.profiles, "dynamodb:BatchGetItem")
+        grant_items(role, storage.profiles, "dynamodb:BatchGetItem")  # consent (and email traits) per customer
         if secret is not None:
             role.add_to_policy(iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"],
                                                    resources=[f"{secret.secret_arn}-??????"]))
@@ -121,7 +122,7 @@ class Delivery(Construct):
             self, "Rule", event_bus=bus, rule_name=self.rule_name,
             description=f"Segment changes for the {name} integration",
             event_pattern=events.EventPattern(
-                source=["cdp.segments"], detail_type=["Segment Entered", "Segment Exited"],
+                source=["cdp.segments"], detail_type=["Segment Entered", "Segment Exited", "Segment Consent Changed"],
                 detail={"segment": {"id": sorted(integration.segments)}}),
             targets=[EncryptedQueueTarget(self.queue, self.dead_letters, 185, Duration.hours(24))])
         # The rule's ARN as a string (no reference to the rule): what the key policy allows EventBridge for.
@@ -160,6 +161,11 @@ class Fanout(Construct):
             self, "Ledger", key, removal_policy,
             partition_key=dynamodb.Attribute(name="delivery", type=dynamodb.AttributeType.STRING),
             time_to_live_attribute="expires_at")
+        # Every row carries its customer: a deletion finds all of a customer's rows through this index.
+        self.ledger.add_global_secondary_index(
+            index_name="customer",
+            partition_key=dynamodb.Attribute(name="customer", type=dynamodb.AttributeType.STRING),
+            projection_type=dynamodb.ProjectionType.KEYS_ONLY)
         for integration in settings.integrations:
             self.deliveries.append(Delivery(
                 self, integration.name.title(), integration=integration, settings=settings, storage=storage,

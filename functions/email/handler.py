@@ -17,6 +17,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cdp.core.clock import Clock, WallClock
+from cdp.core.consent import ConsentPolicy
 from cdp.integrations.email import (
     UNKNOWN_OUTCOME,
     EmailLedger,
@@ -46,6 +47,7 @@ class Dependencies:
     dead_letters: DeadLetters
     options: EmailOptions
     clock: Clock = field(default_factory=WallClock)
+    policy: ConsentPolicy = field(default_factory=ConsentPolicy)  # CONSENT_POLICY: the use "email"
 
 
 @cache
@@ -83,13 +85,14 @@ def build(**overrides: Any) -> Dependencies:
         dead_letters=lambda: SqsDeadLetters(boto3.client("sqs"), destination.dead_letter_queue_url, "email"),
         options=lambda: options,
         clock=WallClock,  # the frequency cap counts emails as their readers get them: in wall time
+        policy=lambda: destination.consent or ConsentPolicy(),
     )
 
 
 def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependencies) -> dict[str, Any]:
     messages = queue_messages(event)
     result = deliver_emails(messages, deps.templates, deps.profiles, deps.ledger, deps.cap, deps.sender,
-                            deps.clock.now(), deps.options)
+                            deps.clock.now(), deps.options, deps.policy)
     retry = settle(messages, result, deps.dead_letters)
     record_metrics(result, len(retry))
     return batch_response(retry)
@@ -98,7 +101,8 @@ def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependenc
 def record_metrics(result: DeliveryResult, retried: int) -> None:
     lost = sum(1 for _, reason in result.skipped if reason.startswith((UNKNOWN_OUTCOME, "not sent and not retried")))
     for name, value in (("Sent", len(result.delivered)), ("Skipped", len(result.skipped)),
-                        ("Refused", len(result.refused)), ("Retried", retried), ("NotRetried", lost)):
+                        ("Refused", len(result.refused)), ("Retried", retried), ("NotRetried", lost),
+                        ("NoProfile", result.no_profile), ("Forgotten", result.forgotten)):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
     # Reasons and segment ids only: never an email address.
     if result.skipped:

@@ -10,7 +10,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cdp.integrations.http import seconds_left
-from cdp.pipeline.fanout import BatchDelivery, deliver, run_batch
+from cdp.pipeline.fanout import BatchDelivery, run_batch
 from cdp.wiring import assemble
 
 logger = Logger(service="cdp-meta")
@@ -30,8 +30,10 @@ def build(**overrides: Any) -> BatchDelivery:
     import boto3
 
     from cdp.aws.ledger import delivery_stores
+    from cdp.aws.permissions import DynamoCustomerPermissions
     from cdp.aws.secrets import read_secret
     from cdp.config import ConfigError, DestinationConfig
+    from cdp.core.consent import ConsentPolicy
     from cdp.integrations.http import UrllibTransport
     from cdp.integrations.meta import MetaAudiences
 
@@ -49,12 +51,14 @@ def build(**overrides: Any) -> BatchDelivery:
 
     ledger, dead_letters = delivery_stores(config, "meta")
     return assemble(BatchDelivery, overrides, destination=audiences, ledger=lambda: ledger,
-                    dead_letters=lambda: dead_letters)
+                    dead_letters=lambda: dead_letters,
+                    # consent is checked per customer at delivery, from the profiles table
+                    permissions=lambda: DynamoCustomerPermissions(boto3.client("dynamodb"), config.consent_table()),
+                    policy=lambda: config.consent or ConsentPolicy())
 
 
 def handle(event: dict[str, Any], context: LambdaContext | None, deps: BatchDelivery) -> dict[str, Any]:
-    return run_batch(event, lambda messages: deliver(messages, deps.destination, deps.ledger), deps.dead_letters,
-                     seconds_left(context), metrics, logger)
+    return run_batch(event, deps.deliver, deps.dead_letters, seconds_left(context), metrics, logger)
 
 
 @logger.inject_lambda_context

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.infra.conftest import LEDGER_TABLE, resource
+from tests.infra.conftest import LEDGER_TABLE, PROFILES_TABLE, resource
 from tests.infra.test_pipeline import function_folders
 from tests.infra.test_timers import actions_of
 
@@ -50,13 +50,14 @@ def test_rules_route_by_detail_type_and_segment(integrated: Any) -> None:
     assert len(patterns) == len(INTEGRATIONS)
     for pattern in patterns:
         assert pattern["source"] == ["cdp.segments"]
-        assert sorted(pattern["detail-type"]) == ["Segment Entered", "Segment Exited"]
+        assert sorted(pattern["detail-type"]) == ["Segment Consent Changed", "Segment Entered", "Segment Exited"]
         assert pattern["detail"]["segment"]["id"]  # only the integration's configured segments
 
 
 def test_integration_queues_redrive_to_an_encrypted_dead_letter_queue(integrated: Any) -> None:
     queues = integrated.find_resources("AWS::SQS::Queue")
-    redriven = [q["Properties"] for q in queues.values() if "RedrivePolicy" in q["Properties"]]
+    redriven = [q["Properties"] for name, q in queues.items()
+                if "RedrivePolicy" in q["Properties"] and name.startswith("Fanout")]  # other constructs have queues
     assert len(redriven) == len(INTEGRATIONS)
     for properties in redriven:
         assert properties["RedrivePolicy"]["maxReceiveCount"] == 5
@@ -67,7 +68,8 @@ def test_integration_queues_redrive_to_an_encrypted_dead_letter_queue(integrated
 
 def test_each_integration_reads_its_queue_with_partial_batch_responses(integrated: Any) -> None:
     mappings = [m["Properties"] for m in integrated.find_resources("AWS::Lambda::EventSourceMapping").values()
-                if "FunctionResponseTypes" in m["Properties"] and "StartingPosition" not in m["Properties"]]
+                if "FunctionResponseTypes" in m["Properties"] and "StartingPosition" not in m["Properties"]
+                and json.dumps(m["Properties"]["FunctionName"]).startswith('{"Ref": "Fanout')]
     assert len(mappings) == len(INTEGRATIONS)
     assert all(m["FunctionResponseTypes"] == ["ReportBatchItemFailures"] for m in mappings)
 
@@ -78,7 +80,22 @@ def test_integration_environment_is_complete(integrated: Any, folder: str) -> No
     assert json.loads(variables["TARGETS"])
     assert {"LEDGER_TABLE", "DEAD_LETTER_QUEUE_URL", "OPTIONS"} <= set(variables)
     assert ("SECRET_ARN" in variables) == (folder != "email")
-    assert ("PROFILES_TABLE" in variables) == (folder in ("email", "webhook"))  # webhook: include_email
+    # Every integration checks consent per customer at delivery, from the profiles table.
+    assert {"PROFILES_TABLE", "CONSENT_POLICY", "LEDGER_EXIT_DAYS"} <= set(variables)
+    assert json.loads(variables["CONSENT_POLICY"])["uses"]["meta"] == ["advertising"]  # cdk.json's policy
+    assert variables["LEDGER_EXIT_DAYS"] == "30"
+
+
+@pytest.mark.parametrize("folder", sorted(INTEGRATIONS))
+def test_integrations_read_consent_and_forget_ledger_rows(integrated: Any, folder: str) -> None:
+    statements = policy_of(integrated, integration_functions(integrated)[folder])
+
+    def actions_on(table: str) -> set[str]:
+        return {a for s in statements if table in json.dumps(s["Resource"]) for a in actions_of(s)}
+
+    assert "dynamodb:BatchGetItem" in actions_on(PROFILES_TABLE)  # consent, per customer
+    assert not actions_on(PROFILES_TABLE) - {"dynamodb:BatchGetItem"}  # and nothing else of the profiles
+    assert "dynamodb:DeleteItem" in actions_on(LEDGER_TABLE)  # a deleted customer's exit forgets its row
 
 
 @pytest.mark.parametrize("folder", sorted(INTEGRATIONS))
@@ -102,6 +119,10 @@ def test_the_delivery_ledger_is_encrypted_with_recovery(integrated: Any) -> None
     assert properties["SSESpecification"]["SSEEnabled"] is True and properties["SSESpecification"]["SSEType"] == "KMS"
     assert properties["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
     assert ledger["DeletionPolicy"] == "Retain"  # what makes each delivery happen once
+    # a deletion finds every row of a customer through the keys-only index "customer"
+    assert properties["GlobalSecondaryIndexes"] == [{
+        "IndexName": "customer", "KeySchema": [{"AttributeName": "customer", "KeyType": "HASH"}],
+        "Projection": {"ProjectionType": "KEYS_ONLY"}}]
 
 
 def test_dead_letter_depth_of_each_integration_is_alarmed(integrated: Any) -> None:

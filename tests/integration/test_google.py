@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -28,6 +28,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from cdp.config import ConfigError
+from cdp.core.consent import ConsentPolicy, ConsentState
 from cdp.core.identifiers import hashed_identifiers
 from cdp.integrations.google import (
     API_VERSION,
@@ -474,12 +475,32 @@ def test_an_exit_without_a_ledger_entry_uses_the_identifiers_it_carries(fake: Fa
                                                                 {"hashedPhoneNumber": sha("+442079460000")}]}}]
 
 
-def test_add_jobs_carry_the_configured_consent_and_removals_none(fake: FakeGoogle) -> None:
-    google = destination(fake, consent={"ad_user_data": "GRANTED", "ad_personalization": "GRANTED"})
-    deliver([event("ann"), event("bob", "exited", 2)], google, MemoryDeliveryLedger())
-    adds, removes = fake.jobs.values()
-    assert adds.metadata["consent"] == {"adUserData": "GRANTED", "adPersonalization": "GRANTED"}
-    assert "consent" not in removes.metadata
+def test_add_jobs_carry_each_customers_consent_one_job_per_pair_and_removals_none(fake: FakeGoogle) -> None:
+    google = destination(fake, consent={"ad_user_data": "advertising", "ad_personalization": "personalization"})
+    google.consent_default = "denied"
+    permissions = {"ann": ConsentState({"advertising": True, "personalization": True}, at=1.0),
+                   "bob": ConsentState({"advertising": True, "personalization": False}, at=1.0),
+                   "cat": ConsentState({"advertising": True}, at=1.0),  # personalization never stated: the default
+                   "dan": ConsentState({"advertising": True, "personalization": True}, at=1.0)}
+    result = deliver([event("ann"), event("bob"), event("cat"), event("dan"), event("eve", "exited", 2)], google,
+                     MemoryDeliveryLedger(), StaticPermissions(permissions), ConsentPolicy())
+
+    assert not result.retry and not result.refused and len(result.delivered) == 5
+    consents = sorted((json.dumps(job.metadata.get("consent"), sort_keys=True), len(job.operations))
+                      for job in fake.jobs.values())
+    assert consents == sorted([
+        ('{"adPersonalization": "DENIED", "adUserData": "GRANTED"}', 2),  # bob declined, cat never said
+        ('{"adPersonalization": "GRANTED", "adUserData": "GRANTED"}', 2),  # ann and dan
+        ("null", 1)])  # the removal carries no consent
+    assert all(job.ran for job in fake.jobs.values())
+
+
+@dataclass
+class StaticPermissions:
+    consent: dict[str, ConsentState]
+
+    def load(self, customer_ids: Sequence[str]) -> dict[str, ConsentState]:
+        return {cid: self.consent[cid] for cid in customer_ids if cid in self.consent}
 
 
 def test_segments_map_to_their_own_user_lists_and_unconfigured_ones_are_skipped(fake: FakeGoogle) -> None:
@@ -731,7 +752,9 @@ def test_credentials_stay_out_of_reprs(fake: FakeGoogle) -> None:
     ({"vip": "3", "cart": "customers/1/userLists/3"}, {"customer_id": "1"}, SECRET,
      "TARGETS: 'cart' and 'vip' map to the same user list"),
     (TARGETS, {"customer_id": "1", "token_url": "http://evil.example/token"}, SECRET, "token_url must be an https"),
-    (TARGETS, {"customer_id": "1", "consent": {"ad_user_data": "YES"}}, SECRET, "consent must map"),
+    (TARGETS, {"customer_id": "1", "consent": {"ad_user_data": "GRANTED"}}, SECRET, "consent must map"),
+    (TARGETS, {"customer_id": "1", "consent": {"ad_user_data": ""}}, SECRET, "consent must map"),
+    (TARGETS, {"customer_id": "1", "consent": {"adUserData": "advertising"}}, SECRET, "consent must map"),
     (TARGETS, {"customer_id": "1"}, {**SECRET, "refresh_token": "", "client_secret": None},
      "must hold non-empty strings for: client_secret, refresh_token"),
 ])
@@ -773,9 +796,17 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
             TableName="cdp-deliveries", BillingMode="PAY_PER_REQUEST",
             KeySchema=[{"AttributeName": "delivery", "KeyType": "HASH"}],
             AttributeDefinitions=[{"AttributeName": "delivery", "AttributeType": "S"}])
+        clients["dynamodb"].create_table(
+            TableName="cdp-profiles", BillingMode="PAY_PER_REQUEST",
+            KeySchema=[{"AttributeName": "customer_id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "customer_id", "AttributeType": "S"}])
+        for customer in ("frank", "grace", "hal", "ivy", "joe"):  # each with a profile: consent is read at delivery
+            clients["dynamodb"].put_item(TableName="cdp-profiles", Item={"customer_id": {"S": customer}})
         queue_url = clients["sqs"].create_queue(QueueName="cdp-google-dead-letters")["QueueUrl"]
         for name, value in {"LEDGER_TABLE": "cdp-deliveries", "DEAD_LETTER_QUEUE_URL": queue_url,
-                            "TARGETS": json.dumps(TARGETS)}.items():
+                            "TARGETS": json.dumps(TARGETS), "PROFILES_TABLE": "cdp-profiles",
+                            "CONSENT_POLICY": json.dumps({"default": "granted",
+                                                          "uses": {"google": ["advertising"]}})}.items():
             monkeypatch.setenv(name, value)
         handler = load_handler(ROOT, "google")
         handler.dependencies.cache_clear()

@@ -693,10 +693,17 @@ def test_the_function_delivers_a_batch_end_to_end(graph: FakeGraph, sleeps: list
         carol_added = ids_of("carol@example.com")
         DynamoDeliveryLedger(dynamodb, "cdp-delivery-ledger").record(
             namespace, (CART, "carol"), LedgerEntry(5, ENTERED, event_id("carol", CART, ENTERED, 5), carol_added))
+        # Every customer has a profile that permits Meta (consent is read per customer at delivery).
+        dynamodb.create_table(TableName="cdp-profiles", BillingMode="PAY_PER_REQUEST",
+                              AttributeDefinitions=[{"AttributeName": "customer_id", "AttributeType": "S"}],
+                              KeySchema=[{"AttributeName": "customer_id", "KeyType": "HASH"}])
+        for customer in set(customers):
+            dynamodb.put_item(TableName="cdp-profiles", Item={"customer_id": {"S": customer}})
         for name, value in (("TARGETS", json.dumps({CART: CART_AUDIENCE, VIP: VIP_AUDIENCE})),
                             ("LEDGER_TABLE", "cdp-delivery-ledger"), ("DEAD_LETTER_QUEUE_URL", dlq_url),
                             ("SECRET_ARN", secret_arn), ("BASE_URL", graph.base_url + "/"),
-                            ("API_VERSION", API_VERSION)):
+                            ("API_VERSION", API_VERSION), ("PROFILES_TABLE", "cdp-profiles"),
+                            ("CONSENT_POLICY", json.dumps({"uses": {"meta": ["advertising"]}}))):
             monkeypatch.setenv(name, value)
         handler.dependencies.cache_clear()
         try:
@@ -744,7 +751,8 @@ def test_the_function_delivers_a_batch_end_to_end(graph: FakeGraph, sleeps: list
                                         "StringValue": "Meta reported this row's identifiers as invalid"},
                              "source": {"DataType": "String", "StringValue": "meta"}},
         records[8]["body"]: {"reason": {"DataType": "String", "StringValue":
-                                        "detail-type: must be one of ['Segment Entered', 'Segment Exited']"},
+                                        "detail-type: must be one of ['Segment Consent Changed', 'Segment Entered', "
+                                        "'Segment Exited']"},
                              "source": {"DataType": "String", "StringValue": "meta"}},
     }
 

@@ -574,7 +574,11 @@ def test_cold_start_configuration(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(ConfigError, match="PROFILES_TABLE"):
         webhook_handler.dependencies()
     monkeypatch.setenv("OPTIONS", json.dumps({"url": "https://hooks.example.com/lists"}))
-    assert webhook_handler.dependencies().profiles is None  # no email: no profiles table needed
+    with pytest.raises(ConfigError, match="PROFILES_TABLE"):  # consent is read per customer, email or not
+        webhook_handler.dependencies()
+    monkeypatch.setenv("PROFILES_TABLE", PROFILES_TABLE)
+    deps = webhook_handler.dependencies()
+    assert deps.profiles is None and deps.permissions is not None  # no email read, consent still checked
 
     webhook_handler.dependencies.cache_clear()
     monkeypatch.setenv("OPTIONS", json.dumps({"url": "http://hooks.example.com/lists"}))

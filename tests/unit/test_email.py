@@ -276,7 +276,7 @@ def test_flag_reads_yes_and_no() -> None:
 
 
 @pytest.mark.parametrize(("traits", "reason"), [
-    (None, "no profile"),
+    (None, "no profile: deleted or expired"),
     ({}, "no valid email address in the profile"),
     ({"email": "not-an-address"}, "no valid email address in the profile"),
     ({"email": 42}, "no valid email address in the profile"),
@@ -287,7 +287,8 @@ def test_no_profile_or_no_valid_address_sends_nothing(world: World, traits: dict
         world.customer("ada", **traits)
     result = world.deliver([message("m1", "ada", CART)])
     assert world.sender.sent == [] and reasons(result) == [reason]
-    assert world.ledger.entry(CART, "ada") is not None and not result.retry
+    # A missing profile (deleted or expired) leaves no ledger row: nothing of a deleted customer is written back.
+    assert (world.ledger.entry(CART, "ada") is None) == (traits is None) and not result.retry
 
 
 # ---- the frequency cap ---------------------------------------------------------------------------------

@@ -152,7 +152,7 @@ def test_a_real_bus_event_is_parsed() -> None:
     assert event == MembershipEvent(
         message_id="m-1", event_id=event_id("alice", CART, ENTERED, 4), kind=ENTERED, customer_id="alice",
         segment_id=CART, version=4, at=datetime.fromtimestamp(AT + 4, UTC).isoformat().replace("+00:00", "Z"),
-        primary_segment=CART, identifiers=identifiers, clause="condition.absence")
+        primary_segment=CART, identifiers=identifiers, clause="condition.absence", change=ENTERED)
     assert event.key == (CART, "alice")
     assert event.identifiers[EMAIL] == sha256("alice@example.com")
 
@@ -166,7 +166,7 @@ def test_the_fixture_batch_holds_real_bus_events() -> None:
         except InvalidDelivery as error:
             kinds.append(str(error))
     assert kinds.count(ENTERED) == 7 and kinds.count(EXITED) == 1
-    assert kinds[-1] == "detail-type: must be one of ['Segment Entered', 'Segment Exited']"
+    assert kinds[-1] == "detail-type: must be one of ['Segment Consent Changed', 'Segment Entered', 'Segment Exited']"
 
 
 def test_an_exit_without_segments_left_has_no_primary_segment() -> None:
@@ -200,9 +200,12 @@ VERSION_REASON = "detail.membership_version: must be a positive whole number"
 IDENTIFIERS_REASON = "detail.identifiers: must be an object of strings"
 
 
+DETAIL_TYPE_REASON = "detail-type: must be one of ['Segment Consent Changed', 'Segment Entered', 'Segment Exited']"
+
+
 @pytest.mark.parametrize(("change", "reason"), [
-    (_set("detail-type", "Segment Updated"), "detail-type: must be one of ['Segment Entered', 'Segment Exited']"),
-    (_drop("detail-type"), "detail-type: must be one of ['Segment Entered', 'Segment Exited']"),
+    (_set("detail-type", "Segment Updated"), DETAIL_TYPE_REASON),
+    (_drop("detail-type"), DETAIL_TYPE_REASON),
     (_drop("detail"), "detail: is missing"),
     (_set("detail", "{}"), "detail: is missing"),
     (_set("detail.schema_version", "2"), "detail.schema_version: only version 1 is understood"),

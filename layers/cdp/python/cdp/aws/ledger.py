@@ -1,4 +1,8 @@
-"""The delivery ledger on DynamoDB: one item per (destination, segment, customer), written conditionally."""
+"""The delivery ledger on DynamoDB: one item per (destination, segment, customer), written conditionally.
+
+Every item carries ``customer`` (the customer id), the partition key of the table's keys-only index
+``customer``, so that a deletion finds every row of a customer; a deleted customer's exit forgets its row.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +18,18 @@ from cdp.config import DestinationConfig
 from cdp.pipeline.fanout import EXITED, LedgerEntry
 from cdp.ports import ConflictError
 
-EXITED_TTL = 30 * 86400  # past any queue's retention: a late event older than this cannot arrive
+DEFAULT_EXIT_DAYS = 30  # past any queue's retention: a late event older than this cannot arrive
+CUSTOMER_INDEX = "customer"
+# A change of the same version may follow one recorded (a consent change after its membership change), in step order.
+NEWER = "attribute_not_exists(delivery) OR v < :v"
+NEWER_STEP = "attribute_not_exists(delivery) OR v < :v OR (v = :v AND (attribute_not_exists(st) OR st < :st))"
 
 
 def delivery_stores(config: DestinationConfig, source: str) -> tuple[DynamoDeliveryLedger, SqsDeadLetters]:
     """The ledger and dead-letter queue an integration function is configured with."""
     import boto3
 
-    return (DynamoDeliveryLedger(boto3.client("dynamodb"), config.ledger_table),
+    return (DynamoDeliveryLedger(boto3.client("dynamodb"), config.ledger_table, config.ledger_exit_days),
             SqsDeadLetters(boto3.client("sqs"), config.dead_letter_queue_url, source))
 
 
@@ -31,9 +39,10 @@ def ledger_key(destination: str, key: tuple[str, str]) -> str:
 
 
 class DynamoDeliveryLedger:
-    def __init__(self, client: Any, table_name: str) -> None:
+    def __init__(self, client: Any, table_name: str, exit_days: int = DEFAULT_EXIT_DAYS) -> None:
         self.client = client
         self.table_name = table_name
+        self.exit_days = exit_days  # LEDGER_EXIT_DAYS: an exit's item expires after this
 
     def entries(self, destination: str, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], LedgerEntry]:
         wanted = {ledger_key(destination, key): key for key in keys}
@@ -43,12 +52,23 @@ class DynamoDeliveryLedger:
             key = wanted.get(item["delivery"]["S"])
             if key is not None:
                 found[key] = LedgerEntry(int(item["v"]["N"]), item["kind"]["S"], item["event_id"]["S"],
-                                         json.loads(item["ids"]["S"]) if "ids" in item else {})
+                                         json.loads(item["ids"]["S"]) if "ids" in item else {},
+                                         item["st"]["S"] if "st" in item else "")
         return found
 
     def record(self, destination: str, key: tuple[str, str], entry: LedgerEntry) -> bool:
-        return self._put(entry_item(destination, key, entry), "attribute_not_exists(delivery) OR v < :v",
-                         {":v": {"N": str(entry.version)}})
+        values = {":v": {"N": str(entry.version)}}
+        if entry.step:
+            values[":st"] = {"S": entry.step}
+        return self._put(entry_item(destination, key, entry, self.exit_days), NEWER_STEP if entry.step else NEWER,
+                         values)
+
+    def forget(self, destination: str, key: tuple[str, str]) -> None:
+        """Delete the row (a deleted customer's); deleting a row that is not there is no error."""
+        try:
+            self.client.delete_item(TableName=self.table_name, Key={"delivery": {"S": ledger_key(destination, key)}})
+        except Exception as error:
+            raise domain_error(error) from error
 
     def _put(self, item: dict[str, Any], condition: str, values: dict[str, Any]) -> bool:
         return conditional_put(self.client, self.table_name, item, condition, values)
@@ -68,12 +88,16 @@ def conditional_put(client: Any, table_name: str, item: dict[str, Any], conditio
     return True
 
 
-def entry_item(destination: str, key: tuple[str, str], entry: LedgerEntry) -> dict[str, Any]:
+def entry_item(destination: str, key: tuple[str, str], entry: LedgerEntry,
+               exit_days: int = DEFAULT_EXIT_DAYS) -> dict[str, Any]:
     """The ledger item of one entry; an exit's expires once no late event can arrive any more."""
     item: dict[str, Any] = {"delivery": {"S": ledger_key(destination, key)}, "v": {"N": str(entry.version)},
-                            "kind": {"S": entry.kind}, "event_id": {"S": entry.event_id}}
+                            "kind": {"S": entry.kind}, "event_id": {"S": entry.event_id},
+                            "customer": {"S": key[1]}}
     if entry.identifiers:
         item["ids"] = {"S": json.dumps(dict(entry.identifiers), sort_keys=True)}
+    if entry.step:
+        item["st"] = {"S": entry.step}
     if entry.kind == EXITED:
-        item["expires_at"] = {"N": str(int(time.time()) + EXITED_TTL)}
+        item["expires_at"] = {"N": str(int(time.time()) + exit_days * 86400)}
     return item

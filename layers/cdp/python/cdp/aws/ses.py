@@ -118,7 +118,9 @@ class DynamoFrequencyCap:
         return CapRecord(tuple(sorted(sends, key=lambda s: s.at)), int(item["v"]["N"]))
 
     def write(self, customer_id: str, sends: Sequence[Send], expected_version: int, expires_at: int) -> bool:
-        item = {"delivery": {"S": cap_key(customer_id)}, "v": {"N": str(expected_version + 1)},
+        # ``customer``: the key of the ledger's customer index, through which a deletion finds this item too
+        item = {"delivery": {"S": cap_key(customer_id)}, "customer": {"S": customer_id},
+                "v": {"N": str(expected_version + 1)},
                 "sends": {"L": [{"L": [{"N": str(s.at)}, {"S": s.event_id}]} for s in sends]},
                 "expires_at": {"N": str(expires_at)}}
         if expected_version == 0:
@@ -138,5 +140,5 @@ class DynamoEmailLedger(DynamoDeliveryLedger):
                 previous: LedgerEntry | None) -> bool:
         entry = previous or LedgerEntry(0, EXITED, "released", {})
         # False: something newer replaced the claim, so leave it.
-        return self._put(entry_item(destination, key, entry), "v = :claimed AND event_id = :event",
+        return self._put(entry_item(destination, key, entry, self.exit_days), "v = :claimed AND event_id = :event",
                          {":claimed": {"N": str(claim.version)}, ":event": {"S": claim.event_id}})

@@ -4,21 +4,26 @@ Segment events arrive in batches from the integration's queue (see :mod:`cdp.pip
 maps a segment id to the email template sent when a customer enters it. For each event:
 
 * **Exited** only records the delivery ledger (namespace ``email``), so a late ``Entered`` older
-  than the exit never sends.
+  than the exit never sends. An exit with clause ``deleted`` (the profile was deleted) forgets the
+  customer's ledger row instead.
+* **Segment Consent Changed** never sends: the membership continues, and its email was the entry's.
 * **Entered** sends the segment's template, unless one of these applies; a skipped event is recorded
   in the ledger like a sent one (it is done) and reported with its reason:
 
   1. the segment has no template;
   2. overlap: the event's ``primary_segment`` (the customer's highest-priority segment after the
      change) is another segment that has a template; that segment's email wins;
-  3. the profile is missing, or its ``email`` trait is not a valid address;
+  3. the profile is missing (deleted or expired: skipped, and *not* recorded, so that nothing of a deleted
+     customer is written back), or its ``email`` trait is not a valid address;
   4. the customer is unsubscribed: the ``unsubscribe_trait`` (default ``unsubscribed``) is present
      and is not a recognised false (``false``, ``0``, ``"false"``, ``"no"``, ``"off"``, ``"n"``); a
      date or any other value counts as unsubscribed;
   5. the customer has not consented: the ``consent_trait`` (default ``email_consent``) is present and
      is not a recognised true (``true``, ``1``, ``"true"``, ``"yes"``, ``"on"``, ``"y"``). With
      ``require_consent: true`` (opt-in) an absent consent trait also stops the email; by default
-     (opt-out) an absent one does not. When in doubt, no email;
+     (opt-out) an absent one does not. When in doubt, no email. Also: the consent policy
+     (``CONSENT_POLICY``) refuses the use ``email`` for the profile's consent categories, or the profile
+     is unsubscribed by the Email spec's ``Unsubscribed`` / ``Email Marked as Spam`` events;
   6. the frequency cap: at most ``cap_count`` (default 1) emails per customer in any ``cap_hours``
      (default 24) window, across all segments. A send at ``t`` counts until ``t + cap_hours``. A capped
      email is dropped, not deferred.
@@ -58,10 +63,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cdp.config import ConfigError
+from cdp.core.consent import ConsentPolicy, ConsentState
 from cdp.core.identifiers import normalise_email
 from cdp.core.profile import Profile
 from cdp.pipeline.fanout import (
+    DELETED_CLAUSE,
     EXITED,
+    NO_PROFILE,
     Action,
     DeliveryLedger,
     DeliveryResult,
@@ -73,6 +81,7 @@ from cdp.pipeline.fanout import (
 from cdp.ports import TransientError
 
 NAMESPACE = "email"  # the delivery ledger's namespace for this integration
+USE = "email"  # the consent policy's use
 EMAILED = "emailed"  # the mark a claimed (sent) entry carries in the ledger, and its exit after it
 MERGED_CLAUSE = "merged"  # the clause of a membership change an identity merge caused
 CAP_ATTEMPTS = 5  # conditional writes tried on the cap record before giving up for this batch
@@ -224,8 +233,14 @@ def flag(value: object) -> bool | None:
     return None
 
 
-def permission_refusal(traits: Mapping[str, Any], options: EmailOptions) -> str | None:
+def permission_refusal(traits: Mapping[str, Any], options: EmailOptions, consent: ConsentState | None = None,
+                       policy: ConsentPolicy | None = None) -> str | None:
     """Why the customer must not get marketing email, or None. Doubtful values count against sending."""
+    if consent is not None and consent.unsubscribed_at is not None:
+        return f"{consent.unsubscribed_reason or 'unsubscribed'} (Email spec event)"
+    refusal = policy.refusal(USE, consent) if policy is not None else None
+    if refusal is not None:
+        return refusal
     unsubscribed = traits.get(options.unsubscribe_trait)
     if unsubscribed is not None and flag(unsubscribed) is not False:
         return f"unsubscribed (trait {options.unsubscribe_trait})"
@@ -311,13 +326,13 @@ def release_slot(cap: FrequencyCapStore, customer_id: str, event_id: str, now: i
 
 def deliver_emails(messages: Sequence[tuple[str, str]], templates: Mapping[str, str], profiles: ProfileReader,
                    ledger: EmailLedger, cap: FrequencyCapStore, sender: EmailSender, now: float,
-                   options: EmailOptions) -> DeliveryResult:
+                   options: EmailOptions, policy: ConsentPolicy | None = None) -> DeliveryResult:
     """One queue batch: plan against the ledger, then per Entered event check, claim, reserve, send.
 
     ``delivered`` lists the events whose email was sent; exits and skipped entries are in ``skipped``.
     """
     result = DeliveryResult()
-    events = parse_batch(messages, result)
+    events = _membership_events(parse_batch(messages, result), result)
     if not events:
         return result
     applied = _applied(ledger, events, result)
@@ -335,8 +350,12 @@ def deliver_emails(messages: Sequence[tuple[str, str]], templates: Mapping[str, 
     for action, template in candidates:
         event = action.event
         profile = found.get(event.customer_id)
-        address, why_not = recipient(profile, options)
-        if profile is None or address is None:
+        address, why_not = recipient(profile, options, policy)
+        if profile is None:
+            result.skipped.append((event, NO_PROFILE))  # not recorded: nothing of a deleted customer is written
+            result.no_profile += 1
+            continue
+        if address is None:
             _done(ledger, action, why_not, result)
             continue
         if _merged_and_emailed(event, profile, ledger, result):
@@ -346,6 +365,18 @@ def deliver_emails(messages: Sequence[tuple[str, str]], templates: Mapping[str, 
         _claim_and_send(action, template, address, data, applied.get(event.key), ledger, cap, sender, int(now),
                         options, result)
     return result
+
+
+def _membership_events(events: Sequence[MembershipEvent], result: DeliveryResult) -> list[MembershipEvent]:
+    """The entries and exits; consent changes are skipped, not planned (one would supersede its entry's email
+    in the same batch): a continuing membership gets no email."""
+    kept = []
+    for event in events:
+        if event.consent_changed:
+            result.skipped.append((event, "consent changed; no email for a continuing membership"))
+        else:
+            kept.append(event)
+    return kept
 
 
 def _applied(ledger: EmailLedger, events: Sequence[MembershipEvent],
@@ -370,14 +401,15 @@ def email_template(event: MembershipEvent, templates: Mapping[str, str]) -> tupl
     return template, ""
 
 
-def recipient(profile: Profile | None, options: EmailOptions) -> tuple[str | None, str]:
+def recipient(profile: Profile | None, options: EmailOptions,
+              policy: ConsentPolicy | None = None) -> tuple[str | None, str]:
     """The address a customer's email goes to, or None and why they get none (rules 3 to 5)."""
     if profile is None:
-        return None, "no profile"
+        return None, NO_PROFILE
     address = normalise_email(profile.traits.get("email"))
     if address is None:
         return None, "no valid email address in the profile"
-    refusal = permission_refusal(profile.traits, options)
+    refusal = permission_refusal(profile.traits, options, profile.consent, policy)
     if refusal is not None:
         return None, refusal
     return address, ""
@@ -390,6 +422,9 @@ def _candidates(actions: Sequence[Action], templates: Mapping[str, str], ledger:
     for action in actions:
         if not action.records:
             continue  # a clean-up removal for list destinations: an email has nothing to take back
+        if action.kind == EXITED and action.event.clause == DELETED_CLAUSE:
+            _forget(ledger, action, result)
+            continue
         if action.kind == EXITED:
             # An exit keeps the mark of an email sent on the entry: a merge that moves the customer into the
             # segment under another id then knows this person was emailed (see ``_merged_and_emailed``).
@@ -505,6 +540,21 @@ def _merged_and_emailed(event: MembershipEvent, profile: Profile, ledger: Delive
         result.retry[event.message_id] = f"delivery ledger unavailable: {error}"
         return True
     return any(entry.identifiers.get(EMAILED) for entry in entries.values())
+
+
+def _forget(ledger: DeliveryLedger, action: Action, result: DeliveryResult) -> None:
+    """A deleted customer's exit: their ledger row goes (the ledger keeps nothing of them)."""
+    forget = getattr(ledger, "forget", None)  # a ForgettingLedger; tools' in-memory ones may not be
+    if not callable(forget):
+        _done(ledger, action, "exit recorded (no email on exit)", result)
+        return
+    try:
+        forget(NAMESPACE, action.event.key)
+    except TransientError as error:
+        result.retry[action.event.message_id] = f"delivery ledger unavailable: {error}"
+        return
+    result.forgotten += 1
+    result.skipped.append((action.event, "the profile was deleted: its ledger row is forgotten"))
 
 
 def _done(ledger: DeliveryLedger, action: Action, reason: str, result: DeliveryResult, emailed: bool = False) -> None:

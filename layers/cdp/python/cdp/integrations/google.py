@@ -15,8 +15,12 @@ One batch of one kind for one user list is one job, in three steps (Google's doc
 3. ``POST /{version}/{job}:run``: Google processes the job asynchronously (hours, at times); the
    job's later status is not followed here, a row counts as delivered once its job runs.
 
-Add jobs carry ``consent`` (``adUserData`` / ``adPersonalization``) when OPTIONS.consent sets it,
-as Google's guide asks for uploads; removals need none.
+Add jobs carry ``consent`` (``adUserData`` / ``adPersonalization``), per customer: OPTIONS.consent maps
+each of ``ad_user_data`` / ``ad_personalization`` to a consent *category* (e.g. ``{"ad_user_data":
+"advertising", "ad_personalization": "personalization"}``), and a row's value is ``GRANTED`` when the
+customer granted that category, ``DENIED`` when they declined it, and the consent policy's default when
+they never stated it. Google takes consent per job (``customerMatchUserListMetadata.consent``), so the
+adds of one batch go in one job per distinct consent pair. Removals need none (Google's guide).
 
 Every request carries ``Authorization: Bearer`` (an access token from the OAuth refresh token,
 cached until shortly before it expires), ``developer-token`` and, when calls go through a manager
@@ -58,7 +62,7 @@ IDENTIFIERS = ("google_email_sha256", "google_phone_sha256")
 USER_IDENTIFIER_FIELDS = {"google_email_sha256": "hashedEmail", "google_phone_sha256": "hashedPhoneNumber"}
 JOB_TYPE = "CUSTOMER_MATCH_USER_LIST"
 CONSENT_FIELDS = {"ad_user_data": "adUserData", "ad_personalization": "adPersonalization"}
-CONSENT_VALUES = frozenset({"GRANTED", "DENIED"})
+CONSENT_CATEGORY_CHARS = 64
 
 # Error codes (family -> codes, or None for the whole family) that say 'later', not 'never'.
 TRANSIENT_CODES: Mapping[str, frozenset[str] | None] = {
@@ -83,6 +87,17 @@ def customer_id_digits(value: object, name: str) -> str:
         raise ConfigError(f"environment variable OPTIONS: {name} must be a Google Ads customer id "
                           "(digits, dashes allowed)")
     return digits
+
+
+def consent_categories(raw: object) -> dict[str, str]:
+    """OPTIONS.consent: ``ad_user_data`` and/or ``ad_personalization`` -> a consent category name (lower case)."""
+    consent = raw or {}
+    if not isinstance(consent, dict) or not set(consent) <= set(CONSENT_FIELDS) or not all(
+            isinstance(value, str) and 0 < len(value.strip()) <= CONSENT_CATEGORY_CHARS
+            and value.strip().upper() not in ("GRANTED", "DENIED") for value in consent.values()):
+        raise ConfigError("environment variable OPTIONS: consent must map ad_user_data and/or ad_personalization "
+                          "to a consent category name (e.g. advertising); the value is then sent per customer")
+    return {name: value.strip().lower() for name, value in consent.items()}
 
 
 # ---- Google's errors ----------------------------------------------------------------------------
@@ -239,7 +254,8 @@ class GoogleCustomerMatch:
     tokens: AccessTokens = field(repr=False)
     transport: Transport
     login_customer_id: str = ""  # digits; the manager account the calls go through, if any
-    consent: Mapping[str, str] = field(default_factory=dict)  # API field -> GRANTED/DENIED, set on add jobs
+    consent: Mapping[str, str] = field(default_factory=dict)  # API field -> consent category, set on add jobs
+    consent_default: str = "granted"  # a category never stated: the consent policy's default (granted/denied)
     api_version: str = API_VERSION
     base_url: str = BASE_URL
     max_identifiers: int = MAX_IDENTIFIERS_PER_REQUEST
@@ -252,7 +268,8 @@ class GoogleCustomerMatch:
 
     @classmethod
     def from_settings(cls, targets: Mapping[str, str], options: Mapping[str, Any], secret: Mapping[str, Any],
-                      transport: Transport, *, api_version: str = "", base_url: str = "") -> GoogleCustomerMatch:
+                      transport: Transport, *, api_version: str = "", base_url: str = "",
+                      consent_default: str = "granted") -> GoogleCustomerMatch:
         """Built from the function's configuration, checked: a ConfigError names what is wrong (never a value)."""
         customer_id = customer_id_digits(options.get("customer_id"), "customer_id")
         login = options.get("login_customer_id")
@@ -271,11 +288,7 @@ class GoogleCustomerMatch:
                 raise ConfigError(f"environment variable TARGETS: {lists[user_list]!r} and {segment_id!r} map to "
                                   "the same user list; give each segment its own")
             lists[user_list] = segment_id
-        consent = options.get("consent") or {}
-        if not isinstance(consent, dict) or not set(consent) <= set(CONSENT_FIELDS) or not all(
-                value in CONSENT_VALUES for value in consent.values()):
-            raise ConfigError("environment variable OPTIONS: consent must map ad_user_data and/or "
-                              "ad_personalization to GRANTED or DENIED")
+        consent = consent_categories(options.get("consent"))
         missing = [key for key in ("developer_token", "client_id", "client_secret", "refresh_token")
                    if not isinstance(secret.get(key), str) or not secret.get(key)]
         if missing:
@@ -283,13 +296,47 @@ class GoogleCustomerMatch:
         tokens = AccessTokens(secret["client_id"], secret["client_secret"], secret["refresh_token"], transport,
                               token_url=token_url)
         return cls(dict(targets), customer_id, secret["developer_token"], tokens, transport, login_customer_id,
-                   {CONSENT_FIELDS[k]: v for k, v in consent.items()}, api_version or API_VERSION,
+                   {CONSENT_FIELDS[k]: v for k, v in consent.items()}, consent_default, api_version or API_VERSION,
                    (base_url or BASE_URL).rstrip("/"))
 
     def target(self, segment_id: str) -> str | None:
         return self.user_lists.get(segment_id)
 
+    def row_consent(self, row: Row) -> tuple[tuple[str, str], ...]:
+        """The job consent a row's customer gives: each configured field GRANTED or DENIED from their category,
+        or from the policy's default for a category they never stated."""
+        stated = row.consent or {}
+        pairs = []
+        for api_field, category in sorted(self.consent.items()):
+            granted = stated.get(category)
+            if granted is None:
+                granted = self.consent_default == "granted"
+            pairs.append((api_field, "GRANTED" if granted else "DENIED"))
+        return tuple(pairs)
+
     def send(self, target: str, kind: str, rows: Sequence[Row]) -> SendOutcome:
+        """Removals in one job; adds in one job per consent pair (Google's consent is per job)."""
+        if kind != ENTERED or not self.consent:
+            return self._send_job(target, kind, rows, ())
+        groups: dict[tuple[tuple[str, str], ...], list[Row]] = {}
+        for row in rows:
+            groups.setdefault(self.row_consent(row), []).append(row)
+        if len(groups) == 1:
+            consent, group = next(iter(groups.items()))
+            return self._send_job(target, kind, group, consent)
+        outcome = SendOutcome()
+        for consent, group in sorted(groups.items()):
+            try:
+                done = self._send_job(target, kind, group, consent)
+            except TransientError as error:  # this job's rows only: the other jobs may have run
+                outcome.retry.update({row.event_id: str(error) for row in group})
+                continue
+            outcome.retry.update(done.retry)
+            outcome.refused.update(done.refused)
+        return outcome
+
+    def _send_job(self, target: str, kind: str, rows: Sequence[Row],
+                  consent: tuple[tuple[str, str], ...]) -> SendOutcome:
         outcome = SendOutcome()
         self._waited = 0.0
         operations: list[tuple[Row, dict[str, Any]]] = []
@@ -303,7 +350,7 @@ class GoogleCustomerMatch:
                 operations.append((row, {verb: {"userIdentifiers": identifiers}}))
         if not operations:
             return outcome
-        job = self._create_job(target, kind)  # TransientError: nothing applied, the caller retries all rows
+        job = self._create_job(target, kind, consent)  # TransientError: nothing applied, the rows are retried
         added: list[Row] = []
         for chunk in self._chunks(operations):
             added += self._add(job, chunk, outcome)
@@ -320,11 +367,11 @@ class GoogleCustomerMatch:
 
     # -- the three requests --
 
-    def _create_job(self, target: str, kind: str) -> str:
+    def _create_job(self, target: str, kind: str, consent: tuple[tuple[str, str], ...] = ()) -> str:
         user_list = target if target.startswith("customers/") else f"customers/{self.customer_id}/userLists/{target}"
         metadata: dict[str, Any] = {"userList": user_list}
-        if kind == ENTERED and self.consent:
-            metadata["consent"] = dict(self.consent)  # not needed for removals (Google's guide)
+        if kind == ENTERED and consent:
+            metadata["consent"] = dict(consent)  # not needed for removals (Google's guide)
         response = self._post(f"{self.base_url}/{self.api_version}/customers/{self.customer_id}"
                               "/offlineUserDataJobs:create",
                               {"job": {"type": JOB_TYPE, "customerMatchUserListMetadata": metadata}})

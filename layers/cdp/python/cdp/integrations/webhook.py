@@ -71,11 +71,13 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from cdp.config import ConfigError
+from cdp.core.consent import ConsentPolicy
 from cdp.core.identifiers import normalise_email
 from cdp.core.profile import Profile
 from cdp.integrations.http import HttpResponse, Transport, send
 from cdp.pipeline.fanout import (
     ENTERED,
+    CustomerPermissions,
     DeliveryLedger,
     DeliveryResult,
     Row,
@@ -369,13 +371,15 @@ def _bus_event(body: str) -> dict[str, Any] | None:
 
 
 def deliver_batch(messages: Sequence[tuple[str, str]], lists: WebhookLists, ledger: DeliveryLedger,
-                  profiles: ProfileReader | None = None) -> DeliveryResult:
+                  profiles: ProfileReader | None = None, permissions: CustomerPermissions | None = None,
+                  policy: ConsentPolicy | None = None) -> DeliveryResult:
     """One queue batch to the webhook. With ``include_email``, each event first gets its customer's email
     in ``detail.identifiers.email`` (:func:`with_emails`); ``plan`` treats it like any identifier, so the
     ledger records it with the add and a remove names the one added, not the current one.
 
     Dead-letter the **original** messages (``settle(messages, ...)``): the enriched bodies hold the
-    email and must not leave the function.
+    email and must not leave the function. With ``permissions`` each customer's consent is checked for the use
+    ``webhook`` (see :func:`cdp.pipeline.fanout.deliver`).
     """
     if lists.include_email:
         if profiles is None:
@@ -385,4 +389,4 @@ def deliver_batch(messages: Sequence[tuple[str, str]], lists: WebhookLists, ledg
         except TransientError as error:
             return DeliveryResult(retry={message_id: f"profile store unavailable: {error}"
                                          for message_id, _ in messages})
-    return deliver(messages, lists, ledger)
+    return deliver(messages, lists, ledger, permissions, policy)

@@ -12,20 +12,39 @@ version last applied and the identifiers that were sent with the add. That one r
 
 Within one batch only the newest version per key is acted on; older ones are superseded.
 Problems with one event (unparseable, a poisoned identifier) fail that event alone, with a reason.
+
+Consent is checked per customer at delivery (:func:`deliver` with a :class:`CustomerPermissions`): one read
+of the batch's customers' consent, then
+
+* an add (``Entered``, or ``Segment Consent Changed`` for a continuing member) of a customer with no profile
+  (deleted or expired) is skipped and leaves no ledger row: a replay after a deletion brings nobody back;
+* an add the policy refuses for this destination's use becomes an exit with clause ``consent``: what the
+  ledger says was added is removed, and the exit is recorded at the event's version;
+* a ``Segment Consent Changed`` carries the membership version it continues, so the ledger orders it after
+  the changes of that version by its time (:attr:`MembershipEvent.order`): a later grant adds back;
+* an exit with clause ``deleted`` (the profile was deleted) removes, then forgets the ledger row.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from cdp.core.consent import ConsentPolicy, ConsentState
 from cdp.core.identifiers import is_sha256, normalise_email
 from cdp.ports import TransientError
 
 ENTERED, EXITED = "entered", "exited"
-DETAIL_TYPES = {"Segment Entered": ENTERED, "Segment Exited": EXITED}
+CONSENT_CHANGE = "consent"  # detail.change of a Segment Consent Changed event
+CONSENT_CLAUSE, DELETED_CLAUSE = "consent", "deleted"
+CONSENT_CHANGED = "Segment Consent Changed"
+# detail-type -> (the kind planned, the detail.change it must carry). A consent change is planned as an add:
+# the customer is still a member, and the destination adds them if their consent now permits it.
+DETAIL_TYPES = {"Segment Entered": ENTERED, "Segment Exited": EXITED, CONSENT_CHANGED: ENTERED}
+CHANGES = {"Segment Entered": ENTERED, "Segment Exited": EXITED, CONSENT_CHANGED: CONSENT_CHANGE}
+NO_PROFILE = "no profile: deleted or expired"
 
 
 class InvalidDelivery(ValueError):
@@ -44,10 +63,26 @@ class MembershipEvent:
     primary_segment: str | None
     identifiers: Mapping[str, str]
     clause: str = ""  # the clause that flipped it; "merged" for a change an identity merge caused
+    change: str = ""  # detail.change: entered, exited or consent
+    refusal: str = ""  # set when consent turned an add into this exit: why
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.segment_id, self.customer_id)
+
+    @property
+    def consent_changed(self) -> bool:
+        return self.change == CONSENT_CHANGE
+
+    @property
+    def step(self) -> str:
+        """The order within one membership version: a consent change comes after the change of its version,
+        and later consent changes after earlier ones (by their ISO time)."""
+        return self.at or self.event_id if self.consent_changed else ""
+
+    @property
+    def order(self) -> tuple[int, str]:
+        return (self.version, self.step)
 
 
 def parse_message(message_id: str, body: str) -> MembershipEvent:
@@ -61,7 +96,8 @@ def parse_message(message_id: str, body: str) -> MembershipEvent:
     version = detail.get("membership_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise InvalidDelivery("detail.membership_version: must be a positive whole number")
-    if detail.get("change") != kind:
+    change = CHANGES[str(event.get("detail-type"))]
+    if detail.get("change") != change:
         raise InvalidDelivery("detail.change: does not match the detail-type")
     identifiers = detail.get("identifiers") or {}
     if not isinstance(identifiers, dict) or not all(isinstance(v, str) for v in identifiers.values()):
@@ -71,7 +107,7 @@ def parse_message(message_id: str, body: str) -> MembershipEvent:
     path = clause.get("path") if isinstance(clause, dict) else None
     return MembershipEvent(message_id, event_id, kind, customer_id, segment_id, version, str(detail.get("at", "")),
                            primary if isinstance(primary, str) else None, dict(identifiers),
-                           path if isinstance(path, str) else "")
+                           path if isinstance(path, str) else "", change)
 
 
 def _json_object(body: str) -> dict[str, Any]:
@@ -114,6 +150,11 @@ class LedgerEntry:
     kind: str
     event_id: str
     identifiers: Mapping[str, str] = field(default_factory=dict)  # those sent with the add
+    step: str = ""  # the order within the version (see MembershipEvent.step); empty for membership changes
+
+    @property
+    def order(self) -> tuple[int, str]:
+        return (self.version, self.step)
 
 
 class DeliveryLedger(Protocol):
@@ -126,6 +167,19 @@ class DeliveryLedger(Protocol):
         ...
 
 
+class ForgettingLedger(DeliveryLedger, Protocol):
+    def forget(self, destination: str, key: tuple[str, str]) -> None:
+        """Delete the entry (a deleted customer's): nothing of theirs stays in the ledger."""
+        ...
+
+
+class CustomerPermissions(Protocol):
+    def load(self, customer_ids: Sequence[str]) -> dict[str, ConsentState]:
+        """Each customer's consent, by id; a customer with no profile (deleted or expired) is absent.
+        Raises TransientError when the profile store is unavailable."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
     """One change to make at a destination: add or remove one customer, with the identifiers to use."""
@@ -134,6 +188,7 @@ class Action:
     kind: str  # entered: add; exited: remove
     identifiers: Mapping[str, str]
     records: bool = True  # False for a clean-up removal that goes with the event's add
+    sends: bool = True  # False: only recorded (a consent exit of someone never added, a restated add)
 
 
 @dataclass
@@ -148,7 +203,7 @@ def plan(events: Sequence[MembershipEvent], applied: Mapping[tuple[str, str], Le
     newest: dict[tuple[str, str], MembershipEvent] = {}
     for event in events:
         current = newest.get(event.key)
-        if current is None or event.version > current.version:
+        if current is None or event.order > current.order:
             if current is not None:
                 result.skipped.append((current, "superseded by a newer change in the same batch"))
             newest[event.key] = event
@@ -156,27 +211,39 @@ def plan(events: Sequence[MembershipEvent], applied: Mapping[tuple[str, str], Le
             result.skipped.append((event, "superseded by a newer change in the same batch"))
     for key, event in newest.items():
         entry = applied.get(key)
-        if entry is not None and entry.version >= event.version:
+        if entry is not None and entry.order >= event.order:
             why = "already delivered" if entry.event_id == event.event_id else "older than the change already applied"
             result.skipped.append((event, why))
             continue
-        identifiers = event.identifiers
-        if event.kind == EXITED and entry is not None and entry.kind == ENTERED and entry.identifiers:
-            identifiers = entry.identifiers  # remove what was added, even if the traits changed since
-        if event.kind == ENTERED and entry is not None and entry.kind == ENTERED:
-            # Re-entered after an exit this destination never saw (superseded or late), with changed
-            # identifiers: the ones added before and not added now come off first.
-            stale = {k: v for k, v in entry.identifiers.items() if event.identifiers.get(k) != v}
-            if stale:
-                result.actions.append(Action(event, EXITED, stale, records=False))
-        result.actions.append(Action(event, event.kind, identifiers))
+        result.actions += _actions(event, entry)
     return result
+
+
+def _actions(event: MembershipEvent, entry: LedgerEntry | None) -> list[Action]:
+    """The actions of one event newer than its ledger entry."""
+    added = entry is not None and entry.kind == ENTERED
+    if event.kind == EXITED:
+        if added and entry is not None and entry.identifiers:
+            return [Action(event, EXITED, entry.identifiers)]  # remove what was added, even if traits changed since
+        # A consent exit of someone this destination does not hold: nothing to remove, only the order to keep.
+        return [Action(event, EXITED, event.identifiers, sends=not event.refusal)]
+    actions = []
+    if added and entry is not None:
+        if event.consent_changed and dict(entry.identifiers) == dict(event.identifiers):
+            return [Action(event, ENTERED, event.identifiers, sends=False)]  # still there: only the order moves
+        # Re-entered after an exit this destination never saw (superseded or late), with changed
+        # identifiers: the ones added before and not added now come off first.
+        stale = {k: v for k, v in entry.identifiers.items() if event.identifiers.get(k) != v}
+        if stale:
+            actions.append(Action(event, EXITED, stale, records=False))
+    actions.append(Action(event, ENTERED, event.identifiers))
+    return actions
 
 
 def applied_entry(action: Action) -> LedgerEntry:
     """The ledger entry that records an action as done."""
     kept = dict(action.identifiers) if action.kind == ENTERED else {}
-    return LedgerEntry(action.event.version, action.kind, action.event.event_id, kept)
+    return LedgerEntry(action.event.version, action.kind, action.event.event_id, kept, action.event.step)
 
 
 def valid_identifiers(identifiers: Mapping[str, str], wanted: Sequence[str]) -> dict[str, str]:
@@ -199,6 +266,9 @@ class DeliveryResult:
     refused: dict[str, str] = field(default_factory=dict)  # message id -> reason
     delivered: list[Action] = field(default_factory=list)
     skipped: list[tuple[MembershipEvent, str]] = field(default_factory=list)
+    consent_exits: int = 0  # adds that consent turned into exits, recorded
+    no_profile: int = 0  # adds skipped because the customer has no profile
+    forgotten: int = 0  # ledger rows deleted after a deleted customer's exit
 
 
 class DeadLetters(Protocol):
@@ -230,6 +300,7 @@ class Row:
     identifiers: Mapping[str, str]
     customer_id: str = ""
     version: int = 0  # the membership version the row applies
+    consent: Mapping[str, bool] | None = None  # the customer's consent categories, when they were read
 
 
 @dataclass
@@ -260,12 +331,51 @@ class Destination(Protocol):
 SEND_ORDER = ((EXITED, False), (ENTERED, True), (EXITED, True))
 
 
-def deliver(messages: Sequence[tuple[str, str]], destination: Destination, ledger: DeliveryLedger) -> DeliveryResult:
-    """One queue batch to one destination: plan against the ledger, send per audience and kind, record."""
+def deliver(messages: Sequence[tuple[str, str]], destination: Destination, ledger: DeliveryLedger,
+            permissions: CustomerPermissions | None = None, policy: ConsentPolicy | None = None) -> DeliveryResult:
+    """One queue batch to one destination: consent checked per customer (with ``permissions``: one read for
+    the batch), then planned against the ledger, sent per audience and kind, recorded."""
     result = DeliveryResult()
-    for target, events in _by_target(parse_batch(messages, result), destination, result).items():
-        _deliver_to(target, events, destination, ledger, result)
+    events = _by_target(parse_batch(messages, result), destination, result)
+    consent: dict[str, ConsentState] = {}
+    if permissions is not None:
+        checked = check_consent([e for batch in events.values() for e in batch], destination.name, permissions,
+                                policy or ConsentPolicy(), result)
+        if checked is None:
+            return result
+        consent, allowed = checked
+        events = {target: [allowed[e.message_id] for e in batch if e.message_id in allowed]
+                  for target, batch in events.items()}
+    for target, batch in events.items():
+        _deliver_to(target, batch, destination, ledger, result, consent if permissions is not None else None)
     return result
+
+
+def check_consent(events: Sequence[MembershipEvent], use: str, permissions: CustomerPermissions,
+                  policy: ConsentPolicy, result: DeliveryResult,
+                  ) -> tuple[dict[str, ConsentState], dict[str, MembershipEvent]] | None:
+    """The customers' consent (one read) and the events to plan, by message id: an add of a customer with no
+    profile is skipped; an add the policy refuses for ``use`` becomes an exit with clause ``consent``. None
+    when the profile store is unavailable (every event is retried)."""
+    adds = [event.customer_id for event in events if event.kind == ENTERED]
+    try:
+        consent = permissions.load(list(dict.fromkeys(adds))) if adds else {}
+    except TransientError as error:
+        for event in events:
+            result.retry[event.message_id] = f"profile store unavailable: {error}"
+        return None
+    allowed: dict[str, MembershipEvent] = {}
+    for event in events:
+        if event.kind != ENTERED:
+            allowed[event.message_id] = event
+        elif event.customer_id not in consent:
+            result.skipped.append((event, NO_PROFILE))
+            result.no_profile += 1
+        else:
+            refusal = policy.refusal(use, consent[event.customer_id])
+            allowed[event.message_id] = event if refusal is None else replace(
+                event, kind=EXITED, clause=CONSENT_CLAUSE, refusal=refusal)
+    return consent, allowed
 
 
 def _by_target(events: Sequence[MembershipEvent], destination: Destination,
@@ -282,7 +392,7 @@ def _by_target(events: Sequence[MembershipEvent], destination: Destination,
 
 
 def _deliver_to(target: str, events: Sequence[MembershipEvent], destination: Destination, ledger: DeliveryLedger,
-                result: DeliveryResult) -> None:
+                result: DeliveryResult, consent: Mapping[str, ConsentState] | None = None) -> None:
     """One target's events: planned against its ledger entries, then sent kind by kind in :data:`SEND_ORDER`."""
     namespace = f"{destination.name}:{target}"
     try:
@@ -293,16 +403,27 @@ def _deliver_to(target: str, events: Sequence[MembershipEvent], destination: Des
         return
     planned = plan(events, applied)
     result.skipped += planned.skipped
+    for action in planned.actions:
+        if not action.sends:
+            _settle_unsent(ledger, namespace, action, result)
     for kind, records in SEND_ORDER:
-        actions = [a for a in planned.actions if a.kind == kind and a.records == records
+        actions = [a for a in planned.actions if a.kind == kind and a.records == records and a.sends
                    and a.event.message_id not in result.retry and a.event.message_id not in result.refused]
-        rows = _rows(actions, destination, ledger, namespace, result)
+        rows = _rows(actions, destination, ledger, namespace, result, consent)
         if rows:
             _send(target, kind, rows, destination, ledger, namespace, result)
 
 
+def _settle_unsent(ledger: DeliveryLedger, namespace: str, action: Action, result: DeliveryResult) -> None:
+    """An action with nothing to send, recorded so that order holds: a consent exit of someone never added,
+    or a consent change for someone still added."""
+    if _record(ledger, namespace, action, result):
+        why = action.event.refusal or "already added; the consent change is recorded"
+        result.skipped.append((action.event, why))
+
+
 def _rows(actions: Sequence[Action], destination: Destination, ledger: DeliveryLedger, namespace: str,
-          result: DeliveryResult) -> dict[str, tuple[Action, Row]]:
+          result: DeliveryResult, consent: Mapping[str, ConsentState] | None = None) -> dict[str, tuple[Action, Row]]:
     """The row of each action, by event id. A malformed identifier refuses its event; an action with nothing
     the destination matches on is done without a send, and recorded so that order still holds."""
     rows: dict[str, tuple[Action, Row]] = {}
@@ -313,12 +434,13 @@ def _rows(actions: Sequence[Action], destination: Destination, ledger: DeliveryL
             result.refused[action.event.message_id] = str(error)
             continue
         if not identifiers:
-            if action.records:
-                _record(ledger, namespace, action, result)
+            if action.records and _record(ledger, namespace, action, result):
                 result.skipped.append((action.event, "no identifiers this destination matches on"))
             continue
         event = action.event
-        rows[event.event_id] = (action, Row(event.event_id, identifiers, event.customer_id, event.version))
+        state = consent.get(event.customer_id) if consent is not None else None
+        rows[event.event_id] = (action, Row(event.event_id, identifiers, event.customer_id, event.version,
+                                            dict(state.categories) if state is not None else None))
     return rows
 
 
@@ -345,13 +467,22 @@ def _send(target: str, kind: str, rows: Mapping[str, tuple[Action, Row]], destin
 
 
 def _record(ledger: DeliveryLedger, namespace: str, action: Action, result: DeliveryResult) -> bool:
-    """Record an applied action; False when a newer change was recorded meanwhile (or the ledger failed)."""
+    """Record an applied action; False when a newer change was recorded meanwhile (or the ledger failed).
+    A deleted customer's exit forgets the row instead: nothing of theirs stays in the ledger."""
     try:
-        return ledger.record(namespace, action.event.key, applied_entry(action))
+        forget = getattr(ledger, "forget", None)  # a ForgettingLedger; tools' in-memory ones may not be
+        if action.kind == EXITED and action.event.clause == DELETED_CLAUSE and callable(forget):
+            forget(namespace, action.event.key)
+            result.forgotten += 1
+            return True
+        recorded = ledger.record(namespace, action.event.key, applied_entry(action))
     except TransientError as error:
         # Applied but not recorded: resending is harmless (adds and removes are idempotent there).
         result.retry[action.event.message_id] = f"delivery ledger unavailable: {error}"
         return False
+    if recorded and action.event.refusal:
+        result.consent_exits += 1
+    return recorded
 
 
 def _reconcile(destination: Destination, target: str, namespace: str, action: Action, ledger: DeliveryLedger,
@@ -409,7 +540,9 @@ def report(result: DeliveryResult, retried: int, metrics: Any, logger: Any) -> N
     """Counts per outcome (Powertools ``Metrics``), and the reasons of what was not delivered (``Logger``):
     never identifiers, hashed or not."""
     for name, value in (("Delivered", len(result.delivered)), ("Skipped", len(result.skipped)),
-                        ("Refused", len(result.refused)), ("Retried", retried)):
+                        ("Refused", len(result.refused)), ("Retried", retried),
+                        ("ConsentExits", result.consent_exits), ("NoProfile", result.no_profile),
+                        ("Forgotten", result.forgotten)):
         metrics.add_metric(name=name, unit="Count", value=value)
     if result.refused or result.retry:
         logger.warning("deliveries not made", extra={"refused": sorted(set(result.refused.values())),
@@ -423,6 +556,11 @@ class BatchDelivery:
     destination: Destination
     ledger: DeliveryLedger
     dead_letters: DeadLetters
+    permissions: CustomerPermissions | None = None  # None: consent is not checked (tests, tools)
+    policy: ConsentPolicy = field(default_factory=ConsentPolicy)
+
+    def deliver(self, messages: Sequence[tuple[str, str]]) -> DeliveryResult:
+        return deliver(messages, self.destination, self.ledger, self.permissions, self.policy)
 
 
 def run_batch(event: Mapping[str, Any], deliver_messages: Callable[[list[tuple[str, str]]], DeliveryResult],
