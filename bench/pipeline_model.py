@@ -286,6 +286,10 @@ def cost(counts: Counts, *, ingest_cpu_s_per_event: float, client_cpu_s_per_writ
             n * batches * (prices.LAMBDA_REQUEST + prices.LATENCY_SECONDS["Destination"] * gb_s))
         lines["integrations: delivery ledger (1 RRU + 1 WRU per delivery)"] = (
             n * deliveries * (prices.DYNAMODB_READ_REQUEST_UNIT + prices.DYNAMODB_WRITE_REQUEST_UNIT))
+        lines["integrations: ledger's customer index (keys only: 1 WRU per ledger write)"] = (
+            n * deliveries * prices.DYNAMODB_WRITE_REQUEST_UNIT)
+        lines["integrations: consent read at delivery (the customer's profile, 1 RRU per delivery)"] = (
+            n * deliveries * prices.DYNAMODB_READ_REQUEST_UNIT)
     return {"usd_per_million_events": sum(lines.values()), "lines": lines, "per_event": per,
             "assumptions": {"lambda_memory_mb": memory_mb, "ingest_memory_mb": ingest_mb,
                             "write_concurrency": concurrency,

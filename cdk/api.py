@@ -57,7 +57,7 @@ class Api(Construct):
 
         access_logs = logs.LogGroup(self, "AccessLogs", retention=logs.RetentionDays.THREE_MONTHS,
                                     removal_policy=RemovalPolicy.DESTROY)
-        cors = (apigateway.CorsOptions(allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+        cors = (apigateway.CorsOptions(allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                                        allow_headers=["Authorization", "Content-Type", "X-Amz-Date",
                                                       "X-Amz-Security-Token"])
                 if settings.cors_origins else None)
@@ -99,6 +99,14 @@ class Api(Construct):
                              request_parameters={"method.request.path.customerId": True})
         customers.add_resource("segments").add_method("GET", integration, **iam_auth,  # type: ignore[arg-type]
                                                       request_parameters={"method.request.path.customerId": True})
+        # Data subject requests (operator routes): a deletion, its status, an export.
+        customers.add_method("DELETE", integration, **iam_auth,  # type: ignore[arg-type]
+                             request_parameters={"method.request.path.customerId": True})
+        customers.add_resource("export").add_method("GET", integration, **iam_auth,  # type: ignore[arg-type]
+                                                    request_parameters={"method.request.path.customerId": True})
+        root.add_resource("requests").add_resource("{requestId}").add_method(
+            "GET", integration, **iam_auth,  # type: ignore[arg-type]
+            request_parameters={"method.request.path.requestId": True})
         root.add_resource("me").add_method("GET", integration, authorizer=authorizer,
                                            authorization_type=apigateway.AuthorizationType.COGNITO)
         segments = root.add_resource("segments")

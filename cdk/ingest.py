@@ -45,7 +45,8 @@ class Ingest(Construct):
                          "CDP_MERGE_KNOWN": "true" if settings.merge_known else "false",
                          # profiling consent: without it a customer is in no segment (cdp.core.engine)
                          "CONSENT_POLICY": settings.consent_policy,
-                         "PROFILE_RETENTION_DAYS": str(settings.retention.profile_days)})
+                         "PROFILE_RETENTION_DAYS": str(settings.retention.profile_days),
+                         "CDP_AFTER_DELETION": settings.after_deletion})
         role = self.function.role
         grant_items(role, storage.profiles, "dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem")
         # The batch's one read of its ids, and the conditional link and email index puts; never a delete.

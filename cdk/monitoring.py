@@ -16,6 +16,7 @@ from cdk.changes import Changes
 from cdk.collector import Collector
 from cdk.fanout import Fanout
 from cdk.ingest import Ingest
+from cdk.privacy import Privacy
 from cdk.storage import Storage
 from cdk.timers import Timers
 
@@ -29,7 +30,8 @@ def _metric(name: str, service: str, statistic: str = "Sum", **dimensions: str) 
 
 class Monitoring(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, stage: str, ingest: Ingest, changes: Changes,
-                 api: Api, timers: Timers, fanout: Fanout, collector: Collector, storage: Storage, key: kms.IKey,
+                 api: Api, timers: Timers, fanout: Fanout, collector: Collector, privacy: Privacy, storage: Storage,
+                 key: kms.IKey,
                  alarm_email: str | None,
                  segment_ids: list[str]) -> None:
         super().__init__(scope, construct_id)
@@ -44,7 +46,8 @@ class Monitoring(Construct):
         iterator_age = ingest_fn.metric("IteratorAge", statistic="Maximum", period=Duration.minutes(1))
         queues: list[tuple[str, sqs.IQueue]] = [("ingest failures", ingest.failures),
                                                 ("changes failures", changes.failures),
-                                                ("schedule failures", timers.failures)]
+                                                ("schedule failures", timers.failures),
+                                                ("privacy dead letters", privacy.dead_letters)]
         queues += [(f"{d.integration.name} dead letters", d.dead_letters) for d in fanout.deliveries]
         self.alarms = [
             cloudwatch.Alarm(self, "IngestBehind", metric=iterator_age, threshold=60_000, evaluation_periods=5,
@@ -63,7 +66,12 @@ class Monitoring(Construct):
                                evaluation_periods=3, alarm_description=f"The {label.lower()} function is failing")
               for label, fn in (("Ingest", ingest_fn), ("Changes", changes_fn), ("Api", api_fn),
                                 ("Timers", timers_fn), ("Collector", collector_fn),
+                                ("Privacy", privacy.function.function),
                                 *((d.integration.name.title(), d.function.function) for d in fanout.deliveries))],
+            cloudwatch.Alarm(self, "DeletionsFailed", metric=_metric("DeletionsFailed", "privacy"), threshold=0,
+                             comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                             evaluation_periods=1, treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+                             alarm_description="A deletion request failed (GET /requests/{id} says why)"),
             cloudwatch.Alarm(self, "DeadlinesBehind", metric=_metric("DeadlineDelayMax", "timers", "Maximum"),
                              threshold=300, evaluation_periods=5,
                              alarm_description="Time-driven segments flip more than 5 minutes after their deadline"),
@@ -154,6 +162,10 @@ class Monitoring(Construct):
                        storage.identity_map.metric("WriteThrottleEvents", statistic="Sum",
                                                    period=Duration.minutes(1))]),
         )
+        self.dashboard.add_widgets(cloudwatch.GraphWidget(
+            title="Privacy: deletion passes, done and failed; events of deleted customers dropped", width=24, left=[
+                _metric("DeletionPasses", "privacy"), _metric("DeletionsDone", "privacy"),
+                _metric("DeletionsFailed", "privacy")], right=[_metric("EventsOfDeletedCustomers", "ingest")]))
         if fanout.deliveries:
             self.dashboard.add_widgets(cloudwatch.GraphWidget(
                 title="Integrations: delivered, skipped, refused (dead letters), retried", width=24, left=[

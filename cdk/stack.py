@@ -17,6 +17,7 @@ from cdk.fanout import Fanout
 from cdk.functions import Layers
 from cdk.ingest import Ingest
 from cdk.monitoring import Monitoring
+from cdk.privacy import Privacy
 from cdk.settings import Settings
 from cdk.storage import Storage
 from cdk.timers import Timers
@@ -28,7 +29,7 @@ class CdpStack(Stack):
         settings = Settings.from_context(self)
         self.key = kms.Key(self, "DataKey", enable_key_rotation=True,
                            description="Encrypts profiles, streams, queues and the quarantine at rest")
-        self.storage = Storage(self, "Storage", key=self.key)
+        self.storage = Storage(self, "Storage", key=self.key, quarantine_days=settings.retention.quarantine_days)
         layers = Layers(self, "Layers", architecture=settings.architecture)
         self.ingest = Ingest(self, "Ingest", settings=settings, storage=self.storage, layers=layers, key=self.key)
         self.collector = Collector(self, "Collector", settings=settings, storage=self.storage,
@@ -38,6 +39,9 @@ class CdpStack(Stack):
         self.fanout = Fanout(self, "Fanout", settings=settings, storage=self.storage, bus=self.changes.bus,
                              layers=layers, key=self.key)
         self.timers = Timers(self, "Timers", settings=settings, storage=self.storage, layers=layers, key=self.key)
+        self.privacy = Privacy(self, "Privacy", settings=settings, storage=self.storage, ledger=self.fanout.ledger,
+                               layers=layers, key=self.key)
+        self.privacy.allow_requests(self.api.function.function, self.api.function.role, settings)
         # EventBridge delivers to the encrypted queues (integration targets, their and the schedule's dead-letter
         # queues): only for this account's rules of this stack, so no one else's rule can make EventBridge use
         # the key (confused deputy). The ARNs are built from the rules' names, not referenced (that is a cycle).
@@ -51,7 +55,7 @@ class CdpStack(Stack):
                                                         *(d.rule_arn for d in self.fanout.deliveries)]}}))
         self.monitoring = Monitoring(
             self, "Monitoring", stage=settings.stage, ingest=self.ingest, changes=self.changes, api=self.api,
-            timers=self.timers, fanout=self.fanout, collector=self.collector,
+            timers=self.timers, fanout=self.fanout, collector=self.collector, privacy=self.privacy,
             storage=self.storage, key=self.key, alarm_email=settings.alarm_email,
             segment_ids=sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "segments").glob("*.yaml")))
         CfnOutput(self, "ApiUrl", value=self.api.rest_api.url)
@@ -64,6 +68,8 @@ class CdpStack(Stack):
         CfnOutput(self, "MembersTableName", value=self.storage.members.table_name)
         CfnOutput(self, "IdentityTableName", value=self.storage.identity_map.table_name)
         CfnOutput(self, "QuarantineBucketName", value=self.storage.quarantine.bucket_name)
+        CfnOutput(self, "RequestsTableName", value=self.privacy.requests.table_name)
+        CfnOutput(self, "PrivacyDeadLettersUrl", value=self.privacy.dead_letters.queue_url)
         CfnOutput(self, "IngestFailuresQueueUrl", value=self.ingest.failures.queue_url)
         CfnOutput(self, "EventBusName", value=self.changes.bus.event_bus_name)
         for delivery in self.fanout.deliveries:

@@ -43,16 +43,22 @@ class Storage(Construct):
     Write keys: the collector's sources, one item per key, keyed by the key's SHA-256 digest.
 
     Id map: identifier digest (a merged customer id, a hashed email address) -> its canonical customer,
-    one small item each (see cdp.aws.identity_map), keyed by the digest so no address is a key.
+    one small item each (see cdp.aws.identity_map), keyed by the digest so no address is a key. A deleted
+    customer's ids hold tombstones there, which expire (TTL ``expires_at``) after the tombstone retention; the
+    ``canonical`` index (keys only) finds every entry of a customer for a deletion.
+
+    Quarantine objects (raw messages) expire after ``quarantine_days``; a deletion scrubs them before that.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, key: kms.IKey,
-                 removal_policy: RemovalPolicy = RemovalPolicy.RETAIN) -> None:
+                 removal_policy: RemovalPolicy = RemovalPolicy.RETAIN, quarantine_days: int = 30) -> None:
         super().__init__(scope, construct_id)
         self.profiles = encrypted_table(
             self, "Profiles", key, removal_policy,
             partition_key=dynamodb.Attribute(name="customer_id", type=dynamodb.AttributeType.STRING),
             stream=dynamodb.StreamViewType.NEW_AND_OLD_IMAGES,
+            # retention.profile_days: a day after the timers made an untouched profile's exits (cdp.core.engine)
+            time_to_live_attribute="xp",
         )
         # The due index: sparse (only profiles with a deadline carry ds and nd), sharded 32 ways by
         # customer so a million deadlines in one minute are never one hot key (see cdp.pipeline.timers).
@@ -76,6 +82,13 @@ class Storage(Construct):
         self.identity_map = encrypted_table(
             self, "IdentityMap", key, removal_policy,
             partition_key=dynamodb.Attribute(name="digest", type=dynamodb.AttributeType.STRING),
+            time_to_live_attribute="expires_at",  # tombstones only: links and email entries carry none
+        )
+        self.identity_canonical_index = "canonical"
+        self.identity_map.add_global_secondary_index(
+            index_name=self.identity_canonical_index,
+            partition_key=dynamodb.Attribute(name="canonical", type=dynamodb.AttributeType.STRING),
+            projection_type=dynamodb.ProjectionType.KEYS_ONLY,
         )
         self.access_logs = s3.Bucket(
             self, "AccessLogs",
@@ -96,7 +109,8 @@ class Storage(Construct):
             versioned=True,
             server_access_logs_bucket=self.access_logs,
             server_access_logs_prefix="quarantine/",
-            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(90),
-                                              noncurrent_version_expiration=Duration.days(7))],
+            # Older versions go a day after they are replaced: a deletion deletes them itself at once.
+            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(quarantine_days),
+                                              noncurrent_version_expiration=Duration.days(1))],
             removal_policy=removal_policy,
         )

@@ -9,6 +9,13 @@
     cdp sources list [--table NAME]                  every source's keys: id, state, created, expires
     cdp sources rotate NAME [--overlap 24h]          a new key; the old ones stay valid for the overlap
     cdp sources revoke NAME [--key KEY_ID]           refuse the source's keys (or one of them) from now on
+    cdp customers delete ID [--api-url URL]          delete a customer everywhere (prints the request)
+    cdp customers export ID [--api-url URL]          everything held about a customer (JSON)
+    cdp requests show ID [--api-url URL]             a data subject request's status and counts
+
+``customers`` and ``requests`` call the API (``DELETE /customers/{id}`` and friends, so the API's one code path
+runs): the running local stack's, or a deployed stack's ``--api-url`` (its ApiUrl output), signed with SigV4 and
+boto3's usual credentials.
 
 ``send``, ``tail`` and ``sources`` with neither ``--stream`` / ``--queue-url`` / ``--table`` nor
 ``--endpoint-url`` use the running local stack (``cdp_dev.targets``), and stop with an error when there is
@@ -414,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--once", action="store_true", help="print what is waiting, then stop")
     tail.set_defaults(run=_tail)
     _add_sources(commands)
+    _add_privacy(commands)
     segments = commands.add_parser("segments", help="segment definitions as code")
     segments_commands = segments.add_subparsers(dest="segments_command", required=True)
     validate = segments_commands.add_parser("validate", help="check every definition in a folder")
@@ -453,6 +461,77 @@ def _add_sources(commands: Any) -> None:
     revoke.add_argument("name")
     revoke.add_argument("--key", default=None, metavar="KEY_ID", help="only this key (its id in `cdp sources list`)")
     sources.set_defaults(run=_sources)
+
+
+def _api_call(args: argparse.Namespace, method: str, path: str) -> tuple[int, Any]:
+    """``method path`` on the API: the local stack's, or ``--api-url`` signed with SigV4 (execute-api)."""
+    import json
+    import urllib.error
+    import urllib.request
+    from urllib.parse import quote
+
+    from cdp_dev.targets import _only
+
+    if args.api_url:
+        base, sign = args.api_url.rstrip("/"), True
+    else:
+        base, sign = _only(_local_stacks(), "for a deployed stack pass --api-url URL (its ApiUrl output)").api, False
+    url = base + "/".join(quote(part, safe="") for part in path.split("/"))
+    headers: dict[str, str] = {}
+    if sign:
+        import boto3
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        session = boto3.Session(region_name=args.region)
+        signed = AWSRequest(method=method, url=url)
+        SigV4Auth(session.get_credentials(), "execute-api", session.region_name or "us-east-1").add_auth(signed)
+        headers = dict(signed.headers.items())
+    request = urllib.request.Request(url, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        body = error.read()
+        try:
+            return error.code, json.loads(body)
+        except ValueError:
+            return error.code, {"message": body.decode("utf-8", "replace")[:200]}
+
+
+def _privacy_command(args: argparse.Namespace) -> int:
+    import json
+
+    if args.command == "requests":
+        status, body = _api_call(args, "GET", f"/requests/{args.id}")
+    elif args.customers_command == "delete":
+        status, body = _api_call(args, "DELETE", f"/customers/{args.id}")
+    else:
+        status, body = _api_call(args, "GET", f"/customers/{args.id}/export")
+    if status >= 400:
+        message = body.get("message") if isinstance(body, dict) else None
+        print(f"cdp: error: {message or f'the API answered {status}'}", file=sys.stderr)
+        return 1
+    print(json.dumps(body, indent=2, sort_keys=True))
+    return 0
+
+
+def _add_privacy(commands: Any) -> None:
+    api = argparse.ArgumentParser(add_help=False)
+    api.add_argument("--api-url", default=None,
+                     help="a deployed stack's API (its ApiUrl output; SigV4-signed); without it, the local stack's")
+    customers = commands.add_parser("customers", help="data subject requests: delete or export a customer")
+    actions = customers.add_subparsers(dest="customers_command", required=True)
+    actions.add_parser("delete", parents=[api], help="delete the customer everywhere; prints the request") \
+        .add_argument("id", help="any id of the customer (merged ids resolve to it)")
+    actions.add_parser("export", parents=[api], help="everything held about the customer, as JSON") \
+        .add_argument("id", help="any id of the customer")
+    customers.set_defaults(run=_privacy_command)
+    requests = commands.add_parser("requests", help="data subject requests' status")
+    shown = requests.add_subparsers(dest="requests_command", required=True)
+    shown.add_parser("show", parents=[api], help="a request's status, counts or failure reason") \
+        .add_argument("id", help="the request id that delete or export printed")
+    requests.set_defaults(run=_privacy_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ from cdp_dev.handlers import load_handler
 from cdp_dev.lambda_events import kinesis_record, stream_envelope
 
 REGION = "us-east-1"
+LOCAL_VERIFY_DELAY_SECONDS = 2  # a deletion's verify pass (the template's waits a minute for the exits)
 LOCAL_VISIBILITY_SECONDS = 2  # a failed integration batch comes back this soon (the template's is minutes)
 FEED_QUEUE = "cdp-local-transitions"
 FEED_KEEP = 200  # with no feed printing them, the feed queue keeps the newest transitions, for cdp tail and tests
@@ -104,6 +105,7 @@ class Resources:
     streams: list[str] = field(default_factory=list)
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     buckets: list[str] = field(default_factory=list)
+    versioned: list[str] = field(default_factory=list)  # buckets the template versions (the quarantine)
     queues: list[str] = field(default_factory=list)
     buses: list[str] = field(default_factory=list)
     functions: dict[str, dict[str, str]] = field(default_factory=dict)  # folder -> environment
@@ -154,6 +156,8 @@ def _add_store(found: Resources, logical: str, kind: str, properties: dict[str, 
     elif kind == "AWS::S3::Bucket":
         found.names[logical] = logical.lower()
         found.buckets.append(logical.lower())
+        if properties.get("VersioningConfiguration", {}).get("Status") == "Enabled":
+            found.versioned.append(logical.lower())
     elif kind == "AWS::SQS::Queue":
         found.names[logical] = logical
         found.queues.append(logical)
@@ -560,6 +564,8 @@ class LocalStack:
         if template is None:
             template = synthesised_template(self.root, local_context(self.root, self.sandbox.url))
         self.resources = resources_from_template(template, self.root)
+        if "privacy" in self.resources.functions:  # a deletion's verify pass within seconds, not a minute
+            self.resources.functions["privacy"]["VERIFY_DELAY_SECONDS"] = str(LOCAL_VERIFY_DELAY_SECONDS)
         self._create()
         for variables in self.resources.functions.values():
             os.environ.update(variables)
@@ -610,6 +616,8 @@ class LocalStack:
             dynamodb.create_table(**spec)
         for bucket in self.resources.buckets:
             s3.create_bucket(Bucket=bucket)
+            if bucket in self.resources.versioned:  # a deletion scrubs every version: keep them as AWS does
+                s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
 
     def _create_queues(self) -> None:
         """The template's queues (dead-letter queues first, for the redrive policies), the functions' queue URLs,

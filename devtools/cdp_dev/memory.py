@@ -8,19 +8,21 @@ same calls, so a simulation can report requests per customer without an emulator
 from __future__ import annotations
 
 import bisect
+import copy
 import pickle
 import threading
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from cdp.aws.identity_map import TOMBSTONE
 from cdp.aws.members import EXITED_MEMBER_TTL, decode_cursor, encode_cursor
 from cdp.collector.keys import WriteKey
 from cdp.core.profile import Profile
 from cdp.pipeline.changes import MEMBER_SHARDS, MembershipChange, members_partition
 from cdp.pipeline.fanout import LedgerEntry
 from cdp.pipeline.timers import DueEntry, DuePage
-from cdp.ports import ConflictError, TransientError
+from cdp.ports import ConflictError, LedgerRow, MapRead, PrivacyRequest, TransientError
 
 BATCH_GET_LIMIT = 100
 
@@ -61,6 +63,10 @@ class MemoryProfileStore:
         unique = list(dict.fromkeys(customer_ids))
         self.requests["BatchGetItem"] += -(-len(unique) // BATCH_GET_LIMIT)
         return {cid: Profile.from_item(self.item(cid) or {}) for cid in unique if cid in self._encoded}
+
+    def get(self, customer_id: str) -> Profile | None:
+        """One profile, as the API reads it (ProfileLookup)."""
+        return self.load([customer_id]).get(customer_id)
 
     def item(self, customer_id: str) -> dict[str, Any] | None:
         """The stored item of a customer, decoded."""
@@ -117,10 +123,14 @@ class MemoryDeliveryLedger:
 
     def record(self, destination: str, key: tuple[str, str], entry: LedgerEntry) -> bool:
         current = self.entries_by_key.get((destination, *key))
-        if current is not None and current.version >= entry.version:
+        if current is not None and current.order >= entry.order:
             return False
         self.entries_by_key[(destination, *key)] = entry
         return True
+
+    def forget(self, destination: str, key: tuple[str, str]) -> None:
+        """Delete the entry (after a deleted customer's remove was sent)."""
+        self.entries_by_key.pop((destination, *key), None)
 
 
 class MemoryDeadLetters:
@@ -228,7 +238,8 @@ class MemoryKeyStore:
 
 
 class MemoryIdentityMap:
-    """The id map in memory (digest -> customer), with the adapter's conditional link; counts its requests."""
+    """The id map in memory (digest -> customer), with the adapter's conditional link and its tombstones (which no
+    link or index write replaces); counts its requests."""
 
     def __init__(self) -> None:
         self.items: dict[str, dict[str, Any]] = {}
@@ -236,16 +247,116 @@ class MemoryIdentityMap:
         self.writes = 0
 
     def links(self, digests: Sequence[str]) -> dict[str, str]:
+        return self.read(digests).links
+
+    def read(self, digests: Sequence[str]) -> MapRead:
         self.reads += 1
-        return {digest: str(self.items[digest]["canonical"]) for digest in digests if digest in self.items}
+        found = [(digest, self.items[digest]) for digest in digests if digest in self.items]
+        return MapRead({d: str(item["canonical"]) for d, item in found if item["kind"] != TOMBSTONE},
+                       {d: float(item["linked_at"]) for d, item in found if item["kind"] == TOMBSTONE})
 
     def link(self, digest: str, kind: str, canonical: str, at: float, message_id: str | None) -> None:
         self.writes += 1
         held = self.items.get(digest)
-        if held is not None and held["canonical"] != canonical:
+        if held is not None and held.get("canonical") != canonical:
             raise ConflictError(f"the id is already linked to another customer ({kind})")
         self.items[digest] = {"kind": kind, "canonical": canonical, "linked_at": at, "message_id": message_id}
 
     def index(self, digest: str, kind: str, canonical: str, at: float) -> None:
         self.writes += 1
+        if self.items.get(digest, {}).get("kind") == TOMBSTONE:
+            return
         self.items[digest] = {"kind": kind, "canonical": canonical, "linked_at": at, "message_id": None}
+
+    def bury(self, digest: str, deleted_at: float, request_id: str, expires_at: int) -> bool:
+        self.writes += 1
+        if self.items.get(digest, {}).get("kind") == TOMBSTONE:
+            return False
+        self.items[digest] = {"kind": TOMBSTONE, "linked_at": deleted_at, "request_id": request_id,
+                              "expires_at": expires_at}
+        return True
+
+    def digests_of(self, customer_id: str) -> list[str]:
+        self.reads += 1
+        return sorted(d for d, item in self.items.items() if item.get("canonical") == customer_id)
+
+
+class MemoryPrivacyRequests:
+    def __init__(self) -> None:
+        self.requests: dict[str, PrivacyRequest] = {}
+
+    def create(self, request: PrivacyRequest) -> None:
+        self.requests[request.request_id] = copy.deepcopy(request)
+
+    def get(self, request_id: str) -> PrivacyRequest | None:
+        stored = self.requests.get(request_id)
+        return copy.deepcopy(stored) if stored is not None else None
+
+    def update(self, request_id: str, status: str, counts: dict[str, int], reason: str, at: float) -> None:
+        stored = self.requests.get(request_id)
+        if stored is None:
+            return
+        stored.status, stored.reason, stored.updated_at = status, reason, at
+        for store, count in counts.items():
+            stored.counts[store] = stored.counts.get(store, 0) + count
+
+
+class MemoryPrivacyJobs:
+    """The privacy queue: messages with their delay, taken in order by the test that runs them."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[dict[str, Any], int]] = []
+
+    def send(self, message: dict[str, Any], delay_seconds: int = 0) -> None:
+        self.messages.append((copy.deepcopy(message), delay_seconds))
+
+    def take(self) -> dict[str, Any] | None:
+        return self.messages.pop(0)[0] if self.messages else None
+
+
+class MemoryCustomerStores:
+    """Deletion's and export's view of the in-memory profiles, members index and ledger, and a quarantine of
+    JSON-lines objects per key, each a list of versions (the bucket is versioned)."""
+
+    def __init__(self, profiles: MemoryProfileStore, members: MemoryMembersIndex) -> None:
+        self.profiles, self.members = profiles, members
+        self.ledger: dict[str, dict[str, Any]] = {}  # delivery key -> {customer, kind, v}
+        self.quarantine: dict[str, list[str]] = {}  # key -> versions (bodies), oldest first
+
+    def delete_profile(self, customer_id: str) -> bool:
+        existed = customer_id in self.profiles._encoded
+        self.profiles._encoded.pop(customer_id, None)
+        self.profiles._keys.pop(customer_id, None)
+        return existed
+
+    def member_rows(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+        return {key: "exited_at" not in self.members.items[key] for key in keys if key in self.members.items}
+
+    def delete_member_row(self, key: tuple[str, str]) -> bool:
+        return self.members.items.pop(key, None) is not None
+
+    def ledger_rows(self, customer_id: str) -> list[LedgerRow]:
+        return sorted((LedgerRow(key, str(row.get("kind", "")), int(row.get("v", 0)))
+                       for key, row in self.ledger.items() if row["customer"] == customer_id),
+                      key=lambda r: r.delivery)
+
+    def delete_ledger_row(self, delivery: str) -> bool:
+        return self.ledger.pop(delivery, None) is not None
+
+    def scrub_quarantine(self, needles: Sequence[str]) -> int:
+        from cdp.aws.erasure import mentions
+
+        wanted = {n for n in needles if n} | {n.lower() for n in needles if n}
+        removed = 0
+        for key, versions in list(self.quarantine.items()):
+            lines = [[line for line in body.splitlines() if line.strip()] for body in versions]
+            kept = [[line for line in version if not mentions(line, wanted)] for version in lines]
+            found = max(len(a) - len(b) for a, b in zip(lines, kept, strict=True))
+            if not found:
+                continue
+            removed += found
+            if kept[-1]:
+                self.quarantine[key] = ["\n".join(kept[-1]) + "\n"]
+            else:
+                del self.quarantine[key]
+        return removed

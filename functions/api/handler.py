@@ -25,16 +25,27 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cdp.api.models import (
+    CustomerExport,
     CustomerProfile,
     CustomerSegments,
+    DeletionAccepted,
     MemberPage,
     MembershipEdit,
     MembershipEditResult,
     Problem,
+    RequestStatus,
     SegmentDefinition,
     SegmentList,
 )
-from cdp.api.views import holds_email, normalised_email, profile_document, segment_document, segments_summary
+from cdp.api.views import (
+    export_document,
+    holds_email,
+    normalised_email,
+    profile_document,
+    request_document,
+    segment_document,
+    segments_summary,
+)
 from cdp.config import ApiConfig, cors_origins
 from cdp.core.catalogue import Catalogue, Segment, load_catalogue
 from cdp.core.clock import Clock, clock_from_env
@@ -42,8 +53,19 @@ from cdp.core.engine import Engine
 from cdp.core.identity import identifier_digest, resolve_all
 from cdp.core.profile import Profile
 from cdp.core.static_segments import InvalidEdit, UnknownSegment, static_edit
+from cdp.pipeline.privacy import UnknownCustomer, export_customer, start_deletion
 from cdp.pipeline.write import edit_static_segment
-from cdp.ports import ConflictError, IdentityMap, InvalidCursor, MemberListing, ProfileLookup, TransientError
+from cdp.ports import (
+    ConflictError,
+    CustomerStores,
+    IdentityMap,
+    InvalidCursor,
+    MemberListing,
+    PrivacyJobs,
+    PrivacyRequests,
+    ProfileLookup,
+    TransientError,
+)
 from cdp.wiring import assemble
 
 logger = Logger(service="cdp-api")
@@ -64,6 +86,7 @@ PROBLEMS = {400: "The request is invalid; `field` names what is wrong.", 403: "N
             404: "Not found.", 409: "The profile kept changing while it was being updated; try again.",
             415: "The body is not application/json.",
             503: "A downstream service is throttling; retry after `Retry-After` seconds."}
+REQUEST_ID = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
 
 
 def documented(model: type[Any], description: str, *problems: int) -> dict[int, Any]:
@@ -100,6 +123,11 @@ class Dependencies:
     clock: Clock
     me_claim: str
     identity_map: IdentityMap | None = None  # merged ids and email addresses -> their canonical customer
+    # Data subject requests (None: not configured, the routes answer 503)
+    requests: PrivacyRequests | None = None
+    jobs: PrivacyJobs | None = None
+    stores: CustomerStores | None = None
+    request_days: int = 365
 
 
 _dependencies: Dependencies | None = None
@@ -123,11 +151,15 @@ def build(**overrides: Any) -> Dependencies:
     import boto3
 
     from cdp.aws.dynamo import DynamoProfileStore
+    from cdp.aws.erasure import DynamoCustomerStores, SqsPrivacyJobs
     from cdp.aws.identity_map import DynamoIdentityMap, bind_identity_map
     from cdp.aws.members import DynamoMembersIndex
+    from cdp.aws.requests import DynamoPrivacyRequests, bind_requests
 
     config = ApiConfig.from_env(os.environ)
     client = boto3.client("dynamodb")
+    region = os.environ.get("AWS_REGION")
+    privacy = bool(config.requests_table and config.privacy_queue_url)
     return assemble(
         Dependencies, overrides,
         catalogue=lambda: load_catalogue(config.catalogue_path),
@@ -135,7 +167,14 @@ def build(**overrides: Any) -> Dependencies:
         members=lambda: DynamoMembersIndex(client, config.members_table, config.member_shards),
         clock=lambda: clock_from_env(config.clock),
         me_claim=lambda: config.me_claim,
-        identity_map=lambda: DynamoIdentityMap(bind_identity_map(config.identity_table, os.environ.get("AWS_REGION"))),
+        identity_map=lambda: DynamoIdentityMap(bind_identity_map(config.identity_table, region)),
+        requests=lambda: DynamoPrivacyRequests(bind_requests(config.requests_table, region)) if privacy else None,
+        jobs=lambda: SqsPrivacyJobs(boto3.client("sqs"), config.privacy_queue_url) if privacy else None,
+        # The export reads the ledger only (deletion's erasing is the privacy function's): no bucket here.
+        stores=lambda: DynamoCustomerStores(client, None, profiles_table=config.profiles_table,
+                                            members_table=config.members_table, ledger_table=config.ledger_table,
+                                            quarantine_bucket="") if privacy else None,
+        request_days=lambda: config.request_days,
     )
 
 
@@ -169,9 +208,18 @@ def _invalid(error: Invalid | InvalidEdit) -> Response[str]:
     return _problem(400, "invalid_request", str(error), error.field)
 
 
-@app.exception_handler([NotFound, UnknownSegment])
-def _not_found(error: NotFound | UnknownSegment) -> Response[str]:
-    return _problem(404, "not_found", str(error))
+@app.exception_handler([NotFound, UnknownSegment, UnknownCustomer])
+def _not_found(error: NotFound | UnknownSegment | UnknownCustomer) -> Response[str]:
+    return _problem(404, "not_found", str(error.args[0] if error.args else error))
+
+
+class NotConfigured(Exception):
+    """A data subject route of a deployment without REQUESTS_TABLE and PRIVACY_QUEUE_URL: it has no such route."""
+
+
+@app.exception_handler(NotConfigured)
+def _not_configured(_: NotConfigured) -> Response[str]:
+    return _no_route_problem()
 
 
 @app.exception_handler(Forbidden)
@@ -373,6 +421,57 @@ def edit_members(segmentId: SEGMENT_ID,
     done = edit_static_segment(d.profiles, Engine(d.catalogue), checked, d.clock.now)
     return MembershipEditResult(segment_id=checked.segment_id, added=done.added, removed=done.removed,
                                 unchanged=done.unchanged)
+
+
+def _privacy() -> tuple[PrivacyRequests, PrivacyJobs, CustomerStores]:
+    d = deps()
+    if d.requests is None or d.jobs is None or d.stores is None:
+        raise NotConfigured("data subject requests are not configured (REQUESTS_TABLE, PRIVACY_QUEUE_URL)")
+    return d.requests, d.jobs, d.stores
+
+
+DELETION_RESPONSES: dict[int, Any] = {
+    202: {"description": "The request was recorded and its job queued",
+          "content": {"application/json": {"model": DeletionAccepted}}},
+    **{code: value for code, value in documented(DeletionAccepted, "", 404).items() if code != 200}}
+
+
+@app.delete("/customers/<customerId>", summary="Delete a customer everywhere their data is held",
+            description="Starts a deletion that reaches the profile, every id of the identity map, the members "
+                        "index, the delivery ledger, the destinations' audiences and lists (a remove is sent) and "
+                        "the quarantine. Follow it at `status_url`.",
+            responses=DELETION_RESPONSES, security=OPERATOR, tags=["privacy"])
+def delete_customer(customerId: ID) -> Response[str]:
+    requests, jobs, _ = _privacy()
+    d = deps()
+    request = start_deletion(d.identity_map, d.profiles, requests, jobs, unquote(customerId), d.clock.now(),
+                             d.request_days)
+    body = DeletionAccepted(request_id=request.request_id, status=request.status,
+                            status_url=f"/requests/{request.request_id}")
+    return Response(status_code=202, content_type=content_types.APPLICATION_JSON, body=body.model_dump_json())
+
+
+@app.get("/requests/<requestId>", summary="A data subject request: its status, per-store counts or failure reason",
+         responses=documented(RequestStatus, "The request and its audit record", 404), security=OPERATOR,
+         tags=["privacy"])
+def get_request(requestId: REQUEST_ID) -> RequestStatus:
+    requests, _, _ = _privacy()
+    request = requests.get(requestId)
+    if request is None:
+        raise NotFound("requestId: no request has this id")
+    return RequestStatus.model_validate(request_document(request))
+
+
+@app.get("/customers/<customerId>/export", summary="Everything held about a customer",
+         description="The profile, the memberships with since-times, the consent history, the deliveries made "
+                     "and the ids. Assembled on request and recorded as an export request (audit).",
+         responses=documented(CustomerExport, "The customer's data", 404), security=OPERATOR, tags=["privacy"])
+def get_customer_export(customerId: ID) -> CustomerExport:
+    requests, _, stores = _privacy()
+    d = deps()
+    now = d.clock.now()
+    export = export_customer(d.identity_map, d.profiles, stores, requests, unquote(customerId), now, d.request_days)
+    return CustomerExport.model_validate(export_document(export, d.catalogue, now))
 
 
 @app.get("/openapi.json", include_in_schema=False)

@@ -80,7 +80,7 @@ def build(**overrides: Any) -> Dependencies:
         pool=lambda: request_pool(config.write_concurrency, "cdp-ingest-writes"),
         identity=lambda: Identity(
             DynamoIdentityMap(bind_identity_map(config.identity_table, os.environ.get("AWS_REGION"))),
-            merge_known=config.merge_known),
+            merge_known=config.merge_known, after_deletion=config.after_deletion),
     )
 
 
@@ -133,7 +133,8 @@ def record_metrics(result: BatchResult) -> None:
                         ("ProfilesWritten", result.customers_written), ("RecordsRetried", len(result.failed)),
                         ("Merges", identity.merges), ("EventsRedirected", identity.forwarded),
                         ("MergedProfilesAbsorbed", identity.absorbed), ("EmailsIndexed", identity.emails_indexed),
-                        ("IdentityMapReads", identity.map_reads)):
+                        ("IdentityMapReads", identity.map_reads),
+                        ("EventsOfDeletedCustomers", result.deleted_customers)):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
     if result.lags:
         metrics.add_metric(name="LagSeconds", unit=MetricUnit.Seconds, value=max(result.lags))

@@ -18,13 +18,16 @@ def test_health_names_the_components_and_the_templates_resources(stack: Running)
     assert status == 200 and health["status"] == "ok"
     assert set(health["components"]) >= {"kinesis->ingest", "table stream->changes", "schedule->timers", "api",
                                          "queue->email", "queue->webhook", "queue->meta", "queue->google",
+                                         "queue->privacy",
                                          "feed keeper"}  # --no-feed: the feed queue keeps only the newest
     assert health["schedules"] == {"timers": 1}
     resources = health["resources"]
     assert len(resources["streams"]) == 1 and resources["buses"] == ["cdp-dev"]
-    # profiles, members index, write keys (the collector's), the id map and the integrations' delivery ledger
+    # profiles, members index, write keys (the collector's), the id map, the integrations' delivery ledger and the
+    # data subject requests
     assert sorted(name.rstrip("0123456789ABCDEF") for name in resources["tables"]) == [
-        "FanoutLedger", "StorageIdentityMap", "StorageMembers", "StorageProfiles", "StorageWriteKeys"]
+        "FanoutLedger", "PrivacyRequests", "StorageIdentityMap", "StorageMembers", "StorageProfiles",
+        "StorageWriteKeys"]
     assert health["environment"]["ingest"]["PROFILES_TABLE"] in resources["tables"]
 
 

@@ -93,3 +93,37 @@ def test_cfn_lint_reports_no_errors(variant: str, request: pytest.FixtureRequest
     errors = [f for f in findings if f["Level"] == "Error"]
     assert errors == [], errors
     assert run.returncode in (0, 4, 8, 12)  # warnings and informational findings only
+
+
+def test_profiles_expire_by_ttl_on_the_attribute_the_engine_sets(template: Any) -> None:
+    properties = resource(template, "AWS::DynamoDB::Table", PROFILES_TABLE)["Properties"]
+    assert properties["TimeToLiveSpecification"] == {"AttributeName": "xp", "Enabled": True}
+
+
+def test_quarantine_objects_expire_after_the_retention(template: Any) -> None:
+    rules = resource(template, "AWS::S3::Bucket", QUARANTINE_BUCKET)["Properties"]["LifecycleConfiguration"]["Rules"]
+    context = json.loads((Path(__file__).resolve().parents[2] / "cdk.json").read_text())["context"]
+    assert [rule["ExpirationInDays"] for rule in rules] == [context["retention"]["quarantine_days"]]
+
+
+def _environment(template: Any, service: str) -> dict[str, str]:
+    functions = [f["Properties"] for f in template.find_resources("AWS::Lambda::Function").values()
+                 if f["Properties"].get("Environment", {}).get("Variables", {}).get("POWERTOOLS_SERVICE_NAME")
+                 == service]
+    assert len(functions) == 1, service
+    return dict(functions[0]["Environment"]["Variables"])
+
+
+@pytest.mark.parametrize("service", ["cdp-ingest", "cdp-timers"])
+def test_the_functions_that_evaluate_segments_get_the_consent_policy_and_the_retention(integrated: Any,
+                                                                                       service: str) -> None:
+    from cdp.core.consent import ConsentPolicy
+
+    variables = _environment(integrated, service)  # synthesised with cdk.json's context
+    context = json.loads((Path(__file__).resolve().parents[2] / "cdk.json").read_text())["context"]
+    assert ConsentPolicy.parse(json.loads(variables["CONSENT_POLICY"])) == ConsentPolicy.parse(context["consent"])
+    assert variables["PROFILE_RETENTION_DAYS"] == str(context["retention"]["profile_days"])
+
+
+def test_the_ingest_is_told_what_an_event_of_a_deleted_customer_does(template: Any) -> None:
+    assert _environment(template, "cdp-ingest")["CDP_AFTER_DELETION"] == "block"

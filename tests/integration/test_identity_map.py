@@ -21,7 +21,12 @@ def identity_map() -> Iterator[DynamoIdentityMap]:
     with mock_aws():
         boto3.client("dynamodb", region_name=REGION).create_table(
             TableName=TABLE, KeySchema=[{"AttributeName": "digest", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "digest", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+            AttributeDefinitions=[{"AttributeName": "digest", "AttributeType": "S"},
+                                  {"AttributeName": "canonical", "AttributeType": "S"}],
+            GlobalSecondaryIndexes=[{"IndexName": "canonical",
+                                     "KeySchema": [{"AttributeName": "canonical", "KeyType": "HASH"}],
+                                     "Projection": {"ProjectionType": "KEYS_ONLY"}}],
+            BillingMode="PAY_PER_REQUEST")
         yield DynamoIdentityMap(bind_identity_map(TABLE, REGION))
 
 
@@ -58,3 +63,23 @@ def test_a_batch_of_ids_resolves_in_batched_reads_past_100_keys(identity_map: Dy
     assert resolved["stranger"] == "stranger"
     assert resolved["anon-3"] == "u-final" and resolved["anon-10"] == "u-final"  # 10 % 7 == 3
     assert resolved["anon-1"] == "u-1"
+
+
+def test_a_tombstone_replaces_a_link_keeps_no_id_and_no_link_or_index_write_replaces_it(
+        identity_map: DynamoIdentityMap) -> None:
+    merged, email = customer_digest("anon-9"), identifier_digest("email", "alice@example.com")
+    identity_map.link(merged, "customer", "u-1", 1.0, "m-1")
+    identity_map.index(email, "email", "u-1", 1.0)
+    assert sorted(identity_map.digests_of("u-1")) == sorted([merged, email])
+    assert identity_map.bury(merged, 5.0, "req-1", 2_000_000_000) is True
+    assert identity_map.bury(email, 5.0, "req-1", 2_000_000_000) is True
+    assert identity_map.bury(merged, 9.0, "req-2", 2_000_000_000) is False  # the first deletion's time stays
+    read = identity_map.read([merged, email, customer_digest("u-1")])
+    assert read.links == {} and read.tombstones == {merged: 5.0, email: 5.0}
+    assert identity_map.digests_of("u-1") == []
+    with pytest.raises(ConflictError):
+        identity_map.link(merged, "customer", "u-1", 6.0, "m-again")
+    identity_map.index(email, "email", "u-2", 7.0)  # refused quietly: the address finds no one
+    items = boto3.client("dynamodb", region_name=REGION).scan(TableName=TABLE)["Items"]
+    assert all(item["kind"] == {"S": "tombstone"} and "canonical" not in item for item in items)
+    assert all(int(item["expires_at"]["N"]) == 2_000_000_000 for item in items)

@@ -75,19 +75,6 @@ def msg(kind: str, customer: str, version: int = 1, **kwargs: Any) -> tuple[str,
 
 
 class Ledger(MemoryDeliveryLedger):
-    """The memory ledger with the DynamoDB ledger's order within a version (a consent change after its
-    membership change) and forget."""
-
-    def record(self, destination: str, key: tuple[str, str], entry: LedgerEntry) -> bool:
-        current = self.entries_by_key.get((destination, *key))
-        if current is not None and current.order >= entry.order:
-            return False
-        self.entries_by_key[(destination, *key)] = entry
-        return True
-
-    def forget(self, destination: str, key: tuple[str, str]) -> None:
-        self.entries_by_key.pop((destination, *key), None)
-
     def customers(self) -> set[str]:
         return {customer for _, _, customer in self.entries_by_key}
 

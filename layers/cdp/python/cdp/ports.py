@@ -51,7 +51,32 @@ class IdentityMap(Protocol):
         ...
 
     def index(self, digest: str, kind: str, canonical: str, at: float) -> None:
-        """Point a lookup identifier (an email address) at a customer, replacing what it pointed at."""
+        """Point a lookup identifier (an email address) at a customer, replacing what it pointed at, unless the
+        identifier is a deleted customer's (a tombstone is never overwritten)."""
+        ...
+
+    def read(self, digests: Sequence[str]) -> MapRead:
+        """The links and the tombstones among these digests, in the same batched reads as :meth:`links`."""
+        ...
+
+
+@dataclass(frozen=True)
+class MapRead:
+    """One read of the id map: digest -> customer for the links, digest -> deletion time for the tombstones."""
+
+    links: dict[str, str]
+    tombstones: dict[str, float]
+
+
+class Tombstones(Protocol):
+    """The deleted customers' marks in the id map (see :mod:`cdp.pipeline.privacy`)."""
+
+    def bury(self, digest: str, deleted_at: float, request_id: str, expires_at: int) -> bool:
+        """Replace whatever the digest held with a tombstone, unless it is one already; whether it wrote."""
+        ...
+
+    def digests_of(self, customer_id: str) -> list[str]:
+        """Every id-map entry that points at this customer (its merged ids and email addresses)."""
         ...
 
 
@@ -109,4 +134,69 @@ class EventStream(Protocol):
     def put(self, entries: Sequence[tuple[bytes, str]]) -> list[str | None]:
         """Put ``(data, partition key)`` records, in order; returns each one's error code (None: stored
         durably). Raises :class:`TransientError` when the stream could not be asked at all."""
+        ...
+
+
+@dataclass
+class PrivacyRequest:
+    """A data subject request and its audit record: the request id and the customer's digest only, never an id."""
+
+    request_id: str
+    kind: str  # delete | export
+    status: str  # pending | running | done | failed
+    customer_digest: str
+    created_at: float
+    updated_at: float
+    counts: dict[str, int]
+    reason: str = ""
+    expires_at: int = 0
+
+
+class PrivacyRequests(Protocol):
+    def create(self, request: PrivacyRequest) -> None: ...
+
+    def get(self, request_id: str) -> PrivacyRequest | None: ...
+
+    def update(self, request_id: str, status: str, counts: dict[str, int], reason: str, at: float) -> None:
+        """Set the status, add ``counts`` to the stored ones, and the reason."""
+        ...
+
+
+class PrivacyJobs(Protocol):
+    def send(self, message: dict[str, Any], delay_seconds: int = 0) -> None:
+        """Queue a deletion job (raises :class:`TransientError`)."""
+        ...
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """One delivery-ledger item of a customer: ``delivery`` is its key (destination, segment, customer)."""
+
+    delivery: str
+    kind: str  # entered | exited | "" (a row that is not a membership, e.g. the email frequency cap)
+    version: int
+
+
+class CustomerStores(Protocol):
+    """Where a customer's data lives, as deletion erases and export reads it. Each call is idempotent."""
+
+    def delete_profile(self, customer_id: str) -> bool:
+        """Delete the profile item; whether there was one."""
+        ...
+
+    def member_rows(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+        """The members-index items among these keys (partition, customer), each True when a current member."""
+        ...
+
+    def delete_member_row(self, key: tuple[str, str]) -> bool: ...
+
+    def ledger_rows(self, customer_id: str) -> list[LedgerRow]:
+        """The delivery-ledger rows of the customer (through the ledger's ``customer`` index)."""
+        ...
+
+    def delete_ledger_row(self, delivery: str) -> bool: ...
+
+    def scrub_quarantine(self, needles: Sequence[str]) -> int:
+        """Remove every quarantined record that mentions any of ``needles`` from every version of every object;
+        the number of records removed (counted once per object)."""
         ...

@@ -143,3 +143,73 @@ class MembershipEditResult(Model):
     added: list[str]
     removed: list[str]
     unchanged: list[str]
+
+
+class DeletionAccepted(Model):
+    """A deletion request was recorded and its job queued; follow it at ``status_url``."""
+
+    request_id: str = Field(examples=["req-5f0c2a9e81d4b7c3a1e2f3d4"])
+    status: str = Field(examples=["pending"])
+    status_url: str = Field(examples=["/requests/req-5f0c2a9e81d4b7c3a1e2f3d4"])
+
+
+class RequestStatus(Model):
+    """A data subject request and its audit record: no personal data beyond the request id and the customer's
+    digest (SHA-256 of ``customer:<id>``, as the id map keys it)."""
+
+    request_id: str
+    kind: str = Field(examples=["delete"], description="delete | export")
+    status: str = Field(examples=["done"], description="pending | running | done | failed")
+    customer_digest: str
+    created_at: str | None
+    updated_at: str | None
+    counts: dict[str, int] = Field(
+        examples=[{"id_map": 3, "profiles": 1, "members": 2, "ledger": 2, "quarantine": 0}],
+        description="Per store, the items erased (a deletion).")
+    reason: str | None = Field(default=None, description="Why a failed request failed.")
+
+
+class ConsentChoice(Model):
+    at: float | None = Field(description="Unix seconds, as the message gave it")
+    source: str
+    message_id: str | None
+    categories: dict[str, bool]
+
+
+class ConsentRecord(Model):
+    """The customer's latest consent preferences, any unsubscribe, and the history of their choices."""
+
+    categories: dict[str, bool] = Field(examples=[{"marketing": True, "advertising": False}])
+    at: float | None
+    source: str
+    message_id: str | None
+    unsubscribed_at: float | None
+    unsubscribed_reason: str | None = Field(description="unsubscribed | spam")
+    history: list[ConsentChoice]
+
+
+class DeliveryRecord(Model):
+    """A membership delivered to a destination (the delivery ledger): the latest change sent."""
+
+    destination: str = Field(examples=["meta"])
+    segment_id: str = Field(examples=["cart-abandoners"])
+    kind: str = Field(examples=["entered"], description="entered | exited")
+    version: int
+
+
+class CustomerIds(Model):
+    canonical_id: str
+    merged_ids: list[MergedId] = Field(description="Anonymous ids and aliases merged into the customer.")
+    emails: list[str] = Field(description="The email addresses held (the id map keeps only their digests).")
+
+
+class CustomerExport(Model):
+    """Everything held about a customer, assembled on request (nothing is stored for it, so no export file is
+    left to delete)."""
+
+    request_id: str = Field(description="The export's audit record (GET /requests/{requestId}).")
+    profile: CustomerProfile
+    memberships: list[Membership] = Field(description="Current segments, with since-times.")
+    consent: ConsentRecord
+    deliveries: list[DeliveryRecord]
+    ids: CustomerIds

@@ -6,13 +6,17 @@ Pure functions over a profile and the catalogue; the handler only fetches and se
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdp.core.catalogue import Catalogue, Segment, membership_score, primary_segment, ranked_members
 from cdp.core.counters import tier_for_window
 from cdp.core.durations import DAY, format_duration
 from cdp.core.language import MetricCondition, RatioCondition
 from cdp.core.profile import Profile
+from cdp.ports import PrivacyRequest
+
+if TYPE_CHECKING:
+    from cdp.pipeline.privacy import CustomerExport
 
 
 def iso(moment: float | None) -> str | None:
@@ -134,3 +138,30 @@ def segment_document(segment: Segment, size: int | None = None) -> dict[str, Any
     if size is not None:
         document["size"] = size
     return document
+
+
+def request_document(request: PrivacyRequest) -> dict[str, Any]:
+    """A data subject request as ``GET /requests/{requestId}`` shows it."""
+    return {"request_id": request.request_id, "kind": request.kind, "status": request.status,
+            "customer_digest": request.customer_digest, "created_at": iso(request.created_at),
+            "updated_at": iso(request.updated_at), "counts": dict(sorted(request.counts.items())),
+            "reason": request.reason or None}
+
+
+def export_document(export: CustomerExport, catalogue: Catalogue, now: float) -> dict[str, Any]:
+    """Everything held about a customer: the profile as the API shows it, the memberships with since-times, the
+    consent (latest and history), the deliveries made, and the ids (canonical, merged, email addresses)."""
+    from cdp.pipeline.privacy import customer_emails
+
+    profile = export.profile
+    identity = identity_fields(profile)
+    return {
+        "request_id": export.request.request_id,
+        "profile": profile_document(profile, catalogue, now),
+        "memberships": memberships(profile, catalogue),
+        "consent": profile.consent.as_json(),
+        "deliveries": [{"destination": d.destination, "segment_id": d.segment_id, "kind": d.kind,
+                        "version": d.version} for d in export.deliveries],
+        "ids": {"canonical_id": identity["canonical_id"], "merged_ids": identity["merged_ids"],
+                "emails": customer_emails(profile)},
+    }

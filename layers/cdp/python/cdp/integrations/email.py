@@ -544,12 +544,8 @@ def _merged_and_emailed(event: MembershipEvent, profile: Profile, ledger: Delive
 
 def _forget(ledger: DeliveryLedger, action: Action, result: DeliveryResult) -> None:
     """A deleted customer's exit: their ledger row goes (the ledger keeps nothing of them)."""
-    forget = getattr(ledger, "forget", None)  # a ForgettingLedger; tools' in-memory ones may not be
-    if not callable(forget):
-        _done(ledger, action, "exit recorded (no email on exit)", result)
-        return
     try:
-        forget(NAMESPACE, action.event.key)
+        ledger.forget(NAMESPACE, action.event.key)
     except TransientError as error:
         result.retry[action.event.message_id] = f"delivery ledger unavailable: {error}"
         return

@@ -166,8 +166,6 @@ class DeliveryLedger(Protocol):
         """Store the entry unless a newer version is there already; False when it was."""
         ...
 
-
-class ForgettingLedger(DeliveryLedger, Protocol):
     def forget(self, destination: str, key: tuple[str, str]) -> None:
         """Delete the entry (a deleted customer's): nothing of theirs stays in the ledger."""
         ...
@@ -470,9 +468,8 @@ def _record(ledger: DeliveryLedger, namespace: str, action: Action, result: Deli
     """Record an applied action; False when a newer change was recorded meanwhile (or the ledger failed).
     A deleted customer's exit forgets the row instead: nothing of theirs stays in the ledger."""
     try:
-        forget = getattr(ledger, "forget", None)  # a ForgettingLedger; tools' in-memory ones may not be
-        if action.kind == EXITED and action.event.clause == DELETED_CLAUSE and callable(forget):
-            forget(namespace, action.event.key)
+        if action.kind == EXITED and action.event.clause == DELETED_CLAUSE:
+            ledger.forget(namespace, action.event.key)
             result.forgotten += 1
             return True
         recorded = ledger.record(namespace, action.event.key, applied_entry(action))

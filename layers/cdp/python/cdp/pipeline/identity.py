@@ -52,6 +52,9 @@ class Identity:
     id_map: IdentityMap
     merge_known: bool = False  # merge a customer known by user id into another (Segment refuses by default)
     max_merges: int = MAX_MERGES  # ids merged into one customer at most
+    # What an event of a deleted customer (a tombstoned id) does: "block" drops it; "fresh" starts a new profile
+    # with it when it happened after the deletion (older ones, redelivered or replayed, are dropped either way).
+    after_deletion: str = "block"
 
 
 @dataclass
@@ -59,7 +62,7 @@ class IdentityResult:
     """What identity did in one batch."""
 
     merges: int = 0  # ids merged into a customer (linked and frozen)
-    refused: Tally[str] = field(default_factory=Tally)  # merges refused, by reason: known, limit
+    refused: Tally[str] = field(default_factory=Tally)  # merges refused, by reason: known, limit, deleted
     forwarded: int = 0  # events applied to the customer their id was merged into
     absorbed: int = 0  # frozen profiles merged into their customer
     emails_indexed: int = 0
@@ -73,6 +76,7 @@ class Resolution:
 
     roots: dict[str, str]
     messages: dict[str, str] = field(default_factory=dict)  # merged id -> the message that merged it
+    deleted: dict[str, float] = field(default_factory=dict)  # id of a deleted customer -> when it was deleted
 
     def root(self, customer_id: str) -> str:
         return self.roots.get(customer_id, customer_id)
@@ -96,12 +100,33 @@ def ids_of(events: Iterable[Event]) -> set[str]:
 
 
 def resolve_batch(identity: Identity, ids: set[str], result: IdentityResult) -> Resolution:
-    """The canonical customer of every id, in batched reads of the id map (raises TransientError)."""
+    """The canonical customer of every id, and which ids are a deleted customer's, in batched reads of the id map
+    (raises TransientError). The tombstones come with the same reads: deletion costs the ingest no extra read."""
+    tombstones: dict[str, float] = {}
+
     def fetch(digests: list[str]) -> Mapping[str, str]:
         result.map_reads += 1
-        return identity.id_map.links(digests)
+        read = identity.id_map.read(digests)
+        tombstones.update(read.tombstones)
+        return read.links
 
-    return Resolution(resolve_all(ids, fetch, identity.max_merges))
+    roots = resolve_all(ids, fetch, identity.max_merges)
+    deleted: dict[str, float] = {}
+    for customer_id, root in roots.items():
+        for either in (customer_id, root):
+            at = tombstones.get(customer_digest(either))
+            if at is not None:
+                deleted[customer_id] = max(at, deleted.get(customer_id, at))
+    return Resolution(roots, deleted=deleted)
+
+
+def deletion_drops(identity: Identity, resolution: Resolution, event: Event) -> bool:
+    """Whether the event is a deleted customer's and must be dropped: always when it happened before the deletion
+    (a redelivered or replayed one), and after it too unless a fresh profile is configured."""
+    at = resolution.deleted.get(event.customer_id)
+    if at is None:
+        return False
+    return identity.after_deletion != "fresh" or event.timestamp <= at
 
 
 def profiles_to_load(resolution: Resolution) -> list[str]:
@@ -115,6 +140,9 @@ def merge(identity: Identity, merge: Merge, resolution: Resolution, profiles: di
     """Link and freeze one merge (steps 1 and 2); the canonical side absorbs at its write. Returns why the merge
     message must be retried, or None (merged, refused, or nothing to do)."""
     source, target = resolution.root(merge.absorbed), resolution.root(merge.canonical)
+    if any(i in resolution.deleted for i in (merge.absorbed, merge.canonical, source, target)):
+        result.refused["deleted"] += 1  # a deleted customer is never merged, into or from
+        return None
     if source == target:
         return None  # one customer already (a redelivered merge, or an earlier message's)
     absorbed = profiles.get(source)

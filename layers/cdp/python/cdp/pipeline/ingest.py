@@ -17,6 +17,10 @@ those arrive in sequence order for the customer; any other record is deduplicate
 A message Segment accepts is applied even without some field of the spec (an ``Order Completed``
 without ``order_id``, say: see :mod:`cdp.core.events`). ``spec_gaps`` counts, by field, the applied
 events that lacked one, so a producer's gaps show in a metric rather than in lost events.
+
+A deleted customer's ids hold tombstones in the id map, which come with the batch's one id-map read: their events
+are dropped and counted (``deleted_customers``), never retried, unless ``Identity.after_deletion`` is ``fresh``
+and the event happened after the deletion (see :mod:`cdp.pipeline.privacy`).
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from cdp.core.profile import Profile
 from cdp.pipeline.identity import (
     Identity,
     IdentityResult,
+    Resolution,
     complete,
+    deletion_drops,
     ids_of,
     index_email,
     merge,
@@ -76,6 +82,7 @@ class BatchResult:
     lags: list[float] = field(default_factory=list)  # seconds from event time to application
     spec_gaps: Tally[str] = field(default_factory=Tally)  # applied events without a spec field, by field
     identity: IdentityResult = field(default_factory=IdentityResult)
+    deleted_customers: int = 0  # events dropped because their customer was deleted (a tombstone)
 
 
 Parsed = tuple[StreamRecord, Event | InvalidEvent]  # a record and its event, or why it is not one
@@ -148,11 +155,13 @@ def _resolved(decoded: list[Parsed], by_customer: ByCustomer, identity: Identity
         for items in by_customer.values():
             _fail(result, items, f"the id map could not be read: {error}")
         return None
+    by_customer = _drop_deleted(by_customer, identity, resolution, result)
+    kept = {id(event) for items in by_customer.values() for _, event in items}
     profiles = _load_profiles(store, by_customer, profiles_to_load(resolution), result)
     if profiles is None:
         return None
     for record, parsed in decoded:
-        request = merge_of(parsed) if isinstance(parsed, Event) else None
+        request = merge_of(parsed) if isinstance(parsed, Event) and id(parsed) in kept else None
         if request is not None:
             reason = merge(identity, request, resolution, profiles, store, now, result.identity)
             if reason is not None:
@@ -170,6 +179,20 @@ def _resolved(decoded: list[Parsed], by_customer: ByCustomer, identity: Identity
     frozen = snapshots(resolution, profiles)
     return _Work([_Customer(root, items, profiles.get(root), frozen.get(root, [])) for root, items in groups.items()],
                  resolution.messages)
+
+
+def _drop_deleted(by_customer: ByCustomer, identity: Identity, resolution: Resolution,
+                  result: BatchResult) -> ByCustomer:
+    """The batch without the events of deleted customers (counted): their records are done, never retried."""
+    if not resolution.deleted:
+        return by_customer
+    kept: ByCustomer = {}
+    for customer_id, items in by_customer.items():
+        remaining = [(record, event) for record, event in items if not deletion_drops(identity, resolution, event)]
+        result.deleted_customers += len(items) - len(remaining)
+        if remaining:
+            kept[customer_id] = remaining
+    return kept
 
 
 def _write_all(work: _Work, engine: Engine, store: ProfileStore, now: float, pool: Executor | None,
