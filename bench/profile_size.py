@@ -14,9 +14,11 @@ import json
 import random
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from cdp.core.catalogue import load_catalogue
+from cdp.core.consent import MAX_CATEGORIES, MAX_CATEGORY_CHARS, MAX_CONSENT_HISTORY
 from cdp.core.engine import Engine
 from cdp.core.events import normalise
 from cdp.core.profile import Profile, item_size
@@ -112,6 +114,20 @@ def dedupe_entries(profile: Profile) -> dict[str, int]:
             "shards": len(profile.shard_marks)}
 
 
+def consent_bytes(changes: int, categories: int, name_chars: int) -> int:
+    """The bytes the consent attribute adds to a profile item: ``changes`` changes of preferences over
+    ``categories`` categories with names of ``name_chars`` characters (message ids as SDKs make them, UUIDs)."""
+    from cdp.core.consent import ConsentState
+    from cdp.core.profile import consent_item
+
+    state = ConsentState()
+    for change in range(changes):
+        preferences = {f"{c:02d}".ljust(name_chars, "c"): (c + change) % 2 == 0 for c in range(categories)}
+        state.record(preferences, START + change * 86400, "browser", str(uuid.UUID(int=change)))
+    state.unsubscribe(START, "unsubscribed")
+    return item_size({"customer_id": "c", "cs": consent_item(state)}) - item_size({"customer_id": "c"})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -129,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         f"profile.dedupe_entries_{heavy_name}_events": dedupe_entries(heavy),
         "profile.heavy_events": args.events,
         "profile.heavy_fold_seconds": round(seconds, 1),
+        # Consent (cs): a shopper who changed 4 categories twice, and the caps (every change kept, every
+        # category at the longest name kept).
+        "profile.consent_bytes_typical": consent_bytes(2, 4, 12),
+        "profile.consent_bytes_at_caps": consent_bytes(MAX_CONSENT_HISTORY, MAX_CATEGORIES, MAX_CATEGORY_CHARS),
     }
     json.dump(result, sys.stdout, indent=2)
     print()

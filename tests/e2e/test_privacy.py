@@ -154,3 +154,29 @@ def test_a_deleted_customer_leaves_nothing_behind_and_does_not_come_back(stack: 
         assert "Item" not in dynamodb.get_item(TableName=profiles, Key={"customer_id": {"S": asked}})
     shown = stack.cdp("requests", "show", accepted["request_id"])
     assert shown.returncode == 0 and json.loads(shown.stdout)["status"] == "done", shown.stderr
+
+
+def test_the_cli_exports_then_deletes_a_customer_through_the_same_api(stack: Running, tmp_path: Path) -> None:
+    who = customer()
+    assert stack.send([track(who, "Product Viewed", at=time.time() - 60, product_id="p1")], tmp_path).returncode == 0
+    wait_for(lambda: stack.get(f"/customers/{who}")[0] == 200 or None, timeout=30)
+
+    exported = stack.cdp("customers", "export", who)
+    assert exported.returncode == 0, exported.stderr
+    export = json.loads(exported.stdout)
+    assert export["ids"]["canonical_id"] == who and export["profile"]["customer_id"] == who
+
+    started = stack.cdp("customers", "delete", who)
+    assert started.returncode == 0, started.stderr
+    request_id = json.loads(started.stdout)["request_id"]
+
+    def done() -> dict[str, Any] | None:
+        shown = stack.cdp("requests", "show", request_id)
+        assert shown.returncode == 0, shown.stderr
+        body: dict[str, Any] = json.loads(shown.stdout)
+        return body if body["status"] in ("done", "failed") else None
+
+    assert wait_for(done, timeout=120, interval=1.0)["status"] == "done"
+    assert stack.get(f"/customers/{who}")[0] == 404
+    missing = stack.cdp("customers", "export", who)
+    assert missing.returncode != 0 and who not in missing.stdout + missing.stderr  # 404, naming nobody

@@ -58,9 +58,10 @@ class Aws:
         self.dynamodb.delete_item(TableName=PROFILES_TABLE, Key={"customer_id": {"S": customer}})
 
     def ledger_customers(self) -> list[str]:
-        """Who the ledger holds rows of, through its ``customer`` index (as a deletion finds them)."""
+        """Who the ledger holds delivery rows of, through its ``customer`` index (as a deletion finds them; the
+        email frequency cap's rows are there too, one per customer emailed, and left out here)."""
         items = self.dynamodb.scan(TableName=LEDGER_TABLE, IndexName="customer")["Items"]
-        return sorted(item["customer"]["S"] for item in items)
+        return sorted(item["customer"]["S"] for item in items if not item["delivery"]["S"].startswith("email-cap"))
 
     def ledger_item(self, namespace: str, customer: str) -> dict[str, Any] | None:
         from cdp.aws.ledger import ledger_key

@@ -93,4 +93,4 @@ def test_enabled_integrations_add_their_queue_lambda_and_ledger_lines() -> None:
     on = pipeline_model.cost(counts, integrations_enabled=True, **settings)
     assert counts.deliveries["webhook"] > 0
     extra = set(on["lines"]) - set(off["lines"])
-    assert len(extra) == 3 and all(on["lines"][line] > 0 for line in extra)
+    assert len(extra) == 5 and all(on["lines"][line] > 0 for line in extra)  # SQS, Lambda, ledger, its index, consent
