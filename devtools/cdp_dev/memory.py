@@ -268,9 +268,12 @@ class MemoryIdentityMap:
             return
         self.items[digest] = {"kind": kind, "canonical": canonical, "linked_at": at, "message_id": None}
 
-    def bury(self, digest: str, deleted_at: float, request_id: str, expires_at: int) -> bool:
+    def bury(self, digest: str, deleted_at: float, request_id: str, expires_at: int, owner: str | None = None) -> bool:
         self.writes += 1
-        if self.items.get(digest, {}).get("kind") == TOMBSTONE:
+        held = self.items.get(digest)
+        if held is not None and held.get("kind") == TOMBSTONE and held["linked_at"] >= deleted_at:
+            return False
+        if held is not None and held.get("kind") != TOMBSTONE and owner is not None and held.get("canonical") != owner:
             return False
         self.items[digest] = {"kind": TOMBSTONE, "linked_at": deleted_at, "request_id": request_id,
                               "expires_at": expires_at}

@@ -73,9 +73,11 @@ def test_a_tombstone_replaces_a_link_keeps_no_id_and_no_link_or_index_write_repl
     assert sorted(identity_map.digests_of("u-1")) == sorted([merged, email])
     assert identity_map.bury(merged, 5.0, "req-1", 2_000_000_000) is True
     assert identity_map.bury(email, 5.0, "req-1", 2_000_000_000) is True
-    assert identity_map.bury(merged, 9.0, "req-2", 2_000_000_000) is False  # the first deletion's time stays
+    assert identity_map.bury(merged, 5.0, "req-1", 2_000_000_000) is False  # the same deletion again: nothing
+    assert identity_map.bury(merged, 4.0, "req-0", 2_000_000_000) is False  # an older one never moves it back
+    assert identity_map.bury(merged, 9.0, "req-2", 2_000_000_000) is True  # deleted again: the later time holds
     read = identity_map.read([merged, email, customer_digest("u-1")])
-    assert read.links == {} and read.tombstones == {merged: 5.0, email: 5.0}
+    assert read.links == {} and read.tombstones == {merged: 9.0, email: 5.0}
     assert identity_map.digests_of("u-1") == []
     with pytest.raises(ConflictError):
         identity_map.link(merged, "customer", "u-1", 6.0, "m-again")
@@ -83,3 +85,12 @@ def test_a_tombstone_replaces_a_link_keeps_no_id_and_no_link_or_index_write_repl
     items = boto3.client("dynamodb", region_name=REGION).scan(TableName=TABLE)["Items"]
     assert all(item["kind"] == {"S": "tombstone"} and "canonical" not in item for item in items)
     assert all(int(item["expires_at"]["N"]) == 2_000_000_000 for item in items)
+
+
+def test_an_address_that_changed_hands_is_not_buried_with_its_former_holder(identity_map: DynamoIdentityMap) -> None:
+    email = identifier_digest("email", "shared@example.com")
+    identity_map.index(email, "email", "u-new", 1.0)  # the address is u-new's now
+    assert identity_map.bury(email, 5.0, "req-1", 2_000_000_000, owner="u-old") is False
+    assert identity_map.links([email]) == {email: "u-new"}
+    assert identity_map.bury(email, 5.0, "req-2", 2_000_000_000, owner="u-new") is True
+    assert identity_map.read([email]).tombstones == {email: 5.0}

@@ -89,7 +89,8 @@ def test_a_deletion_erases_every_store_and_finishes_after_the_pipeline_exits() -
     verify, delay = d.jobs.messages[0]
     assert verify["phase"] == VERIFY and delay == 60
     d.pipeline_exits()
-    assert run_job(d.erasure, d.jobs.take() or {}, NOW + 60) == DONE
+    assert run_job(d.erasure, d.jobs.take() or {}, NOW + 60) == RUNNING  # it erased the exits' rows: once more
+    assert run_job(d.erasure, d.jobs.take() or {}, NOW + 120) == DONE  # a pass that found nothing
     stored = d.requests.get(request.request_id)
     assert stored is not None and stored.status == DONE
     assert stored.counts == {"id_map": 3, "profiles": 2, "members": 2, "ledger": 1, "quarantine": 2}
@@ -106,7 +107,8 @@ def test_a_redelivered_job_repeats_nothing_and_a_finished_request_stays_finished
     run_job(d.erasure, job, NOW)
     run_job(d.erasure, job, NOW)  # redelivered
     d.pipeline_exits()
-    assert run_job(d.erasure, d.jobs.take() or {}, NOW + 60) == DONE
+    assert run_job(d.erasure, d.jobs.take() or {}, NOW + 60) == RUNNING
+    assert run_job(d.erasure, d.jobs.take() or {}, NOW + 120) == DONE
     stored = d.requests.get(job["request_id"])
     assert stored is not None and stored.counts["id_map"] == 3 and stored.counts["profiles"] == 2
     assert run_job(d.erasure, d.jobs.take() or {}, NOW + 61) == DONE  # the redelivery's own verify
@@ -137,6 +139,38 @@ def test_a_profile_recreated_by_a_racing_batch_is_erased_by_the_verify_pass() ->
     d.pipeline_exits()
     run_job(d.erasure, d.jobs.take() or {}, NOW + 60)
     assert d.world.store.load(["alice"]) == {}
+
+
+def test_a_pass_that_erased_something_is_followed_by_another_before_the_request_is_done() -> None:
+    d = Deployment()
+    d.alice()
+    start_deletion(d.world.id_map, d.world.store, d.requests, d.jobs, "alice", NOW, 1095)
+    assert run_job(d.erasure, d.jobs.take() or {}, NOW) == RUNNING
+    d.pipeline_exits()
+    d.world.store.save(Profile("alice"), 0)  # re-created meanwhile: its own exits may still be on their way
+    assert run_job(d.erasure, d.jobs.take() or {}, NOW + 60) == RUNNING
+    assert run_job(d.erasure, d.jobs.take() or {}, NOW + 120) == DONE  # a pass that found nothing
+
+
+def test_a_customer_deleted_again_is_tombstoned_from_the_later_deletion() -> None:
+    d = Deployment()
+    d.alice()
+    start_deletion(d.world.id_map, d.world.store, d.requests, d.jobs, "alice", NOW, 1095)
+    first = d.jobs.take() or {}
+    run_job(d.erasure, first, NOW)
+    again = {**first, "request_id": "req-again", "deleted_at": NOW + 3600}
+    run_job(d.erasure, again, NOW + 3600)
+    assert d.world.id_map.read([customer_digest("alice")]).tombstones == {customer_digest("alice"): NOW + 3600}
+
+
+def test_an_address_now_held_by_another_customer_is_left_to_them() -> None:
+    d = Deployment()
+    d.alice()
+    address = identifier_digest("email", "alice@example.com")
+    d.world.id_map.index(address, "email", "carol", NOW - 10)  # carol took the address over
+    start_deletion(d.world.id_map, d.world.store, d.requests, d.jobs, "alice", NOW, 1095)
+    run_job(d.erasure, d.jobs.take() or {}, NOW)
+    assert d.world.id_map.links([address]) == {address: "carol"}
 
 
 def test_unknown_and_deleted_customers_are_not_found_and_bad_jobs_are_refused() -> None:

@@ -71,8 +71,9 @@ class MapRead:
 class Tombstones(Protocol):
     """The deleted customers' marks in the id map (see :mod:`cdp.pipeline.privacy`)."""
 
-    def bury(self, digest: str, deleted_at: float, request_id: str, expires_at: int) -> bool:
-        """Replace whatever the digest held with a tombstone, unless it is one already; whether it wrote."""
+    def bury(self, digest: str, deleted_at: float, request_id: str, expires_at: int, owner: str | None = None) -> bool:
+        """Replace what the digest held with a tombstone, or move an older tombstone forward to this deletion;
+        whether it wrote. With ``owner``, an entry pointing at another customer is left alone."""
         ...
 
     def digests_of(self, customer_id: str) -> list[str]:

@@ -78,14 +78,21 @@ class DynamoIdentityMap:
             raise TransientError(f"reading the id map failed: {type(error).__name__}") from error
         return MapRead(links, tombstones)
 
-    def bury(self, digest: str, deleted_at: float, request_id: str, expires_at: int) -> bool:
-        """Replace the entry with a tombstone (the first deletion's time is kept); whether it wrote."""
+    def bury(self, digest: str, deleted_at: float, request_id: str, expires_at: int, owner: str | None = None) -> bool:
+        """Replace the entry with a tombstone, or move an older tombstone forward to this deletion (a customer
+        deleted again: events between the two deletions stay dropped); whether it wrote. With ``owner``, an
+        entry that points at another customer is left alone (an address that changed hands)."""
         from datetime import UTC, datetime
 
-        item = self.model(digest, kind=TOMBSTONE, linked_at=deleted_at, request_id=request_id,
-                          expires_at=datetime.fromtimestamp(expires_at, UTC))
+        model = self.model
+        item = model(digest, kind=TOMBSTONE, linked_at=deleted_at, request_id=request_id,
+                     expires_at=datetime.fromtimestamp(expires_at, UTC))
+        older = model.digest.does_not_exist() | ((model.kind == TOMBSTONE) & (model.linked_at < deleted_at))
+        live = model.kind != TOMBSTONE
+        if owner is not None:
+            live = live & (model.canonical == owner)
         try:
-            item.save(condition=self.model.digest.does_not_exist() | (self.model.kind != TOMBSTONE))
+            item.save(condition=older | live)
         except PutError as error:
             if error.cause_response_code == "ConditionalCheckFailedException":
                 return False

@@ -151,7 +151,10 @@ def run_job(erasure: Erasure, message: dict[str, Any], now: float) -> str:
         return stored.status  # a redelivered message of a finished request
     done = sweep(erasure, request_id, ids, emails, deleted_at)
     left = done.memberships_left + done.deliveries_left
-    if phase == ERASE or (left and attempt < erasure.verify_attempts):
+    # Done only after a pass that found nothing to erase: what a pass erased (a profile a racing batch made,
+    # say) may still have its exits on the way through the table stream.
+    erased = sum(n for store, n in done.counts.items() if store != "id_map")
+    if phase == ERASE or ((left or erased) and attempt < erasure.verify_attempts):
         erasure.requests.update(request_id, RUNNING, done.counts, "", now)
         erasure.jobs.send(job_message(request_id, ids, emails, deleted_at, VERIFY, attempt + int(phase == VERIFY)),
                           erasure.verify_delay_seconds)
@@ -169,11 +172,15 @@ def run_job(erasure: Erasure, message: dict[str, Any], now: float) -> str:
 def sweep(erasure: Erasure, request_id: str, ids: Sequence[str], emails: Sequence[str], deleted_at: float) -> Pass:
     """Tombstones, profiles, members index, ledger, quarantine: in that order (the tombstones stop re-creation)."""
     done = Pass()
-    digests = {customer_digest(i) for i in ids} | {identifier_digest("email", e) for e in emails}
+    digests = {customer_digest(i) for i in ids}
     for customer_id in ids:
         digests.update(erasure.tombstones.digests_of(customer_id))
+    # The profile's addresses, unless the id map gives one to someone else now (an address changes hands).
+    addresses = {identifier_digest("email", e) for e in emails} - digests
     expires = int(deleted_at) + erasure.tombstone_days * DAY
     done.counts["id_map"] = sum(erasure.tombstones.bury(d, deleted_at, request_id, expires) for d in sorted(digests))
+    done.counts["id_map"] += sum(erasure.tombstones.bury(d, deleted_at, request_id, expires, owner=ids[0])
+                                 for d in sorted(addresses))
     stores = erasure.stores
     done.counts["profiles"] = sum(stores.delete_profile(customer_id) for customer_id in ids)
     keys = [(members_partition(segment_id, customer_id, erasure.member_shards), customer_id)
