@@ -257,8 +257,12 @@ def test_a_consent_change_that_keeps_permission_sends_nothing_but_moves_the_orde
     world.deliver([msg(ENTERED, "ann")])
     sent = len(world.platform.requests)
     result = world.deliver([msg(ENTERED, "ann", consent_change=True, at="2026-10-09T10:00:00Z")])
-    assert len(world.platform.requests) == sent and world.audience() == {email_hash("ann")}
-    assert reasons(result) == ["already added; the consent change is recorded"]
+    assert world.audience() == {email_hash("ann")}
+    if world.destination.consent_in_adds:  # Google: the add is sent again with the consent as it is now
+        assert len(world.platform.requests) > sent and result.delivered
+    else:
+        assert len(world.platform.requests) == sent
+        assert reasons(result) == ["already added; the consent change is recorded"]
     entry = world.entry("ann")
     assert entry is not None and entry.step == "2026-10-09T10:00:00Z"
 
@@ -367,6 +371,28 @@ def test_google_rows_carry_the_consent_read_at_delivery() -> None:
     world.deliver([msg(ENTERED, "ann")])
     (job,) = world.platform.jobs.values()
     assert job["metadata"]["consent"] == {"adPersonalization": "DENIED"}
+
+
+def test_a_consent_change_that_keeps_a_customer_on_a_google_list_sends_their_new_consent() -> None:
+    world = World("google")
+    world.destination = make_destination("google", world.platform, consent={"ad_personalization": "marketing"})
+    world.permissions.give("ann", {"advertising": True, "marketing": True})
+    world.deliver([msg(ENTERED, "ann")])
+    world.permissions.give("ann", {"advertising": True, "marketing": False})  # still on the list (advertising)
+    world.deliver([msg(ENTERED, "ann", 2, consent_change=True, at="2026-10-02T00:00:00Z")])
+    consents = [job["metadata"]["consent"] for job in world.platform.jobs.values()]
+    assert consents == [{"adPersonalization": "GRANTED"}, {"adPersonalization": "DENIED"}]
+    assert world.audience() == {email_hash("ann")}
+
+
+def test_a_consent_change_that_keeps_a_customer_on_a_meta_audience_sends_nothing() -> None:
+    world = World("meta")
+    world.permissions.give("ann", {"advertising": True, "marketing": True})
+    world.deliver([msg(ENTERED, "ann")])
+    sent = len(world.platform.requests)
+    world.permissions.give("ann", {"advertising": True, "marketing": False})
+    world.deliver([msg(ENTERED, "ann", 2, consent_change=True, at="2026-10-02T00:00:00Z")])
+    assert len(world.platform.requests) == sent  # Meta's adds carry no consent: nothing to tell it
 
 
 # ---- email ----------------------------------------------------------------------------------------------

@@ -93,6 +93,7 @@ class FakeDestination:
     targets: dict[str, str] = field(default_factory=lambda: {CART: "aud-cart", VIP: "aud-vip"})
     name: str = "fake"
     identifier_names: tuple[str, ...] = (EMAIL, PHONE)
+    consent_in_adds: bool = False
     respond: Callable[[str, str, Sequence[Row]], SendOutcome] | None = None
     sent: list[tuple[str, str, list[Row]]] = field(default_factory=list)
     audiences: dict[str, set[tuple[str, ...]]] = field(default_factory=dict)

@@ -264,6 +264,7 @@ class GoogleCustomerMatch:
     sleep: Callable[[float], None] = time.sleep
     name: str = "google"
     identifier_names: tuple[str, ...] = IDENTIFIERS
+    consent_in_adds: bool = True  # each add job carries ad_user_data / ad_personalization
     _waited: float = field(default=0.0, repr=False, compare=False)  # back-off so far for this job
 
     @classmethod

@@ -49,6 +49,7 @@ class MetaAudiences:
     base_url: str = "https://graph.facebook.com"
     name: str = "meta"
     identifier_names: tuple[str, ...] = IDENTIFIERS
+    consent_in_adds: bool = False
 
     def target(self, segment_id: str) -> str | None:
         return self.audiences.get(segment_id)

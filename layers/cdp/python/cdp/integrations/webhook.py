@@ -231,6 +231,7 @@ class WebhookLists:
     attempts: int = 5
     name: str = "webhook"
     identifier_names: tuple[str, ...] = IDENTIFIERS
+    consent_in_adds: bool = False
 
     def __post_init__(self) -> None:
         if self.options.include_email:

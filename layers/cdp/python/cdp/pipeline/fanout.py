@@ -195,7 +195,8 @@ class Plan:
     skipped: list[tuple[MembershipEvent, str]] = field(default_factory=list)  # already applied, superseded
 
 
-def plan(events: Sequence[MembershipEvent], applied: Mapping[tuple[str, str], LedgerEntry]) -> Plan:
+def plan(events: Sequence[MembershipEvent], applied: Mapping[tuple[str, str], LedgerEntry],
+         consent_in_adds: bool = False) -> Plan:
     """What to do for a batch: the newest event per key, unless the ledger has it or something newer."""
     result = Plan()
     newest: dict[tuple[str, str], MembershipEvent] = {}
@@ -213,11 +214,11 @@ def plan(events: Sequence[MembershipEvent], applied: Mapping[tuple[str, str], Le
             why = "already delivered" if entry.event_id == event.event_id else "older than the change already applied"
             result.skipped.append((event, why))
             continue
-        result.actions += _actions(event, entry)
+        result.actions += _actions(event, entry, consent_in_adds)
     return result
 
 
-def _actions(event: MembershipEvent, entry: LedgerEntry | None) -> list[Action]:
+def _actions(event: MembershipEvent, entry: LedgerEntry | None, consent_in_adds: bool = False) -> list[Action]:
     """The actions of one event newer than its ledger entry."""
     added = entry is not None and entry.kind == ENTERED
     if event.kind == EXITED:
@@ -228,7 +229,8 @@ def _actions(event: MembershipEvent, entry: LedgerEntry | None) -> list[Action]:
     actions = []
     if added and entry is not None:
         if event.consent_changed and dict(entry.identifiers) == dict(event.identifiers):
-            return [Action(event, ENTERED, event.identifiers, sends=False)]  # still there: only the order moves
+            # Still there: only the order moves, unless the add itself says what the customer consents to.
+            return [Action(event, ENTERED, event.identifiers, sends=consent_in_adds)]
         # Re-entered after an exit this destination never saw (superseded or late), with changed
         # identifiers: the ones added before and not added now come off first.
         stale = {k: v for k, v in entry.identifiers.items() if event.identifiers.get(k) != v}
@@ -314,6 +316,9 @@ class Destination(Protocol):
 
     name: str  # the ledger's namespace, e.g. "meta"
     identifier_names: tuple[str, ...]  # the hashed identifiers it matches on, in order of preference
+    # Whether an add carries the customer's consent (Google's ad_user_data / ad_personalization): then a consent
+    # change of someone it holds is sent again, so the platform has their consent as it is now.
+    consent_in_adds: bool
 
     def target(self, segment_id: str) -> str | None:
         """The audience or list a segment maps to; None when the segment is not configured."""
@@ -399,7 +404,7 @@ def _deliver_to(target: str, events: Sequence[MembershipEvent], destination: Des
         for event in events:
             result.retry[event.message_id] = f"delivery ledger unavailable: {error}"
         return
-    planned = plan(events, applied)
+    planned = plan(events, applied, destination.consent_in_adds)
     result.skipped += planned.skipped
     for action in planned.actions:
         if not action.sends:
