@@ -131,3 +131,20 @@ def test_the_timers_sweep_makes_the_exits_of_an_expired_profile() -> None:
     assert stored.memberships == {} and stored.next_deadline is None and stored.expires_at == expiry + TTL_GRACE
     clock.set(expiry + 3600)
     assert sweep(MemoryDueIndex(store), store, engine, clock).transitions == []  # nothing is due any more
+
+
+STATIC = build_catalogue([VIEWERS, ("vip.yaml", {"id": "vip", "name": "VIP", "condition": {"manual": True}})])
+
+
+def test_a_static_segment_edit_sets_the_expiry_of_the_profile_it_creates_or_touches() -> None:
+    profile = Profile("u9")
+    transition = Engine(STATIC, retention_days=30).set_manual(profile, "vip", True, B)
+    assert transition is not None and profile.memberships == {"vip": int(B)}
+    assert profile.deadlines[EXPIRY] == MIDNIGHT_AFTER + 30 * DAY and profile.expires_at is not None
+
+
+def test_a_customer_without_profiling_consent_is_not_added_to_a_static_segment() -> None:
+    policy = ConsentPolicy.parse({"uses": {"profiling": ["analytics"]}, "default": "denied"})
+    profile = Profile("u9")
+    assert Engine(STATIC, consent_policy=policy).set_manual(profile, "vip", True, B) is None
+    assert profile.memberships == {}

@@ -100,6 +100,8 @@ class Engine:
             raise ValueError(f"{segment_id!r} is not an enabled static segment")
         if (segment_id in profile.memberships) == member:
             return None
+        if member and self.profiling_refusal(profile) is not None:
+            return None  # without profiling consent the customer is in no segment, static ones included
         if member:
             profile.memberships[segment_id] = int(now)
         else:
@@ -107,6 +109,8 @@ class Engine:
         if not profile.created_at:
             profile.created_at = int(now)
         profile.updated_at = int(now)
+        if self.retention_days:  # an edit touches the profile, and one it creates expires like any other
+            _renew_expiry(profile, now, self.retention_days)
         transition = Transition(profile.customer_id, segment_id, segment.name, ENTERED if member else EXITED,
                                 int(now), "manual", "added by hand" if member else "removed by hand")
         profile.transitions = [[transition.segment_id, transition.kind, transition.at, transition.clause,
