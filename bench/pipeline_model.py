@@ -323,6 +323,24 @@ def fixed_monthly(customers: int, item_bytes: float, events_per_month: float, bu
     }
 
 
+PSEUDONYM_READERS = 7  # functions that read the pseudonym key: changes, api, privacy and the four integrations
+# Lambda replaces instances unannounced (idle ones within minutes to hours): assume each reader runs 4 instances,
+# each started again every hour, so 7 x 4 x 730 cold starts a month, each one GetSecretValue (and its KMS Decrypt).
+COLD_STARTS_PER_READER_MONTH = 4 * 730
+
+
+def pseudonym_fixed_monthly(cold_starts_per_reader: float = COLD_STARTS_PER_READER_MONTH) -> dict[str, float]:
+    """What ``pseudonymous_indexes`` adds a month whatever the traffic: the key's secret, and its reads."""
+    from bench import prices
+
+    reads = PSEUDONYM_READERS * cold_starts_per_reader
+    return {
+        "secrets manager: the pseudonym key (one secret)": prices.SECRETS_MANAGER_SECRET_MONTH,
+        f"secrets manager: GetSecretValue at cold starts (~{reads:,.0f}) with its KMS Decrypt":
+            reads * (prices.SECRETS_MANAGER_REQUEST + prices.KMS_REQUEST),
+    }
+
+
 COLLECTOR_KEY_CACHE_SECONDS = 30  # the collector's CDP_KEY_CACHE_SECONDS default: one GetItem per key per 30 s
 # The HTTP API stage's access log (cdk/collector.py): one JSON line per request (request id, time, route,
 # status, latency, sizes, error), about 200 bytes with CloudWatch's 26 bytes per log event.

@@ -11,6 +11,7 @@ below before relying on a figure, and update this file, the one place they live.
 - https://aws.amazon.com/cloudwatch/pricing/
 - https://aws.amazon.com/kms/pricing/
 - https://aws.amazon.com/api-gateway/pricing/
+- https://aws.amazon.com/secrets-manager/pricing/
 """
 
 REGION = "us-east-1"
@@ -36,6 +37,8 @@ CLOUDWATCH_LOGS_INGEST_GB = 0.50
 CLOUDWATCH_METRIC_MONTH = 0.30  # per custom metric (first 10,000)
 KMS_KEY_MONTH = 1.00
 KMS_REQUEST = 0.03 / 10_000
+SECRETS_MANAGER_SECRET_MONTH = 0.40
+SECRETS_MANAGER_REQUEST = 0.05 / 10_000
 
 # DynamoDB Streams reads made by Lambda triggers are free; stated here so the model can say so.
 DYNAMODB_STREAM_READ_BY_LAMBDA = 0.0

@@ -33,7 +33,7 @@ PREVIOUS = {"core_us_per_event": 27.9, "usd_per_million_events": 0.76, "transiti
 
 def cost_models(figures: dict[str, Any]) -> dict[str, Any]:
     """US dollars per million events for each traffic shape, from the counts and CPU times of this run."""
-    from bench import pipeline_model
+    from bench import pipeline_model, pseudonyms
 
     handler = figures["ingest_handler"]["by_segments"]["16"]
     client_s = max(0.0, handler["handler_cpu_us_per_event"] - handler["core_us_per_event"]) / 1e6
@@ -57,6 +57,9 @@ def cost_models(figures: dict[str, Any]) -> dict[str, Any]:
     real = models["real_shaped.published_all"]
     models["fixed_monthly_usd"] = pipeline_model.fixed_monthly(
         1_000_000, real["assumptions"]["mean_item_bytes"], 30e6, 30e6 * real["per_event"]["bus_entries"], 4)
+    models["fixed_monthly_usd.pseudonymous_indexes"] = pipeline_model.pseudonym_fixed_monthly()
+    pseudonymous = figures["pseudonyms"]  # per event at the real-shaped traffic's measured transitions
+    pseudonymous.update(pseudonyms.per_event(pseudonymous["usd_per_million_ids"], real["per_event"]["transitions"]))
     models["collector"] = collector_costs(figures["collector"])
     return models
 
@@ -89,6 +92,7 @@ def measure(quick: bool) -> dict[str, Any]:
         pipeline_requests,
         profile_codec,
         profile_size,
+        pseudonyms,
         real_traffic,
         timers_sweep,
     )
@@ -126,6 +130,7 @@ def measure(quick: bool) -> dict[str, Any]:
     figures["e2e"] = e2e_latency.measure(60 if quick else 200)
     figures["local_import"] = local_import.measure(quick)
     figures["identity"] = identity.measure(200 if quick else 400)
+    figures["pseudonyms"] = pseudonyms.measure(quick)
     return figures
 
 
@@ -175,6 +180,10 @@ def summarise(figures: dict[str, Any]) -> dict[str, Any]:
         "identity.requests_per_merge": figures["identity"]["requests_per_merge"],
         "identity.requests_per_event_after_merge": figures["identity"]["requests_per_event_after_merge"],
         "identity.profile_bytes_after_100_merges": figures["identity"]["profile_bytes_after_100_merges"]["bytes"],
+        "pseudonyms.hmac_us_per_id": figures["pseudonyms"]["hmac_us_per_id"],
+        "pseudonyms.hmac_to_plain": figures["pseudonyms"]["hmac_to_plain"],
+        "pseudonyms.usd_per_million_events": figures["pseudonyms"]["usd_per_million_events"],
+        "pseudonyms.fixed_monthly_usd": sum(costs["fixed_monthly_usd.pseudonymous_indexes"].values()),
     }
     floor = cold["boto3_floor"]
     bench_cost = costs["bench.published_all"]["usd_per_million_events"]
@@ -182,6 +191,7 @@ def summarise(figures: dict[str, Any]) -> dict[str, Any]:
     with_collector = real_cost + collector_costs["browser"]["usd_per_million_events"]
     summary["cost.real_shaped_plus_collector_browser"] = with_collector
     merged_bytes = figures["identity"]["profile_bytes_after_100_merges"]["bytes"]
+    pseudonymous = figures["pseudonyms"]
     checks = [
         _check("ingest requests / floor (batch 100, 20 customers)", ingest["batch100_customers20"]["ratio_to_floor"],
                "<= 1.05", ingest["batch100_customers20"]["ratio_to_floor"] <= 1.05),
@@ -228,6 +238,9 @@ def summarise(figures: dict[str, Any]) -> dict[str, Any]:
         _reported("identity: requests per merge (profile puts + id-map puts)",
                   sum(figures["identity"]["requests_per_merge"].values())),
         _check("identity: profile bytes after 100 merges", merged_bytes, "<= 40960", merged_bytes <= 40960),
+        _reported("pseudonymous indexes: HMAC per stored id / plain id, CPU", pseudonymous["hmac_to_plain"]),
+        _reported("pseudonymous indexes: added USD per million events, real-shaped, 4 integrations",
+                  pseudonymous["usd_per_million_events"]),
         _check(f"local stack: {imported['orders']:,}-order history applied, seconds", imported["seconds"], "<= 600",
                imported["seconds"] <= 600),
         _check("local stack: rate over the last 10% / the first 10%", imported["last_to_first"], ">= 0.8",
@@ -281,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
           "USD per million events")
     print("\nfixed monthly (USD):")
     for line, usd in figures["cost"]["fixed_monthly_usd"].items():
+        print(f"  {line:<72} {usd:8.2f}")
+    print("\nwith pseudonymous_indexes, add a month (USD):")
+    for line, usd in figures["cost"]["fixed_monthly_usd.pseudonymous_indexes"].items():
         print(f"  {line:<72} {usd:8.2f}")
     print(f"\nwritten: {OUT / 'latest.json'}")
     return 0 if all(t["met"] for t in summary["targets"]) else 1

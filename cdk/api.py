@@ -34,7 +34,10 @@ class Api(Construct):
                          "IDENTITY_TABLE": storage.identity_map.table_name,
                          "MEMBER_SHARDS": str(settings.member_shards),
                          "CORS_ORIGINS": ",".join(settings.cors_origins),
-                         "ME_CLAIM": "sub"})
+                         "ME_CLAIM": "sub",
+                         # static-segment edits: no one without profiling consent; created profiles expire
+                         "CONSENT_POLICY": settings.consent_policy,
+                         "PROFILE_RETENTION_DAYS": str(settings.retention.profile_days)})
         role = self.function.role
         grant_items(role, storage.profiles, "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem")
         storage.members.grant(role, "dynamodb:Query", "dynamodb:BatchGetItem")

@@ -257,6 +257,8 @@ class Settings:
     consent_policy: str = "{}"  # CONSENT_POLICY: JSON of cdp.core.consent.ConsentPolicy
     after_deletion: str = "block"  # CDP_AFTER_DELETION: block | fresh
     retention: Retention = Retention()
+    # PSEUDONYM_SECRET_ARN: the members index and the ledger store HMACs of customer ids, keyed by a secret
+    pseudonymous_indexes: bool = False
 
     @classmethod
     def from_context(cls, scope: Construct) -> Settings:
@@ -299,4 +301,5 @@ class Settings:
             consent_policy=_consent(scope),
             after_deletion=_after_deletion(scope),
             retention=_retention(scope),
+            pseudonymous_indexes=_flag(scope, "pseudonymous_indexes"),
         )

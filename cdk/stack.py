@@ -8,15 +8,17 @@ from typing import Any
 from aws_cdk import CfnOutput, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from cdk.api import Api
 from cdk.changes import Changes
 from cdk.collector import Collector
 from cdk.fanout import Fanout
-from cdk.functions import Layers
+from cdk.functions import CdpFunction, Layers
 from cdk.ingest import Ingest
 from cdk.monitoring import Monitoring
+from cdk.nag import acknowledge
 from cdk.privacy import Privacy
 from cdk.settings import Settings
 from cdk.storage import Storage
@@ -53,6 +55,9 @@ class CdpStack(Stack):
             conditions={"StringEquals": {"aws:SourceAccount": self.account},
                         "ArnEquals": {"aws:SourceArn": [self.timers.rule_arn,
                                                         *(d.rule_arn for d in self.fanout.deliveries)]}}))
+        if settings.pseudonymous_indexes:
+            self._pseudonym_key([self.changes.function, self.api.function, self.privacy.function,
+                                 *(d.function for d in self.fanout.deliveries)])
         self.monitoring = Monitoring(
             self, "Monitoring", stage=settings.stage, ingest=self.ingest, changes=self.changes, api=self.api,
             timers=self.timers, fanout=self.fanout, collector=self.collector, privacy=self.privacy,
@@ -74,3 +79,21 @@ class CdpStack(Stack):
         CfnOutput(self, "EventBusName", value=self.changes.bus.event_bus_name)
         for delivery in self.fanout.deliveries:
             CfnOutput(self, f"{delivery.integration.name.title()}DeadLettersUrl", value=delivery.dead_letters.queue_url)
+
+    def _pseudonym_key(self, functions: list[CdpFunction]) -> None:
+        """The HMAC key of the members index's and ledger's customer ids (context ``pseudonymous_indexes``):
+        64 random letters and digits (about 380 bits), encrypted with the data key, readable only by the
+        functions that write or read those tables, each once at cold start."""
+        secret = secretsmanager.Secret(
+            self, "PseudonymKey", encryption_key=self.key,
+            description="HMAC key of the customer ids stored in the members index and the delivery ledger",
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                secret_string_template="{}", generate_string_key="key", password_length=64,
+                exclude_punctuation=True, include_space=False))
+        # Not rotated: a new key would change every stored id, orphaning the index's and the ledger's rows.
+        acknowledge(secret, "SMG4", "The pseudonym key is not rotated: rotating it would change "
+                    "every stored pseudonym and orphan the members index and ledger rows written under the old key")
+        for function in functions:
+            function.function.add_environment("PSEUDONYM_SECRET_ARN", secret.secret_arn)
+            function.role.add_to_policy(iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"],
+                                                            resources=[secret.secret_arn]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Annotated, Any
 from urllib.parse import unquote
@@ -50,7 +50,7 @@ from cdp.config import ApiConfig, cors_origins
 from cdp.core.catalogue import Catalogue, Segment, load_catalogue
 from cdp.core.clock import Clock, clock_from_env
 from cdp.core.engine import Engine
-from cdp.core.identity import identifier_digest, resolve_all
+from cdp.core.identity import customer_digest, identifier_digest, resolve_all
 from cdp.core.profile import Profile
 from cdp.core.static_segments import InvalidEdit, UnknownSegment, static_edit
 from cdp.pipeline.privacy import UnknownCustomer, export_customer, start_deletion
@@ -128,6 +128,8 @@ class Dependencies:
     jobs: PrivacyJobs | None = None
     stores: CustomerStores | None = None
     request_days: int = 365
+    # What static-segment edits evaluate with: the deployment's consent policy and profile retention
+    engine: Engine | None = None
 
 
 _dependencies: Dependencies | None = None
@@ -154,9 +156,11 @@ def build(**overrides: Any) -> Dependencies:
     from cdp.aws.erasure import DynamoCustomerStores, SqsPrivacyJobs
     from cdp.aws.identity_map import DynamoIdentityMap, bind_identity_map
     from cdp.aws.members import DynamoMembersIndex
+    from cdp.aws.pseudonyms import pseudonyms_from_env
     from cdp.aws.requests import DynamoPrivacyRequests, bind_requests
 
     config = ApiConfig.from_env(os.environ)
+    pseudonyms = pseudonyms_from_env(os.environ)  # the members index's and ledger's ids: read at cold start
     client = boto3.client("dynamodb")
     region = os.environ.get("AWS_REGION")
     privacy = bool(config.requests_table and config.privacy_queue_url)
@@ -164,7 +168,8 @@ def build(**overrides: Any) -> Dependencies:
         Dependencies, overrides,
         catalogue=lambda: load_catalogue(config.catalogue_path),
         profiles=lambda: DynamoProfileStore(client, config.profiles_table),
-        members=lambda: DynamoMembersIndex(client, config.members_table, config.member_shards),
+        members=lambda: DynamoMembersIndex(client, config.members_table, config.member_shards,
+                                           pseudonyms=pseudonyms),
         clock=lambda: clock_from_env(config.clock),
         me_claim=lambda: config.me_claim,
         identity_map=lambda: DynamoIdentityMap(bind_identity_map(config.identity_table, region)),
@@ -173,8 +178,10 @@ def build(**overrides: Any) -> Dependencies:
         # The export reads the ledger only (deletion's erasing is the privacy function's): no bucket here.
         stores=lambda: DynamoCustomerStores(client, None, profiles_table=config.profiles_table,
                                             members_table=config.members_table, ledger_table=config.ledger_table,
-                                            quarantine_bucket="") if privacy else None,
+                                            quarantine_bucket="", pseudonyms=pseudonyms) if privacy else None,
         request_days=lambda: config.request_days,
+        engine=lambda: Engine(load_catalogue(config.catalogue_path), consent_policy=config.consent_policy,
+                              retention_days=config.retention_days),
     )
 
 
@@ -418,9 +425,21 @@ def edit_members(segmentId: SEGMENT_ID,
     add = list(dict.fromkeys(roots.get(c, c) for c in edit.add))
     remove = list(dict.fromkeys(roots.get(c, c) for c in edit.remove))
     checked = static_edit(d.catalogue, segmentId, add, remove)
-    done = edit_static_segment(d.profiles, Engine(d.catalogue), checked, d.clock.now)
+    # A deleted customer (a tombstone in the id map) is never re-created by an edit: reported unchanged.
+    deleted = _deleted(d.identity_map, add)
+    if deleted:
+        checked = replace(checked, members={c: m for c, m in checked.members.items() if c not in deleted})
+    done = edit_static_segment(d.profiles, d.engine or Engine(d.catalogue), checked, d.clock.now)
     return MembershipEditResult(segment_id=checked.segment_id, added=done.added, removed=done.removed,
-                                unchanged=done.unchanged)
+                                unchanged=[*done.unchanged, *(c for c in add if c in deleted)])
+
+
+def _deleted(id_map: IdentityMap | None, customer_ids: list[str]) -> set[str]:
+    """The customers among these whose id carries a tombstone (one batched read)."""
+    if id_map is None or not customer_ids:
+        return set()
+    digests = {customer_digest(c): c for c in customer_ids}
+    return {digests[d] for d in id_map.read(list(digests)).tombstones}
 
 
 def _privacy() -> tuple[PrivacyRequests, PrivacyJobs, CustomerStores]:

@@ -49,12 +49,15 @@ def build(**overrides: Any) -> Dependencies:
 
     from cdp.aws.eventbridge import EventBridgePublisher
     from cdp.aws.members import DynamoMembersIndex
+    from cdp.aws.pseudonyms import pseudonyms_from_env
 
     config = ChangesConfig.from_env(os.environ)
+    pseudonyms = pseudonyms_from_env(os.environ)  # the members index's ids: one secret read, at cold start
     return assemble(
         Dependencies, overrides,
         catalogue=lambda: load_catalogue(config.catalogue_path),
-        index=lambda: DynamoMembersIndex(boto3.client("dynamodb"), config.members_table, config.member_shards),
+        index=lambda: DynamoMembersIndex(boto3.client("dynamodb"), config.members_table, config.member_shards,
+                                         pseudonyms=pseudonyms),
         publisher=lambda: EventBridgePublisher(boto3.client("events")),
         bus_name=lambda: config.event_bus,
         concurrency=lambda: config.concurrency,

@@ -69,9 +69,11 @@ def build(**overrides: Any) -> Dependencies:
 
     from cdp.aws.dead_letters import SqsDeadLetters
     from cdp.aws.dynamo import DynamoProfileStore
+    from cdp.aws.pseudonyms import pseudonyms_from_env
     from cdp.aws.ses import DynamoEmailLedger, DynamoFrequencyCap, SesEmailSender
 
     dynamodb = boto3.client("dynamodb")
+    pseudonyms = pseudonyms_from_env(os.environ)  # the ledger's and cap's customer ids: read at cold start
     # No botocore retries for SES: a resent request whose first answer was lost could send twice.
     ses = boto3.client("ses", config=Config(retries={"mode": "standard", "total_max_attempts": 1},
                                             connect_timeout=SES_CONNECT_TIMEOUT, read_timeout=SES_READ_TIMEOUT))
@@ -79,8 +81,8 @@ def build(**overrides: Any) -> Dependencies:
         Dependencies, overrides,
         templates=lambda: dict(destination.targets),
         profiles=lambda: DynamoProfileStore(dynamodb, config.profiles_table),
-        ledger=lambda: DynamoEmailLedger(dynamodb, destination.ledger_table),
-        cap=lambda: DynamoFrequencyCap(dynamodb, destination.ledger_table),
+        ledger=lambda: DynamoEmailLedger(dynamodb, destination.ledger_table, destination.ledger_exit_days, pseudonyms),
+        cap=lambda: DynamoFrequencyCap(dynamodb, destination.ledger_table, pseudonyms),
         sender=lambda: SesEmailSender(ses, options.source, options.configuration_set),
         dead_letters=lambda: SqsDeadLetters(boto3.client("sqs"), destination.dead_letter_queue_url, "email"),
         options=lambda: options,

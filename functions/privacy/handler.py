@@ -47,6 +47,7 @@ def build(**overrides: Any) -> Dependencies:
 
     from cdp.aws.erasure import DynamoCustomerStores, SqsPrivacyJobs
     from cdp.aws.identity_map import DynamoIdentityMap, bind_identity_map
+    from cdp.aws.pseudonyms import pseudonyms_from_env
     from cdp.aws.requests import DynamoPrivacyRequests, bind_requests
     from cdp.config import PrivacyConfig
     from cdp.core.catalogue import load_catalogue
@@ -57,7 +58,8 @@ def build(**overrides: Any) -> Dependencies:
     def erasure() -> Erasure:
         stores = DynamoCustomerStores(boto3.client("dynamodb"), boto3.client("s3"),
                                       profiles_table=config.profiles_table, members_table=config.members_table,
-                                      ledger_table=config.ledger_table, quarantine_bucket=config.quarantine_bucket)
+                                      ledger_table=config.ledger_table, quarantine_bucket=config.quarantine_bucket,
+                                      pseudonyms=pseudonyms_from_env(os.environ))
         return Erasure(DynamoPrivacyRequests(bind_requests(config.requests_table, region)),
                        SqsPrivacyJobs(boto3.client("sqs"), config.queue_url),
                        DynamoIdentityMap(bind_identity_map(config.identity_table, region)), stores,

@@ -192,6 +192,11 @@ def test_a_deleted_customer_is_gone_from_every_store_and_stays_gone(privacy: Pri
     again = p.api.send(base.raw_event("DELETE", "/customers/alice", content_type=None))
     base.problem(again, 404, "not_found")
     assert "alice" not in again.text
+    # Nor does an operator's static-segment edit: the tombstoned id is reported unchanged and stays absent.
+    edit = p.api.send(base.raw_event("POST", "/segments/vip/members", body=json.dumps({"add": ["alice", "newbie"]})))
+    assert edit.status == 200, edit.text
+    assert edit.json["added"] == ["newbie"] and edit.json["unchanged"] == ["alice"]
+    assert p.stack.profile_item("alice") is None
 
 
 def test_an_export_returns_everything_held_as_documented(privacy: Privacy) -> None:

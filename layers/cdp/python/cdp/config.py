@@ -67,6 +67,15 @@ def flag(env: Mapping[str, str], name: str) -> bool:
     return raw == "true"
 
 
+def pseudonym_secret(env: Mapping[str, str]) -> str | None:
+    """PSEUDONYM_SECRET_ARN: the secret whose key pseudonymises the members index and the ledger (None: plain
+    ids). Read by every function that writes or reads those tables, so they all agree."""
+    raw = env.get("PSEUDONYM_SECRET_ARN", "").strip()
+    if raw and not raw.startswith("arn:"):
+        raise ConfigError("environment variable PSEUDONYM_SECRET_ARN must be a Secrets Manager secret ARN")
+    return raw or None
+
+
 def clock_mode(env: Mapping[str, str]) -> str:
     """CDP_CLOCK: ``wall`` (the default) or ``event`` (replays evaluate in event time)."""
     value = env.get("CDP_CLOCK", "").strip() or "wall"
@@ -190,6 +199,8 @@ class ApiConfig:
     privacy_queue_url: str = ""
     ledger_table: str = ""
     request_days: int = 365
+    consent_policy: ConsentPolicy | None = None  # CONSENT_POLICY: static edits add no one without profiling consent
+    retention_days: int = 0  # PROFILE_RETENTION_DAYS: a profile a static edit creates expires too
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ApiConfig:
@@ -197,7 +208,8 @@ class ApiConfig:
                    _whole(env, "MEMBER_SHARDS", 16, 1, 1000), env.get("ME_CLAIM", "").strip() or "sub",
                    clock_mode(env), cors_origins(env), _required(env, "IDENTITY_TABLE"),
                    env.get("REQUESTS_TABLE", "").strip(), env.get("PRIVACY_QUEUE_URL", "").strip(),
-                   env.get("LEDGER_TABLE", "").strip(), _whole(env, "REQUEST_RETENTION_DAYS", 365, 1, 3650))
+                   env.get("LEDGER_TABLE", "").strip(), _whole(env, "REQUEST_RETENTION_DAYS", 365, 1, 3650),
+                   IngestConfig.consent(env), retention_days(env))
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,11 @@ class SegmentList(Model):
 
 
 class Member(Model):
-    customer_id: str
+    customer_id: str | None = Field(default=None, exclude_if=lambda value: value is None)
+    member: str | None = Field(
+        default=None, exclude_if=lambda value: value is None,
+        description="With pseudonymous_indexes: the member's pseudonym (h: + HMAC-SHA256 of the customer id), "
+                    "given instead of customer_id.")
     since: int = Field(description="Unix seconds")
 
 

@@ -1,5 +1,8 @@
 """A customer's data in the stores a deletion erases and an export reads: profiles, members index, delivery
-ledger (through its ``customer`` index) and the quarantine bucket (every object version)."""
+ledger (through its ``customer`` index) and the quarantine bucket (every object version).
+
+The members index and the ledger may store customers under pseudonyms (cdp.core.pseudonyms): this adapter takes
+and gives customer ids, and looks rows up by the customer's pseudonym."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from typing import Any
 from cdp.aws.dynamo import batch_get
 from cdp.aws.errors import domain_error
 from cdp.aws.quarantine import PREFIX
+from cdp.core.pseudonyms import PlainIds, Pseudonyms
 from cdp.ports import LedgerRow
 
 LEDGER_CUSTOMER_INDEX = "customer"
@@ -18,10 +22,11 @@ LEDGER_CUSTOMER_INDEX = "customer"
 
 class DynamoCustomerStores:
     def __init__(self, dynamodb: Any, s3: Any, *, profiles_table: str, members_table: str, ledger_table: str,
-                 quarantine_bucket: str) -> None:
+                 quarantine_bucket: str, pseudonyms: Pseudonyms | None = None) -> None:
         self.dynamodb, self.s3 = dynamodb, s3
         self.profiles_table, self.members_table = profiles_table, members_table
         self.ledger_table, self.quarantine_bucket = ledger_table, quarantine_bucket
+        self.pseudonyms = pseudonyms or PlainIds()
 
     def _delete(self, table: str, key: dict[str, Any]) -> bool:
         try:
@@ -34,24 +39,28 @@ class DynamoCustomerStores:
         return self._delete(self.profiles_table, {"customer_id": {"S": customer_id}})
 
     def member_rows(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bool]:
-        wanted = [{"segment_shard": {"S": shard}, "customer_id": {"S": customer}} for shard, customer in keys]
+        stored = {(shard, self.pseudonyms.pseudonym(customer)): (shard, customer) for shard, customer in keys}
+        wanted = [{"segment_shard": {"S": shard}, "customer_id": {"S": customer}} for shard, customer in stored]
         try:
             items = batch_get(self.dynamodb, self.members_table, wanted, consistent=True)
         except Exception as error:
             raise domain_error(error) from error
-        return {(item["segment_shard"]["S"], item["customer_id"]["S"]): "exited_at" not in item for item in items}
+        return {stored[(item["segment_shard"]["S"], item["customer_id"]["S"])]: "exited_at" not in item
+                for item in items}
 
     def delete_member_row(self, key: tuple[str, str]) -> bool:
-        return self._delete(self.members_table, {"segment_shard": {"S": key[0]}, "customer_id": {"S": key[1]}})
+        return self._delete(self.members_table, {"segment_shard": {"S": key[0]},
+                                                 "customer_id": {"S": self.pseudonyms.pseudonym(key[1])}})
 
     def ledger_rows(self, customer_id: str) -> list[LedgerRow]:
         if not self.ledger_table:
             return []  # no integration is enabled: there is no ledger
         keys: list[dict[str, Any]] = []
+        stored = self.pseudonyms.pseudonym(customer_id)
         try:
             pages = self.dynamodb.get_paginator("query").paginate(
                 TableName=self.ledger_table, IndexName=LEDGER_CUSTOMER_INDEX,
-                KeyConditionExpression="customer = :c", ExpressionAttributeValues={":c": {"S": customer_id}})
+                KeyConditionExpression="customer = :c", ExpressionAttributeValues={":c": {"S": stored}})
             for page in pages:
                 keys += [{"delivery": item["delivery"]} for item in page.get("Items", [])]
             items = batch_get(self.dynamodb, self.ledger_table, keys, consistent=True) if keys else []

@@ -1,6 +1,7 @@
 """The delivery ledger on DynamoDB: one item per (destination, segment, customer), written conditionally.
 
-Every item carries ``customer`` (the customer id), the partition key of the table's keys-only index
+Every item carries ``customer`` (the customer id, or its pseudonym when pseudonymous indexes are on: then
+the customer part of the key is the pseudonym too), the partition key of the table's keys-only index
 ``customer``, so that a deletion finds every row of a customer; a deleted customer's exit forgets its row.
 """
 
@@ -15,6 +16,7 @@ from cdp.aws.dead_letters import SqsDeadLetters
 from cdp.aws.dynamo import batch_get
 from cdp.aws.errors import domain_error
 from cdp.config import DestinationConfig
+from cdp.core.pseudonyms import PlainIds, Pseudonyms
 from cdp.pipeline.fanout import EXITED, LedgerEntry
 from cdp.ports import ConflictError
 
@@ -26,10 +28,16 @@ NEWER_STEP = "attribute_not_exists(delivery) OR v < :v OR (v = :v AND (attribute
 
 
 def delivery_stores(config: DestinationConfig, source: str) -> tuple[DynamoDeliveryLedger, SqsDeadLetters]:
-    """The ledger and dead-letter queue an integration function is configured with."""
+    """The ledger and dead-letter queue an integration function is configured with (reads the pseudonym key,
+    when there is one)."""
+    import os
+
     import boto3
 
-    return (DynamoDeliveryLedger(boto3.client("dynamodb"), config.ledger_table, config.ledger_exit_days),
+    from cdp.aws.pseudonyms import pseudonyms_from_env
+
+    return (DynamoDeliveryLedger(boto3.client("dynamodb"), config.ledger_table, config.ledger_exit_days,
+                                 pseudonyms_from_env(os.environ)),
             SqsDeadLetters(boto3.client("sqs"), config.dead_letter_queue_url, source))
 
 
@@ -39,13 +47,22 @@ def ledger_key(destination: str, key: tuple[str, str]) -> str:
 
 
 class DynamoDeliveryLedger:
-    def __init__(self, client: Any, table_name: str, exit_days: int = DEFAULT_EXIT_DAYS) -> None:
+    """Keys are (segment, customer id) as the pure fanout code has them; the customer part is stored as its
+    pseudonym, applied here so that code never sees one."""
+
+    def __init__(self, client: Any, table_name: str, exit_days: int = DEFAULT_EXIT_DAYS,
+                 pseudonyms: Pseudonyms | None = None) -> None:
         self.client = client
         self.table_name = table_name
         self.exit_days = exit_days  # LEDGER_EXIT_DAYS: an exit's item expires after this
+        self.pseudonyms = pseudonyms or PlainIds()
+
+    def stored(self, key: tuple[str, str]) -> tuple[str, str]:
+        """The key as stored: (segment, the customer's pseudonym)."""
+        return key[0], self.pseudonyms.pseudonym(key[1])
 
     def entries(self, destination: str, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], LedgerEntry]:
-        wanted = {ledger_key(destination, key): key for key in keys}
+        wanted = {ledger_key(destination, self.stored(key)): key for key in keys}
         items = batch_get(self.client, self.table_name, [{"delivery": {"S": k}} for k in wanted], consistent=True)
         found = {}
         for item in items:
@@ -60,13 +77,14 @@ class DynamoDeliveryLedger:
         values = {":v": {"N": str(entry.version)}}
         if entry.step:
             values[":st"] = {"S": entry.step}
-        return self._put(entry_item(destination, key, entry, self.exit_days), NEWER_STEP if entry.step else NEWER,
-                         values)
+        item = entry_item(destination, self.stored(key), entry, self.exit_days)
+        return self._put(item, NEWER_STEP if entry.step else NEWER, values)
 
     def forget(self, destination: str, key: tuple[str, str]) -> None:
         """Delete the row (a deleted customer's); deleting a row that is not there is no error."""
         try:
-            self.client.delete_item(TableName=self.table_name, Key={"delivery": {"S": ledger_key(destination, key)}})
+            self.client.delete_item(TableName=self.table_name,
+                                    Key={"delivery": {"S": ledger_key(destination, self.stored(key))}})
         except Exception as error:
             raise domain_error(error) from error
 

@@ -39,6 +39,7 @@ from typing import Any
 
 from cdp.aws.dynamo import batch_get
 from cdp.aws.errors import domain_error
+from cdp.core.pseudonyms import PlainIds, Pseudonyms
 from cdp.pipeline.changes import MembershipChange, members_partition
 from cdp.ports import ConflictError, InvalidCursor, TransientError
 
@@ -76,15 +77,17 @@ class DynamoMembersIndex:
     """``segment#NN`` -> customer, with the membership version; exits leave a tombstone that expires.
 
     Thread-safe over a thread-safe client (boto3 clients are): the changes function sends a batch's writes
-    from a pool.
+    from a pool. An item's ``customer_id`` is the customer's pseudonym (the id itself unless pseudonymous
+    indexes are on); the shard is still chosen by the customer id, so every writer and reader agrees on it.
     """
 
     def __init__(self, client: Any, table_name: str, shards: int,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, pseudonyms: Pseudonyms | None = None) -> None:
         self.client = client
         self.table_name = table_name
         self.shards = shards
         self.sleep = sleep
+        self.pseudonyms = pseudonyms or PlainIds()
 
     # ---- the changes function's writes -------------------------------------------------------------------
 
@@ -92,7 +95,7 @@ class DynamoMembersIndex:
         """Write the membership if it is newer than the stored one; the size delta it made (+1, -1 or 0)."""
         item: dict[str, Any] = {
             "segment_shard": {"S": self.size_counter(change)},
-            "customer_id": {"S": change.customer_id},
+            "customer_id": {"S": self.pseudonyms.pseudonym(change.customer_id)},
             "v": {"N": str(change.version)},
             "since": {"N": str(change.at)},
         }
@@ -144,7 +147,10 @@ class DynamoMembersIndex:
         return max(total, 0)
 
     def page(self, segment_id: str, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
-        """Up to ``limit`` current members in a stable order (shard, then customer id), and the next cursor."""
+        """Up to ``limit`` current members in a stable order (shard, then stored id), and the next cursor. Each
+        member is ``customer_id`` and ``since``; with pseudonymous indexes it is ``member`` (the pseudonym, which
+        names no one) instead of ``customer_id``."""
+        field = "member" if self.pseudonyms.pseudonymous else "customer_id"
         shard, after = decode_cursor(cursor, self.shards) if cursor else (0, "")
         members: list[dict[str, Any]] = []
         stretch = 0
@@ -169,7 +175,7 @@ class DynamoMembersIndex:
                 raise domain_error(error) from error
             items = response.get("Items", [])
             for item in items[:room]:
-                members.append({"customer_id": item["customer_id"]["S"], "since": int(item["since"]["N"])})
+                members.append({field: item["customer_id"]["S"], "since": int(item["since"]["N"])})
                 after = item["customer_id"]["S"]
             if len(items) > room:
                 break  # stopped inside this query's items: resume after the last one returned

@@ -18,6 +18,7 @@ from botocore.exceptions import ConnectionError as NoConnection
 
 from cdp.aws.errors import domain_error
 from cdp.aws.ledger import DynamoDeliveryLedger, conditional_put, entry_item
+from cdp.core.pseudonyms import PlainIds, Pseudonyms
 from cdp.integrations.email import CapRecord, EmailRefused, Send, SendOutcomeUnknown
 from cdp.pipeline.fanout import EXITED, LedgerEntry
 from cdp.ports import TransientError
@@ -99,16 +100,18 @@ def cap_key(customer_id: str) -> str:
 
 class DynamoFrequencyCap:
     """FrequencyCapStore on the ledger table: item ``email-cap\\x1f<customer>`` with the recent sends
-    (``sends``: a list of [time, event id]) and a version ``v``, written with PutItem conditional on it."""
+    (``sends``: a list of [time, event id]) and a version ``v``, written with PutItem conditional on it. The
+    customer is stored as its pseudonym (see :class:`~cdp.aws.ledger.DynamoDeliveryLedger`)."""
 
-    def __init__(self, client: Any, table_name: str) -> None:
+    def __init__(self, client: Any, table_name: str, pseudonyms: Pseudonyms | None = None) -> None:
         self.client = client
         self.table_name = table_name
+        self.pseudonyms = pseudonyms or PlainIds()
 
     def read(self, customer_id: str) -> CapRecord:
+        key = {"delivery": {"S": cap_key(self.pseudonyms.pseudonym(customer_id))}}
         try:
-            response = self.client.get_item(TableName=self.table_name, Key={"delivery": {"S": cap_key(customer_id)}},
-                                            ConsistentRead=True)
+            response = self.client.get_item(TableName=self.table_name, Key=key, ConsistentRead=True)
         except Exception as error:
             raise domain_error(error) from error
         item = response.get("Item")
@@ -119,7 +122,8 @@ class DynamoFrequencyCap:
 
     def write(self, customer_id: str, sends: Sequence[Send], expected_version: int, expires_at: int) -> bool:
         # ``customer``: the key of the ledger's customer index, through which a deletion finds this item too
-        item = {"delivery": {"S": cap_key(customer_id)}, "customer": {"S": customer_id},
+        stored = self.pseudonyms.pseudonym(customer_id)
+        item = {"delivery": {"S": cap_key(stored)}, "customer": {"S": stored},
                 "v": {"N": str(expected_version + 1)},
                 "sends": {"L": [{"L": [{"N": str(s.at)}, {"S": s.event_id}]} for s in sends]},
                 "expires_at": {"N": str(expires_at)}}
@@ -140,5 +144,6 @@ class DynamoEmailLedger(DynamoDeliveryLedger):
                 previous: LedgerEntry | None) -> bool:
         entry = previous or LedgerEntry(0, EXITED, "released", {})
         # False: something newer replaced the claim, so leave it.
-        return self._put(entry_item(destination, key, entry, self.exit_days), "v = :claimed AND event_id = :event",
+        item = entry_item(destination, self.stored(key), entry, self.exit_days)
+        return self._put(item, "v = :claimed AND event_id = :event",
                          {":claimed": {"N": str(claim.version)}, ":event": {"S": claim.event_id}})
