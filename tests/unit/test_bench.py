@@ -37,3 +37,14 @@ def test_the_identity_bench_counts_requests_of_merges_and_of_events_after_them()
     assert after["map_reads"] <= 2 * never["map_reads"]  # a chain round per batch, never a read per event
     many = figures["profile_bytes_after_100_merges"]
     assert many["merged_ids"] == 100 and many["refused_after"] == 1 and many["bytes"] > many["bytes_of_merged_ids"]
+
+
+def test_the_pseudonyms_bench_measures_hmac_against_a_plain_id_and_scales_with_transitions() -> None:
+    from bench import pseudonyms
+
+    figures = pseudonyms.measure(True)
+    assert figures["hmac_us_per_id"] > figures["plain_us_per_id"] > 0 and figures["hmac_to_plain"] > 1
+    low = pseudonyms.per_event(figures["usd_per_million_ids"], 0.1)
+    high = pseudonyms.per_event(figures["usd_per_million_ids"], 1.0)
+    assert high["per_event"]["ids"] == 10 * low["per_event"]["ids"]
+    assert high["usd_per_million_events"] > low["usd_per_million_events"] > 0
