@@ -86,7 +86,8 @@ class Delivery(Construct):
                        "OPTIONS": json.dumps(integration.options, sort_keys=True),
                        "PROFILES_TABLE": storage.profiles.table_name,
                        "CONSENT_POLICY": settings.consent_policy,
-                       "LEDGER_EXIT_DAYS": str(settings.retention.ledger_exit_days)}
+                       "LEDGER_EXIT_DAYS": str(settings.retention.ledger_exit_days),
+                       "LEDGER_EMAIL_DAYS": str(settings.retention.ledger_email_days)}
         if integration.base_url:
             environment["BASE_URL"] = integration.base_url
         if integration.api_version:

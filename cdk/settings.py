@@ -199,11 +199,13 @@ class Retention:
     quarantine_days: int = 30  # quarantined records (raw messages) are deleted after this
     archive_days: int = 30  # the bus archive's retention (EventBridge cannot delete from an archive)
     ledger_exit_days: int = 30  # a delivery ledger entry of an exit expires after this
+    ledger_email_days: int = 0  # a plain address sent to a list is kept this long in the ledger; 0: until the exit
     request_days: int = 1095  # data-subject request records (the audit) are kept this long
 
 
 RETENTION_LIMITS = {"profile_days": (0, 3650), "tombstone_days": (1, 3650), "quarantine_days": (1, 365),
-                    "archive_days": (1, 365), "ledger_exit_days": (8, 365), "request_days": (30, 3650)}
+                    "archive_days": (1, 365), "ledger_exit_days": (8, 365), "ledger_email_days": (0, 3650),
+                    "request_days": (30, 3650)}
 
 
 def _retention(scope: Construct) -> Retention:

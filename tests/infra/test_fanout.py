@@ -81,9 +81,9 @@ def test_integration_environment_is_complete(integrated: Any, folder: str) -> No
     assert {"LEDGER_TABLE", "DEAD_LETTER_QUEUE_URL", "OPTIONS"} <= set(variables)
     assert ("SECRET_ARN" in variables) == (folder != "email")
     # Every integration checks consent per customer at delivery, from the profiles table.
-    assert {"PROFILES_TABLE", "CONSENT_POLICY", "LEDGER_EXIT_DAYS"} <= set(variables)
+    assert {"PROFILES_TABLE", "CONSENT_POLICY", "LEDGER_EXIT_DAYS", "LEDGER_EMAIL_DAYS"} <= set(variables)
     assert json.loads(variables["CONSENT_POLICY"])["uses"]["meta"] == ["advertising"]  # cdk.json's policy
-    assert variables["LEDGER_EXIT_DAYS"] == "30"
+    assert variables["LEDGER_EXIT_DAYS"] == "30" and variables["LEDGER_EMAIL_DAYS"] == "0"
 
 
 @pytest.mark.parametrize("folder", sorted(INTEGRATIONS))

@@ -293,6 +293,7 @@ class DestinationConfig:
     profiles_table: str = ""  # PROFILES_TABLE: where each customer's consent is read at delivery
     consent: ConsentPolicy | None = None  # CONSENT_POLICY (IngestConfig.consent); None: every use permitted
     ledger_exit_days: int = 30  # LEDGER_EXIT_DAYS: a ledger entry of an exit expires after this
+    ledger_email_days: int = 0  # LEDGER_EMAIL_DAYS: a plain address sent with an add is kept this long; 0: its row's
 
     def secret_id(self, holds: str) -> str:
         """SECRET_ARN, which this integration cannot do without; ``holds`` says what the secret is."""
@@ -312,7 +313,8 @@ class DestinationConfig:
         return cls(targets, _required(env, "LEDGER_TABLE"), _required(env, "DEAD_LETTER_QUEUE_URL"),
                    env.get("SECRET_ARN", "").strip(), base_url.rstrip("/"), env.get("API_VERSION", "").strip(),
                    _json_object(env, "OPTIONS", required=False), env.get("PROFILES_TABLE", "").strip(),
-                   IngestConfig.consent(env), _whole(env, "LEDGER_EXIT_DAYS", 30, 1, 3650))
+                   IngestConfig.consent(env), _whole(env, "LEDGER_EXIT_DAYS", 30, 1, 3650),
+                   _whole(env, "LEDGER_EMAIL_DAYS", 0, 0, 3650))
 
     def consent_table(self) -> str:
         """PROFILES_TABLE, which a batch integration cannot do without: consent is checked per customer."""
