@@ -369,6 +369,17 @@ class Stack:
         return ingest_response, changes_response, self.drain_events()
 
 
+def create_ledger_table(ddb: Any, name: str) -> None:
+    """The delivery ledger as cdk/fanout.py defines it: keyed by delivery, with the keys-only index ``customer``."""
+    ddb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
+                     KeySchema=[{"AttributeName": "delivery", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "delivery", "AttributeType": "S"},
+                                           {"AttributeName": "customer", "AttributeType": "S"}],
+                     GlobalSecondaryIndexes=[{"IndexName": "customer",
+                                              "KeySchema": [{"AttributeName": "customer", "KeyType": "HASH"}],
+                                              "Projection": {"ProjectionType": "KEYS_ONLY"}}])
+
+
 def create_resources(ddb: Any, s3: Any, events: Any, sqs: Any) -> tuple[str, str]:
     table = ddb.create_table(
         TableName=PROFILES_TABLE, BillingMode="PAY_PER_REQUEST",

@@ -16,6 +16,7 @@ import pytest
 from cdp.core.profile import Profile
 from cdp.pipeline.fanout import ENTERED, EXITED
 from cdp_dev.handlers import load_handler
+from tests.integration.support import create_ledger_table
 from tests.unit.test_consent_delivery import (
     CART,
     GRANTED,
@@ -85,14 +86,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         dynamodb.create_table(TableName=PROFILES_TABLE, BillingMode="PAY_PER_REQUEST",
                               KeySchema=[{"AttributeName": "customer_id", "KeyType": "HASH"}],
                               AttributeDefinitions=[{"AttributeName": "customer_id", "AttributeType": "S"}])
-        dynamodb.create_table(  # as cdk/fanout.py defines it: the keys-only index "customer"
-            TableName=LEDGER_TABLE, BillingMode="PAY_PER_REQUEST",
-            KeySchema=[{"AttributeName": "delivery", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "delivery", "AttributeType": "S"},
-                                  {"AttributeName": "customer", "AttributeType": "S"}],
-            GlobalSecondaryIndexes=[{"IndexName": "customer",
-                                     "KeySchema": [{"AttributeName": "customer", "KeyType": "HASH"}],
-                                     "Projection": {"ProjectionType": "KEYS_ONLY"}}])
+        create_ledger_table(dynamodb, LEDGER_TABLE)
         queue_url = boto3.client("sqs", region_name=REGION).create_queue(QueueName="cdp-dead-letters")["QueueUrl"]
         for name, value in {"LEDGER_TABLE": LEDGER_TABLE, "DEAD_LETTER_QUEUE_URL": queue_url,
                             "PROFILES_TABLE": PROFILES_TABLE, "LEDGER_EXIT_DAYS": "9",

@@ -17,6 +17,7 @@ from moto import mock_aws
 
 from cdp.aws.ledger import COMPANION, DynamoDeliveryLedger, ledger_key
 from cdp.pipeline.fanout import ENTERED, EXITED, LedgerEntry
+from tests.integration.support import create_ledger_table
 
 TABLE, REGION = "ledger", "us-east-1"
 KEY = ("loyal-customers", "ann")
@@ -29,13 +30,7 @@ def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     with mock_aws():
         client = boto3.client("dynamodb", region_name=REGION)
-        client.create_table(
-            TableName=TABLE, BillingMode="PAY_PER_REQUEST",
-            KeySchema=[{"AttributeName": "delivery", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "delivery", "AttributeType": "S"},
-                                  {"AttributeName": "customer", "AttributeType": "S"}],
-            GlobalSecondaryIndexes=[{"IndexName": "customer", "Projection": {"ProjectionType": "KEYS_ONLY"},
-                                     "KeySchema": [{"AttributeName": "customer", "KeyType": "HASH"}]}])
+        create_ledger_table(client, TABLE)
         yield client
 
 

@@ -30,6 +30,7 @@ from .support import (
     QUARANTINE_BUCKET,
     REGION,
     ROOT,
+    create_ledger_table,
     failures,
     identify,
     kinesis_envelope,
@@ -57,13 +58,7 @@ class Privacy:
         ddb.create_table(TableName=REQUESTS_TABLE, BillingMode="PAY_PER_REQUEST",
                          KeySchema=[{"AttributeName": "request_id", "KeyType": "HASH"}],
                          AttributeDefinitions=[{"AttributeName": "request_id", "AttributeType": "S"}])
-        ddb.create_table(TableName=LEDGER_TABLE, BillingMode="PAY_PER_REQUEST",
-                         KeySchema=[{"AttributeName": "delivery", "KeyType": "HASH"}],
-                         AttributeDefinitions=[{"AttributeName": "delivery", "AttributeType": "S"},
-                                               {"AttributeName": "customer", "AttributeType": "S"}],
-                         GlobalSecondaryIndexes=[{"IndexName": "customer",
-                                                  "KeySchema": [{"AttributeName": "customer", "KeyType": "HASH"}],
-                                                  "Projection": {"ProjectionType": "KEYS_ONLY"}}])
+        create_ledger_table(ddb, LEDGER_TABLE)
         self.stack.s3.put_bucket_versioning(Bucket=QUARANTINE_BUCKET, VersioningConfiguration={"Status": "Enabled"})
         self.queue_url = self.stack.sqs.create_queue(QueueName=QUEUE)["QueueUrl"]
         identity_map = api.deps.identity_map

@@ -395,6 +395,38 @@ def test_a_consent_change_that_keeps_a_customer_on_a_meta_audience_sends_nothing
     assert len(world.platform.requests) == sent  # Meta's adds carry no consent: nothing to tell it
 
 
+class CountingProfiles(MemoryProfileStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+
+    def load(self, customer_ids: Sequence[str]) -> dict[str, Profile]:
+        self.loads += 1
+        return super().load(customer_ids)
+
+
+class NoSecondRead:
+    def load(self, customer_ids: Sequence[str]) -> dict[str, ConsentState]:
+        raise AssertionError("the profiles were read already for their emails")
+
+
+def test_a_list_sent_emails_reads_each_profile_once_and_takes_the_consent_from_that_read() -> None:
+    platform, profiles = Platform(), CountingProfiles()
+    lists = WebhookLists(TARGETS["webhook"], WebhookOptions(WEBHOOK_URL, include_email=True),
+                         "a-signing-secret-of-length", platform)
+    for customer, marketing in (("ann", True), ("bob", False)):
+        profile = Profile(customer)
+        profile.traits["email"] = f"{customer}@example.com"
+        profile.consent = ConsentState({"marketing": marketing, "advertising": True}, at=1.0)
+        profiles.save(profile, 0)
+    ledger = Ledger()
+    result = deliver_batch([msg(ENTERED, "ann"), msg(ENTERED, "bob")], lists, ledger, profiles, NoSecondRead(),
+                           POLICY)
+    assert profiles.loads == 1
+    assert platform.members(TARGETS["webhook"][CART]) == {email_hash("ann")}  # bob declined marketing
+    assert result.consent_exits == 1
+
+
 # ---- email ----------------------------------------------------------------------------------------------
 
 

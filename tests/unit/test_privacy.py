@@ -62,6 +62,14 @@ class Deployment:
         self.stores.ledger.pop("meta\x1fbrowsers\x1falice", None)
 
 
+def started() -> Deployment:
+    """Alice everywhere, and her deletion asked for (its erase job queued)."""
+    d = Deployment()
+    d.alice()
+    start_deletion(d.world.id_map, d.world.store, d.requests, d.jobs, "alice", NOW, 1095)
+    return d
+
+
 def quarantined(key: str, message: dict[str, object]) -> str:
     return json.dumps({"partition_key": key, "data": base64.b64encode(json.dumps(message).encode()).decode()})
 
@@ -100,9 +108,7 @@ def test_a_deletion_erases_every_store_and_finishes_after_the_pipeline_exits() -
 
 
 def test_a_redelivered_job_repeats_nothing_and_a_finished_request_stays_finished() -> None:
-    d = Deployment()
-    d.alice()
-    start_deletion(d.world.id_map, d.world.store, d.requests, d.jobs, "alice", NOW, 1095)
+    d = started()
     job = d.jobs.take() or {}
     run_job(d.erasure, job, NOW)
     run_job(d.erasure, job, NOW)  # redelivered
@@ -117,9 +123,7 @@ def test_a_redelivered_job_repeats_nothing_and_a_finished_request_stays_finished
 
 
 def test_a_deletion_whose_exits_never_come_fails_with_the_reason() -> None:
-    d = Deployment()
-    d.alice()
-    start_deletion(d.world.id_map, d.world.store, d.requests, d.jobs, "alice", NOW, 1095)
+    d = started()
     statuses = []
     while (job := d.jobs.take()) is not None:
         statuses.append(run_job(d.erasure, job, NOW))
@@ -131,9 +135,7 @@ def test_a_deletion_whose_exits_never_come_fails_with_the_reason() -> None:
 
 
 def test_a_profile_recreated_by_a_racing_batch_is_erased_by_the_verify_pass() -> None:
-    d = Deployment()
-    d.alice()
-    start_deletion(d.world.id_map, d.world.store, d.requests, d.jobs, "alice", NOW, 1095)
+    d = started()
     run_job(d.erasure, d.jobs.take() or {}, NOW)
     d.world.store.save(Profile("alice"), 0)  # a batch that read the id map before the tombstone
     d.pipeline_exits()
@@ -142,9 +144,7 @@ def test_a_profile_recreated_by_a_racing_batch_is_erased_by_the_verify_pass() ->
 
 
 def test_a_pass_that_erased_something_is_followed_by_another_before_the_request_is_done() -> None:
-    d = Deployment()
-    d.alice()
-    start_deletion(d.world.id_map, d.world.store, d.requests, d.jobs, "alice", NOW, 1095)
+    d = started()
     assert run_job(d.erasure, d.jobs.take() or {}, NOW) == RUNNING
     d.pipeline_exits()
     d.world.store.save(Profile("alice"), 0)  # re-created meanwhile: its own exits may still be on their way
@@ -153,9 +153,7 @@ def test_a_pass_that_erased_something_is_followed_by_another_before_the_request_
 
 
 def test_a_customer_deleted_again_is_tombstoned_from_the_later_deletion() -> None:
-    d = Deployment()
-    d.alice()
-    start_deletion(d.world.id_map, d.world.store, d.requests, d.jobs, "alice", NOW, 1095)
+    d = started()
     first = d.jobs.take() or {}
     run_job(d.erasure, first, NOW)
     again = {**first, "request_id": "req-again", "deleted_at": NOW + 3600}

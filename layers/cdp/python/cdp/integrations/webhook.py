@@ -71,7 +71,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from cdp.config import ConfigError
-from cdp.core.consent import ConsentPolicy
+from cdp.core.consent import ConsentPolicy, ConsentState
 from cdp.core.identifiers import normalise_email
 from cdp.core.profile import Profile
 from cdp.integrations.http import HttpResponse, Transport, send
@@ -329,12 +329,29 @@ class ProfileReader(Protocol):
 
 def with_emails(messages: Sequence[tuple[str, str]], profiles: ProfileReader,
                 lists: WebhookLists) -> list[tuple[str, str]]:
+    """The messages with each customer's normalised email trait added (see :func:`_with_emails`)."""
+    return _with_emails(messages, profiles, lists)[0]
+
+
+@dataclass(frozen=True)
+class ProfilesRead:
+    """The consent of profiles this batch read already (for their emails): no second read of the table."""
+
+    profiles: Mapping[str, Profile]
+
+    def load(self, customer_ids: Sequence[str]) -> dict[str, ConsentState]:
+        return {c: self.profiles[c].consent for c in customer_ids if c in self.profiles}
+
+
+def _with_emails(messages: Sequence[tuple[str, str]], profiles: ProfileReader,
+                 lists: WebhookLists) -> tuple[list[tuple[str, str]], Mapping[str, Profile]]:
     """The messages with each customer's normalised email trait added to ``detail.identifiers`` as ``email``.
 
     One ``profiles.load`` for every customer of the batch whose segment this destination syncs (the
     DynamoDB store reads 100 per BatchGetItem). Bodies that do not parse are left as they are, for
     :func:`cdp.pipeline.fanout.deliver` to refuse with its reason. A customer without a valid email gets none
-    (and any ``email`` already in the event is dropped: only the profile's is trusted).
+    (and any ``email`` already in the event is dropped: only the profile's is trusted). Also returns the
+    profiles read.
     """
     events = [_bus_event(body) for _, body in messages]
     customers: list[str] = []
@@ -359,7 +376,7 @@ def with_emails(messages: Sequence[tuple[str, str]], profiles: ProfileReader,
             kept[EMAIL] = email
         event["detail"]["identifiers"] = kept
         enriched.append((message_id, json.dumps(event, separators=(",", ":"))))
-    return enriched
+    return enriched, loaded
 
 
 def _bus_event(body: str) -> dict[str, Any] | None:
@@ -386,8 +403,10 @@ def deliver_batch(messages: Sequence[tuple[str, str]], lists: WebhookLists, ledg
         if profiles is None:
             raise ValueError("include_email needs the profile store")
         try:
-            messages = with_emails(messages, profiles, lists)
+            messages, loaded = _with_emails(messages, profiles, lists)
         except TransientError as error:
             return DeliveryResult(retry={message_id: f"profile store unavailable: {error}"
                                          for message_id, _ in messages})
+        if permissions is not None:  # the same profiles: their consent comes with the read just made
+            permissions = ProfilesRead(loaded)
     return deliver(messages, lists, ledger, permissions, policy)
