@@ -613,7 +613,7 @@ def test_disabled_segment_members_exit_with_a_reason() -> None:
     engine = engine_for(segment("x", recency, enabled=False), segment("y", {"trait": {"name": "plan", "exists": True}}))
     transitions = engine.evaluate(profile, T + 1, set())
     assert [(t.segment_id, t.kind, t.clause, t.reason) for t in transitions] == [
-        ("x", EXITED, "segment", "the segment was disabled or removed")]
+        ("x", EXITED, "segment", "segment disabled")]
     assert set(profile.memberships) == {"y"}
     assert "x" not in profile.deadlines
 
@@ -623,7 +623,7 @@ def test_removed_segment_members_exit_on_the_next_event() -> None:
     engine = engine_for(segment("y", {"trait": {"name": "plan", "exists": True}}))
     outcome = engine.apply(profile, [track("Button Clicked", T + 1)], now=T + 1)
     assert [(t.segment_id, t.kind, t.reason) for t in outcome.transitions] == [
-        ("x", EXITED, "the segment was disabled or removed")]
+        ("x", EXITED, "segment disabled")]
     assert outcome.changed is True
     assert set(profile.memberships) == {"y"}
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cdp.core.population import PopulationStats
 from cdp.core.profile import Profile
 
 
@@ -200,4 +201,65 @@ class CustomerStores(Protocol):
     def scrub_quarantine(self, needles: Sequence[str]) -> int:
         """Remove every quarantined record that mentions any of ``needles`` from every version of every object;
         the number of records removed (counted once per object)."""
+        ...
+
+
+# ---- segment definitions at runtime, and the jobs that evaluate them over every profile ------------------
+
+@dataclass(frozen=True)
+class SegmentVersion:
+    """One stored version of a segment definition. Every version is kept; ``definition`` None: deleted."""
+
+    segment_id: str
+    version: int  # 1, 2, ... per segment
+    definition: dict[str, Any] | None
+    author: str
+    at: float
+    catalogue_version: int  # the catalogue version the change that wrote it made
+
+
+@dataclass(frozen=True)
+class CatalogueHead:
+    """The catalogue's current state: one small item, the only read a function makes to learn of a change."""
+
+    version: int  # 0: nothing stored yet (the store is seeded from the YAML folder)
+    segments: dict[str, int]  # segment id -> its current version (deleted segments absent)
+    stats_version: int = 0  # moves each time population statistics are stored
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class SegmentChange:
+    """A change to commit: a segment's new definition, or None to delete it."""
+
+    segment_id: str
+    definition: dict[str, Any] | None
+
+
+class DefinitionStore(Protocol):
+    """Versioned segment definitions and the population statistics (DynamoDB in AWS)."""
+
+    def head(self) -> CatalogueHead:
+        """The catalogue head (one GetItem). Raises :class:`TransientError`."""
+        ...
+
+    def current(self, head: CatalogueHead) -> list[SegmentVersion]:
+        """The versions ``head.segments`` names (batched reads)."""
+        ...
+
+    def history(self, segment_id: str) -> list[SegmentVersion]:
+        """Every version of one segment, oldest first (deletions included)."""
+        ...
+
+    def commit(self, changes: Sequence[SegmentChange], author: str, at: float, expected: int) -> CatalogueHead:
+        """Write a new version of each changed segment and move the head from ``expected`` to ``expected + 1``,
+        in one transaction (at most 99 changes); :class:`ConflictError` when the head is no longer at ``expected``."""
+        ...
+
+    def population(self) -> PopulationStats | None:
+        """The stored population statistics (None: never computed)."""
+        ...
+
+    def put_population(self, stats: PopulationStats) -> CatalogueHead:
+        """Store population statistics and move ``stats_version`` on."""
         ...

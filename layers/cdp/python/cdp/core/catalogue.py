@@ -101,7 +101,8 @@ class Catalogue:
     ``units`` of the units whose conditions read it, so an event evaluates only those.
     """
 
-    def __init__(self, segments: list[Segment], metrics: dict[str, MetricSpec]) -> None:
+    def __init__(self, segments: list[Segment], metrics: dict[str, MetricSpec], version: int = 0) -> None:
+        self.version = version  # the definitions store's catalogue version (0: the YAML folder, or none stored)
         self.all_segments = {segment.id: segment for segment in segments}
         self.segments = {segment.id: segment for segment in segments if segment.enabled}
         self.metrics = metrics
@@ -119,7 +120,7 @@ class Catalogue:
                     self.latches.setdefault(node.trigger.source.event, []).append(node)
         self.latch_keys = frozenset(node.latch_key for nodes in self.latches.values() for node in nodes)
         self.units = self._order_units()
-        self.fingerprint = _fingerprint(self.segments.values())
+        self.fingerprint = _fingerprint(self.segments.values(), version)
         self.unit_of = {segment.id: unit for unit in self.units for segment in unit.segments}
         self.position = {segment.id: index for index, unit in enumerate(self.units) for segment in unit.segments}
         readers: dict[str, list[int]] = {}
@@ -201,13 +202,24 @@ def membership_score(catalogue: Catalogue, memberships: Iterable[str]) -> float:
     return sum(segment.weight for segment in ranked_members(catalogue, memberships))
 
 
-def _fingerprint(segments: Iterable[Segment]) -> str:
-    """Changes whenever an enabled definition does, so profiles know to be evaluated in full."""
+def _fingerprint(segments: Iterable[Segment], version: int) -> str:
+    """Changes whenever an enabled definition does, so profiles know to be evaluated in full.
+
+    A stored catalogue's fingerprint starts with its version (``"7.1a2b3c4d"``): a function that has not yet
+    picked up a newer version can tell that a profile was evaluated by a newer catalogue than its own.
+    """
     import hashlib
     import json
 
     text = json.dumps(sorted((s.id, s.definition) for s in segments), sort_keys=True, default=str)
-    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+    digest = hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+    return f"{version}.{digest}" if version else digest
+
+
+def fingerprint_version(fingerprint: str) -> int:
+    """The catalogue version a profile's fingerprint names (0: the YAML folder's, or none)."""
+    head, dot, _ = fingerprint.partition(".")
+    return int(head) if dot and head.isdigit() else 0
 
 
 def parse_definition(raw: object, source: str = "") -> tuple[Segment, Parser]:
@@ -277,8 +289,10 @@ def _condition(raw: dict[Any, Any], segment_id: str, group: str | None) -> tuple
     return condition, parser
 
 
-def build_catalogue(definitions: Iterable[tuple[str, object]]) -> Catalogue:
-    """Validate (source, raw definition) pairs together; raises CatalogueError listing every problem."""
+def build_catalogue(definitions: Iterable[tuple[str, object]], version: int = 0) -> Catalogue:
+    """Validate (source, raw definition) pairs together; raises CatalogueError listing every problem.
+
+    ``version`` is the definitions store's catalogue version they are (0: not from the store)."""
     errors: list[DefinitionError] = []
     parsed = _parse_all(definitions, errors)
     segments = [segment for segment, _ in parsed]
@@ -294,7 +308,7 @@ def build_catalogue(definitions: Iterable[tuple[str, object]]) -> Catalogue:
                 for inner in node.when.walk():
                     _repoint(inner, metrics)
     try:
-        return Catalogue(segments, metrics)
+        return Catalogue(segments, metrics, version)
     except DefinitionError as error:
         raise CatalogueError([error]) from None
 

@@ -19,7 +19,7 @@ from collections import Counter as Tally
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from cdp.core.catalogue import Catalogue, Segment, Unit
+from cdp.core.catalogue import Catalogue, Segment, Unit, fingerprint_version
 from cdp.core.consent import ConsentPolicy
 from cdp.core.events import Event
 from cdp.core.fold import MAX_CLOCK_SKEW, fold
@@ -142,6 +142,14 @@ class Engine:
         catalogue = self.catalogue
         view = ProfileView(profile, now, self.stats)
         evaluation = Evaluation([])
+        if profile.catalogue and fingerprint_version(profile.catalogue) > catalogue.version:
+            # A newer catalogue than this one evaluated the profile (this function has not picked it up yet):
+            # evaluating with the older one could re-enter a removed segment or leave a new one. Nothing is
+            # evaluated, and the cleared fingerprint makes the next evaluation a full one.
+            profile.catalogue = ""
+            profile.transitions = []
+            evaluation.changed = True
+            return evaluation
         if profile.catalogue != catalogue.fingerprint:
             # A new profile, or a changed catalogue: a condition can be true with none of its inputs
             # touched (e.g. "no order within 30 days"), so every segment is evaluated once. Only then
@@ -198,7 +206,7 @@ class Engine:
         for segment_id in [s for s in profile.memberships if s not in segments]:
             del profile.memberships[segment_id]
             evaluation.transitions.append(Transition(profile.customer_id, segment_id, segment_id, EXITED, int(now),
-                                                     "segment", "the segment was disabled or removed"))
+                                                     "segment", "segment disabled"))
             evaluation.changed = True
         for segment_id in [s for s in profile.deadlines if s not in segments and s != EXPIRY]:
             del profile.deadlines[segment_id]
