@@ -132,24 +132,12 @@ class Engine:
         Units are evaluated in the catalogue's order, in which a unit comes after every segment it refers to,
         so a flip is always seen by the units that follow it.
         """
-        expiry = profile.deadlines.get(EXPIRY)
-        if expiry is not None and expiry <= now:
-            days = self.retention_days or "the retention's"
-            return self._leave_everything(profile, now, EXPIRED, f"no event for {days} days: the profile expires")
-        refusal = self.profiling_refusal(profile)
-        if refusal is not None:
-            return self._leave_everything(profile, now, CONSENT, refusal)
+        settled = self._settled(profile, now)
+        if settled is not None:
+            return settled
         catalogue = self.catalogue
         view = ProfileView(profile, now, self.stats)
         evaluation = Evaluation([])
-        if profile.catalogue and fingerprint_version(profile.catalogue) > catalogue.version:
-            # A newer catalogue than this one evaluated the profile (this function has not picked it up yet):
-            # evaluating with the older one could re-enter a removed segment or leave a new one. Nothing is
-            # evaluated, and the cleared fingerprint makes the next evaluation a full one.
-            profile.catalogue = ""
-            profile.transitions = []
-            evaluation.changed = True
-            return evaluation
         if profile.catalogue != catalogue.fingerprint:
             # A new profile, or a changed catalogue: a condition can be true with none of its inputs
             # touched (e.g. "no order within 30 days"), so every segment is evaluated once. Only then
@@ -179,6 +167,20 @@ class Engine:
         # The write carries its own transitions, so the table stream can say why each one happened.
         profile.transitions = [[t.segment_id, t.kind, t.at, t.clause, t.reason] for t in evaluation.transitions]
         return evaluation
+
+    def _settled(self, profile: Profile, now: float) -> Evaluation | None:
+        """What an evaluation is when no segment is evaluated: the profile expired, profiling consent is missing,
+        or a newer catalogue than the engine's evaluated it. None: the segments are evaluated."""
+        expiry = profile.deadlines.get(EXPIRY)
+        if expiry is not None and expiry <= now:
+            days = self.retention_days or "the retention's"
+            return self._leave_everything(profile, now, EXPIRED, f"no event for {days} days: the profile expires")
+        refusal = self.profiling_refusal(profile)
+        if refusal is not None:
+            return self._leave_everything(profile, now, CONSENT, refusal)
+        if profile.catalogue and fingerprint_version(profile.catalogue) > self.catalogue.version:
+            return _defer_to_newer(profile, Evaluation([]))
+        return None
 
     def _leave_everything(self, profile: Profile, now: float, clause: str, reason: str) -> Evaluation:
         """Without profiling consent (clause ``consent``), or once the profile expires (clause ``expired``):
@@ -211,6 +213,16 @@ class Engine:
         for segment_id in [s for s in profile.deadlines if s not in segments and s != EXPIRY]:
             del profile.deadlines[segment_id]
             evaluation.changed = True
+
+
+def _defer_to_newer(profile: Profile, evaluation: Evaluation) -> Evaluation:
+    """A newer catalogue than the engine's evaluated the profile (this function has not picked it up yet):
+    evaluating with the older one could re-enter a removed segment or leave a new one. Nothing is evaluated,
+    and the cleared fingerprint makes the next evaluation a full one."""
+    profile.catalogue = ""
+    profile.transitions = []
+    evaluation.changed = True
+    return evaluation
 
 
 def _renew_expiry(profile: Profile, now: float, days: int) -> bool:
