@@ -71,7 +71,7 @@ def bench_workload(customers: int) -> list[list[Any]]:
 
 def order_history(orders: int, customers: int) -> list[list[Any]]:
     from cdp.core.events import parse_record
-    from cdp_dev import history
+    from cdp_dev import order_history as history
 
     shape = history.HistoryShape(orders=orders, customers=customers, months=18, seed=7,
                                  end=datetime(2026, 11, 1, tzinfo=UTC))

@@ -46,7 +46,7 @@ def free_port() -> int:
 def order_history(orders: int, customers: int) -> list[bytes]:
     """The generated history (`cdp history`): each customer's identify, then their Order Completed messages,
     over 18 months, in time order, one JSON line each."""
-    from cdp_dev.history import HistoryShape, history
+    from cdp_dev.order_history import HistoryShape, history
 
     shape = HistoryShape(orders=orders, customers=customers, months=MONTHS, seed=15)
     return [json.dumps(message, separators=(",", ":")).encode() for message in history(shape)]

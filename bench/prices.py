@@ -47,3 +47,11 @@ DYNAMODB_STREAM_READ_BY_LAMBDA = 0.0
 LATENCY_SECONDS = {"BatchGetItem": 0.008, "PutItem": 0.005, "UpdateItem": 0.005, "Query": 0.005,
                    "PutEvents": 0.015, "GetItem": 0.004, "PutRecords": 0.010,
                    "Destination": 0.150}  # an integration's call to its destination (an ads or list API)
+
+# Jobs (backfill, population statistics): Step Functions Standard workflows, Distributed Map children included,
+# and S3 for the statistics' partial results.
+# - https://aws.amazon.com/step-functions/pricing/
+# - https://aws.amazon.com/s3/pricing/
+STEP_FUNCTIONS_STANDARD_TRANSITION = 0.025 / 1000
+S3_PUT_REQUEST = 0.005 / 1000
+S3_GET_REQUEST = 0.0004 / 1000

@@ -60,7 +60,7 @@ class Api(Construct):
 
         access_logs = logs.LogGroup(self, "AccessLogs", retention=logs.RetentionDays.THREE_MONTHS,
                                     removal_policy=RemovalPolicy.DESTROY)
-        cors = (apigateway.CorsOptions(allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+        cors = (apigateway.CorsOptions(allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "PUT", "DELETE"],
                                        allow_headers=["Authorization", "Content-Type", "X-Amz-Date",
                                                       "X-Amz-Security-Token"])
                 if settings.cors_origins else None)
@@ -115,12 +115,25 @@ class Api(Construct):
         segments = root.add_resource("segments")
         segments.add_method("GET", integration, **iam_auth)  # type: ignore[arg-type]
         segment = segments.add_resource("{segmentId}")
-        segment.add_method("GET", integration, **iam_auth,  # type: ignore[arg-type]
-                           request_parameters={"method.request.path.segmentId": True})
+        by_segment = {"method.request.path.segmentId": True}
+        # GET a definition, PUT a new version, DELETE it; POST is `/segments/{id}:preview` (a path part can hold
+        # no literal beside a parameter, so {segmentId} takes "id:preview" and the function splits it).
+        for method in ("GET", "PUT", "DELETE", "POST"):
+            segment.add_method(method, integration, **iam_auth,  # type: ignore[arg-type]
+                               request_parameters=by_segment)
+        for part in ("versions", "history"):
+            segment.add_resource(part).add_method("GET", integration, **iam_auth,  # type: ignore[arg-type]
+                                                  request_parameters=by_segment)
+        root.add_resource("segments:validate").add_method("POST", integration, **iam_auth)  # type: ignore[arg-type]
         members = segment.add_resource("members")
         for method in ("GET", "POST"):
             members.add_method(method, integration, **iam_auth,  # type: ignore[arg-type]
-                               request_parameters={"method.request.path.segmentId": True})
+                               request_parameters=by_segment)
+        root.add_resource("jobs").add_resource("{jobId}").add_method(
+            "GET", integration, **iam_auth,  # type: ignore[arg-type]
+            request_parameters={"method.request.path.jobId": True})
+        customers.add_resource("explain").add_method("GET", integration, **iam_auth,  # type: ignore[arg-type]
+                                                     request_parameters={"method.request.path.customerId": True})
         root.add_resource("openapi.json").add_method("GET", integration, **iam_auth)  # type: ignore[arg-type]
 
         acknowledge(self.rest_api, "COG4", "Operator routes are authorised with IAM (SigV4), not end-user "

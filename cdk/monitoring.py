@@ -15,6 +15,7 @@ from cdk.api import Api
 from cdk.changes import Changes
 from cdk.collector import Collector
 from cdk.fanout import Fanout
+from cdk.history import History
 from cdk.ingest import Ingest
 from cdk.privacy import Privacy
 from cdk.storage import Storage
@@ -33,7 +34,8 @@ class Monitoring(Construct):
                  api: Api, timers: Timers, fanout: Fanout, collector: Collector, privacy: Privacy, storage: Storage,
                  key: kms.IKey,
                  alarm_email: str | None,
-                 segment_ids: list[str]) -> None:
+                 segment_ids: list[str], history: History | None = None,
+                 segment_size_alarm_percent: int = 0) -> None:
         super().__init__(scope, construct_id)
         self.topic = sns.Topic(self, "Alarms", master_key=key, display_name=f"cdp {stage} alarms", enforce_ssl=True)
         self._allow_alarms_to_publish(key)
@@ -48,6 +50,8 @@ class Monitoring(Construct):
                                                 ("changes failures", changes.failures),
                                                 ("schedule failures", timers.failures),
                                                 ("privacy dead letters", privacy.dead_letters)]
+        if history is not None:
+            queues.append(("history schedule failures", history.failures))
         queues += [(f"{d.integration.name} dead letters", d.dead_letters) for d in fanout.deliveries]
         self.alarms = [
             cloudwatch.Alarm(self, "IngestBehind", metric=iterator_age, threshold=60_000, evaluation_periods=5,
@@ -67,6 +71,7 @@ class Monitoring(Construct):
               for label, fn in (("Ingest", ingest_fn), ("Changes", changes_fn), ("Api", api_fn),
                                 ("Timers", timers_fn), ("Collector", collector_fn),
                                 ("Privacy", privacy.function.function),
+                                *((("History", history.function.function),) if history is not None else ()),
                                 *((d.integration.name.title(), d.function.function) for d in fanout.deliveries))],
             cloudwatch.Alarm(self, "DeletionsFailed", metric=_metric("DeletionsFailed", "privacy"), threshold=0,
                              comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
@@ -91,7 +96,18 @@ class Monitoring(Construct):
                              threshold=0, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
                              evaluation_periods=3, alarm_description="The API answers 5xx (a bug)"),
         ]
-        rules = [timers.rule_name, *(d.rule_name for d in fanout.deliveries)]
+        if history is not None and segment_size_alarm_percent:
+            # The snapshot publishes once a day: a day-long period holds exactly one run's count.
+            self.alarms.append(cloudwatch.Alarm(
+                self, "SegmentSizeSwing", threshold=1, evaluation_periods=1,
+                metric=cloudwatch.Metric(namespace=NAMESPACE, metric_name="SegmentsSwinging", statistic="Maximum",
+                                         period=Duration.days(1), dimensions_map={"service": "history"}),
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+                alarm_description=f"A segment's size moved by more than {segment_size_alarm_percent}% in a day "
+                                  "(the history function's log names it)"))
+        rules = [timers.rule_name, *(d.rule_name for d in fanout.deliveries),
+                 *([history.rule_name] if history is not None else [])]
         self.alarms.append(cloudwatch.Alarm(
             self, "RuleDeliveriesFailing", threshold=0, evaluation_periods=1,
             comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
@@ -171,6 +187,12 @@ class Monitoring(Construct):
                 title="Integrations: delivered, skipped, refused (dead letters), retried", width=24, left=[
                     _metric(name, d.integration.name) for d in fanout.deliveries
                     for name in ("Delivered", "Skipped", "Refused", "Retried")]))
+        if history is not None:
+            self.dashboard.add_widgets(cloudwatch.GraphWidget(
+                title="Segment sizes at each day's close", width=24, left=[
+                    cloudwatch.Metric(namespace=NAMESPACE, metric_name="SegmentSize", statistic="Maximum",
+                                      period=Duration.days(1), dimensions_map={"service": "history", "segment": s})
+                    for s in segment_ids]))
 
     def _allow_alarms_to_publish(self, key: kms.IKey) -> None:
         """CloudWatch publishes alarm notifications as its service principal: the topic policy (which replaces

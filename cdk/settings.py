@@ -224,6 +224,17 @@ def _retention(scope: Construct) -> Retention:
     return Retention(**values)
 
 
+_SCHEDULE = re.compile(r"rate\(([1-9][0-9]*) (minute|minutes|hour|hours|day|days)\)|cron\([^()]+\)")
+
+
+def _schedule(scope: Construct, key: str, default: str) -> str:
+    """An EventBridge Scheduler expression: ``rate(1 hour)``, ``rate(30 minutes)`` or ``cron(...)``."""
+    raw = str(scope.node.try_get_context(key) or default).strip()
+    if not _SCHEDULE.fullmatch(raw):
+        raise SettingsError(f"context {key} must be rate(N minutes|hours|days) or cron(...), not {raw!r}")
+    return raw
+
+
 _SEGMENT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")  # as segment ids are (cdp.core.language.SLUG)
 
 
@@ -261,6 +272,11 @@ class Settings:
     retention: Retention = Retention()
     # PSEUDONYM_SECRET_ARN: the members index and the ledger store HMACs of customer ids, keyed by a secret
     pseudonymous_indexes: bool = False
+    # A day's size change, in percent, beyond which a segment is "swinging" and alarms; 0: no alarm
+    segment_size_alarm_percent: int = 0
+    population_schedule: str = "rate(1 hour)"  # when the population statistics job runs (cdk.jobs)
+    job_scan_segments: int = 16  # parallel scan segments per job phase
+    job_concurrency: int = 16  # scan segments worked at once (the Distributed Map's MaxConcurrency)
 
     @classmethod
     def from_context(cls, scope: Construct) -> Settings:
@@ -304,4 +320,8 @@ class Settings:
             after_deletion=_after_deletion(scope),
             retention=_retention(scope),
             pseudonymous_indexes=_flag(scope, "pseudonymous_indexes"),
+            segment_size_alarm_percent=_int(scope, "segment_size_alarm_percent", 0, 0, 1000),
+            population_schedule=_schedule(scope, "population_schedule", "rate(1 hour)"),
+            job_scan_segments=_int(scope, "job_scan_segments", 16, 1, 1000),
+            job_concurrency=_int(scope, "job_concurrency", 16, 1, 1000),
         )

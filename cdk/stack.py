@@ -12,11 +12,14 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from cdk.api import Api
+from cdk.catalogue import Catalogue
 from cdk.changes import Changes
 from cdk.collector import Collector
 from cdk.fanout import Fanout
 from cdk.functions import CdpFunction, Layers
+from cdk.history import History
 from cdk.ingest import Ingest
+from cdk.jobs import Jobs
 from cdk.monitoring import Monitoring
 from cdk.nag import acknowledge
 from cdk.privacy import Privacy
@@ -44,6 +47,16 @@ class CdpStack(Stack):
         self.privacy = Privacy(self, "Privacy", settings=settings, storage=self.storage, ledger=self.fanout.ledger,
                                layers=layers, key=self.key)
         self.privacy.allow_requests(self.api.function.function, self.api.function.role, settings)
+        self.catalogue = Catalogue(self, "Catalogue", settings=settings, layers=layers, key=self.key)
+        for function in (self.ingest.function, self.changes.function, self.timers.function, self.privacy.function):
+            self.catalogue.allow_reads(function)
+        self.catalogue.allow_writes(self.api.function)  # PUT/DELETE /segments/{id}
+        self.history = History(self, "History", settings=settings, storage=self.storage, layers=layers, key=self.key)
+        self.history.allow_writes(self.changes.function)
+        self.history.allow_reads(self.api.function)
+        self.jobs = Jobs(self, "Jobs", settings=settings, storage=self.storage, layers=layers, key=self.key,
+                         definitions=self.catalogue.table)
+        self.jobs.allow_start(self.api.function.function, self.api.function.role, self.storage)
         # EventBridge delivers to the encrypted queues (integration targets, their and the schedule's dead-letter
         # queues): only for this account's rules of this stack, so no one else's rule can make EventBridge use
         # the key (confused deputy). The ARNs are built from the rules' names, not referenced (that is a cycle).
@@ -53,7 +66,7 @@ class CdpStack(Stack):
             actions=["kms:GenerateDataKey", "kms:Decrypt"],  # what an SQS producer needs
             resources=["*"],
             conditions={"StringEquals": {"aws:SourceAccount": self.account},
-                        "ArnEquals": {"aws:SourceArn": [self.timers.rule_arn,
+                        "ArnEquals": {"aws:SourceArn": [self.timers.rule_arn, self.history.rule_arn,
                                                         *(d.rule_arn for d in self.fanout.deliveries)]}}))
         if settings.pseudonymous_indexes:
             self._pseudonym_key([self.changes.function, self.api.function, self.privacy.function,
@@ -61,7 +74,8 @@ class CdpStack(Stack):
         self.monitoring = Monitoring(
             self, "Monitoring", stage=settings.stage, ingest=self.ingest, changes=self.changes, api=self.api,
             timers=self.timers, fanout=self.fanout, collector=self.collector, privacy=self.privacy,
-            storage=self.storage, key=self.key, alarm_email=settings.alarm_email,
+            storage=self.storage, key=self.key, alarm_email=settings.alarm_email, history=self.history,
+            segment_size_alarm_percent=settings.segment_size_alarm_percent,
             segment_ids=sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "segments").glob("*.yaml")))
         CfnOutput(self, "ApiUrl", value=self.api.rest_api.url)
         CfnOutput(self, "CollectorUrl", value=self.collector.url or "")
@@ -77,6 +91,7 @@ class CdpStack(Stack):
         CfnOutput(self, "PrivacyDeadLettersUrl", value=self.privacy.dead_letters.queue_url)
         CfnOutput(self, "IngestFailuresQueueUrl", value=self.ingest.failures.queue_url)
         CfnOutput(self, "EventBusName", value=self.changes.bus.event_bus_name)
+        CfnOutput(self, "DefinitionsTableName", value=self.catalogue.table.table_name)
         for delivery in self.fanout.deliveries:
             CfnOutput(self, f"{delivery.integration.name.title()}DeadLettersUrl", value=delivery.dead_letters.queue_url)
 

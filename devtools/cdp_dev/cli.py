@@ -12,8 +12,13 @@
     cdp customers delete ID [--api-url URL]          delete a customer everywhere (prints the request)
     cdp customers export ID [--api-url URL]          everything held about a customer (JSON)
     cdp requests show ID [--api-url URL]             a data subject request's status and counts
+    cdp segments diff DIR [--api-url URL]            what applying DIR would add, change and remove (diffs)
+    cdp segments apply DIR [--prune] [--yes] [--deliver MODE]   the plan, then PUT/DELETE each; prints job ids
+    cdp segments history ID [--days N]               a segment's size, entries and exits per day
+    cdp jobs show ID [--wait]                        a job's status; --wait shows a progress bar until it ends
+    cdp explain CUSTOMER SEGMENT                     why a customer is, or is not, in a segment
 
-``customers`` and ``requests`` call the API (``DELETE /customers/{id}`` and friends, so the API's one code path
+``customers``, ``requests``, ``jobs``, ``explain`` and ``segments diff|apply|history`` call the API (``DELETE /customers/{id}`` and friends, so the API's one code path
 runs): the running local stack's, or a deployed stack's ``--api-url`` (its ApiUrl output), signed with SigV4 and
 boto3's usual credentials.
 
@@ -144,7 +149,7 @@ def _import(args: argparse.Namespace) -> int:
 def _history(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from cdp_dev.history import HistoryShape, write_history
+    from cdp_dev.order_history import HistoryShape, write_history
 
     scale = 10 if args.quick else 1
     end = datetime.fromisoformat(args.end) if args.end else None
@@ -463,12 +468,13 @@ def _add_sources(commands: Any) -> None:
     sources.set_defaults(run=_sources)
 
 
-def _api_call(args: argparse.Namespace, method: str, path: str) -> tuple[int, Any]:
+def _api_call(args: argparse.Namespace, method: str, path: str, body: Any = None,
+              query: dict[str, str] | None = None) -> tuple[int, Any]:
     """``method path`` on the API: the local stack's, or ``--api-url`` signed with SigV4 (execute-api)."""
     import json
     import urllib.error
     import urllib.request
-    from urllib.parse import quote
+    from urllib.parse import quote, urlencode
 
     from cdp_dev.targets import _only
 
@@ -477,26 +483,53 @@ def _api_call(args: argparse.Namespace, method: str, path: str) -> tuple[int, An
     else:
         base, sign = _only(_local_stacks(), "for a deployed stack pass --api-url URL (its ApiUrl output)").api, False
     url = base + "/".join(quote(part, safe="") for part in path.split("/"))
-    headers: dict[str, str] = {}
+    if query:
+        url += "?" + urlencode(query)
+    data = None if body is None else json.dumps(body).encode()
+    headers: dict[str, str] = {"Content-Type": "application/json"} if data is not None else {}
     if sign:
         import boto3
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
 
         session = boto3.Session(region_name=args.region)
-        signed = AWSRequest(method=method, url=url)
+        signed = AWSRequest(method=method, url=url, data=data, headers=headers)
         SigV4Auth(session.get_credentials(), "execute-api", session.region_name or "us-east-1").add_auth(signed)
         headers = dict(signed.headers.items())
-    request = urllib.request.Request(url, method=method, headers=headers)
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as error:
-        body = error.read()
+        text = error.read()
         try:
-            return error.code, json.loads(body)
+            return error.code, json.loads(text)
         except ValueError:
-            return error.code, {"message": body.decode("utf-8", "replace")[:200]}
+            return error.code, {"message": text.decode("utf-8", "replace")[:200]}
+
+
+class ApiRefused(Exception):
+    """The API answered 4xx/5xx: its message, and each definition problem on a line of its own."""
+
+
+def _api_answer(args: argparse.Namespace, method: str, path: str, body: Any = None,
+                query: dict[str, str] | None = None) -> Any:
+    """The API's answer, or ApiRefused with what it said."""
+    status, answer = _api_call(args, method, path, body, query)
+    if status >= 400:
+        raise ApiRefused(api_problem(status, answer))
+    return answer
+
+
+def api_problem(status: int, answer: Any) -> str:
+    """An error answer as the CLI prints it: the message, then each definition problem as validate reports it."""
+    if not isinstance(answer, dict):
+        return f"the API answered {status}"
+    lines = [str(answer.get("message") or f"the API answered {status}")]
+    for issue in answer.get("errors") or []:
+        where = ": ".join(part for part in (issue.get("segment_id"), issue.get("path")) if part)
+        lines.append(f"{where}: {issue.get('message')}" if where else str(issue.get("message")))
+    return "\n".join(lines) if len(lines) <= 2 else "\n".join(lines[1:])
 
 
 def _privacy_command(args: argparse.Namespace) -> int:

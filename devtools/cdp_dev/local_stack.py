@@ -32,13 +32,17 @@ from urllib.parse import parse_qs, urlsplit
 from cdp_dev.emulator import LAYOUTS, Emulator
 from cdp_dev.handlers import load_handler
 from cdp_dev.lambda_events import kinesis_record, stream_envelope
+from cdp_dev.local_jobs import InProcessJobRunner, LocalPopulationSchedule, runner_override
 
 REGION = "us-east-1"
 LOCAL_VERIFY_DELAY_SECONDS = 2  # a deletion's verify pass (the template's waits a minute for the exits)
 LOCAL_VISIBILITY_SECONDS = 2  # a failed integration batch comes back this soon (the template's is minutes)
 FEED_QUEUE = "cdp-local-transitions"
 FEED_KEEP = 200  # with no feed printing them, the feed queue keeps the newest transitions, for cdp tail and tests
-SHARED_CLOCK = ("ingest", "timers", "api")  # the functions given the stack's one clock (email's cap is wall time)
+# Functions CloudFormation runs at deploy time (custom resources): the local stack runs each once at start, as a
+# deploy would, and never as a component.
+DEPLOY_TIME = ("catalogue",)
+SHARED_CLOCK = ("ingest", "timers", "api", "jobs")  # given the stack's one clock (email's cap is wall time)
 SOURCE = "cdp.segments"
 COLLECTOR_PREFIX = "/v1/"  # Segment's Tracking API routes, served by the collector function
 LOCAL_SOURCE = "local"  # the source `cdp run` makes, whose write key it prints
@@ -251,7 +255,10 @@ def _joined(value: dict[str, Any]) -> str:
 
 
 def _rate_seconds(expression: str) -> float:
-    """``rate(1 minute)``, ``rate(5 minutes)``, ``rate(1 hour)`` as seconds."""
+    """``rate(1 minute)``, ``rate(5 minutes)``, ``rate(1 hour)`` as seconds; a ``cron(...)`` as a day (the
+    stack's crons are daily: the segment history's snapshot)."""
+    if expression.startswith("cron("):
+        return 86400.0
     amount, unit = expression.removeprefix("rate(").removesuffix(")").split()
     return float(amount) * {"minute": 60, "hour": 3600, "day": 86400}[unit.rstrip("s")]
 
@@ -570,7 +577,17 @@ class LocalStack:
         for variables in self.resources.functions.values():
             os.environ.update(variables)
         os.environ.update({"POWERTOOLS_SERVICE_NAME": "cdp-local", "POWERTOOLS_LOG_LEVEL": "WARNING"})
+        self._deploy()
         self._wire()
+
+    def _deploy(self) -> None:
+        """Run the template's deploy-time functions as CloudFormation's Create would (the catalogue's seeds the
+        definitions store from segments/), then leave them out of the running stack."""
+        for folder in [f for f in DEPLOY_TIME if f in self.resources.functions]:
+            handler = load_handler(self.root, folder)
+            with self._environment_of(folder):
+                handler.handle({"RequestType": "Create"}, None, handler.build())
+            del self.resources.functions[folder]
 
     def stop(self) -> list[str]:
         """Stop every component, then the emulator; the names of components still busy after STOP_SECONDS.
@@ -685,11 +702,18 @@ class LocalStack:
         self.handlers = handlers
         self._count_batches()
         self._dependencies: dict[str, Any] = {}
+        # Jobs run on threads here, over the jobs function's own steps (no Step Functions locally).
+        self.job_runner = InProcessJobRunner(lambda: self._dependencies["jobs"].job_engine())
         for folder, handler in handlers.items():
             given = {"clock": self.clock} if folder in SHARED_CLOCK else {}
+            given.update(runner_override(handler, self.job_runner))
             with self._environment_of(folder):  # each function's cold start reads its own environment
                 self._dependencies[folder] = handler.build(**given)
         self._configure_front()
+        if "jobs" in handlers:  # the hourly population statistics, here whenever the ingest has moved and settled
+            self.population = LocalPopulationSchedule(self._dependencies["jobs"].job_store, self.job_runner,
+                                                      lambda: self.ingest.applied, self.clock.now)
+            self._thread("schedule->population", self.population.run, self.stopping)
         for mapping in self.resources.mappings:
             if mapping.source in self.resources.streams:
                 self._thread(f"kinesis->{mapping.function}", self._poll_kinesis, mapping)
@@ -897,7 +921,8 @@ class LocalStack:
 
     def _tick(self, schedule: Schedule) -> None:
         """EventBridge's schedule: a Scheduled Event to the function at every tick."""
-        seconds = self.timer_tick if self.timer_tick is not None else schedule.seconds
+        # The tick override is for the minute schedules (the timers'), not for daily ones.
+        seconds = self.timer_tick if self.timer_tick is not None and schedule.seconds <= 60 else schedule.seconds
         handler = self.handlers[schedule.function]
         while not self.stopping.wait(seconds):
             scheduled = {"version": "0", "id": f"local-{time.monotonic_ns()}", "detail-type": "Scheduled Event",

@@ -10,12 +10,24 @@ A story file (``segments/stories/*.yaml``)::
     expect:                        # for each (customer, segment) named here: exactly these, in order
       - {at: 0m, customer: frank, segment: potential-abandoners, change: entered}
       - {at: 2d, customer: frank, segment: cart-abandoners, change: entered}
+
+A story may give the population statistics that ``percentile`` conditions compare with, per metric
+(``orders``, ``revenue``, ``average_order_value``) either the other customers' values or the value at
+whole percentiles (a percentile not given takes the value of the next one given above it, and above
+the highest given, its value)::
+
+    population:
+      revenue: [0, 0, 20, 35, 50, 80, 120, 150, 200, 400]   # top 20%: above 150
+      orders: {percentiles: {50: 1, 80: 3}}                 # top 20%: above 3
+
+They hold for the whole story, as the statistics computed before it started.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +35,8 @@ from cdp.core.catalogue import Catalogue
 from cdp.core.durations import parse_duration
 from cdp.core.engine import Engine
 from cdp.core.events import InvalidEvent, normalise
+from cdp.core.language import RFM_METRICS
+from cdp.core.population import PopulationStats
 from cdp_dev.replay import Replay
 
 
@@ -48,7 +62,7 @@ def run_story(story: dict[str, Any], catalogue: Catalogue, source: str = "") -> 
     result = StoryResult(source, str(story.get("name", source)))
     try:
         start = datetime.fromisoformat(str(story["start"]).replace("Z", "+00:00")).timestamp()
-        replay = Replay(Engine(catalogue))
+        replay = Replay(Engine(catalogue, population_stats(story.get("population"), int(start))))
         log = []
         messages = []
         for number, raw in enumerate(story.get("events") or []):
@@ -84,6 +98,50 @@ def run_story(story: dict[str, Any], catalogue: Catalogue, source: str = "") -> 
                 return ", ".join(f"{k} at +{format_offset(at - start)}" for _, k, at in items) or "nothing"
             result.problems.append(f"{customer} / {segment}: expected {show(want)}; got {show(got)}")
     return result
+
+
+def population_stats(raw: Any, at: int) -> PopulationStats | None:
+    """The statistics a story's ``population`` gives (None without one); ValueError names what is wrong."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError("population: must map metrics to values or percentiles")
+    values: dict[str, list[float]] = {}
+    tables: dict[str, tuple[float, ...]] = {}
+    for metric, given in raw.items():
+        where = f"population.{metric}"
+        if metric not in RFM_METRICS:
+            raise ValueError(f"{where}: not one of {', '.join(RFM_METRICS)}")
+        if isinstance(given, list) and given:
+            values[metric] = [_figure(value, f"{where}[{index}]") for index, value in enumerate(given)]
+        elif isinstance(given, dict) and list(given) == ["percentiles"]:
+            tables[metric] = _percentile_table(given["percentiles"], f"{where}.percentiles")
+        else:
+            raise ValueError(f"{where}: must be a non-empty list of values, or {{percentiles: {{80: 150}}}}")
+    stats = PopulationStats.from_values(values, computed_at=at)
+    return PopulationStats({**stats.percentiles, **tables}, at, stats.population)
+
+
+def _figure(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: must be a number, not {value!r}")
+    return float(value)
+
+
+def _percentile_table(raw: Any, where: str) -> tuple[float, ...]:
+    """The value at each whole percentile 1..99 from some of them: each takes the next one given at or above."""
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"{where}: must map whole percentiles 1..99 to values")
+    given: dict[int, float] = {}
+    for key, value in raw.items():
+        rank = int(key) if isinstance(key, int) or (isinstance(key, str) and key.isdigit()) else 0
+        if isinstance(key, bool) or not 1 <= rank <= 99:
+            raise ValueError(f"{where}.{key}: must be a whole percentile from 1 to 99")
+        given[rank] = _figure(value, f"{where}.{key}")
+    ranks = sorted(given)
+    if any(given[low] > given[high] for low, high in pairwise(ranks)):
+        raise ValueError(f"{where}: values must not fall as the percentile rises")
+    return tuple(given[next((r for r in ranks if r >= rank), ranks[-1])] for rank in range(1, 100))
 
 
 def format_offset(seconds: float) -> str:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, replace
-from functools import cache
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from functools import cache, cached_property
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 from urllib.parse import unquote
 
 from aws_lambda_powertools import Logger, Metrics
@@ -25,26 +26,40 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cdp.api.models import (
+    CustomerExplanation,
     CustomerExport,
     CustomerProfile,
     CustomerSegments,
+    DefinitionIssue,
+    DefinitionProblem,
     DeletionAccepted,
+    JobDocument,
     MemberPage,
     MembershipEdit,
     MembershipEditResult,
+    PreviewResult,
     Problem,
     RequestStatus,
     SegmentDefinition,
+    SegmentDeleted,
+    SegmentExplanation,
+    SegmentHistory,
     SegmentList,
+    SegmentSaved,
+    SegmentVersions,
+    ValidationResult,
 )
 from cdp.api.views import (
+    definition_issues,
     export_document,
+    history_days,
     holds_email,
     normalised_email,
     profile_document,
     request_document,
     segment_document,
     segments_summary,
+    version_document,
 )
 from cdp.config import ApiConfig, cors_origins
 from cdp.core.catalogue import Catalogue, Segment, load_catalogue
@@ -56,17 +71,26 @@ from cdp.core.static_segments import InvalidEdit, UnknownSegment, static_edit
 from cdp.pipeline.privacy import UnknownCustomer, export_customer, start_deletion
 from cdp.pipeline.write import edit_static_segment
 from cdp.ports import (
+    CatalogueHead,
     ConflictError,
     CustomerStores,
+    DefinitionStore,
     IdentityMap,
     InvalidCursor,
     MemberListing,
     PrivacyJobs,
     PrivacyRequests,
     ProfileLookup,
+    SegmentChange,
+    SegmentVersion,
     TransientError,
 )
 from cdp.wiring import assemble
+
+if TYPE_CHECKING:
+    from cdp.core.language import DefinitionError
+    from cdp.pipeline.jobs import Job, JobRunner, JobStore, ProfileScan
+    from cdp.pipeline.live_catalogue import LiveCatalogue
 
 logger = Logger(service="cdp-api")
 metrics = Metrics(namespace="cdp", service="api")
@@ -85,7 +109,11 @@ SEGMENT_ID = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9
 PROBLEMS = {400: "The request is invalid; `field` names what is wrong.", 403: "Not allowed.",
             404: "Not found.", 409: "The profile kept changing while it was being updated; try again.",
             415: "The body is not application/json.",
+            501: "The deployment has no such capability configured (the message names what is missing).",
             503: "A downstream service is throttling; retry after `Retry-After` seconds."}
+DEFINITION_PROBLEM = {"description": "The definition is invalid: every problem, with its path and rule (as `cdp "
+                                     "segments validate` reports them).",
+                      "content": {"application/json": {"model": DefinitionProblem}}}
 REQUEST_ID = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
 
 
@@ -93,7 +121,10 @@ def documented(model: type[Any], description: str, *problems: int) -> dict[int, 
     """The responses a route documents: its success model and the problems it can answer."""
     responses: dict[int, Any] = {200: {"description": description, "content": {"application/json": {"model": model}}}}
     for code in sorted({400, 404, *problems, 503}):
-        responses[code] = {"description": PROBLEMS[code], "content": {"application/json": {"model": Problem}}}
+        if code == 422:
+            responses[code] = DEFINITION_PROBLEM
+        else:
+            responses[code] = {"description": PROBLEMS[code], "content": {"application/json": {"model": Problem}}}
     return responses
 
 
@@ -130,6 +161,17 @@ class Dependencies:
     request_days: int = 365
     # What static-segment edits evaluate with: the deployment's consent policy and profile retention
     engine: Engine | None = None
+    # Segment definitions at runtime (None: not configured; the routes that need them answer 501)
+    definitions: DefinitionStore | None = None  # writes: PUT/DELETE /segments/{segmentId}, versions
+    catalogue_source: LiveCatalogue | None = None  # what ``catalogue`` and ``engine`` follow, checked per request
+    job_store: JobStore | None = None
+    runner: JobRunner | None = None
+    scan: ProfileScan | None = None  # previews scan the profiles
+    history: SegmentHistoryReader | None = None
+
+
+class SegmentHistoryReader(Protocol):
+    def days(self, segment_id: str, since: str) -> list[dict[str, Any]]: ...
 
 
 _dependencies: Dependencies | None = None
@@ -164,9 +206,10 @@ def build(**overrides: Any) -> Dependencies:
     client = boto3.client("dynamodb")
     region = os.environ.get("AWS_REGION")
     privacy = bool(config.requests_table and config.privacy_queue_url)
+    lifecycle = _Lifecycle(client, config, dict(overrides))
     return assemble(
         Dependencies, overrides,
-        catalogue=lambda: load_catalogue(config.catalogue_path),
+        catalogue=lifecycle.catalogue,
         profiles=lambda: DynamoProfileStore(client, config.profiles_table),
         members=lambda: DynamoMembersIndex(client, config.members_table, config.member_shards,
                                            pseudonyms=pseudonyms),
@@ -180,13 +223,87 @@ def build(**overrides: Any) -> Dependencies:
                                             members_table=config.members_table, ledger_table=config.ledger_table,
                                             quarantine_bucket="", pseudonyms=pseudonyms) if privacy else None,
         request_days=lambda: config.request_days,
-        engine=lambda: Engine(load_catalogue(config.catalogue_path), consent_policy=config.consent_policy,
+        engine=lambda: Engine(lifecycle.catalogue(), consent_policy=config.consent_policy,
                               retention_days=config.retention_days),
+        definitions=lifecycle.definitions,
+        catalogue_source=lambda: lifecycle.live,
+        job_store=lambda: lifecycle.jobs[0],
+        runner=lambda: lifecycle.jobs[1],
+        scan=lifecycle.scan,
+        history=lifecycle.history,
     )
+
+
+class _Lifecycle:
+    """The parts of segment lifecycle, each built once and only when asked for (an override is never built)."""
+
+    def __init__(self, client: Any, config: ApiConfig, overrides: dict[str, Any]) -> None:
+        self.client, self.config, self.overrides = client, config, overrides
+
+    @cached_property
+    def live(self) -> LiveCatalogue | None:
+        if "catalogue_source" in self.overrides:
+            given: LiveCatalogue | None = self.overrides["catalogue_source"]
+            return given
+        from cdp.aws.definitions import live_catalogue
+
+        return live_catalogue(os.environ, lambda: load_catalogue(self.config.catalogue_path))
+
+    def catalogue(self) -> Catalogue:
+        return self.live.catalogue if self.live is not None else load_catalogue(self.config.catalogue_path)
+
+    def definitions(self) -> DefinitionStore | None:
+        from cdp.aws.definitions import definition_store
+
+        # Strongly consistent head: a save validates against the head it commits on.
+        return definition_store(os.environ, consistent_head=True)
+
+    @cached_property
+    def jobs(self) -> tuple[JobStore | None, JobRunner | None]:
+        from cdp.aws.jobs import jobs_from_env
+
+        found = jobs_from_env(os.environ)
+        return found if found is not None else (None, None)
+
+    def scan(self) -> ProfileScan | None:
+        from cdp.aws.jobs import DynamoProfileScan
+
+        return DynamoProfileScan(self.client, self.config.profiles_table)
+
+    def history(self) -> SegmentHistoryReader | None:
+        from cdp.aws.history import segment_history
+
+        return segment_history(os.environ)
 
 
 def deps() -> Dependencies:
     return _dependencies or dependencies()
+
+
+def _follow_catalogue(resolver: APIGatewayRestResolver, next_middleware: Any) -> Any:
+    """Before each request: the catalogue and engine follow the definitions store (one small read at most every
+    ``CATALOGUE_CHECK_SECONDS``)."""
+    _refresh()
+    return next_middleware(resolver)
+
+
+def _refresh(*, force: bool = False) -> Dependencies:
+    """The dependencies, with the live catalogue's current catalogue in ``catalogue`` (and given to the engine)."""
+    d = deps()
+    source = d.catalogue_source
+    if source is None:
+        return d
+    if d.engine is not None:
+        source.update(d.engine, force=force)
+    else:
+        source.refresh(force=force)
+    if source.catalogue is not d.catalogue:
+        d = replace(d, catalogue=source.catalogue)
+        configure(d)
+    return d
+
+
+app.use(middlewares=[_follow_catalogue])
 
 
 def _problem(status: int, code: str, message: str, field: str | None = None,
@@ -359,6 +476,43 @@ def get_customer_segments(customerId: ID) -> CustomerSegments:
                                             **segments_summary(profile, deps().catalogue)})
 
 
+EXPLAIN_SEGMENT = Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$",
+                                               description="A segment id; without it, every segment's verdict.")]
+
+
+@app.get("/customers/<customerId>/explain", summary="Why a customer is, or is not, in a segment",
+         description="With `segment`: the condition tree as the engine evaluates it now, with at each node the "
+                     "profile's value, the threshold, true or false, and for time conditions when it next changes. "
+                     "Without it: every enabled segment's verdict (`holds`, `member`, `entered_by`).",
+         responses=documented(SegmentExplanation | CustomerExplanation,  # type: ignore[arg-type]
+                              "The segment's explanation (`segment` given), or every segment's verdict", 404),
+         security=OPERATOR, tags=["customers"])
+def explain_customer(customerId: ID, segment: EXPLAIN_SEGMENT = None) -> Response[str]:
+    from cdp.core.explain import explain_segment
+
+    d = deps()
+    requested = unquote(customerId)
+    profile = _live_profile(_canonical(requested), NOT_FOUND)
+    stats = d.catalogue_source.stats if d.catalogue_source is not None else None
+    refusal = d.engine.profiling_refusal(profile) if d.engine is not None else None
+    now = d.clock.now()
+    who = {"customer_id": profile.customer_id}
+    if requested != profile.customer_id:
+        who["requested_id"] = requested
+    body: SegmentExplanation | CustomerExplanation
+    if segment is not None:
+        body = SegmentExplanation.model_validate(
+            {**who, **explain_segment(d.catalogue, segment, profile, now, stats, refusal)})
+    else:
+        verdicts = [explain_segment(d.catalogue, s.id, profile, now, stats, refusal)
+                    for s in sorted(d.catalogue.segments.values(), key=lambda s: s.rank())]
+        body = CustomerExplanation.model_validate({**who, "segments": [
+            {key: v.get(key) for key in ("segment", "name", "holds", "member", "since", "entered_by", "note")}
+            for v in verdicts]})
+    return Response(status_code=200, content_type=content_types.APPLICATION_JSON,
+                    body=body.model_dump_json())
+
+
 @app.get("/me", summary="The signed-in end user's own profile",
          responses=documented(CustomerProfile, "The caller's own profile", 403, 404), security=END_USER,
          tags=["customers"])
@@ -376,12 +530,24 @@ def get_me() -> CustomerProfile:
     return _customer_document(profile)
 
 
-@app.get("/segments", summary="Every enabled segment's definition",
-         responses=documented(SegmentList, "The enabled segments, highest priority first"), security=OPERATOR,
+@app.get("/segments", summary="Every segment's definition and stored version",
+         description="The enabled segments, highest priority first; with `disabled=true` the disabled ones too.",
+         responses=documented(SegmentList, "The segments, highest priority first"), security=OPERATOR,
          tags=["segments"])
-def list_segments() -> SegmentList:
-    segments = sorted(deps().catalogue.segments.values(), key=lambda s: s.rank())
-    return SegmentList(segments=[SegmentDefinition.model_validate(segment_document(s)) for s in segments])
+def list_segments(disabled: Annotated[bool, Query(description="Include disabled segments.")] = False) -> SegmentList:
+    d = deps()
+    catalogue = d.catalogue
+    versions = _stored_versions(d)
+    chosen = catalogue.all_segments if disabled else catalogue.segments
+    segments = sorted(chosen.values(), key=lambda s: s.rank())
+    return SegmentList(segments=[SegmentDefinition.model_validate(
+        segment_document(s, version=versions.get(s.id))) for s in segments])
+
+
+def _stored_versions(d: Dependencies) -> dict[str, int]:
+    """Each stored segment's current version, as the head in hand names it (no read)."""
+    head = d.catalogue_source.state.head if d.catalogue_source is not None else None
+    return dict(head.segments) if head is not None else {}
 
 
 def _segment(segment_id: str) -> Segment:
@@ -391,12 +557,303 @@ def _segment(segment_id: str) -> Segment:
     return segment
 
 
-@app.get("/segments/<segmentId>", summary="A segment's definition and current size",
+@app.get("/segments/<segmentId>", summary="A segment's definition, stored version and current size",
          responses=documented(SegmentDefinition, "The definition and size", 404),
          security=OPERATOR, tags=["segments"])
 def get_segment(segmentId: SEGMENT_ID) -> SegmentDefinition:
-    segment = _segment(segmentId)
-    return SegmentDefinition.model_validate(segment_document(segment, deps().members.size(segment.id)))
+    d = deps()
+    segment = d.catalogue.all_segments.get(segmentId)
+    if segment is None:
+        raise NotFound("segmentId: no segment has this id")
+    stored = _current_version(d, segment.id)
+    return SegmentDefinition.model_validate(segment_document(
+        segment, d.members.size(segment.id) if segment.enabled else 0, version=stored.version if stored else None,
+        author=stored.author if stored else None, at=stored.at if stored else None))
+
+
+def _current_version(d: Dependencies, segment_id: str) -> SegmentVersion | None:
+    """The stored version the head in hand names (one read), or None for a segment of the YAML folder."""
+    head = d.catalogue_source.state.head if d.catalogue_source is not None else None
+    store = d.definitions or (d.catalogue_source.store if d.catalogue_source is not None else None)
+    if head is None or store is None or segment_id not in head.segments:
+        return None
+    found = store.current(CatalogueHead(head.version, {segment_id: head.segments[segment_id]}))
+    return found[0] if found else None
+
+
+# ---- segment lifecycle: definitions saved at runtime, validated, previewed, backfilled -------------------------
+
+DELIVER_MODES = ("none", "audiences", "all")
+DELIVER = Annotated[str, Query(pattern=r"^(none|audiences|all)$", description=(
+    "Where the backfill's entries and exits go: `audiences` (the default: ad audiences and list syncs, never "
+    "email, so no one gets a message because a segment was saved), `all` (email too) or `none` (only the "
+    "profiles and the members index)."))]
+BACKFILL = Annotated[bool, Query(description="Start a backfill that evaluates every profile (default true).")]
+DEFINITION = Annotated[dict[str, Any], Body(description="A segment definition, as in a segments/*.yaml file "
+                                                        "(as JSON).")]
+SAVE_RESPONSES: dict[int, Any] = {
+    **documented(SegmentSaved, "The segment's new version (an edit of an existing segment)", 409, 415, 422, 501),
+    201: {"description": "The segment's first version", "content": {"application/json": {"model": SegmentSaved}}}}
+
+
+class DefinitionInvalid(Exception):
+    """A definition that cannot be saved: 422 with every problem."""
+
+    def __init__(self, errors: list[DefinitionError]) -> None:
+        super().__init__(errors[0].render() if errors else "the definition is invalid")
+        self.errors = errors
+
+
+class Unavailable(Exception):
+    """A capability the deployment did not configure (501): the message names the missing variables."""
+
+
+@app.exception_handler(DefinitionInvalid)
+def _definition_invalid(error: DefinitionInvalid) -> Response[str]:
+    issues = definition_issues(error.errors)
+    first = issues[0] if issues else None
+    count = len(issues)
+    message = (f"{first['path'] or 'definition'}: {first['message']}" if count == 1 and first
+               else f"the definition has {count} problems (see errors)")
+    body = DefinitionProblem(code="invalid_definition", message=message, field=first["path"] or None if first else None,
+                             errors=[DefinitionIssue.model_validate(issue) for issue in issues])
+    return Response(status_code=422, content_type=content_types.APPLICATION_JSON, body=body.model_dump_json())
+
+
+class CatalogueBusy(Exception):
+    """Other saves kept committing first (after every retry)."""
+
+
+@app.exception_handler(CatalogueBusy)
+def _catalogue_busy(_: CatalogueBusy) -> Response[str]:
+    return _problem(409, "conflict", "other changes to the catalogue kept committing first; try again")
+
+
+@app.exception_handler(Unavailable)
+def _unavailable(error: Unavailable) -> Response[str]:
+    return _problem(501, "not_configured", str(error))
+
+
+def _store(d: Dependencies) -> DefinitionStore:
+    if d.definitions is None:
+        raise Unavailable("segment definitions are not stored in this deployment (DEFINITIONS_TABLE is not set)")
+    return d.definitions
+
+
+def _jobs(d: Dependencies) -> tuple[JobStore, JobRunner]:
+    if d.job_store is None or d.runner is None:
+        raise Unavailable("jobs are not configured in this deployment (JOBS_TABLE, JOBS_STATE_MACHINE_ARN); "
+                          "pass backfill=false to save without one")
+    return d.job_store, d.runner
+
+
+def _author() -> str:
+    """The caller's IAM principal (API Gateway's IAM authorisation put it there), or ``local``."""
+    identity = (app.current_event.raw_event.get("requestContext") or {}).get("identity") or {}
+    return str(identity.get("userArn") or identity.get("caller") or "local")
+
+
+def _definition(segment_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The body as the definition of ``segment_id``: its ``id`` may be left out, but not name another segment."""
+    from cdp.core.language import DefinitionError
+
+    definition = {"id": segment_id, **body}
+    if definition["id"] != segment_id:
+        raise DefinitionInvalid([DefinitionError("id", "must equal the segment id in the path",
+                                                 segment_id=segment_id)])
+    return definition
+
+
+def _candidate(d: Dependencies, change: SegmentChange) -> Catalogue:
+    """The catalogue in hand with ``change`` made (raises DefinitionInvalid)."""
+    from cdp.pipeline.definitions import DefinitionRejected, candidate_catalogue
+
+    current = {s.id: s.definition for s in d.catalogue.all_segments.values()}
+    try:
+        return candidate_catalogue(current, [change], d.catalogue.version)
+    except DefinitionRejected as error:
+        raise DefinitionInvalid(list(error.errors)) from None
+
+
+def _backfill(d: Dependencies, segment_id: str, deliver: str, catalogue_version: int, because: str) -> Job:
+    from cdp.pipeline.jobs import start_job
+
+    job_store, runner = _jobs(d)
+    options = {"segment_id": segment_id, "deliver": deliver, "catalogue_version": catalogue_version,
+               "because": because}
+    return start_job(job_store, runner, "backfill", options, d.clock.now())
+
+
+def _job_model(job: Job | None) -> JobDocument | None:
+    from cdp.pipeline.jobs import job_document
+
+    return None if job is None else JobDocument.model_validate(job_document(job))
+
+
+def _save(d: Dependencies, change: SegmentChange) -> tuple[Any, Dependencies]:
+    """Commit one change (validated against the store's head; DefinitionInvalid when refused), then follow it."""
+    from cdp.pipeline.definitions import DefinitionRejected, save_segments
+
+    try:
+        saved = save_segments(_store(d), [change], _author(), d.clock.now())
+    except DefinitionRejected as error:
+        raise DefinitionInvalid(list(error.errors)) from None
+    except ConflictError:
+        raise CatalogueBusy() from None
+    return saved, _refresh(force=True)  # this instance answers with the new catalogue at once
+
+
+@app.put("/segments/<segmentId>", summary="Create or change a segment, then backfill it",
+         description="Saves a new version of the definition (every version is kept, with its author and time) and "
+                     "starts a backfill that evaluates every existing profile. A definition with `enabled: false` "
+                     "disables the segment: its members exit (reason `segment disabled`). Follow the job at "
+                     "`GET /jobs/{jobId}`.",
+         responses=SAVE_RESPONSES, security=OPERATOR, tags=["segments"])
+def put_segment(segmentId: SEGMENT_ID, definition: DEFINITION, deliver: DELIVER = "audiences",
+                backfill: BACKFILL = True) -> Response[str]:
+    d = deps()
+    if backfill:
+        _jobs(d)  # before saving: a save the deployment cannot backfill is refused, not half done
+    change = SegmentChange(segmentId, _definition(segmentId, definition))
+    saved, d = _save(d, change)
+    version = saved.versions[segmentId]
+    because = "disabled" if change.definition and change.definition.get("enabled") is False else "saved"
+    job = _backfill(d, segmentId, deliver, saved.head.version, because) if backfill else None
+    segment = saved.catalogue.all_segments[segmentId]
+    body = SegmentSaved(
+        segment=SegmentDefinition.model_validate(segment_document(segment, version=version, author=_author(),
+                                                                  at=d.clock.now())),
+        version=version, catalogue_version=saved.head.version, job=_job_model(job))
+    return Response(status_code=201 if version == 1 else 200, content_type=content_types.APPLICATION_JSON,
+                    body=body.model_dump_json())
+
+
+DELETE_RESPONSES: dict[int, Any] = {
+    202: {"description": "The deletion is saved; its backfill makes every member exit",
+          "content": {"application/json": {"model": SegmentDeleted}}},
+    **{code: value for code, value in documented(SegmentDeleted, "", 409, 422, 501).items() if code != 200}}
+
+
+@app.delete("/segments/<segmentId>", summary="Delete a segment; its members exit",
+            description="Saves a deletion (a version with no definition) and starts a backfill that makes every "
+                        "member exit with reason `segment disabled`. A segment another one refers to cannot be "
+                        "deleted (422).",
+            responses=DELETE_RESPONSES, security=OPERATOR, tags=["segments"])
+def delete_segment(segmentId: SEGMENT_ID, deliver: DELIVER = "audiences", backfill: BACKFILL = True) -> Response[str]:
+    d = deps()
+    store = _store(d)
+    if segmentId not in store.head().segments:
+        raise NotFound("segmentId: no stored segment has this id")
+    if backfill:
+        _jobs(d)
+    saved, d = _save(d, SegmentChange(segmentId, None))
+    job = _backfill(d, segmentId, deliver, saved.head.version, "deleted") if backfill else None
+    body = SegmentDeleted(segment_id=segmentId, version=saved.versions[segmentId],
+                          catalogue_version=saved.head.version, job=_job_model(job))
+    return Response(status_code=202, content_type=content_types.APPLICATION_JSON, body=body.model_dump_json())
+
+
+@app.post("/segments:validate", summary="Check a definition without saving it",
+          description="The same checks as saving it, against the current catalogue (unknown or disabled references "
+                      "and reference cycles included), with the same messages as `cdp segments validate`.",
+          responses=documented(ValidationResult, "The definition is valid", 409, 415, 422), security=OPERATOR,
+          tags=["segments"])
+def validate_segment(definition: DEFINITION) -> ValidationResult:
+    d = deps()
+    segment_id = _checked_id(definition)
+    _candidate(d, SegmentChange(segment_id, definition))
+    return ValidationResult(valid=True, segment_id=segment_id)
+
+
+def _checked_id(definition: dict[str, Any]) -> str:
+    """The definition's own id, or the parser's error for it (as ``cdp segments validate`` reports it)."""
+    from cdp.core.catalogue import parse_definition
+    from cdp.core.language import SLUG, DefinitionError
+
+    segment_id = definition.get("id")
+    if isinstance(segment_id, str) and SLUG.match(segment_id):
+        return segment_id
+    try:
+        parse_definition(definition)
+    except DefinitionError as error:
+        raise DefinitionInvalid([error]) from None
+    raise DefinitionInvalid([DefinitionError("id", "is required")])  # pragma: no cover - the parser refuses it
+
+
+SAMPLE = Annotated[int, Query(ge=0, le=100, description="Members to sample (default 20).")]
+
+
+@app.post("/segments/<segmentId>:preview", summary="The size a definition would have now, before saving it",
+          description="Evaluates the definition over a fresh scan of the profiles (a sample of them on a large "
+                      "table, with the 95% error bound) and answers the size and a sample of members.",
+          responses=documented(PreviewResult, "The size now and a sample of members", 409, 415, 422, 501),
+          security=OPERATOR, tags=["segments"])
+def preview_segment(segmentId: SEGMENT_ID, definition: DEFINITION, sample: SAMPLE = 20) -> PreviewResult:
+    from cdp.pipeline.jobs import preview
+
+    d = deps()
+    candidate = _candidate(d, SegmentChange(segmentId, _definition(segmentId, definition)))
+    if d.scan is None:
+        raise Unavailable("previews need a profile scan, which this deployment does not configure")
+    stats = d.catalogue_source.stats if d.catalogue_source is not None else None
+    if segmentId not in candidate.segments:
+        raise Invalid("enabled", "enabled: a disabled segment has no members to preview")
+    policy = d.engine.consent_policy if d.engine is not None else None
+    found = preview(d.scan, candidate, stats, segmentId, d.clock.now(), sample=sample, consent_policy=policy)
+    return PreviewResult(segment_id=segmentId, size=found.size, scanned=found.scanned, exact=found.exact,
+                         error_bound=found.error_bound, members=list(found.members))
+
+
+@app.get("/segments/<segmentId>/versions", summary="Every version of a segment's definition",
+         responses=documented(SegmentVersions, "Every version, oldest first (deletions included)", 501),
+         security=OPERATOR, tags=["segments"])
+def list_versions(segmentId: SEGMENT_ID) -> SegmentVersions:
+    versions = _store(deps()).history(segmentId)
+    if not versions:
+        raise NotFound("segmentId: no stored segment has this id")
+    return SegmentVersions.model_validate({"segment_id": segmentId,
+                                           "versions": [version_document(v) for v in versions]})
+
+
+JOB_ID = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+
+
+@app.get("/jobs/<jobId>", summary="A job: its status and progress",
+         responses=documented(JobDocument, "The job", 501), security=OPERATOR, tags=["jobs"])
+def get_job(jobId: JOB_ID) -> JobDocument:
+    job_store, _ = _jobs(deps())
+    job = job_store.get(jobId)
+    if job is None:
+        raise NotFound("jobId: no job has this id")
+    return JobDocument.model_validate(_job_document(job))
+
+
+def _job_document(job: Job) -> dict[str, Any]:
+    from cdp.pipeline.jobs import job_document
+
+    return job_document(job)
+
+
+DAYS = Annotated[int, Query(ge=1, le=400, description="Days back from today, today included (default 30).")]
+
+
+@app.get("/segments/<segmentId>/history", summary="A segment's size, entries and exits per day",
+         responses=documented(SegmentHistory, "One row per day, oldest first", 501), security=OPERATOR,
+         tags=["segments"])
+def get_history(segmentId: SEGMENT_ID, days: DAYS = 30) -> SegmentHistory:
+    d = deps()
+    if d.history is None:
+        raise Unavailable("segment history is not kept in this deployment (HISTORY_TABLE is not set)")
+    now = d.clock.now()
+    since = datetime.fromtimestamp(now - (days - 1) * 86400, UTC).date().isoformat()
+    rows = d.history.days(segmentId, since)
+    segment = d.catalogue.segments.get(segmentId)
+    if not rows and segmentId not in d.catalogue.all_segments:
+        raise NotFound("segmentId: no segment has this id")
+    # Today's size before the day's snapshot: the members index's count.
+    size_now = d.members.size(segmentId) if segment is not None else None
+    return SegmentHistory.model_validate({"segment_id": segmentId,
+                                          "days": history_days(rows, now, size_now)})
 
 
 @app.get("/segments/<segmentId>/members", summary="A page of a segment's members",
@@ -511,7 +968,9 @@ def openapi_document() -> str:
     document = json.loads(schema)
     for operations in document.get("paths", {}).values():
         for operation in operations.values():
-            operation.get("responses", {}).pop("422", None)  # validation problems are answered as 400
+            responses = operation.get("responses", {})
+            if "HTTPValidationError" in json.dumps(responses.get("422", {})):
+                responses.pop("422")  # request validation problems are answered as 400; 422 is a bad definition
     schemas = document.get("components", {}).get("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError", "ResponseValidationError"):
         schemas.pop(unused, None)

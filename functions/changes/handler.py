@@ -18,7 +18,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from cdp.config import ChangesConfig
 from cdp.core.catalogue import Catalogue, load_catalogue
 from cdp.envelopes import MalformedEnvelope, table_stream_records
-from cdp.pipeline.changes import MembersIndex, TableChange, publish_changes
+from cdp.pipeline.changes import ChangesResult, MembersIndex, TableChange, publish_changes
+from cdp.pipeline.history import HistoryLog
+from cdp.pipeline.live_catalogue import LiveCatalogue
 from cdp.ports import Publisher
 from cdp.wiring import assemble
 
@@ -35,6 +37,8 @@ class Dependencies:
     bus_name: str
     concurrency: int = 16  # requests in flight at once: membership writes, size updates, PutEvents calls
     published_segments: frozenset[str] | None = None  # the segments whose transitions go on the bus; None: all
+    live: LiveCatalogue | None = None  # refreshed at each invocation, replacing ``catalogue``; None: it stays
+    history: HistoryLog | None = None  # the segment history's daily entries and exits; None: none kept
 
 
 @cache
@@ -47,22 +51,39 @@ def build(**overrides: Any) -> Dependencies:
     """The dependencies from the environment; a part given by name is used instead and never built."""
     import boto3
 
+    from cdp.aws.definitions import live_part
     from cdp.aws.eventbridge import EventBridgePublisher
+    from cdp.aws.history import segment_history
     from cdp.aws.members import DynamoMembersIndex
     from cdp.aws.pseudonyms import pseudonyms_from_env
 
     config = ChangesConfig.from_env(os.environ)
+    live = live_part(overrides, lambda: load_catalogue(config.catalogue_path))
     pseudonyms = pseudonyms_from_env(os.environ)  # the members index's ids: one secret read, at cold start
     return assemble(
         Dependencies, overrides,
-        catalogue=lambda: load_catalogue(config.catalogue_path),
+        catalogue=lambda: live().catalogue,
         index=lambda: DynamoMembersIndex(boto3.client("dynamodb"), config.members_table, config.member_shards,
                                          pseudonyms=pseudonyms),
         publisher=lambda: EventBridgePublisher(boto3.client("events")),
         bus_name=lambda: config.event_bus,
         concurrency=lambda: config.concurrency,
         published_segments=lambda: config.published_segments,
+        live=live,
+        history=lambda: segment_history(os.environ),  # HISTORY_TABLE; unset: no history
     )
+
+
+def report_history(result: ChangesResult) -> None:
+    """History updates that failed are counted, not retried: the history is monitoring, best effort, and a
+    retried batch would not count its (already written) memberships again anyway."""
+    if not result.history_lost:
+        return
+    lost = sum(count.entered + count.exited for count in result.history_lost.values())
+    metrics.add_metric(name="HistoryUpdatesLost", unit=MetricUnit.Count, value=lost)
+    logger.warning("segment history updates failed; those days' entries and exits are short",
+                   extra={"segments": sorted({segment_id for segment_id, _ in result.history_lost}),
+                          "changes": lost})
 
 
 class ChangeNotPublished(Exception):
@@ -98,8 +119,13 @@ def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependenc
     if not raw_records:
         return {"batchItemFailures": []}
     changes = [table_change(r) for r in raw_records]
-    result = publish_changes(changes, deps.catalogue, deps.index, deps.publisher, deps.bus_name,
-                             concurrency=deps.concurrency, published_segments=deps.published_segments)
+    catalogue = deps.catalogue
+    if deps.live is not None:
+        deps.live.refresh()  # a head read at most every CATALOGUE_CHECK_SECONDS
+        catalogue = deps.live.catalogue
+    result = publish_changes(changes, catalogue, deps.index, deps.publisher, deps.bus_name,
+                             concurrency=deps.concurrency, published_segments=deps.published_segments,
+                             history=deps.history)
     tally = Counter((change.segment_id, change.kind) for change in result.applied)
     for (segment_id, kind), count in tally.items():
         if is_metrics_disabled():  # as Metrics does; single_metric itself would print anyway
@@ -116,6 +142,7 @@ def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependenc
         logger.error("segment size updates failed after resending; those sizes are off until recounted",
                      extra={"segments": sorted({counter.split("#")[0] for counter in result.sizes_lost}),
                             "members": lost})
+    report_history(result)
     if result.failed:
         logger.warning("stream records to retry", extra={"count": len(result.failed),
                                                           "reasons": sorted(set(result.failure_reasons.values()))})

@@ -104,7 +104,8 @@ def record_metrics(result: DeliveryResult, retried: int) -> None:
     lost = sum(1 for _, reason in result.skipped if reason.startswith((UNKNOWN_OUTCOME, "not sent and not retried")))
     for name, value in (("Sent", len(result.delivered)), ("Skipped", len(result.skipped)),
                         ("Refused", len(result.refused)), ("Retried", retried), ("NotRetried", lost),
-                        ("NoProfile", result.no_profile), ("Forgotten", result.forgotten)):
+                        ("NoProfile", result.no_profile), ("Forgotten", result.forgotten),
+                        ("BackfillSuppressed", result.suppressed)):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
     # Reasons and segment ids only: never an email address.
     if result.skipped:

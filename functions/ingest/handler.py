@@ -14,7 +14,7 @@ import binascii
 import os
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -31,6 +31,7 @@ from cdp.core.engine import Engine
 from cdp.envelopes import MalformedEnvelope, kinesis_records
 from cdp.pipeline.identity import Identity
 from cdp.pipeline.ingest import BatchResult, StreamRecord, ingest_batch
+from cdp.pipeline.live_catalogue import LiveCatalogue
 from cdp.pipeline.parallel import request_pool
 from cdp.ports import ProfileStore, Quarantine
 from cdp.wiring import assemble
@@ -48,6 +49,7 @@ class Dependencies:
     clock: Clock
     pool: Executor | None = None  # the profile writes of a batch in flight at once; None: one after another
     identity: Identity | None = None  # the id map and merge rules; None: every id is its own customer
+    live: LiveCatalogue | None = None  # refreshed at each invocation; None: the engine's catalogue stays
 
 
 @cache
@@ -62,17 +64,19 @@ def build(**overrides: Any) -> Dependencies:
     import boto3
     from botocore.config import Config
 
+    from cdp.aws.definitions import live_part
     from cdp.aws.dynamo import DynamoProfileStore
     from cdp.aws.identity_map import DynamoIdentityMap, bind_identity_map
     from cdp.aws.quarantine import S3Quarantine
 
     config = IngestConfig.from_env(os.environ)
+    live = live_part(overrides, lambda: load_catalogue(config.catalogue_path))
     # One connection per write in flight, so the pool never waits for a connection. The adapters build
     # every request themselves, so botocore's parameter check would only repeat work on the hot path.
     dynamodb = Config(max_pool_connections=max(10, config.write_concurrency), parameter_validation=False)
     return assemble(
         Dependencies, overrides,
-        engine=lambda: Engine(load_catalogue(config.catalogue_path), max_future_skew=config.max_future_skew,
+        engine=lambda: Engine(live().catalogue, live().stats, max_future_skew=config.max_future_skew,
                               consent_policy=config.consent_policy, retention_days=config.retention_days),
         store=lambda: DynamoProfileStore(boto3.client("dynamodb", config=dynamodb), config.profiles_table),
         quarantine=lambda: S3Quarantine(boto3.client("s3"), config.quarantine_bucket),
@@ -81,6 +85,7 @@ def build(**overrides: Any) -> Dependencies:
         identity=lambda: Identity(
             DynamoIdentityMap(bind_identity_map(config.identity_table, os.environ.get("AWS_REGION"))),
             merge_known=config.merge_known, after_deletion=config.after_deletion),
+        live=live,
     )
 
 
@@ -110,8 +115,13 @@ def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependenc
         raise
     if not raw_records:
         return {"batchItemFailures": []}
+    newer = None
+    if deps.live is not None:
+        deps.live.update(deps.engine)  # a head read at most every CATALOGUE_CHECK_SECONDS, not one per event
+        newer = partial(deps.live.update, deps.engine, force=True)  # a profile a newer catalogue evaluated
+
     result = ingest_batch([stream_record(r) for r in raw_records], deps.engine, deps.store,
-                          deps.quarantine, deps.clock, deps.pool, identity=deps.identity)
+                          deps.quarantine, deps.clock, deps.pool, identity=deps.identity, newer_catalogue=newer)
     record_metrics(result)
     failed = result.failure_reasons
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
@@ -21,7 +21,9 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from cdp.core.catalogue import load_catalogue
 from cdp.core.clock import Clock, WallClock
+from cdp.pipeline.live_catalogue import LiveCatalogue
 from cdp.pipeline.privacy import DONE, FAILED, Erasure, InvalidJob, run_job
 from cdp.wiring import assemble
 
@@ -33,6 +35,7 @@ metrics = Metrics(namespace="cdp", service="privacy")
 class Dependencies:
     erasure: Erasure
     clock: Clock
+    live: LiveCatalogue | None = None  # adds the catalogue's segments to the erasure's (members rows); None: none
 
 
 @cache
@@ -45,15 +48,17 @@ def build(**overrides: Any) -> Dependencies:
     """The dependencies from the environment; a part given by name is used instead and never built."""
     import boto3
 
+    from cdp.aws.definitions import live_part
     from cdp.aws.erasure import DynamoCustomerStores, SqsPrivacyJobs
     from cdp.aws.identity_map import DynamoIdentityMap, bind_identity_map
     from cdp.aws.pseudonyms import pseudonyms_from_env
     from cdp.aws.requests import DynamoPrivacyRequests, bind_requests
     from cdp.config import PrivacyConfig
-    from cdp.core.catalogue import load_catalogue
 
     config = PrivacyConfig.from_env(os.environ)
     region = os.environ.get("AWS_REGION")
+    folder = cache(lambda: load_catalogue(config.catalogue_path))
+    live = live_part(overrides, folder)
 
     def erasure() -> Erasure:
         stores = DynamoCustomerStores(boto3.client("dynamodb"), boto3.client("s3"),
@@ -63,13 +68,25 @@ def build(**overrides: Any) -> Dependencies:
         return Erasure(DynamoPrivacyRequests(bind_requests(config.requests_table, region)),
                        SqsPrivacyJobs(boto3.client("sqs"), config.queue_url),
                        DynamoIdentityMap(bind_identity_map(config.identity_table, region)), stores,
-                       sorted(load_catalogue(config.catalogue_path).segments), config.member_shards,
+                       sorted(folder().all_segments), config.member_shards,
                        config.tombstone_days, config.verify_delay_seconds)
 
-    return assemble(Dependencies, overrides, erasure=erasure, clock=WallClock)
+    return assemble(Dependencies, overrides, erasure=erasure, clock=WallClock, live=live)
+
+
+def current_erasure(deps: Dependencies) -> Erasure:
+    """The erasure over every segment of the catalogue in hand (refreshed) as well as the deployed folder's:
+    a segment made at runtime has members rows too."""
+    if deps.live is None:
+        return deps.erasure
+    deps.live.refresh()
+    segment_ids = sorted({*deps.erasure.segment_ids, *deps.live.catalogue.all_segments})
+    return replace(deps.erasure, segment_ids=segment_ids)
 
 
 def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependencies) -> dict[str, Any]:
+    erasure = current_erasure(deps)
+
     def run(record: SQSRecord) -> None:
         try:
             message = json.loads(record.body)
@@ -79,7 +96,7 @@ def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependenc
             logger.error("a privacy job message that is not a JSON object is dropped")
             return
         try:
-            status = run_job(deps.erasure, message, deps.clock.now())
+            status = run_job(erasure, message, deps.clock.now())
         except InvalidJob as error:
             logger.error("an invalid privacy job message is dropped", extra={"reason": str(error)})
             return

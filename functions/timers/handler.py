@@ -20,6 +20,7 @@ from cdp.config import ConfigError, TimersConfig
 from cdp.core.catalogue import load_catalogue
 from cdp.core.clock import Clock, WallClock, clock_from_env
 from cdp.core.engine import Engine
+from cdp.pipeline.live_catalogue import LiveCatalogue
 from cdp.pipeline.parallel import request_pool
 from cdp.pipeline.timers import DUE_SHARDS, DueIndex, SweepResult, sweep
 from cdp.ports import ProfileStore
@@ -38,6 +39,7 @@ class Dependencies:
     page_size: int = 100
     reserve_ms: int = 10_000
     pool: Executor | None = None  # the profile writes of a page in flight at once; None: one after another
+    live: LiveCatalogue | None = None  # refreshed at each run; None: the engine's catalogue stays
 
 
 @cache
@@ -52,14 +54,16 @@ def build(**overrides: Any) -> Dependencies:
     import boto3
     from botocore.config import Config
 
+    from cdp.aws.definitions import live_part
     from cdp.aws.dynamo import DynamoDueIndex, DynamoProfileStore
 
     config = TimersConfig.from_env(os.environ)
+    live = live_part(overrides, lambda: load_catalogue(config.catalogue_path))
     client = boto3.client("dynamodb", config=Config(max_pool_connections=max(10, config.write_concurrency),
                                                     parameter_validation=False))
     return assemble(
         Dependencies, overrides,
-        engine=lambda: Engine(load_catalogue(config.catalogue_path), consent_policy=config.consent_policy,
+        engine=lambda: Engine(live().catalogue, live().stats, consent_policy=config.consent_policy,
                               retention_days=config.retention_days),
         store=lambda: DynamoProfileStore(client, config.profiles_table),
         index=lambda: DynamoDueIndex(client, config.profiles_table, config.due_index),
@@ -67,6 +71,7 @@ def build(**overrides: Any) -> Dependencies:
         page_size=lambda: config.page_size,
         reserve_ms=lambda: config.reserve_ms,
         pool=lambda: request_pool(config.write_concurrency, "cdp-timers-writes"),
+        live=live,
     )
 
 
@@ -87,6 +92,8 @@ def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependenc
         return remaining is None or remaining() > deps.reserve_ms
 
     shards = sweep_shards(event)
+    if deps.live is not None:
+        deps.live.update(deps.engine)  # a head read at most every CATALOGUE_CHECK_SECONDS
     # Each minute's run starts at a different shard, so no shard always waits behind the others.
     rotation = int(deps.clock.now() // 60) % len(shards)
     result = sweep(deps.index, deps.store, deps.engine, deps.clock, page_size=deps.page_size,

@@ -39,6 +39,7 @@ QUARANTINE_BUCKET = "cdp-quarantine"
 BUS_NAME = "cdp-bus"
 QUEUE_NAME = "cdp-segment-events"
 MEMBER_SHARDS = 16
+DEFINITIONS_TABLE = "cdp-definitions"
 WRITE_POOL = request_pool(4, "test-profile-writes")  # profile writes go out concurrently, as in Lambda
 KINESIS_ARN = SAMPLE_STREAM_ARN
 
@@ -378,6 +379,15 @@ def create_ledger_table(ddb: Any, name: str) -> None:
                      GlobalSecondaryIndexes=[{"IndexName": "customer",
                                               "KeySchema": [{"AttributeName": "customer", "KeyType": "HASH"}],
                                               "Projection": {"ProjectionType": "KEYS_ONLY"}}])
+
+
+def create_definitions_table(ddb: Any, name: str = DEFINITIONS_TABLE) -> None:
+    """The definitions store as cdk/catalogue.py defines it: keyed by segment id and version."""
+    ddb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
+                     KeySchema=[{"AttributeName": "segment_id", "KeyType": "HASH"},
+                                {"AttributeName": "version", "KeyType": "RANGE"}],
+                     AttributeDefinitions=[{"AttributeName": "segment_id", "AttributeType": "S"},
+                                           {"AttributeName": "version", "AttributeType": "N"}])
 
 
 def create_resources(ddb: Any, s3: Any, events: Any, sqs: Any) -> tuple[str, str]:

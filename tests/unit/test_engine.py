@@ -120,7 +120,7 @@ def test_fold_changes_the_profile_and_notes_what_it_touched_but_evaluates_nothin
     assert kinds(outcome) == {("buyers", ENTERED), ("gold", ENTERED)}
     assert (outcome.applied, outcome.duplicates, outcome.rejected) == (folded.applied, folded.duplicates,
                                                                          folded.rejected)
-    assert {k: v for k, v in item(evaluated).items() if k not in ("m", "dl", "nd", "ds")} == item(profile)
+    assert {k: v for k, v in item(evaluated).items() if k not in ("m", "mc", "dl", "nd", "ds")} == item(profile)
 
 
 # ---- duplicates -------------------------------------------------------------------------------

@@ -305,10 +305,11 @@ def test_put_events_go_out_ten_at_a_time_and_a_failed_entry_fails_its_own_record
 
 def test_the_runtime_never_sends_a_transaction() -> None:
     """Sizes are exact without them (a transaction costs twice the write units, and the emulator copies its
-    tables on each one)."""
+    tables on each one). The one exception is the definitions store: an operator's change of the catalogue moves
+    its head and writes the new versions at once, on a table of a few hundred small items, off the event path."""
     from pathlib import Path
 
     runtime = Path(__file__).resolve().parents[2] / "layers" / "cdp" / "python" / "cdp"
     sending = [str(path.relative_to(runtime)) for path in runtime.rglob("*.py")
-               if "transact_write_items" in path.read_text() or "TransactWriteItems" in path.read_text()]
-    assert sending == []
+               if "transact_write_items" in path.read_text() or "TransactWrite(" in path.read_text()]
+    assert sending == ["aws/definitions.py"]

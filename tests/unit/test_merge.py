@@ -74,7 +74,7 @@ PRODUCTS = ("sku-0", "sku-1", "sku-2", "sku-3")
 ADDED, REMOVED = "Product Added", "Product Removed"
 COMPLETED, REFUNDED, CANCELLED = "Order Completed", "Order Refunded", "Order Cancelled"
 REFUSED = "properties.order_id: this order was already completed"
-BOOKKEEPING = {"v", "m", "dl", "nd", "ds", "tx", "cv"}  # what an evaluation writes, not what events folded into
+BOOKKEEPING = {"v", "m", "dl", "nd", "ds", "tx", "cv", "mc"}  # what an evaluation writes, not what events folded into
 
 _ids = itertools.count()
 

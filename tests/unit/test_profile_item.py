@@ -72,10 +72,14 @@ def profiles(draw: st.DrawFn) -> Profile:
     if draw(st.booleans()):
         profile.mark_delivered(SHARD, str(draw(st.integers(0, 10**55))), draw(times))
     profile.memberships = draw(st.dictionaries(texts, times, max_size=3))
+    # Clauses of some memberships, and maybe of a segment left (never stored).
+    profile.entered_by = {segment: draw(texts) for segment in [*profile.memberships, "left"] if draw(st.booleans())}
     profile.deadlines = draw(st.dictionaries(texts, times, max_size=3))
     profile.latches = draw(st.dictionaries(texts, times, max_size=2))
-    profile.transitions = [list(t) for t in draw(st.lists(st.tuples(texts, st.sampled_from(["entered", "exited"]),
-                                                                    times, texts, texts), max_size=2))]
+    # A backfill's entries carry a 6th element, the delivery mode.
+    transition = st.tuples(texts, st.sampled_from(["entered", "exited"]), times, texts, texts) | st.tuples(
+        texts, st.sampled_from(["entered", "exited"]), times, texts, texts, st.sampled_from(["none", "audiences"]))
+    profile.transitions = [list(t) for t in draw(st.lists(transition, max_size=2))]
     profile.catalogue = draw(texts)
     profile.aliases = draw(st.lists(texts, max_size=2))
     profile.groups = draw(st.lists(texts, max_size=2))

@@ -1,8 +1,8 @@
 """Function configuration from environment variables, validated once at cold start.
 
 One class per function, read by its handler's ``build`` and nowhere else: :class:`IngestConfig`,
-:class:`ChangesConfig`, :class:`ApiConfig`, :class:`TimersConfig`, :class:`EmailConfig`,
-:class:`WebhookConfig`, :class:`CollectorConfig`, and :class:`DestinationConfig` for the Meta and
+:class:`ChangesConfig`, :class:`ApiConfig`, :class:`TimersConfig`, :class:`JobsConfig`, :class:`HistoryConfig`,
+:class:`EmailConfig`, :class:`WebhookConfig`, :class:`CollectorConfig`, and :class:`DestinationConfig` for the Meta and
 Google functions (and inside the email and webhook ones). A missing or invalid variable is a
 :class:`ConfigError` that names it.
 """
@@ -257,6 +257,86 @@ class TimersConfig:
                    _whole(env, "SWEEP_PAGE_SIZE", 100, 1, 100), _whole(env, "SWEEP_RESERVE_MS", 10_000, 0, 600_000),
                    clock_mode(env), _whole(env, "CDP_WRITE_CONCURRENCY", DEFAULT_WRITE_CONCURRENCY, 1, 64),
                    IngestConfig.consent(env), retention_days(env))
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """The daily segment size snapshot: HISTORY_TABLE, the members index it counts from (MEMBERS_TABLE,
+    MEMBER_SHARDS), the catalogue, and SEGMENT_SWING_PERCENT (empty or 0: no swing count; else 1..1000, a day's
+    size change in percent beyond which a segment counts in ``SegmentsSwinging``)."""
+
+    history_table: str
+    members_table: str
+    catalogue_path: Path
+    member_shards: int
+    swing_percent: int | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> HistoryConfig:
+        swing = _whole(env, "SEGMENT_SWING_PERCENT", 0, 0, 1000)
+        return cls(_required(env, "HISTORY_TABLE"), _required(env, "MEMBERS_TABLE"), _catalogue(env),
+                   _whole(env, "MEMBER_SHARDS", 16, 1, 1000), swing or None)
+
+
+@dataclass(frozen=True)
+class CatalogueConfig:
+    """The definitions store, as every function that evaluates or names segments reads it (see
+    :mod:`cdp.pipeline.live_catalogue`): ``DEFINITIONS_TABLE`` (empty: the YAML folder is the catalogue) and
+    ``CATALOGUE_CHECK_SECONDS`` (1..300, default 30: how often the store's head is read)."""
+
+    definitions_table: str
+    check_seconds: int = 30
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> CatalogueConfig:
+        return cls(env.get("DEFINITIONS_TABLE", "").strip(), _whole(env, "CATALOGUE_CHECK_SECONDS", 30, 1, 300))
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    """The jobs function (backfills and population statistics, :mod:`cdp.pipeline.jobs`): ``PROFILES_TABLE``,
+    ``JOBS_TABLE``, ``JOB_RESULTS_BUCKET``, ``JOBS_STATE_MACHINE_ARN`` (empty: jobs are run by a runner given to
+    ``build``, as the local stack does), ``JOB_SCAN_SEGMENTS`` (1..1000, default 16), ``JOB_PAGE_SIZE`` (1..1000,
+    default 100), ``JOB_RESERVE_MS`` (default 60000: an invocation stops taking pages with less than this left),
+    ``CDP_WRITE_CONCURRENCY``, and the consent policy, retention and clock as the ingest reads them."""
+
+    profiles_table: str
+    jobs_table: str
+    results_bucket: str
+    catalogue_path: Path
+    state_machine_arn: str = ""
+    scan_segments: int = 16
+    page_size: int = 100
+    reserve_ms: int = 60_000
+    write_concurrency: int = DEFAULT_WRITE_CONCURRENCY
+    consent_policy: ConsentPolicy | None = None
+    retention_days: int = 0
+    clock: str = "wall"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> JobsConfig:
+        arn = env.get("JOBS_STATE_MACHINE_ARN", "").strip()
+        if arn and not arn.startswith("arn:"):
+            raise ConfigError("environment variable JOBS_STATE_MACHINE_ARN must be a state machine ARN")
+        return cls(_required(env, "PROFILES_TABLE"), _required(env, "JOBS_TABLE"),
+                   _required(env, "JOB_RESULTS_BUCKET"), _catalogue(env), arn,
+                   _whole(env, "JOB_SCAN_SEGMENTS", 16, 1, 1000), _whole(env, "JOB_PAGE_SIZE", 100, 1, 1000),
+                   _whole(env, "JOB_RESERVE_MS", 60_000, 0, 600_000),
+                   _whole(env, "CDP_WRITE_CONCURRENCY", DEFAULT_WRITE_CONCURRENCY, 1, 64),
+                   IngestConfig.consent(env), retention_days(env), clock_mode(env))
+
+
+@dataclass(frozen=True)
+class SeedConfig:
+    """The catalogue function (the deployment's seeding custom resource): ``DEFINITIONS_TABLE`` to seed and
+    ``CATALOGUE_PATH``, the folder of segment definitions the layer ships."""
+
+    definitions_table: str
+    catalogue_path: Path
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SeedConfig:
+        return cls(_required(env, "DEFINITIONS_TABLE"), _catalogue(env))
 
 
 def json_object(raw: str, what: str) -> dict[str, Any]:

@@ -114,6 +114,16 @@ class SegmentDefinition(Model):
     static: bool = Field(description="Members are kept by hand through POST /segments/{segmentId}/members.")
     condition: Any = Field(examples=[{"recency": {"event": "Order Completed", "within": "7d"}}])
     size: int | None = Field(default=None, description="Current members (on GET /segments/{segmentId}).")
+    # The stored version's fields: absent for a segment of the YAML folder (nothing stored yet).
+    version: int | None = Field(default=None, exclude_if=lambda value: value is None,
+                                description="The stored definition's version.")
+    author: str | None = Field(default=None, exclude_if=lambda value: value is None,
+                               description="Who saved this version (on GET /segments/{segmentId}).")
+    updated_at: str | None = Field(default=None, exclude_if=lambda value: value is None,
+                                   description="When this version was saved (on GET /segments/{segmentId}).")
+    definition: dict[str, Any] | None = Field(
+        default=None, exclude_if=lambda value: value is None,
+        description="The definition as saved: what PUT /segments/{segmentId} takes back.")
 
 
 class SegmentList(Model):
@@ -217,3 +227,146 @@ class CustomerExport(Model):
     consent: ConsentRecord
     deliveries: list[DeliveryRecord]
     ids: CustomerIds
+
+
+class DefinitionIssue(Model):
+    """One problem of a definition: where it is (a dotted path inside the definition) and the rule it breaks."""
+
+    path: str = Field(examples=["condition.all.0.count.at_least"])
+    message: str = Field(examples=["must be a whole number >= 0"])
+    segment_id: str = Field(examples=["big-spenders"], description="The segment the problem is in.")
+
+
+class DefinitionProblem(Model):
+    """A definition that cannot be saved: every problem, as ``cdp segments validate`` reports them."""
+
+    code: str = Field(examples=["invalid_definition"])
+    message: str
+    field: str | None = Field(default=None, examples=["condition"])
+    errors: list[DefinitionIssue]
+
+
+class ValidationResult(Model):
+    valid: bool = Field(examples=[True])
+    segment_id: str
+
+
+class JobSegments(Model):
+    total: int = Field(description="Scan segments of the current phase.")
+    done: int
+
+
+class JobDocument(Model):
+    """A job that evaluates every profile (a backfill) or computes population statistics."""
+
+    id: str = Field(examples=["5f0c2a9e81d4b7c3a1e2f3d4"])
+    kind: str = Field(examples=["backfill"], description="backfill | percentiles")
+    status: str = Field(examples=["running"], description="queued | running | done | failed")
+    progress: float = Field(ge=0, le=1, description="The share of the work done, 0 to 1.")
+    phase: str = Field(examples=["evaluate"])
+    phases: list[str]
+    segments: JobSegments
+    counts: dict[str, int] = Field(examples=[{"profiles": 2400, "entered": 310, "exited": 12}])
+    result: dict[str, Any]
+    options: dict[str, Any] = Field(examples=[{"segment_id": "big-spenders", "deliver": "audiences"}])
+    created_at: str
+    updated_at: str
+    reason: str = Field(description="Why a failed job failed (empty otherwise).")
+
+
+class SegmentSaved(Model):
+    """A saved definition, the catalogue version it made, and the backfill that evaluates every profile."""
+
+    segment: SegmentDefinition
+    version: int
+    catalogue_version: int
+    job: JobDocument | None = Field(description="The backfill (null with backfill=false).")
+
+
+class SegmentDeleted(Model):
+    segment_id: str
+    version: int = Field(description="The version that records the deletion.")
+    catalogue_version: int
+    job: JobDocument | None = Field(description="The backfill that makes the members exit (null with "
+                                                "backfill=false).")
+
+
+class SegmentVersionEntry(Model):
+    version: int
+    author: str
+    at: str | None
+    deleted: bool
+    catalogue_version: int
+    definition: dict[str, Any] | None = Field(description="The definition of this version (null: a deletion).")
+
+
+class SegmentVersions(Model):
+    segment_id: str
+    versions: list[SegmentVersionEntry] = Field(description="Every version, oldest first.")
+
+
+class PreviewResult(Model):
+    """The size the definition would have now, over a fresh scan of the profiles (sampled on large tables)."""
+
+    segment_id: str
+    size: int = Field(description="Members now (estimated when ``exact`` is false).")
+    scanned: int = Field(description="Profiles evaluated.")
+    exact: bool
+    error_bound: int = Field(description="Half-width of the 95% interval of ``size`` (0 when exact).")
+    members: list[str] = Field(description="A sample of the customers who would be members.")
+
+
+def _absent(value: Any) -> bool:
+    return value is None
+
+
+class SegmentExplanation(Model):
+    """Why the customer is, or is not, in the segment: the condition tree as the engine evaluates it now."""
+
+    customer_id: str
+    requested_id: str | None = Field(
+        default=None, exclude_if=_absent,
+        description="The id asked for, when it was merged into this customer (absent otherwise).")
+    segment: str = Field(examples=["big-spenders"])
+    name: str
+    at: str | None = Field(description="The moment evaluated (now).")
+    holds: bool = Field(description="The condition's result now.")
+    member: bool = Field(description="A member as the profile holds it.")
+    since: str | None
+    entered_by: str | None = Field(description="The clause the customer entered by.")
+    changes_at: str | None = Field(description="When the result next changes with no new event.")
+    condition: dict[str, Any] = Field(description="The tree: at each node `value`, `threshold`, `result`, "
+                                                  "`changes_at` and its `children`.")
+    group: str | None = Field(default=None, exclude_if=_absent)
+    outranked_by: str | None = Field(default=None, description="In an exclusive group: the segment that takes "
+                                                               "precedence.")
+    note: str | None = Field(default=None, exclude_if=_absent,
+                             description="Why the stored membership differs from an evaluation now.")
+
+
+class SegmentVerdict(Model):
+    segment: str
+    name: str
+    holds: bool = Field(description="Whether the condition holds now.")
+    member: bool = Field(description="A member as the profile holds it.")
+    since: str | None
+    entered_by: str | None = Field(description="The clause the customer entered by.")
+    note: str | None = Field(default=None, exclude_if=_absent)
+
+
+class CustomerExplanation(Model):
+    customer_id: str
+    requested_id: str | None = Field(default=None, exclude_if=_absent)
+    segments: list[SegmentVerdict] = Field(description="Every enabled segment, highest priority first.")
+
+
+class HistoryDay(Model):
+    day: str = Field(examples=["2026-10-20"])
+    size: int | None = Field(description="Members at the day's snapshot (null: none taken).")
+    entered: int
+    exited: int
+
+
+class SegmentHistory(Model):
+    segment_id: str
+    days: list[HistoryDay] = Field(description="Oldest first, up to today.")

@@ -5,6 +5,7 @@ Pure functions over a profile and the catalogue; the handler only fetches and se
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -13,9 +14,10 @@ from cdp.core.counters import tier_for_window
 from cdp.core.durations import DAY, format_duration
 from cdp.core.language import MetricCondition, RatioCondition
 from cdp.core.profile import Profile
-from cdp.ports import PrivacyRequest
+from cdp.ports import PrivacyRequest, SegmentVersion
 
 if TYPE_CHECKING:
+    from cdp.core.language import DefinitionError
     from cdp.pipeline.privacy import CustomerExport
 
 
@@ -123,7 +125,8 @@ def profile_document(profile: Profile, catalogue: Catalogue, now: float,
     }
 
 
-def segment_document(segment: Segment, size: int | None = None) -> dict[str, Any]:
+def segment_document(segment: Segment, size: int | None = None, *, version: int | None = None,
+                     author: str | None = None, at: float | None = None) -> dict[str, Any]:
     document: dict[str, Any] = {
         "id": segment.id,
         "name": segment.name,
@@ -137,7 +140,36 @@ def segment_document(segment: Segment, size: int | None = None) -> dict[str, Any
     }
     if size is not None:
         document["size"] = size
+    if version is not None:  # a stored definition
+        document.update(version=version, author=author, updated_at=iso(at), definition=segment.definition)
     return document
+
+
+def version_document(version: SegmentVersion) -> dict[str, Any]:
+    """One stored version, as ``GET /segments/{segmentId}/versions`` lists it."""
+    return {"version": version.version, "author": version.author, "at": iso(version.at),
+            "deleted": version.definition is None, "catalogue_version": version.catalogue_version,
+            "definition": version.definition}
+
+
+def definition_issues(errors: Sequence[DefinitionError]) -> list[dict[str, str]]:
+    """Each problem as the API reports it: the path inside the definition, the rule, the segment. The source
+    (a file or ``store:...``) is left out: a request's definition has none."""
+    return [{"path": error.path, "message": error.message, "segment_id": error.segment_id} for error in errors]
+
+
+def history_days(rows: Sequence[dict[str, Any]], now: float, size_now: int | None) -> list[dict[str, Any]]:
+    """The history's rows, with today's size from the members index until the day's snapshot is taken."""
+    today = datetime.fromtimestamp(now, UTC).date().isoformat()
+    days = [dict(row) for row in rows if row["day"] <= today]
+    if size_now is None:
+        return days
+    if days and days[-1]["day"] == today:
+        if days[-1]["size"] is None:
+            days[-1]["size"] = size_now
+    else:
+        days.append({"day": today, "size": size_now, "entered": 0, "exited": 0})
+    return days
 
 
 def request_document(request: PrivacyRequest) -> dict[str, Any]:

@@ -195,9 +195,12 @@ def _put(profile: Profile, unread: Mapping[str, Any], item: dict[str, AttributeV
 
 
 def _put_segmentation(profile: Profile, item: dict[str, AttributeValue]) -> None:
-    """Memberships, deadlines (and the due-index key), latches and the catalogue fingerprint."""
+    """Memberships and their clauses, deadlines (and the due-index key), latches and the catalogue fingerprint."""
     if profile.memberships:
         item["m"] = _numbers(profile.memberships)
+    entered_by = profile.current_entered_by()
+    if entered_by:
+        item["mc"] = {"M": {segment: {"S": clause} for segment, clause in entered_by.items()}}
     if profile.deadlines:
         item["dl"] = _numbers(profile.deadlines)
         item["nd"] = {"N": number_text(min(profile.deadlines.values()))}
@@ -266,8 +269,10 @@ def _read_shard_marks(profile: Profile, value: AttributeValue) -> dict[str, list
 
 
 def _read_transitions(profile: Profile, value: AttributeValue) -> list[list[Any]]:
+    """[segment, kind, time, clause, reason], and the delivery mode a backfill's entries carry as a 6th."""
     return [[str(decode_value(t[0])), str(decode_value(t[1])), _int(t[2]), str(decode_value(t[3])),
-             str(decode_value(t[4]))] for t in (entry["L"] for entry in value["L"])]
+             str(decode_value(t[4])), *(str(decode_value(mode)) for mode in t[5:6])]
+            for t in (entry["L"] for entry in value["L"])]
 
 
 def _read_strings(profile: Profile, value: AttributeValue) -> list[str]:
@@ -336,6 +341,8 @@ def _read_figures(profile: Profile, item: Mapping[str, AttributeValue]) -> None:
         profile.last_order = figures[3] or None
     if (memberships := get("m")) is not None:
         profile.memberships = _number_map(memberships)
+    if (entered_by := get("mc")) is not None:
+        profile.entered_by = {segment: str(clause["S"]) for segment, clause in entered_by["M"].items()}
     if (deadlines := get("dl")) is not None:
         profile.deadlines = _number_map(deadlines)
     if (latches := get("lt")) is not None:
@@ -360,7 +367,8 @@ def _read_identity(profile: Profile, item: Mapping[str, AttributeValue]) -> None
 
 # ---- the table stream ------------------------------------------------------------------------------------
 
-STREAM_ATTRIBUTES = ("customer_id", "v", "ua", "m", "t", "tx", "mg", "mt", "cs")  # what the changes function reads
+# What the changes function reads.
+STREAM_ATTRIBUTES = ("customer_id", "v", "ua", "m", "mc", "t", "tx", "mg", "mt", "cs")
 
 
 def decode_stream_image(image: Mapping[str, AttributeValue]) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 ``Engine.apply`` is what ingest calls once per customer per batch: the fold itself is
 :func:`cdp.core.fold.fold`. ``Engine.evaluate`` is what the timers call when a profile's
 deadline passes. Both return the membership transitions, each with the clause that flipped
-(:func:`explain`), and leave the profile's next deadline set.
+(:func:`explain`), and leave the profile's next deadline set. Each current membership keeps the clause
+it was entered by (``Profile.entered_by``) beside its since-time.
 
 With a consent policy whose ``profiling`` use the customer's consent does not permit, no segment is
 evaluated at all: the customer leaves every segment (clause ``consent``, the reason naming the missing
@@ -104,8 +105,10 @@ class Engine:
             return None  # without profiling consent the customer is in no segment, static ones included
         if member:
             profile.memberships[segment_id] = int(now)
+            profile.entered_by[segment_id] = "manual"
         else:
             del profile.memberships[segment_id]
+            profile.entered_by.pop(segment_id, None)
         if not profile.created_at:
             profile.created_at = int(now)
         profile.updated_at = int(now)
@@ -192,6 +195,7 @@ class Engine:
                                             EXITED, at, clause, reason) for segment_id in profile.memberships])
         evaluation.changed = bool(profile.memberships or profile.deadlines or profile.catalogue)
         profile.memberships.clear()
+        profile.entered_by.clear()
         expiry = profile.deadlines.get(EXPIRY) if clause != EXPIRED else None
         profile.deadlines.clear()
         if expiry is not None:  # a customer without profiling consent still expires
@@ -207,6 +211,7 @@ class Engine:
         segments = self.catalogue.segments
         for segment_id in [s for s in profile.memberships if s not in segments]:
             del profile.memberships[segment_id]
+            profile.entered_by.pop(segment_id, None)
             evaluation.transitions.append(Transition(profile.customer_id, segment_id, segment_id, EXITED, int(now),
                                                      "segment", "segment disabled"))
             evaluation.changed = True
@@ -258,11 +263,8 @@ def _evaluate_segment(segment: Segment, view: ProfileView, touched: set[str] | N
     member = _holds(segment, view, evaluation)
     if (segment.id in profile.memberships) == member:
         return False
-    if member:
-        profile.memberships[segment.id] = int(view.now)
-    else:
-        del profile.memberships[segment.id]
     clause, reason = explain(segment, view, member, touched)
+    _join(profile, segment.id, member, int(view.now), clause)
     _record(evaluation, profile, segment, member, int(view.now), clause, reason)
     return True
 
@@ -282,16 +284,24 @@ def _evaluate_group(unit: Unit, view: ProfileView, touched: set[str] | None, eva
             continue
         flipped.append(segment.id)
         if member:
-            profile.memberships[segment.id] = int(view.now)
             clause, reason = explain(segment, view, True, touched)
+        elif segment in eligible:
+            clause, reason = _outranked(segment, members[0])
         else:
-            del profile.memberships[segment.id]
-            if segment in eligible:
-                clause, reason = _outranked(segment, members[0])
-            else:
-                clause, reason = explain(segment, view, False, touched)
+            clause, reason = explain(segment, view, False, touched)
+        _join(profile, segment.id, member, int(view.now), clause)
         _record(evaluation, profile, segment, member, int(view.now), clause, reason)
     return flipped
+
+
+def _join(profile: Profile, segment_id: str, member: bool, at: int, clause: str) -> None:
+    """Enter the segment (since ``at``, by ``clause``) or leave it."""
+    if member:
+        profile.memberships[segment_id] = at
+        profile.entered_by[segment_id] = clause
+    else:
+        del profile.memberships[segment_id]
+        profile.entered_by.pop(segment_id, None)
 
 
 def _record(evaluation: Evaluation, profile: Profile, segment: Segment, member: bool, at: int, clause: str,

@@ -41,9 +41,9 @@ field               merged
 ``cs``              consent (``merged_consent``): the latest preferences of either side (a tie: the known
                     side's), both histories in time order (the last ``MAX_CONSENT_HISTORY``), and
                     unsubscribed when either side is, at the earlier time
-``m`` ``dl``        the known side's: not merged. ``tx`` is emptied and ``cv`` cleared, so the next evaluation
+``m`` ``mc`` ``dl`` the known side's: not merged. ``tx`` is emptied and ``cv`` cleared, so the next evaluation
                     (``Engine.evaluate``, or the next ``Engine.apply``) evaluates every segment in full and records
-                    the entries and exits the merge causes
+                    the entries and exits the merge causes (each entry's clause in ``mc``)
 ==================  ===========================================================================================
 
 What the aggregates cannot tell, and so differs from folding both customers' events into one profile:
@@ -123,6 +123,7 @@ def merge_profiles(known: Profile, anonymous: Profile, now: float, *, catalogue:
     merged.context = _context(known, anonymous)
     _merge_dedupe(merged, known, anonymous, now)
     merged.memberships = dict(known.memberships)
+    merged.entered_by = {s: clause for s, clause in known.entered_by.items() if s in merged.memberships}
     merged.deadlines = dict(known.deadlines)
     _later_expiry(merged, known, anonymous)
     merged.latches = _latches(known.latches, anonymous.latches, catalogue)
@@ -346,6 +347,7 @@ def freeze_merged(profile: Profile, into: str, now: float) -> list[Transition] |
                         "merged into another customer") for segment_id in profile.memberships]
     profile.merged_into = into
     profile.memberships = {}
+    profile.entered_by = {}
     profile.deadlines = {}
     profile.transitions = [[t.segment_id, t.kind, t.at, t.clause, t.reason] for t in exits]
     if not profile.created_at:

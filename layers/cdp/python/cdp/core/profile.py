@@ -24,12 +24,15 @@ a profile read needs. Its attributes:
                so an order counts once even when re-sent with a new message id or refunded
 ``sq``         per stream shard: [highest sequence number handled, time] (``DEDUPE_HORIZON``)
 ``m``          segment id -> member since
+``mc``         segment id -> the clause it was entered by (a node path of its condition, or
+               ``manual``, ``merged``...): only current memberships
 ``dl``         segment id -> next moment its membership can change unprompted
 ``nd``         the earliest of ``dl`` (what the timers sweep queries)
 ``ds``         the due shard, ``00``..``31``: with ``nd``, the key of the due index
 ``lt``         qualified trigger times for absence conditions with ``when``
 ``cv``         fingerprint of the catalogue the profile was last evaluated against in full
-``tx``         the transitions this write made: [segment, kind, time, clause, reason]
+``tx``         the transitions this write made: [segment, kind, time, clause, reason], and from a
+               backfill a 6th element, its delivery mode (``none`` or ``audiences``)
 ``al`` ``gr``  aliases (previous ids) and group ids
 ``kn``         1 once a message named the customer by user id (a known customer)
 ``mg``         the ids merged into this customer: [[id, at, message id], ...] (``MAX_MERGES``)
@@ -207,6 +210,7 @@ class Profile:
         self._order_digests: dict[bytes, None] = {}  # completed orders, oldest first
         self.shard_marks: dict[str, list[Any]] = {}  # shard -> [highest sequence handled, at]
         self.memberships: dict[str, int] = {}
+        self.entered_by: dict[str, str] = {}  # segment -> clause it was entered by (current memberships)
         self.deadlines: dict[str, int] = {}
         self.latches: dict[str, int] = {}
         self.transitions: list[list[Any]] = []
@@ -375,6 +379,14 @@ class Profile:
         while len(self.shard_marks) > MAX_SHARD_MARKS:
             del self.shard_marks[min(self.shard_marks, key=lambda s: self.shard_marks[s][1])]
 
+    def current_entered_by(self) -> dict[str, str]:
+        """The clause each current membership was entered by (what is stored: never a membership left)."""
+        memberships = self.memberships
+        entered_by = self.entered_by
+        if len(entered_by) <= len(memberships) and all(segment in memberships for segment in entered_by):
+            return entered_by
+        return {segment: clause for segment, clause in entered_by.items() if segment in memberships}
+
     @property
     def next_deadline(self) -> int | None:
         return min(self.deadlines.values()) if self.deadlines else None
@@ -452,6 +464,9 @@ class Profile:
         """Memberships, deadlines (and the due-index key), latches, catalogue fingerprint, transitions."""
         if self.memberships:
             item["m"] = self.memberships
+        entered_by = self.current_entered_by()
+        if entered_by:
+            item["mc"] = entered_by
         if self.deadlines:
             item["dl"] = self.deadlines
             item["nd"] = min(self.deadlines.values())
@@ -489,9 +504,10 @@ class Profile:
         profile._order_digests = unpack_order_digests(bytes(item.get("od") or b""), profile.recent_orders)
         profile.shard_marks = {str(k): [str(v[0]), int(v[1])] for k, v in (item.get("sq") or {}).items()}
         profile.memberships = {k: int(v) for k, v in (item.get("m") or {}).items()}
+        profile.entered_by = {k: str(v) for k, v in (item.get("mc") or {}).items()}
         profile.deadlines = {k: int(v) for k, v in (item.get("dl") or {}).items()}
         profile.latches = {k: int(v) for k, v in (item.get("lt") or {}).items()}
-        profile.transitions = [[str(t[0]), str(t[1]), int(t[2]), str(t[3]), str(t[4])]
+        profile.transitions = [[str(t[0]), str(t[1]), int(t[2]), str(t[3]), str(t[4]), *map(str, t[5:6])]
                                for t in item.get("tx") or []]
         profile.catalogue = str(item.get("cv", ""))
         profile.aliases = [str(a) for a in item.get("al") or []]

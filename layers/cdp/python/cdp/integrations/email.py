@@ -7,6 +7,8 @@ maps a segment id to the email template sent when a customer enters it. For each
   than the exit never sends. An exit with clause ``deleted`` (the profile was deleted) forgets the
   customer's ledger row instead.
 * **Segment Consent Changed** never sends: the membership continues, and its email was the entry's.
+* An **Entered** a backfill marked ``audiences`` or ``none`` (``detail.delivery``) never sends and is not
+  recorded (:func:`cdp.pipeline.fanout.withhold`): only entries for ``all`` send email.
 * **Entered** sends the segment's template, unless one of these applies; a skipped event is recorded
   in the ledger like a sent one (it is done) and reported with its reason:
 
@@ -68,6 +70,7 @@ from cdp.core.identifiers import normalise_email
 from cdp.core.profile import Profile
 from cdp.pipeline.fanout import (
     DELETED_CLAUSE,
+    EMAIL,
     EXITED,
     NO_PROFILE,
     Action,
@@ -77,6 +80,7 @@ from cdp.pipeline.fanout import (
     MembershipEvent,
     parse_batch,
     plan,
+    withhold,
 )
 from cdp.ports import TransientError
 
@@ -332,7 +336,7 @@ def deliver_emails(messages: Sequence[tuple[str, str]], templates: Mapping[str, 
     ``delivered`` lists the events whose email was sent; exits and skipped entries are in ``skipped``.
     """
     result = DeliveryResult()
-    events = _membership_events(parse_batch(messages, result), result)
+    events = _membership_events(withhold(parse_batch(messages, result), EMAIL, result), result)
     if not events:
         return result
     applied = _applied(ledger, events, result)

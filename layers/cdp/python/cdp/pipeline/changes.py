@@ -11,9 +11,15 @@ detail of a ``Segment Entered``, with ``change`` ``consent``), so that each inte
 whether it may hold the customer. These change no membership: the members index never sees them.
 A deleted profile (a REMOVE record, no new image) leaves its segments with the clause ``deleted``.
 
+A transition written by a backfill job carries a delivery mark, the sixth element of its ``tx`` entry:
+``audiences`` (only the ad-audience integrations act on it) or ``none`` (no integration does); without one
+it is ``all``. The event's ``delivery`` says which, and :mod:`cdp.pipeline.fanout` honours it.
+
 The members index is written without transactions: each membership write is conditional on its version
 and yields the size delta it made, and a batch's deltas go out as one update per size counter right after
-its membership writes (what that leaves inexact is described in :mod:`cdp.aws.members`).
+its membership writes (what that leaves inexact is described in :mod:`cdp.aws.members`). The same deltas
+give the segment history its entries and exits: one update per (segment, day) a batch touched
+(:mod:`cdp.pipeline.history`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any, Protocol
 
 from cdp.core.catalogue import Catalogue, primary_segment
 from cdp.core.identifiers import hashed_identifiers
+from cdp.pipeline.history import DayCount, HistoryLog, day_counts
 from cdp.ports import Publisher, TransientError
 
 SCHEMA_VERSION = "1"
@@ -37,6 +44,8 @@ DETAIL_TYPES = {"entered": "Segment Entered", "exited": "Segment Exited", "conse
 CONSENT_CHANGED = "consent"  # the kind (and clause) of a consent change of a member
 DELETED = "deleted"  # the clause of the exits of a deleted profile
 MEMBER_SHARDS = 16  # members index partitions per segment; see members_partition
+DELIVER_ALL = "all"
+DELIVERY_MODES = (DELIVER_ALL, "audiences", "none")  # who may act on a change; see the module docstring
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class MembershipChange:
     version: int
     clause: str
     reason: str
+    delivery: str = DELIVER_ALL  # all | audiences | none: the integrations that may act on it (backfills mark it)
 
     @property
     def event_id(self) -> str:
@@ -102,10 +112,18 @@ def check_image(image: Mapping[str, Any] | None, which: str) -> None:
     if traits is not None and not isinstance(traits, Mapping):
         raise InvalidImage(f"{which} image: t must be a map of trait name to value")
     _check_consent(image.get("cs"), which)
-    transitions = image.get("tx")
-    if transitions is not None and not (isinstance(transitions, list) and all(
+    _check_transitions(image.get("tx"), which)
+
+
+def _check_transitions(transitions: object, which: str) -> None:
+    """The ``tx`` attribute: [segment, kind, time, clause, reason], and a backfill's delivery mark sixth."""
+    if transitions is None:
+        return
+    if not (isinstance(transitions, list) and all(
             isinstance(t, list) and len(t) >= 5 and _is_time(t[2]) for t in transitions)):
         raise InvalidImage(f"{which} image: tx must be a list of [segment, kind, time, clause, reason]")
+    if any(len(t) > 5 and t[5] not in DELIVERY_MODES for t in transitions):
+        raise InvalidImage(f"{which} image: a tx delivery mark must be one of {', '.join(DELIVERY_MODES)}")
 
 
 def _check_consent(consent: object, which: str) -> None:
@@ -129,9 +147,15 @@ def _consent_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
             or before.get("u") != after.get("u"))
 
 
+def _delivery(transition: Sequence[Any] | None) -> str:
+    """The delivery mark of a ``tx`` entry: its sixth element when a backfill wrote one, else ``all``."""
+    return str(transition[5]) if transition is not None and len(transition) > 5 else DELIVER_ALL
+
+
 def diff(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[MembershipChange]:
     """Membership changes between two images of a profile item (plain Python values), then a consent change
-    for each segment the customer stays in when their consent changed."""
+    for each segment the customer stays in when their consent changed. Each entry and exit carries the
+    delivery mark of its ``tx`` entry (a deleted profile's exits, and consent changes, go to everyone)."""
     before = dict((old or {}).get("m") or {})
     after = dict((new or {}).get("m") or {})
     image = new or old or {}
@@ -143,7 +167,7 @@ def diff(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[M
     for segment_id in sorted(after.keys() - before.keys()):
         why = reasons.get(segment_id)
         changes.append(MembershipChange(customer_id, segment_id, "entered", int(after[segment_id]), version,
-                                        str(why[3]) if why else "", str(why[4]) if why else ""))
+                                        str(why[3]) if why else "", str(why[4]) if why else "", _delivery(why)))
     for segment_id in sorted(before.keys() - after.keys()):
         why = reasons.get(segment_id)
         if new is None:
@@ -151,7 +175,8 @@ def diff(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[M
         else:
             clause, reason = (str(why[3]), str(why[4])) if why else ("", "")
         at = int(why[2]) if why else moment
-        changes.append(MembershipChange(customer_id, segment_id, "exited", at, version, clause, reason))
+        changes.append(MembershipChange(customer_id, segment_id, "exited", at, version, clause, reason,
+                                        DELIVER_ALL if new is None else _delivery(why)))
     if old is not None and new is not None and _consent_changed(old, new):
         changes += [MembershipChange(customer_id, segment_id, CONSENT_CHANGED, moment, version, CONSENT_CHANGED,
                                      "consent changed") for segment_id in sorted(before.keys() & after.keys())]
@@ -176,6 +201,7 @@ def bus_entry(change: MembershipChange, new: Mapping[str, Any] | None, catalogue
         "primary_segment": primary.id if primary else None,
         "segments": sorted(memberships),
         "identifiers": hashed_identifiers(dict((new or {}).get("t") or {})),
+        "delivery": change.delivery,
     }
     return {
         "Source": SOURCE,
@@ -222,6 +248,8 @@ class ChangesResult:
     applied: list[MembershipChange] = field(default_factory=list)  # every change of the records that succeeded
     published: list[MembershipChange] = field(default_factory=list)  # those of them put on the bus
     sizes_lost: dict[str, int] = field(default_factory=dict)  # size counter -> delta it could not be given
+    # (segment, day) -> the entries and exits the history could not be given
+    history_lost: dict[tuple[str, str], DayCount] = field(default_factory=dict)
 
 
 Owned = tuple[str, MembershipChange]  # (stream record id, change)
@@ -230,21 +258,24 @@ ENTRIES_PER_CALL = 10  # PutEvents' limit
 
 def publish_changes(records: Sequence[TableChange], catalogue: Catalogue, index: MembersIndex,
                     publisher: Publisher, bus_name: str, *, concurrency: int = 1,
-                    published_segments: frozenset[str] | None = None) -> ChangesResult:
+                    published_segments: frozenset[str] | None = None,
+                    history: HistoryLog | None = None) -> ChangesResult:
     """Update the members index and publish the changes; report the records to retry.
 
     Requests go out over ``concurrency`` threads in two rounds: every membership write of the batch (the
     changes of one membership in version order), then one size update per touched segment together with
     the PutEvents calls. A record whose membership write or bus entry failed is reported; the others
     proceed. ``published_segments`` limits the bus to the transitions of those segments (None: all); the
-    members index gets every transition (and no consent change).
+    members index gets every transition (and no consent change). With ``history``, the entries and exits that
+    took effect go to it with the size updates, one update per (segment, day); one that fails is only
+    reported in ``history_lost`` (history is monitoring: best effort, never a reason to retry a batch).
     """
     result = ChangesResult()
     owned = _read_changes(records, result)
     images = {record.record_id: record.new for record in records}
     memberships = [(rid, change) for rid, change in owned if change.kind != CONSENT_CHANGED]
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="changes") as pool:
-        deltas, unexpected = _write_memberships(memberships, index, pool, result)
+        deltas, effects, unexpected = _write_memberships(memberships, index, pool, result)
         # A write that failed for a reason other than throttling fails the invocation (after the sizes are
         # counted, as the retried batch will not count them again), so nothing is published before it.
         done = [] if unexpected else [(rid, change) for rid, change in owned if rid not in result.failure_reasons]
@@ -253,11 +284,13 @@ def publish_changes(records: Sequence[TableChange], catalogue: Catalogue, index:
         entries = [bus_entry(change, images[rid], catalogue, bus_name) for rid, change in sent]
         counting = {counter: pool.submit(index.add_size, counter, delta)
                     for counter, delta in deltas.items() if delta}
+        days = _count_days(effects, history, pool)
         calls = [(start, pool.submit(publisher.publish, entries[start:start + ENTRIES_PER_CALL]))
                  for start in range(0, len(entries), ENTRIES_PER_CALL)]
         for counter, future in counting.items():
             if future.exception() is not None:
                 result.sizes_lost[counter] = deltas[counter]
+        result.history_lost = {key: count for key, (count, future) in days.items() if future.exception() is not None}
         failed_entries = _failed_entries(calls)
     if unexpected is not None:
         raise unexpected
@@ -286,16 +319,27 @@ def _read_changes(records: Sequence[TableChange], result: ChangesResult) -> list
     return owned
 
 
-def _write_memberships(owned: Sequence[Owned], index: MembersIndex, pool: Executor,
-                       result: ChangesResult) -> tuple[dict[str, int], Exception | None]:
+def _count_days(effects: Sequence[tuple[MembershipChange, int]], history: HistoryLog | None,
+                pool: Executor) -> dict[tuple[str, str], tuple[DayCount, Future[None]]]:
+    """One history update per (segment, day) among the writes that took effect, submitted to the pool."""
+    if history is None:
+        return {}
+    return {(segment_id, day): (count, pool.submit(history.add_changes, segment_id, day, count.entered, count.exited))
+            for (segment_id, day), count in day_counts(effects).items()}
+
+
+def _write_memberships(owned: Sequence[Owned], index: MembersIndex, pool: Executor, result: ChangesResult,
+                       ) -> tuple[dict[str, int], list[tuple[MembershipChange, int]], Exception | None]:
     """Every membership write, concurrently across memberships and in version order within one; the summed
-    size delta per counter of the writes that took effect, and the first error that is not transient."""
+    size delta per counter of the writes that took effect, those writes with their deltas, and the first error
+    that is not transient."""
     memberships: dict[tuple[str, str], list[Owned]] = {}
     for record_id, change in owned:
         memberships.setdefault((change.segment_id, change.customer_id), []).append((record_id, change))
     tasks = [pool.submit(_write_in_order, sorted(changes, key=lambda o: o[1].version), index)
              for changes in memberships.values()]
     deltas: dict[str, int] = {}
+    effects: list[tuple[MembershipChange, int]] = []
     counters: dict[str, str] = {}  # segment -> the one counter this batch adds its delta to
     unexpected: Exception | None = None
     for task in tasks:
@@ -310,7 +354,8 @@ def _write_memberships(owned: Sequence[Owned], index: MembersIndex, pool: Execut
                 # batches spread over the shards), not one per segment and shard.
                 counter = counters.setdefault(change.segment_id, index.size_counter(change))
                 deltas[counter] = deltas.get(counter, 0) + outcome
-    return deltas, unexpected
+                effects.append((change, outcome))
+    return deltas, effects, unexpected
 
 
 def _write_in_order(changes: Sequence[Owned], index: MembersIndex) -> list[tuple[str, MembershipChange,

@@ -23,6 +23,13 @@ of the batch's customers' consent, then
 * a ``Segment Consent Changed`` carries the membership version it continues, so the ledger orders it after
   the changes of that version by its time (:attr:`MembershipEvent.order`): a later grant adds back;
 * an exit with clause ``deleted`` (the profile was deleted) removes, then forgets the ledger row.
+
+Backfill entries. A change's ``delivery`` (the backfill job's deliver option) says which kinds of destination act
+on an add: ``all`` (every one), ``audiences`` (the ad audiences: list-sync webhook, Meta, Google; never email) or
+``none`` (nobody). :func:`withhold` is the one check, by destination kind (:data:`REACH`); a withheld add leaves
+no ledger row and counts in ``suppressed`` (the ``BackfillSuppressed`` metric). Exits always pass: an exit of a
+customer a destination never added is a removal of a non-member there (the platforms ignore it), and email only
+records it in its ledger.
 """
 
 from __future__ import annotations
@@ -45,6 +52,12 @@ CONSENT_CHANGED = "Segment Consent Changed"
 DETAIL_TYPES = {"Segment Entered": ENTERED, "Segment Exited": EXITED, CONSENT_CHANGED: ENTERED}
 CHANGES = {"Segment Entered": ENTERED, "Segment Exited": EXITED, CONSENT_CHANGED: CONSENT_CHANGE}
 NO_PROFILE = "no profile: deleted or expired"
+DELIVER_ALL = "all"
+DELIVERY_MODES = (DELIVER_ALL, "audiences", "none")  # detail.delivery; see cdp.pipeline.changes
+EMAIL, AUDIENCES = "email", "audiences"  # the destination kinds
+# The delivery marks each kind of destination acts on. Email only on "all": nobody should get an email because a
+# segment was saved, unless the backfill asked for it.
+REACH = {EMAIL: frozenset({DELIVER_ALL}), AUDIENCES: frozenset({DELIVER_ALL, "audiences"})}
 
 
 class InvalidDelivery(ValueError):
@@ -65,6 +78,7 @@ class MembershipEvent:
     clause: str = ""  # the clause that flipped it; "merged" for a change an identity merge caused
     change: str = ""  # detail.change: entered, exited or consent
     refusal: str = ""  # set when consent turned an add into this exit: why
+    delivery: str = DELIVER_ALL  # detail.delivery: the destination kinds that act on it (see withhold)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -107,7 +121,29 @@ def parse_message(message_id: str, body: str) -> MembershipEvent:
     path = clause.get("path") if isinstance(clause, dict) else None
     return MembershipEvent(message_id, event_id, kind, customer_id, segment_id, version, str(detail.get("at", "")),
                            primary if isinstance(primary, str) else None, dict(identifiers),
-                           path if isinstance(path, str) else "", change)
+                           path if isinstance(path, str) else "", change, delivery=_delivery(detail))
+
+
+def _delivery(detail: Mapping[str, Any]) -> str:
+    """``detail.delivery``: absent (every change before backfills had one) means ``all``."""
+    delivery = detail.get("delivery", DELIVER_ALL)
+    if delivery not in DELIVERY_MODES:
+        raise InvalidDelivery(f"detail.delivery: must be one of {', '.join(DELIVERY_MODES)}")
+    return str(delivery)
+
+
+def withhold(events: Sequence[MembershipEvent], kind: str, result: DeliveryResult) -> list[MembershipEvent]:
+    """The events a destination of ``kind`` (:data:`EMAIL` or :data:`AUDIENCES`) acts on. An add whose delivery
+    mark does not reach it is skipped, unrecorded, and counted in ``result.suppressed``; exits always pass."""
+    reach = REACH[kind]
+    kept = []
+    for event in events:
+        if event.kind == EXITED or event.delivery in reach:
+            kept.append(event)
+        else:
+            result.skipped.append((event, f"backfill entry not delivered to {kind} (delivery {event.delivery})"))
+            result.suppressed += 1
+    return kept
 
 
 def _json_object(body: str) -> dict[str, Any]:
@@ -269,6 +305,7 @@ class DeliveryResult:
     consent_exits: int = 0  # adds that consent turned into exits, recorded
     no_profile: int = 0  # adds skipped because the customer has no profile
     forgotten: int = 0  # ledger rows deleted after a deleted customer's exit
+    suppressed: int = 0  # backfill adds this kind of destination does not act on (see withhold)
 
 
 class DeadLetters(Protocol):
@@ -337,9 +374,10 @@ SEND_ORDER = ((EXITED, False), (ENTERED, True), (EXITED, True))
 def deliver(messages: Sequence[tuple[str, str]], destination: Destination, ledger: DeliveryLedger,
             permissions: CustomerPermissions | None = None, policy: ConsentPolicy | None = None) -> DeliveryResult:
     """One queue batch to one destination: consent checked per customer (with ``permissions``: one read for
-    the batch), then planned against the ledger, sent per audience and kind, recorded."""
+    the batch), then planned against the ledger, sent per audience and kind, recorded. Every destination
+    delivered through here is an ad audience (:data:`AUDIENCES`) for :func:`withhold`."""
     result = DeliveryResult()
-    events = _by_target(parse_batch(messages, result), destination, result)
+    events = _by_target(withhold(parse_batch(messages, result), AUDIENCES, result), destination, result)
     consent: dict[str, ConsentState] = {}
     if permissions is not None:
         checked = check_consent([e for batch in events.values() for e in batch], destination.name, permissions,
@@ -544,7 +582,7 @@ def report(result: DeliveryResult, retried: int, metrics: Any, logger: Any) -> N
     for name, value in (("Delivered", len(result.delivered)), ("Skipped", len(result.skipped)),
                         ("Refused", len(result.refused)), ("Retried", retried),
                         ("ConsentExits", result.consent_exits), ("NoProfile", result.no_profile),
-                        ("Forgotten", result.forgotten)):
+                        ("Forgotten", result.forgotten), ("BackfillSuppressed", result.suppressed)):
         metrics.add_metric(name=name, unit="Count", value=value)
     if result.refused or result.retry:
         logger.warning("deliveries not made", extra={"refused": sorted(set(result.refused.values())),

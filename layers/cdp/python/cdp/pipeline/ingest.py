@@ -26,10 +26,11 @@ and the event happened after the deletion (see :mod:`cdp.pipeline.privacy`).
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 
+from cdp.core.catalogue import fingerprint_version
 from cdp.core.clock import Clock, wall_time
 from cdp.core.engine import Engine, Outcome, Transition
 from cdp.core.events import Event, InvalidEvent, parse_record
@@ -92,12 +93,15 @@ ByCustomer = dict[str, list[tuple[StreamRecord, Event]]]
 
 def ingest_batch(records: Sequence[StreamRecord], engine: Engine, store: ProfileStore,
                  quarantine: Quarantine, clock: Clock, pool: Executor | None = None,
-                 identity: Identity | None = None) -> BatchResult:
+                 identity: Identity | None = None, newer_catalogue: Callable[[], object] | None = None) -> BatchResult:
     """Decode, refuse and quarantine what can never apply, then fold and write each customer once.
 
     With a ``pool``, the customers' writes go out concurrently (see :mod:`cdp.pipeline.parallel`);
     the result is the same as without one, in the same order. With ``identity``, every id is first
     resolved to its canonical customer and the batch's merges are made (see :mod:`cdp.pipeline.identity`).
+    ``newer_catalogue`` is called (once) when a loaded profile was evaluated by a newer catalogue version than the
+    engine's, before anything is folded: it gives the engine that catalogue (see
+    :mod:`cdp.pipeline.live_catalogue`), which would otherwise defer those profiles' evaluation.
     """
     result = BatchResult()
     # Refused before any clock observes it: an event stamped far ahead (2999) would otherwise move an
@@ -110,6 +114,8 @@ def ingest_batch(records: Sequence[StreamRecord], engine: Engine, store: Profile
     work = (_plain(by_customer, store, result) if identity is None
             else _resolved(decoded, by_customer, identity, store, now, result))
     if work is not None:
+        if newer_catalogue is not None and _evaluated_by_newer(work, engine):
+            newer_catalogue()
         poison += _write_all(work, engine, store, now, pool, identity, result)
     _quarantine(poison, quarantine, result)
     result.failed = [r.sequence for r in records if r.sequence in result.failure_reasons]
@@ -227,6 +233,11 @@ def _write_all(work: _Work, engine: Engine, store: ProfileStore, now: float, poo
     for customer in pending:
         _fail(result, customer.items, "the customer was merged concurrently too many times")
     return poison
+
+
+def _evaluated_by_newer(work: _Work, engine: Engine) -> bool:
+    held = engine.catalogue.version
+    return any(c.profile is not None and fingerprint_version(c.profile.catalogue) > held for c in work.customers)
 
 
 MAX_FORWARDS = 3  # times one batch follows a customer merged away while it was being written

@@ -13,7 +13,7 @@ import pytest
 
 from cdp.core.events import ORDER_COMPLETED, parse_record
 from cdp_dev import cli
-from cdp_dev.history import DAYS_PER_MONTH, HistoryShape, history, write_history
+from cdp_dev.order_history import DAYS_PER_MONTH, HistoryShape, history, write_history
 
 END = datetime(2026, 10, 1, tzinfo=UTC)
 SMALL = HistoryShape(orders=3_000, customers=1_000, months=18, seed=7, end=END)
