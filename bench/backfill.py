@@ -245,24 +245,23 @@ def measure(profiles: int = 4_000) -> dict[str, Any]:
     floor_s = decode_floor(table)
     results = KeptResults()
     cpu_s, counts, phases = run_job(engine_factory, table, now, results, population)
-    first = {"requests": dict(table.requests), "read_units": table.read_units, "write_units": table.write_units,
-             "due_index_units": table.due_index_units, "transitions": table.transitions}
+    requests = dict(table.requests)
+    read_units, write_units = table.read_units, table.write_units
     cost = cost_per_million(table, cpu_s, profiles, counts["written"], len(phases), results)
     for name in table.requests:
         table.requests[name] = 0
     table.read_units = 0.0
     rerun_s, rerun_counts, _ = run_job(engine_factory, table, now, KeptResults(), population)
-    share = JOBS_MEMORY_MB / FULL_VCPU_MB
     lambda_s = cost["lambda_seconds_per_million_profiles"] * profiles / 1e6
     return {
         "profiles": profiles,
         "phases": phases,  # the shipped catalogue reads population statistics, so they follow the backfill
         "mean_item_bytes": sum(table.sizes.values()) / len(table.sizes),
         "counts": counts,
-        "requests": first["requests"],
-        "requests_per_profile": sum(first["requests"].values()) / profiles,
-        "read_units_per_profile": first["read_units"] / profiles,
-        "write_units_per_written_profile": first["write_units"] / max(1, counts["written"]),
+        "requests": requests,
+        "requests_per_profile": sum(requests.values()) / profiles,
+        "read_units_per_profile": read_units / profiles,
+        "write_units_per_written_profile": write_units / max(1, counts["written"]),
         "cpu_us_per_profile": cpu_s / profiles * 1e6,
         "profiles_per_cpu_second": profiles / cpu_s,
         # one worker (a Step Functions child execution's Lambda) at the jobs function's memory, waits included

@@ -81,6 +81,7 @@ def collector_costs(collector: dict[str, Any]) -> dict[str, Any]:
 
 def measure(quick: bool) -> dict[str, Any]:
     from bench import (
+        backfill,
         cold_import,
         collector,
         core_speed,
@@ -131,6 +132,7 @@ def measure(quick: bool) -> dict[str, Any]:
     figures["local_import"] = local_import.measure(quick)
     figures["identity"] = identity.measure(200 if quick else 400)
     figures["pseudonyms"] = pseudonyms.measure(quick)
+    figures["backfill"] = backfill.measure(1_000 if quick else 4_000)
     return figures
 
 
@@ -241,6 +243,13 @@ def summarise(figures: dict[str, Any]) -> dict[str, Any]:
         _reported("pseudonymous indexes: HMAC per stored id / plain id, CPU", pseudonymous["hmac_to_plain"]),
         _reported("pseudonymous indexes: added USD per million events, real-shaped, 4 integrations",
                   pseudonymous["usd_per_million_events"]),
+        _reported("backfill: profiles/s per worker (jobs function, 512 MB, waits included)",
+                  figures["backfill"]["profiles_per_second_per_worker"]),
+        _reported("backfill: CPU per profile / decoding it", figures["backfill"]["to_decode_floor"]),
+        _reported("backfill: requests per profile (scan pages + writes)", figures["backfill"]["requests_per_profile"]),
+        _reported("backfill: USD per million profiles", figures["backfill"]["cost"]["usd_per_million_profiles"]),
+        _check("backfill: profiles a rerun of the same job writes", figures["backfill"]["rerun"]["written"], "== 0",
+               figures["backfill"]["rerun"]["written"] == 0),
         _check(f"local stack: {imported['orders']:,}-order history applied, seconds", imported["seconds"], "<= 600",
                imported["seconds"] <= 600),
         _check("local stack: rate over the last 10% / the first 10%", imported["last_to_first"], ">= 0.8",

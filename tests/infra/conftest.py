@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # or bucket is then orphaned with the data while an empty one takes its place.
 PROFILES_TABLE = "StorageProfiles2809A5F6"
 MEMBERS_TABLE = "StorageMembersC303E722"
+DEFINITIONS_TABLE = "CatalogueDefinitionsEBCB6998"
+HISTORY_TABLE = "HistoryTable4479EEA3"
+JOBS_TABLE = "JobsTable10C8EDF6"
 LEDGER_TABLE = "FanoutLedgerCDFC6BEA"
 QUARANTINE_BUCKET = "StorageQuarantine381A7D7C"
 USER_POOL = "ApiUsers862F2BE7"

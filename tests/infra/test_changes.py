@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.infra.conftest import MEMBERS_TABLE, PROFILES_TABLE
+from tests.infra.conftest import DEFINITIONS_TABLE, HISTORY_TABLE, MEMBERS_TABLE, PROFILES_TABLE
 
 
 def changes_statements(template: Any) -> list[dict[str, Any]]:
@@ -27,7 +27,12 @@ def test_the_changes_function_writes_only_members_items_and_reads_only_the_profi
     assert len(writes) == 1
     assert sorted(actions_of(writes[0])) == ["dynamodb:PutItem", "dynamodb:UpdateItem"]
     assert writes[0]["Resource"] == [{"Fn::GetAtt": [MEMBERS_TABLE, "Arn"]}]  # the table only, no index
-    others = {a for s in dynamo if s is not writes[0] for a in actions_of(s)}
+    # Besides: the catalogue's head and definitions (read), and the segment history's day rows (counted up).
+    catalogue = [s for s in dynamo if s["Resource"] == {"Fn::GetAtt": [DEFINITIONS_TABLE, "Arn"]}]
+    assert [sorted(actions_of(s)) for s in catalogue] == [["dynamodb:BatchGetItem", "dynamodb:GetItem"]]
+    history = [s for s in dynamo if s["Resource"] == {"Fn::GetAtt": [HISTORY_TABLE, "Arn"]}]
+    assert [actions_of(s) for s in history] == [["dynamodb:UpdateItem"]]
+    others = {a for s in dynamo if s is not writes[0] and s not in catalogue + history for a in actions_of(s)}
     assert others == {"dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator",
                       "dynamodb:ListStreams"}
     stream = next(s for s in dynamo if "dynamodb:GetRecords" in actions_of(s))

@@ -75,8 +75,10 @@ def test_quarantine_objects_expire_after_the_configured_retention(template: Any)
 
 def test_the_api_routes_requests_as_iam_operator_routes(template: Any) -> None:
     methods = [m["Properties"] for m in template.find_resources("AWS::ApiGateway::Method").values()]
-    deletes = [m for m in methods if m["HttpMethod"] == "DELETE"]
-    assert len(deletes) == 1 and deletes[0]["AuthorizationType"] == "AWS_IAM"
+    deletes = [m for m in methods if m["HttpMethod"] == "DELETE"]  # a customer's deletion, a segment's
+    assert len(deletes) == 2 and all(d["AuthorizationType"] == "AWS_IAM" for d in deletes)
+    assert {next(iter(d["RequestParameters"])) for d in deletes} == {"method.request.path.customerId",
+                                                                     "method.request.path.segmentId"}
     resources = template.find_resources("AWS::ApiGateway::Resource")
     parts = {r["Properties"]["PathPart"] for r in resources.values()}
     assert {"requests", "{requestId}", "export"} <= parts

@@ -67,7 +67,8 @@ def test_every_service_the_key_trusts_is_held_to_this_accounts_resources(variant
 @pytest.mark.parametrize("variant", ["template", "integrated"])
 def test_eventbridge_may_use_the_key_only_for_this_stacks_rules(variant: str, request: pytest.FixtureRequest) -> None:
     """One statement (no unconditioned grant beside it), the two actions an SQS producer needs, and exactly the
-    ARNs of the stack's rules: the schedule (its dead-letter queue) and each integration (queue, dead letters)."""
+    ARNs of the stack's rules: the timers' and the history's schedules (their dead-letter queues) and each
+    integration (queue, dead letters)."""
     template = request.getfixturevalue(variant)
     statements = service_statements(template, "events.amazonaws.com")
     assert len(statements) == 1, statements
@@ -76,7 +77,7 @@ def test_eventbridge_may_use_the_key_only_for_this_stacks_rules(variant: str, re
     assert statement["Condition"]["StringEquals"] == {"aws:SourceAccount": ACCOUNT}
     allowed = {render(arn) for arn in listed(statement["Condition"]["ArnEquals"]["aws:SourceArn"])}
     assert allowed == rule_arns(template)
-    assert len(allowed) == (5 if variant == "integrated" else 1)
+    assert len(allowed) == (6 if variant == "integrated" else 2)
 
 
 def test_cloudwatch_alarms_may_publish_to_the_encrypted_alarms_topic(template: Any) -> None:
@@ -109,4 +110,5 @@ def test_queues_take_eventbridge_messages_only_from_the_rule_that_targets_them(
             (rule,) = [statement["Condition"]["ArnEquals"]["aws:SourceArn"]["Fn::GetAtt"][0]]
             assert queue in delivered_to[rule], (queue, rule)
             checked += 1
-    assert checked == (1 + 2 * 4 if variant == "integrated" else 1)  # schedule DLQ; per integration queue + DLQ
+    # the two schedules' DLQs (timers, history); per integration its queue and DLQ
+    assert checked == (2 + 2 * 4 if variant == "integrated" else 2)

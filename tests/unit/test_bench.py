@@ -48,3 +48,19 @@ def test_the_pseudonyms_bench_measures_hmac_against_a_plain_id_and_scales_with_t
     high = pseudonyms.per_event(figures["usd_per_million_ids"], 1.0)
     assert high["per_event"]["ids"] == 10 * low["per_event"]["ids"]
     assert high["usd_per_million_events"] > low["usd_per_million_events"] > 0
+
+
+def test_the_backfill_bench_enters_the_new_segment_and_a_rerun_writes_nothing() -> None:
+    from bench import backfill
+
+    figures = backfill.measure(300)
+    counts = figures["counts"]
+    assert figures["phases"] == ["evaluate", "collect", "reevaluate"]  # the shipped catalogue reads statistics
+    assert counts["scanned"] == 3 * 300 and counts["entered"] > 0 and counts["failed"] == 0
+    assert counts["written"] < counts["scanned"]  # only profiles whose memberships or deadlines moved
+    assert figures["requests"]["PutItem"] == counts["written"]
+    # a page of up to 100 profiles per Scan, per scan segment, in each of the three phases
+    pages = figures["requests"]["Scan"]
+    assert 3 * backfill.SCAN_SEGMENTS <= pages <= 3 * (backfill.SCAN_SEGMENTS + 300 // backfill.PAGE_ITEMS)
+    assert figures["rerun"]["written"] == 0 and figures["rerun"]["requests"]["PutItem"] == 0
+    assert figures["cost"]["usd_per_million_profiles"] > 0
