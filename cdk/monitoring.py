@@ -17,6 +17,7 @@ from cdk.collector import Collector
 from cdk.fanout import Fanout
 from cdk.history import History
 from cdk.ingest import Ingest
+from cdk.jobs import Jobs
 from cdk.privacy import Privacy
 from cdk.storage import Storage
 from cdk.timers import Timers
@@ -35,7 +36,7 @@ class Monitoring(Construct):
                  key: kms.IKey,
                  alarm_email: str | None,
                  segment_ids: list[str], history: History | None = None,
-                 segment_size_alarm_percent: int = 0) -> None:
+                 segment_size_alarm_percent: int = 0, jobs: Jobs | None = None) -> None:
         super().__init__(scope, construct_id)
         self.topic = sns.Topic(self, "Alarms", master_key=key, display_name=f"cdp {stage} alarms", enforce_ssl=True)
         self._allow_alarms_to_publish(key)
@@ -72,6 +73,7 @@ class Monitoring(Construct):
                                 ("Timers", timers_fn), ("Collector", collector_fn),
                                 ("Privacy", privacy.function.function),
                                 *((("History", history.function.function),) if history is not None else ()),
+                                *((("Jobs", jobs.function.function),) if jobs is not None else ()),
                                 *((d.integration.name.title(), d.function.function) for d in fanout.deliveries))],
             cloudwatch.Alarm(self, "DeletionsFailed", metric=_metric("DeletionsFailed", "privacy"), threshold=0,
                              comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
@@ -96,6 +98,12 @@ class Monitoring(Construct):
                              threshold=0, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
                              evaluation_periods=3, alarm_description="The API answers 5xx (a bug)"),
         ]
+        if jobs is not None:
+            self.alarms.append(cloudwatch.Alarm(
+                self, "JobsFailed", metric=jobs.state_machine.metric_failed(period=Duration.minutes(5)),
+                threshold=0, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=1, treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+                alarm_description="A backfill or population statistics job failed (GET /jobs/{id} says why)"))
         if history is not None and segment_size_alarm_percent:
             # The snapshot publishes once a day: a day-long period holds exactly one run's count.
             self.alarms.append(cloudwatch.Alarm(

@@ -75,7 +75,7 @@ class CdpStack(Stack):
             self, "Monitoring", stage=settings.stage, ingest=self.ingest, changes=self.changes, api=self.api,
             timers=self.timers, fanout=self.fanout, collector=self.collector, privacy=self.privacy,
             storage=self.storage, key=self.key, alarm_email=settings.alarm_email, history=self.history,
-            segment_size_alarm_percent=settings.segment_size_alarm_percent,
+            segment_size_alarm_percent=settings.segment_size_alarm_percent, jobs=self.jobs,
             segment_ids=sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "segments").glob("*.yaml")))
         CfnOutput(self, "ApiUrl", value=self.api.rest_api.url)
         CfnOutput(self, "CollectorUrl", value=self.collector.url or "")

@@ -124,3 +124,14 @@ def test_a_population_schedule_that_is_not_an_expression_is_refused(value: str, 
 
     with pytest.raises(SettingsError, match="population_schedule"):
         synthesise({"population_schedule": value}, tmp_path)
+
+
+def test_a_failed_job_execution_raises_an_alarm_to_the_alarms_topic(template: Any) -> None:
+    alarms = [a["Properties"] for a in template.find_resources("AWS::CloudWatch::Alarm").values()
+              if a["Properties"].get("MetricName") == "ExecutionsFailed"]
+    (alarm,) = alarms
+    assert alarm["Namespace"] == "AWS/States" and alarm["Threshold"] == 0
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    (dimension,) = alarm["Dimensions"]
+    assert dimension["Name"] == "StateMachineArn" and "Jobs" in json.dumps(dimension["Value"])
+    assert len(alarm["AlarmActions"]) == 1
