@@ -60,7 +60,8 @@ class Api(Construct):
 
         access_logs = logs.LogGroup(self, "AccessLogs", retention=logs.RetentionDays.THREE_MONTHS,
                                     removal_policy=RemovalPolicy.DESTROY)
-        cors = (apigateway.CorsOptions(allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "PUT", "DELETE"],
+        cors = (apigateway.CorsOptions(allow_origins=settings.cors_origins,
+                                       allow_methods=["GET", "POST", "PUT", "DELETE"],
                                        allow_headers=["Authorization", "Content-Type", "X-Amz-Date",
                                                       "X-Amz-Security-Token"])
                 if settings.cors_origins else None)
@@ -97,7 +98,11 @@ class Api(Construct):
         authorizer = apigateway.CognitoUserPoolsAuthorizer(self, "EndUsers", cognito_user_pools=[self.user_pool])
 
         root = self.rest_api.root
-        customers = root.add_resource("customers").add_resource("{customerId}")
+        lookup = root.add_resource("customers")  # GET /customers?email=... or ?anonymous_id=...
+        lookup.add_method("GET", integration, **iam_auth,  # type: ignore[arg-type]
+                          request_parameters={"method.request.querystring.email": False,
+                                              "method.request.querystring.anonymous_id": False})
+        customers = lookup.add_resource("{customerId}")
         customers.add_method("GET", integration, **iam_auth,  # type: ignore[arg-type]
                              request_parameters={"method.request.path.customerId": True})
         customers.add_resource("segments").add_method("GET", integration, **iam_auth,  # type: ignore[arg-type]

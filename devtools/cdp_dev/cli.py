@@ -18,9 +18,10 @@
     cdp jobs show ID [--wait]                        a job's status; --wait shows a progress bar until it ends
     cdp explain CUSTOMER SEGMENT                     why a customer is, or is not, in a segment
 
-``customers``, ``requests``, ``jobs``, ``explain`` and ``segments diff|apply|history`` call the API (``DELETE /customers/{id}`` and friends, so the API's one code path
-runs): the running local stack's, or a deployed stack's ``--api-url`` (its ApiUrl output), signed with SigV4 and
-boto3's usual credentials.
+``customers``, ``requests``, ``jobs``, ``explain`` and ``segments diff|apply|history`` call the API
+(``DELETE /customers/{id}``, ``PUT /segments/{id}`` and friends, so the API's one code path runs): the
+running local stack's, or a deployed stack's ``--api-url`` (its ApiUrl output), signed with SigV4 and boto3's
+usual credentials.
 
 ``send``, ``tail`` and ``sources`` with neither ``--stream`` / ``--queue-url`` / ``--table`` nor
 ``--endpoint-url`` use the running local stack (``cdp_dev.targets``), and stop with an error when there is
@@ -435,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     story = segments_commands.add_parser("test", help="run the stories in DIR/stories under a simulated clock")
     story.add_argument("dir", nargs="?", default="segments")
     story.set_defaults(run=_segments_test)
+    _add_lifecycle(commands, segments_commands, api_option())
     redrive = commands.add_parser("redrive", help="put failed or quarantined records back on the stream")
     sources = redrive.add_subparsers(dest="source", required=True)
     failures = sources.add_parser("failures", help="from the ingest on-failure queue")
@@ -525,11 +527,11 @@ def api_problem(status: int, answer: Any) -> str:
     """An error answer as the CLI prints it: the message, then each definition problem as validate reports it."""
     if not isinstance(answer, dict):
         return f"the API answered {status}"
-    lines = [str(answer.get("message") or f"the API answered {status}")]
+    lines = []
     for issue in answer.get("errors") or []:
         where = ": ".join(part for part in (issue.get("segment_id"), issue.get("path")) if part)
         lines.append(f"{where}: {issue.get('message')}" if where else str(issue.get("message")))
-    return "\n".join(lines) if len(lines) <= 2 else "\n".join(lines[1:])
+    return "\n".join(lines) or str(answer.get("message") or f"the API answered {status}")
 
 
 def _privacy_command(args: argparse.Namespace) -> int:
@@ -549,10 +551,188 @@ def _privacy_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_privacy(commands: Any) -> None:
+# ---- segment lifecycle: definitions through the API, jobs, explain, history ------------------------------------
+
+
+def format_plan(planned: Any) -> str:
+    """A plan as `cdp segments diff` prints it: one line per added, changed or removed segment, then the diffs."""
+    lines = [f"{sign} {segment_id}" for sign, ids in (("+", planned.added), ("~", planned.changed),
+                                                     ("-", planned.removed)) for segment_id in ids]
+    if not lines:
+        return f"no changes ({len(planned.unchanged)} segments unchanged)\n"
+    for segment_id in [*planned.added, *planned.changed, *planned.removed]:
+        lines.append("")
+        lines += [line.rstrip("\n") for line in planned.diffs.get(segment_id, [])]
+    lines.append("")
+    lines.append(f"{len(planned.added)} to add, {len(planned.changed)} to change, {len(planned.removed)} to remove, "
+                 f"{len(planned.unchanged)} unchanged")
+    return "\n".join(lines) + "\n"
+
+
+def _stored_definitions(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    listed = _api_answer(args, "GET", "/segments", query={"disabled": "true"})["segments"]
+    if listed and not any("definition" in s for s in listed):
+        raise ValueError("this stack does not store segment definitions (DEFINITIONS_TABLE); they change by redeploy")
+    return {s["id"]: s["definition"] for s in listed if "definition" in s}
+
+
+def _folder(directory: str) -> dict[str, dict[str, Any]]:
+    """The folder's definitions by id, validated as `cdp segments validate` does (raises its errors)."""
+    from cdp.core.catalogue import load_catalogue
+    from cdp.pipeline.definitions import folder_definitions
+
+    load_catalogue(directory)
+    return {raw["id"]: raw for _, raw in folder_definitions(directory) if isinstance(raw, dict)}
+
+
+def _segments_diff(args: argparse.Namespace) -> int:
+    from cdp.pipeline.definitions import plan
+
+    print(format_plan(plan(_stored_definitions(args), _folder(args.dir), args.prune)), end="")
+    return 0
+
+
+def _segments_apply(args: argparse.Namespace) -> int:
+    from cdp.pipeline.definitions import plan, plan_changes
+
+    desired = _folder(args.dir)
+    planned = plan(_stored_definitions(args), desired, args.prune)
+    print(format_plan(planned), end="")
+    if planned.empty:
+        return 0
+    if not args.yes and input("apply these changes? [y/N] ").strip().lower() not in ("y", "yes"):
+        print("nothing applied")
+        return 1
+    query = {"deliver": args.deliver, "backfill": "false" if args.no_backfill else "true"}
+    for change in plan_changes(planned, desired):
+        if change.definition is None:
+            answer = _api_answer(args, "DELETE", f"/segments/{change.segment_id}", query=query)
+            what = f"deleted {change.segment_id} (version {answer['version']})"
+        else:
+            answer = _api_answer(args, "PUT", f"/segments/{change.segment_id}", change.definition, query)
+            what = f"saved {change.segment_id} version {answer['version']}"
+        job = answer.get("job")
+        print(f"{what}; backfill job {job['id']}" if job else what, flush=True)
+    return 0
+
+
+def format_job(job: dict[str, Any]) -> str:
+    counts = ", ".join(f"{name} {value}" for name, value in job.get("counts", {}).items() if value)
+    line = f"{job['id']}  {job['kind']}  {job['status']}  {job['progress']:.0%}  phase {job.get('phase') or '-'}"
+    line += f"  ({counts})" if counts else ""
+    return line + (f"\nfailed: {job['reason']}" if job.get("reason") else "")
+
+
+def _jobs_show(args: argparse.Namespace) -> int:
+    import time
+
+    job = _api_answer(args, "GET", f"/jobs/{args.id}")
+    if args.wait and job["status"] not in ("done", "failed"):
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            task = bar.add_task(f"{job['kind']} {job['id']}", total=1.0)
+            while job["status"] not in ("done", "failed"):
+                bar.update(task, completed=job["progress"], description=f"{job['kind']} {job.get('phase') or ''}")
+                time.sleep(args.interval)
+                job = _api_answer(args, "GET", f"/jobs/{args.id}")
+            bar.update(task, completed=job["progress"])
+    print(format_job(job))
+    return 1 if job["status"] == "failed" else 0
+
+
+def _mark(result: Any) -> str:
+    return "✓" if result is True else "✗" if result is False else "?"
+
+
+def _explain_lines(node: dict[str, Any], depth: int) -> list[str]:
+    text = f"{'  ' * depth}{_mark(node.get('result'))} {node.get('description') or node.get('operator')}"
+    if node.get("value") is not None or node.get("threshold") is not None:
+        text += f"  [value {node.get('value')!r} {node.get('comparison') or 'vs'} {node.get('threshold')!r}]"
+    if node.get("changes_at"):
+        text += f"  (changes at {node['changes_at']})"
+    lines = [text]
+    for child in node.get("children") or []:
+        lines += _explain_lines(child, depth + 1)
+    return lines
+
+
+def format_explanation(answer: dict[str, Any]) -> str:
+    """An explanation as `cdp explain` prints it: the verdict, then the tree, one node a line."""
+    member = "a member" if answer["member"] else "not a member"
+    lines = [f"{answer['customer_id']} is {member} of {answer['segment']} ({answer['name']}); the condition "
+             f"{'holds' if answer['holds'] else 'does not hold'} at {answer['at']}"]
+    if answer.get("since"):
+        lines.append(f"member since {answer['since']}" + (f", entered by {answer['entered_by']}"
+                                                          if answer.get("entered_by") else ""))
+    if answer.get("changes_at"):
+        lines.append(f"next change: {answer['changes_at']}")
+    if answer.get("outranked_by"):
+        lines.append(f"outranked in its group by {answer['outranked_by']}")
+    if answer.get("note"):
+        lines.append(f"note: {answer['note']}")
+    return "\n".join([*lines, *_explain_lines(answer["condition"], 0)]) + "\n"
+
+
+def _explain(args: argparse.Namespace) -> int:
+    answer = _api_answer(args, "GET", f"/customers/{args.customer}/explain", query={"segment": args.segment})
+    print(format_explanation(answer), end="")
+    return 0
+
+
+def format_history(answer: dict[str, Any]) -> str:
+    lines = [f"{'day':<12}{'size':>10}{'entered':>10}{'exited':>10}"]
+    for day in answer["days"]:
+        size = "-" if day["size"] is None else str(day["size"])
+        lines.append(f"{day['day']:<12}{size:>10}{day['entered']:>10}{day['exited']:>10}")
+    return "\n".join(lines) + "\n"
+
+
+def _segments_history(args: argparse.Namespace) -> int:
+    answer = _api_answer(args, "GET", f"/segments/{args.id}/history", query={"days": str(args.days)})
+    print(format_history(answer), end="")
+    return 0
+
+
+def _add_lifecycle(commands: Any, segments_commands: Any, api: argparse.ArgumentParser) -> None:
+    diff = segments_commands.add_parser("diff", parents=[api], help="what applying DIR would change in the store")
+    diff.add_argument("dir", nargs="?", default="segments")
+    diff.add_argument("--prune", action="store_true", help="also remove stored segments that DIR does not hold")
+    diff.set_defaults(run=_segments_diff)
+    apply = segments_commands.add_parser("apply", parents=[api], help="save DIR's definitions through the API")
+    apply.add_argument("dir", nargs="?", default="segments")
+    apply.add_argument("--prune", action="store_true", help="delete stored segments that DIR does not hold")
+    apply.add_argument("--yes", action="store_true", help="do not ask before applying")
+    apply.add_argument("--deliver", choices=("none", "audiences", "all"), default="audiences",
+                       help="where backfill entries go (default audiences: never email)")
+    apply.add_argument("--no-backfill", action="store_true", help="save without evaluating existing profiles")
+    apply.set_defaults(run=_segments_apply)
+    history = segments_commands.add_parser("history", parents=[api], help="a segment's size, entries, exits per day")
+    history.add_argument("id")
+    history.add_argument("--days", type=int, default=30)
+    history.set_defaults(run=_segments_history)
+    jobs = commands.add_parser("jobs", help="backfill and statistics jobs")
+    jobs_commands = jobs.add_subparsers(dest="jobs_command", required=True)
+    show = jobs_commands.add_parser("show", parents=[api], help="a job's status and progress")
+    show.add_argument("id")
+    show.add_argument("--wait", action="store_true", help="a progress bar until the job ends")
+    show.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    show.set_defaults(run=_jobs_show)
+    explain = commands.add_parser("explain", parents=[api], help="why a customer is, or is not, in a segment")
+    explain.add_argument("customer")
+    explain.add_argument("segment")
+    explain.set_defaults(run=_explain)
+
+
+def api_option() -> argparse.ArgumentParser:
     api = argparse.ArgumentParser(add_help=False)
     api.add_argument("--api-url", default=None,
                      help="a deployed stack's API (its ApiUrl output; SigV4-signed); without it, the local stack's")
+    return api
+
+
+def _add_privacy(commands: Any) -> None:
+    api = api_option()
     customers = commands.add_parser("customers", help="data subject requests: delete or export a customer")
     actions = customers.add_subparsers(dest="customers_command", required=True)
     actions.add_parser("delete", parents=[api], help="delete the customer everywhere; prints the request") \
@@ -572,6 +752,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.run(args)
         return code
+    except ApiRefused as error:  # the API's message, and each definition problem on its own line
+        print(f"cdp: error: {error}", file=sys.stderr)
+        return 1
     except Exception as error:  # one clear line, never a traceback
         message = str(error) or type(error).__name__
         print(f"cdp: error: {message}", file=sys.stderr)
