@@ -21,8 +21,8 @@ from moto.server import ThreadedMotoServer
 
 from cdp.core.events import InvalidEvent, parse_record
 from cdp_dev import cli
-from cdp_dev.order_history import HistoryShape, write_history
 from cdp_dev.importer import HealthTotals, ImportOptions, run_import
+from cdp_dev.order_history import HistoryShape, write_history
 from cdp_dev.targets import LocalStackInfo, register
 
 from .support import REGION

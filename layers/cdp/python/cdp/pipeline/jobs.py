@@ -13,11 +13,11 @@ Kinds:
     phase ``evaluate``: every profile (not merged ones) is evaluated in full with a catalogue of at least the job's
     ``catalogue_version``, and written, through :func:`cdp.pipeline.write.write_profile`, only when its memberships
     or deadlines changed (a profile whose only change would be its catalogue fingerprint is left as it is: its next
-    event evaluates it in full again, which costs CPU, not a write). So a rerun writes nothing. Each transition written carries the delivery mode as
-    a sixth element unless it is ``all`` (see :data:`DELIVER_MODES`); the default is ``audiences``: a new segment's
-    existing qualifiers join ad audiences and lists but get no email, since nobody should get 100,000 emails because
-    an operator saved a segment. When an enabled segment reads population statistics, the backfill goes on with the
-    two phases of a percentiles job.
+    event evaluates it in full again, which costs CPU, not a write). So a rerun writes nothing. Each transition
+    written carries the delivery mode as a sixth element unless it is ``all`` (see :data:`DELIVER_MODES`); the
+    default is ``audiences``: a new segment's existing qualifiers join ad audiences and lists but get no email,
+    since nobody should get 100,000 emails because an operator saved a segment. When an enabled segment reads
+    population statistics, the backfill goes on with the two phases of a percentiles job.
 ``percentiles``
     phase ``collect``: each scan segment writes, per metric (``orders``, ``revenue``, ``average_order_value``, as
     :meth:`cdp.core.profile.ProfileView.rfm` gives them), a histogram of the values it read to the job results (one
