@@ -27,6 +27,8 @@ EPOCH_MS = 1792497600000  # 2026-10-20T12:00:00Z
 OPERATOR_ARN = f"arn:aws:sts::{ACCOUNT}:assumed-role/cdp-operator/ops-session"
 USER_POOL = f"https://cognito-idp.{REGION}.amazonaws.com/{REGION}_Ab12Cd34E"
 END_USER_SUB = "alice"
+BIG_SPENDERS = {"id": "big-spenders", "name": "Big spenders", "description": "Over 200 in lifetime revenue.",
+                "condition": {"rfm": {"metric": "revenue", "gt": 200}}}
 
 
 def _identity(operator: bool) -> dict[str, Any]:
@@ -114,6 +116,7 @@ def envelope(name: str, method: str, resource: str, path_parameters: dict[str, s
 def envelopes() -> dict[str, dict[str, Any]]:
     customer = {"customerId": "alice"}
     segment = {"segmentId": "vip"}
+    new_segment = {"segmentId": "big-spenders"}
     return {
         "get-customer": envelope("get-customer", "GET", "/customers/{customerId}", customer),
         "get-customer-segments": envelope("get-customer-segments", "GET", "/customers/{customerId}/segments",
@@ -126,7 +129,31 @@ def envelopes() -> dict[str, dict[str, Any]]:
                                  query={"limit": "10"}),
         "edit-members": envelope("edit-members", "POST", "/segments/{segmentId}/members", segment,
                                  body={"add": ["alice", "bob"], "remove": ["carol"]}),
+        # The segment lifecycle: a definition saved (a backfill starts), validated, previewed, its versions and
+        # history, the backfill's job, a customer's explanation, and the segment deleted.
+        "put-segment": envelope("put-segment", "PUT", "/segments/{segmentId}", new_segment,
+                                query={"deliver": "audiences"}, body=BIG_SPENDERS),
+        "validate-segment": envelope("validate-segment", "POST", "/segments:validate", body=BIG_SPENDERS),
+        "preview-segment": preview_envelope(),
+        "list-segment-versions": envelope("list-segment-versions", "GET", "/segments/{segmentId}/versions",
+                                          new_segment),
+        "get-segment-history": envelope("get-segment-history", "GET", "/segments/{segmentId}/history",
+                                        new_segment, query={"days": "30"}),
+        "get-job": envelope("get-job", "GET", "/jobs/{jobId}", {"jobId": "job-0000000000000000"}),
+        "explain-customer": envelope("explain-customer", "GET", "/customers/{customerId}/explain", customer,
+                                     query={"segment": "big-spenders"}),
+        "delete-segment": envelope("delete-segment", "DELETE", "/segments/{segmentId}", new_segment),
     }
+
+
+def preview_envelope() -> dict[str, Any]:
+    """``POST /segments/big-spenders:preview``: API Gateway has no resource for a suffix after a path parameter, so
+    the request reaches ``/segments/{segmentId}`` with the suffix in the parameter, and the path as sent."""
+    found = envelope("preview-segment", "POST", "/segments/{segmentId}", {"segmentId": "big-spenders:preview"},
+                     query={"sample": "5"}, body=BIG_SPENDERS)
+    found["path"] = "/segments/big-spenders:preview"
+    found["requestContext"]["path"] = f"/{STAGE}/segments/big-spenders:preview"
+    return found
 
 
 def write(path: Path, document: dict[str, Any]) -> None:

@@ -93,6 +93,35 @@ def cases(who: str, doomed: str) -> dict[tuple[str, str], list[Case]]:
                                                     Case(f"/customers/{nobody}/export", 404)],
         ("delete", "/customers/{customerId}"): [Case(f"/customers/{doomed}", 202), Case(f"/customers/{nobody}", 404)],
         ("get", "/requests/{requestId}"): [Case(f"/requests/req-{uuid.uuid4().hex}", 404)],  # done ones: test_privacy
+        **lifecycle_cases(who, nobody),
+    }
+
+
+def lifecycle_cases(who: str, nobody: str) -> dict[tuple[str, str], list[Case]]:
+    """A segment of its own, that nobody qualifies for (so its backfill moves no one), saved and deleted; the
+    whole lifecycle with its jobs is tests/e2e/test_segment_lifecycle.py."""
+    json_body = (("Content-Type", "application/json"),)
+    segment = f"e2e-routes-{uuid.uuid4().hex[:8]}"
+    valid = json.dumps({"id": segment, "name": "Nobody", "condition": {"rfm": {"metric": "revenue", "gt": 1e9}}})
+    invalid = json.dumps({"id": segment, "name": "Broken", "condition": {"rfm": {"metric": "height", "gt": 1}}})
+    return {
+        ("post", "/segments:validate"): [Case("/segments:validate", 200, valid.encode(), json_body),
+                                         Case("/segments:validate", 422, invalid.encode(), json_body)],
+        ("post", "/segments/{segmentId}:preview"): [
+            Case(f"/segments/{segment}:preview", 200, valid.encode(), json_body),
+            Case(f"/segments/{segment}:preview", 422, invalid.encode(), json_body)],
+        ("put", "/segments/{segmentId}"): [Case(f"/segments/{segment}?deliver=none", 201, valid.encode(), json_body),
+                                           Case(f"/segments/{segment}", 422, invalid.encode(), json_body)],
+        ("get", "/segments/{segmentId}/versions"): [Case(f"/segments/{segment}/versions", 200),
+                                                    Case(f"/segments/{nobody}/versions", 404)],
+        ("get", "/segments/{segmentId}/history"): [Case("/segments/cart-abandoners/history?days=7", 200),
+                                                   Case("/segments/cart-abandoners/history?days=0", 400)],
+        ("get", "/jobs/{jobId}"): [Case(f"/jobs/{uuid.uuid4().hex}", 404)],  # a started one: test_segment_lifecycle
+        ("get", "/customers/{customerId}/explain"): [
+            Case(f"/customers/{who}/explain?segment=cart-abandoners", 200),
+            Case(f"/customers/{who}/explain?segment={nobody}", 404),
+            Case(f"/customers/{nobody}/explain?segment=cart-abandoners", 404)],
+        ("delete", "/segments/{segmentId}"): [Case(f"/segments/{segment}", 202), Case(f"/segments/{nobody}", 404)],
     }
 
 
