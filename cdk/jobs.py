@@ -36,6 +36,7 @@ from cdk.functions import CdpFunction, Layers
 from cdk.nag import acknowledge, acknowledge_function
 from cdk.settings import Settings
 from cdk.storage import Storage, encrypted_table, grant_items
+from cdp.aws.definitions import HEAD_ID, POPULATION_ID
 
 JOB_TIMEOUT = Duration.minutes(15)  # a Work step stops taking pages with JOB_RESERVE_MS (a minute) left
 RESULT_DAYS = 7
@@ -83,8 +84,11 @@ class Jobs(Construct):
         grant_items(role, storage.profiles, "dynamodb:Scan", "dynamodb:BatchGetItem", "dynamodb:PutItem")
         grant_items(role, self.table, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")
         if definitions is not None:
-            grant_items(role, definitions, "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem",
-                        "dynamodb:UpdateItem")
+            grant_items(role, definitions, "dynamodb:GetItem", "dynamodb:BatchGetItem")
+            # It writes the population statistics and moves the head's stats_version: never a definition.
+            role.add_to_principal_policy(iam.PolicyStatement(
+                actions=["dynamodb:PutItem", "dynamodb:UpdateItem"], resources=[definitions.table_arn],
+                conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [POPULATION_ID, HEAD_ID]}}))
         role.add_to_policy(iam.PolicyStatement(actions=["s3:PutObject", "s3:GetObject"],
                                                resources=[self.results.arn_for_objects("jobs/*")]))
         role.add_to_policy(iam.PolicyStatement(actions=["s3:ListBucket"], resources=[self.results.bucket_arn],

@@ -54,6 +54,7 @@ class CdpStack(Stack):
         self.history = History(self, "History", settings=settings, storage=self.storage, layers=layers, key=self.key)
         self.history.allow_writes(self.changes.function)
         self.history.allow_reads(self.api.function)
+        self.catalogue.allow_reads(self.history.function)  # the snapshot sizes the segments made at runtime too
         self.jobs = Jobs(self, "Jobs", settings=settings, storage=self.storage, layers=layers, key=self.key,
                          definitions=self.catalogue.table)
         self.jobs.allow_start(self.api.function.function, self.api.function.role, self.storage)

@@ -37,6 +37,7 @@ from cdp.pipeline.jobs import (
     ProfileScan,
     StaleCatalogue,
     job_document,
+    reads_stats,
     run_step,
     start_job,
 )
@@ -130,6 +131,10 @@ def scheduled(event: Any) -> bool:
 
 def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependencies) -> dict[str, Any]:
     if scheduled(event):
+        if not reads_stats(deps.engine_for(0).catalogue):
+            # No enabled segment compares against the population: an hourly scan of every profile would buy nothing.
+            metrics.add_metric(name="JobsSkipped", unit=MetricUnit.Count, value=1)
+            return {"skipped": "no enabled segment reads population statistics"}
         if deps.runner is None:
             raise RuntimeError("no job runner: JOBS_STATE_MACHINE_ARN is not set")
         job = start_job(deps.job_store, deps.runner, PERCENTILES, {}, deps.clock.now())

@@ -135,3 +135,16 @@ def test_a_failed_job_execution_raises_an_alarm_to_the_alarms_topic(template: An
     (dimension,) = alarm["Dimensions"]
     assert dimension["Name"] == "StateMachineArn" and "Jobs" in json.dumps(dimension["Value"])
     assert len(alarm["AlarmActions"]) == 1
+
+
+def test_the_jobs_function_writes_only_the_population_and_the_head_of_the_definitions_table(template: Any) -> None:
+    from tests.infra.conftest import DEFINITIONS_TABLE
+
+    statements = [s for s in statements_of(template, "JobsRoleDefault")
+                  if s["Resource"] == {"Fn::GetAtt": [DEFINITIONS_TABLE, "Arn"]}]
+    reads = [s for s in statements if "Condition" not in s]
+    writes = [s for s in statements if "Condition" in s]
+    assert [sorted(actions_of(s)) for s in reads] == [["dynamodb:BatchGetItem", "dynamodb:GetItem"]]
+    (write,) = writes
+    assert sorted(actions_of(write)) == ["dynamodb:PutItem", "dynamodb:UpdateItem"]
+    assert write["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["~population", "~catalogue"]}}

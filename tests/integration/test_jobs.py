@@ -136,3 +136,24 @@ def test_the_scheduled_percentiles_job_stores_statistics_and_fills_premium_custo
     stored = built[0].definitions.population()
     assert stored is not None and stored.threshold("revenue", 20) == threshold
     assert next(t for t in job.result["thresholds"] if t["segment_id"] == "premium-customers")["new"] == threshold
+
+
+def test_the_schedule_starts_no_scan_when_no_segment_reads_population_statistics(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "buyers.yaml").write_text("id: buyers\nname: Buyers\ncondition: {rfm: {metric: orders, gt: 0}}\n")
+    seed(stack, {"c001": 10.0})
+    create_jobs_table(stack)
+    for name, value in {"PROFILES_TABLE": PROFILES_TABLE, "JOBS_TABLE": JOBS_TABLE,
+                        "JOB_RESULTS_BUCKET": RESULTS_BUCKET, "CATALOGUE_PATH": str(tmp_path),
+                        "AWS_REGION": REGION}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DEFINITIONS_TABLE", raising=False)
+    started: list[str] = []
+
+    class Recording:
+        def start(self, job_id: str) -> None:
+            started.append(job_id)
+
+    deps = jobs_handler.build(clock=stack.clock, runner=Recording())
+    answer = jobs_handler.handle({"step": "schedule"}, None, deps)
+    assert answer == {"skipped": "no enabled segment reads population statistics"} and started == []

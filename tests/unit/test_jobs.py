@@ -306,3 +306,35 @@ def test_the_local_schedule_runs_once_the_ingest_has_moved_and_gone_quiet() -> N
     assert job_id is not None and world.members("premium-customers") == brute_force_top(REVENUES, 20)
     clock[0] = 30.0
     assert schedule.tick() is None  # nothing new since
+
+
+class DeletedAfterTheScan(MemoryProfileStore):
+    """A profiles table in which the given customers are deleted between the scan's read and the job's write."""
+
+    def __init__(self, doomed: set[str]) -> None:
+        super().__init__()
+        self.doomed = doomed
+
+    def save(self, profile: Profile, expected_version: int) -> None:
+        if profile.customer_id in self.doomed:
+            self._encoded.pop(profile.customer_id, None)
+            self._keys.pop(profile.customer_id, None)
+            self.doomed.discard(profile.customer_id)
+        super().save(profile, expected_version)
+
+
+def test_a_backfill_never_brings_back_a_profile_deleted_after_its_scan_read_it() -> None:
+    world = World(catalogue_of({"id": "no-revenue", "name": "No revenue",
+                                "condition": {"rfm": {"metric": "revenue", "lt": 1}}}, version=1), {})
+    store = DeletedAfterTheScan({"erased"})
+    for customer_id in ("erased", "kept"):
+        store.put(customer(customer_id, 0.0).to_item())
+    world.profiles = store
+    world.scan = MemoryProfileScan(store)
+    world.engine.profiles, world.engine.scan = store, world.scan
+
+    job = world.run(BACKFILL, catalogue_version=1)
+
+    assert store.item("erased") is None  # the conflict's reload found nothing: nothing is written
+    assert "no-revenue" in store.item("kept")["m"]
+    assert job.counts["written"] == 1 and job.counts["entered"] == 1

@@ -14,7 +14,7 @@ from cdp.core.population import PopulationStats
 from cdp.core.profile import Profile
 from cdp.pipeline.definitions import save_segments
 from cdp.pipeline.live_catalogue import LiveCatalogue
-from cdp.ports import SegmentChange
+from cdp.ports import SegmentChange, TransientError
 from cdp_dev.memory_definitions import InMemoryDefinitionStore
 
 SEGMENTS = Path(__file__).resolve().parents[2] / "segments"
@@ -120,15 +120,15 @@ def test_a_store_that_cannot_be_read_keeps_the_catalogue_in_hand_and_is_asked_ag
     assert live.refresh() and live.catalogue.version == 2
 
 
-def test_a_cold_start_that_cannot_read_the_store_evaluates_with_the_folder(folder: Catalogue) -> None:
+def test_a_cold_start_that_cannot_read_the_store_fails_rather_than_evaluate_with_the_folder(
+        folder: Catalogue) -> None:
     store, clock = InMemoryDefinitionStore(), Monotonic()
     save_segments(store, [SegmentChange("rich", rich())], "ana", 1.0)
     store.failing = 1
     live = live_over(store, folder, clock)
-    assert live.catalogue is folder
-    clock.now += 30
-    live.refresh()
-    assert live.catalogue.version == 1
+    with pytest.raises(TransientError, match="could not be read at cold start"):
+        live.catalogue  # noqa: B018
+    assert live.catalogue.version == 1  # the retried invocation reads it
 
 
 def test_a_forced_refresh_reads_the_head_at_once(folder: Catalogue) -> None:
@@ -162,4 +162,4 @@ def test_a_profile_evaluated_by_a_newer_catalogue_is_recognised(folder: Catalogu
     assert fingerprint_version(profile.catalogue) == 2
     assert live.newer_than_held(fingerprint_version(profile.catalogue)) and live.catalogue is older
     # the engine holding the older catalogue evaluates nothing and leaves the next evaluation a full one
-    assert Engine(older).evaluate(profile, 11.0, None) == [] and profile.catalogue == ""
+    assert Engine(older).evaluate(profile, 11.0, None) == [] and profile.catalogue == "2.stale"

@@ -63,6 +63,12 @@ class Outcome:
     spec_gaps: Tally[str] = field(default_factory=Tally)  # applied events without a spec field, by field
 
 
+class NewerCatalogue(Exception):
+    """The profile was evaluated by a newer catalogue version than the engine holds: folding events with the older
+    one would drop the counters and latches only the newer one keeps, so the events wait (they are retried) until
+    the function has picked the newer version up."""
+
+
 class Engine:
     def __init__(self, catalogue: Catalogue, stats: PopulationStats | None = None,
                  max_future_skew: float = MAX_CLOCK_SKEW, consent_policy: ConsentPolicy | None = None,
@@ -81,7 +87,13 @@ class Engine:
         return policy.refusal(PROFILING, profile.consent)
 
     def apply(self, profile: Profile, events: Iterable[Event], now: float) -> Outcome:
-        """Fold one customer's events into the profile, then evaluate what they touched."""
+        """Fold one customer's events into the profile, then evaluate what they touched.
+
+        Raises :class:`NewerCatalogue` when a newer catalogue than the engine's evaluated the profile."""
+        if self.catalogue_behind(profile):
+            newer = fingerprint_version(profile.catalogue)
+            raise NewerCatalogue(f"the profile was evaluated by catalogue version {newer}; this function holds "
+                                 f"{self.catalogue.version}")
         folded = fold(profile, events, self.catalogue, now, stats=self.stats, max_future_skew=self.max_future_skew)
         outcome = Outcome(applied=folded.applied, duplicates=folded.duplicates,
                           beyond_retention=folded.beyond_retention, rejected=folded.rejected,
@@ -93,6 +105,10 @@ class Engine:
         outcome.changed = outcome.changed or evaluation.changed
         outcome.next_deadline = profile.next_deadline
         return outcome
+
+    def catalogue_behind(self, profile: Profile) -> bool:
+        """Whether the profile was evaluated by a newer catalogue version than the engine's."""
+        return bool(profile.catalogue) and fingerprint_version(profile.catalogue) > self.catalogue.version
 
     def set_manual(self, profile: Profile, segment_id: str, member: bool, now: float) -> Transition | None:
         """Add a customer to, or remove them from, a static segment. The write carries the transition."""
@@ -181,7 +197,7 @@ class Engine:
         refusal = self.profiling_refusal(profile)
         if refusal is not None:
             return self._leave_everything(profile, now, CONSENT, refusal)
-        if profile.catalogue and fingerprint_version(profile.catalogue) > self.catalogue.version:
+        if self.catalogue_behind(profile):
             return _defer_to_newer(profile, Evaluation([]))
         return None
 
@@ -222,9 +238,10 @@ class Engine:
 
 def _defer_to_newer(profile: Profile, evaluation: Evaluation) -> Evaluation:
     """A newer catalogue than the engine's evaluated the profile (this function has not picked it up yet):
-    evaluating with the older one could re-enter a removed segment or leave a new one. Nothing is evaluated,
-    and the cleared fingerprint makes the next evaluation a full one."""
-    profile.catalogue = ""
+    evaluating with the older one could re-enter a removed segment or leave a new one. Nothing is evaluated. The
+    fingerprint keeps the newer version (so this older engine keeps deferring) with a digest no catalogue has (so
+    the next evaluation by a catalogue that new is a full one)."""
+    profile.catalogue = f"{fingerprint_version(profile.catalogue)}.stale"
     profile.transitions = []
     evaluation.changed = True
     return evaluation

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 
 from cdp.core.catalogue import fingerprint_version
 from cdp.core.clock import Clock, wall_time
-from cdp.core.engine import Engine, Outcome, Transition
+from cdp.core.engine import Engine, NewerCatalogue, Outcome, Transition
 from cdp.core.events import Event, InvalidEvent, parse_record
 from cdp.core.fold import future_reason
 from cdp.core.identity import merge_of
@@ -340,6 +340,9 @@ def _write_customer(customer: _Customer, engine: Engine, store: ProfileStore, no
     except TransientError as error:  # the id map's email index, written just before the profile
         write = WriteOutcome(customer.profile or Profile(customer.customer_id), error=error,
                              reason=f"the id map could not be written: {error}")
+    except NewerCatalogue as error:  # the records are retried once this function holds the newer catalogue
+        write = WriteOutcome(customer.profile or Profile(customer.customer_id), error=TransientError(str(error)),
+                             reason=str(error))
     away = write.profile
     if not write.failed and away.merged_into is not None:  # merged away meanwhile: write its customer instead
         target = away.merged_into

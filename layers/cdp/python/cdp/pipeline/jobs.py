@@ -393,6 +393,8 @@ class _Evaluating:
         self.now = jobs.now()
 
     def change(self, profile: Profile) -> bool:
+        if profile.version == 0:
+            return False  # deleted (or expired) since the scan read it: a job never makes a profile
         before = _segmentation(profile)
         self.engine.evaluate(profile, self.now, None if self.touched is None else set(self.touched))
         if _segmentation(profile) == before:

@@ -9,7 +9,9 @@ one invocation, without a redeploy, and an idle catalogue costs one read per fun
 
 Until the store holds anything (head version 0) the YAML folder the layer ships is the catalogue. A store that
 cannot be read keeps the catalogue in hand and is asked again at the next check; so does a stored catalogue
-that does not build (it was validated when it was written, so that means a newer product wrote it).
+that does not build (it was validated when it was written, so that means a newer product wrote it). A cold start
+that cannot read the store raises :class:`TransientError` (the invocation is retried): the folder may differ
+from the stored catalogue, so it is never evaluated with in its place.
 """
 
 from __future__ import annotations
@@ -88,10 +90,11 @@ class LiveCatalogue:
             head = self.store.head()
             return self._follow(head)
         except (TransientError, CatalogueError) as error:
+            if self._state is None:
+                # A cold start that cannot read the store has no catalogue: the folder may be far from the stored
+                # one, so the invocation fails and is retried rather than evaluate with it.
+                raise TransientError(f"the catalogue could not be read at cold start: {error}") from error
             logger.warning("the catalogue was not refreshed; the one in hand stays", extra={"reason": str(error)})
-            if self._state is None:  # a cold start that cannot read the store still evaluates
-                self._state = CatalogueState(self._fallback(), None, None)
-                return True
             return False
 
     def _follow(self, head: CatalogueHead) -> bool:
