@@ -31,7 +31,8 @@ def catalogue(version: int, *definitions: dict[str, Any]) -> Catalogue:
 
 def view(who: str, at: int, number: int, category: str = "shoes") -> Any:
     return normalise({"type": "track", "event": "Product Viewed", "userId": who, "messageId": f"{who}-{number}",
-                      "timestamp": datetime.fromtimestamp(at, UTC).isoformat(), "properties": {"product_id": f"p{number}", "category": category}})
+                      "timestamp": datetime.fromtimestamp(at, UTC).isoformat(),
+                      "properties": {"product_id": f"p{number}", "category": category}})
 
 
 def evaluated_by_version_2() -> tuple[Profile, Engine]:
@@ -89,7 +90,8 @@ def test_ingest_retries_the_records_of_a_newer_profile_unless_the_refresh_brings
     store = MemoryProfileStore()
     store.put(profile.to_item())
     event = {"type": "track", "event": "Product Viewed", "userId": "ann", "messageId": "ann-3",
-             "timestamp": datetime.fromtimestamp(T + 200, UTC).isoformat(), "properties": {"product_id": "p3", "category": "shoes"}}
+             "timestamp": datetime.fromtimestamp(T + 200, UTC).isoformat(),
+             "properties": {"product_id": "p3", "category": "shoes"}}
     engine = Engine(catalogue(1, VIEWERS))
 
     stale = ingest_batch([record(1, event)], engine, store, Kept(), Clock(), newer_catalogue=lambda: None)  # type: ignore[arg-type]
