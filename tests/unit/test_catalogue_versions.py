@@ -94,7 +94,7 @@ def test_ingest_retries_the_records_of_a_newer_profile_unless_the_refresh_brings
              "properties": {"product_id": "p3", "category": "shoes"}}
     engine = Engine(catalogue(1, VIEWERS))
 
-    stale = ingest_batch([record(1, event)], engine, store, Kept(), Clock(), newer_catalogue=lambda: None)  # type: ignore[arg-type]
+    stale = ingest_batch([record(1, event)], engine, store, Kept(), Clock(), newer_catalogue=lambda: None)
     assert list(stale.failure_reasons.values()) == ["the profile was evaluated by catalogue version 2; this "
                                                     "function holds 1"]
     assert store.item("ann") == profile.to_item()
@@ -102,6 +102,6 @@ def test_ingest_retries_the_records_of_a_newer_profile_unless_the_refresh_brings
     def refresh() -> None:
         engine.catalogue = catalogue(2, VIEWERS, SHOE_FANS)
 
-    fresh = ingest_batch([record(1, event)], engine, store, Kept(), Clock(), newer_catalogue=refresh)  # type: ignore[arg-type]
+    fresh = ingest_batch([record(1, event)], engine, store, Kept(), Clock(), newer_catalogue=refresh)
     assert fresh.failure_reasons == {} and fresh.applied == 1
     assert "shoe-fans" in (store.item("ann") or {}).get("m", {})
