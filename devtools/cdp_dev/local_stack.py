@@ -968,7 +968,8 @@ class LocalStack:
                           "buckets": self.resources.buckets, "queues": [*self.resources.queues, FEED_QUEUE],
                           "buses": self.resources.buses},
             "environment": self.resources.functions,
-            "schedules": {s.function: self.timer_tick or s.seconds for s in self.resources.schedules},
+            "schedules": {s.function: self.timer_tick if self.timer_tick is not None and s.seconds <= 60 else s.seconds
+                          for s in self.resources.schedules},
             "sandbox": {"url": self.sandbox.url if self.sandbox else None,
                         "deliveries": list(self.sandbox.deliveries[-50:]) if self.sandbox else []},
             "last_sweep": self.last_sweep,

@@ -20,14 +20,14 @@ def test_health_names_the_components_and_the_templates_resources(stack: Running)
                                          "queue->email", "queue->webhook", "queue->meta", "queue->google",
                                          "queue->privacy",
                                          "feed keeper"}  # --no-feed: the feed queue keeps only the newest
-    assert health["schedules"] == {"timers": 1}
+    assert health["schedules"] == {"timers": 1, "history": 86400}  # the tick override is for minute schedules
     resources = health["resources"]
     assert len(resources["streams"]) == 1 and resources["buses"] == ["cdp-dev"]
-    # profiles, members index, write keys (the collector's), the id map, the integrations' delivery ledger and the
-    # data subject requests
+    # profiles, members index, write keys (the collector's), the id map, the integrations' delivery ledger, the
+    # data subject requests, the segment definitions, the segment history and the jobs
     assert sorted(name.rstrip("0123456789ABCDEF") for name in resources["tables"]) == [
-        "FanoutLedger", "PrivacyRequests", "StorageIdentityMap", "StorageMembers", "StorageProfiles",
-        "StorageWriteKeys"]
+        "CatalogueDefinitions", "FanoutLedger", "HistoryTable", "JobsTable", "PrivacyRequests", "StorageIdentityMap",
+        "StorageMembers", "StorageProfiles", "StorageWriteKeys"]
     assert health["environment"]["ingest"]["PROFILES_TABLE"] in resources["tables"]
 
 

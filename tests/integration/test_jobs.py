@@ -59,6 +59,14 @@ def test_the_parallel_scan_segments_cover_every_profile_exactly_once(stack: Stac
     assert scan.approximate_count() == 60
 
 
+def test_an_item_that_is_not_a_profile_is_skipped_and_counted_not_a_failed_scan(stack: Stack) -> None:
+    seed(stack, {"c001": 10.0, "c002": 20.0})
+    stack.dynamodb.put_item(TableName=PROFILES_TABLE, Item={"customer_id": {"S": "hand-edited"},
+                                                           "m": {"S": "not a map"}, "v": {"N": "1"}})
+    page = DynamoProfileScan(stack.dynamodb, PROFILES_TABLE).page(0, 1, None, 100)
+    assert sorted(p.customer_id for p in page.profiles) == ["c001", "c002"] and page.unreadable == 1
+
+
 def test_the_job_store_adds_counts_atomically_and_keeps_the_rest(stack: Stack) -> None:
     jobs = create_jobs_table(stack)
     jobs.create(Job("j1", "backfill", "queued", 100.0, 100.0, {"deliver": "none"}, ["evaluate"]))

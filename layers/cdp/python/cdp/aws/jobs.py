@@ -54,6 +54,7 @@ class JobItem(Model):
     exited = NumberAttribute(default=0)
     conflicts = NumberAttribute(default=0)
     failed = NumberAttribute(default=0)
+    unreadable = NumberAttribute(default=0)
 
 
 def bind_jobs(table_name: str, region: str | None = None, host: str | None = None) -> type[JobItem]:
@@ -145,8 +146,13 @@ class DynamoProfileScan:
             response = self.client.scan(**request)
         except Exception as error:
             raise domain_error(error) from error
-        return ScanPage([decode_profile(item) for item in response.get("Items", [])],
-                        response.get("LastEvaluatedKey"))
+        profiles, unreadable = [], 0
+        for item in response.get("Items", []):
+            try:
+                profiles.append(decode_profile(item))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                unreadable += 1  # not a profile item (foreign, or edited by hand): one item never stops a job
+        return ScanPage(profiles, response.get("LastEvaluatedKey"), unreadable)
 
     def approximate_count(self) -> int:
         try:

@@ -28,8 +28,9 @@ Kinds:
     result. It runs hourly by default, and after a backfill.
 
 Counts (added atomically, so concurrent segments never lose one): ``scanned``, ``evaluated``, ``written``,
-``entered`` and ``exited`` (of the job's segment, every segment without one), ``conflicts``, ``failed``. A profile
-whose write failed is still evaluated in full at its next event (its fingerprint is stale), so a job goes on.
+``entered`` and ``exited`` (of the job's segment, every segment without one), ``conflicts``, ``failed``, and
+``unreadable`` (items of the table that are not profiles: skipped). A profile whose write failed is still evaluated
+in full at its next event (its fingerprint is stale), so a job goes on.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ PHASES = {BACKFILL: [EVALUATE], PERCENTILES: [COLLECT, REEVALUATE]}
 DELIVER_MODES = ("none", "audiences", "all")  # none: nobody; audiences: lists and ad audiences, no email; all
 DEFAULT_DELIVER = "audiences"
 BECAUSE = ("saved", "deleted", "disabled")
-COUNTS = ("scanned", "evaluated", "written", "entered", "exited", "conflicts", "failed")
+COUNTS = ("scanned", "evaluated", "written", "entered", "exited", "conflicts", "failed", "unreadable")
 METRICS = ("orders", "revenue", "average_order_value")
 JOB_DAYS = 30  # a job's record expires this long after it was created
 DEFAULT_SCAN_SEGMENTS = 16
@@ -135,6 +136,7 @@ class JobRunner(Protocol):
 class ScanPage:
     profiles: list[Profile]
     cursor: object | None  # where the segment's next page starts; None: the segment is done
+    unreadable: int = 0  # items that are not profiles (a foreign or hand-edited item): skipped and counted
 
 
 class ProfileScan(Protocol):
@@ -319,6 +321,7 @@ class JobEngine:
         while True:
             page = self.scan.page(segment, total, position, self.page_size)
             worker.take(page.profiles, counts)
+            counts["unreadable"] += page.unreadable
             position = page.cursor
             if position is None:
                 done = True
