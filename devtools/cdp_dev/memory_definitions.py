@@ -65,7 +65,7 @@ class InMemoryDefinitionStore:
                     segments.pop(change.segment_id, None)
                 else:
                     segments[change.segment_id] = number
-            self._head = CatalogueHead(version, segments, self._head.stats_version, at)
+            self._head = CatalogueHead(version, segments, self._head.stats_version, at, tuple(sorted(self._latest)))
             return self._head
 
     def population(self) -> PopulationStats | None:
@@ -75,6 +75,8 @@ class InMemoryDefinitionStore:
     def put_population(self, stats: PopulationStats) -> CatalogueHead:
         self._call("put_population")
         with self._lock:
+            if self._stats is not None and self._stats.computed_at >= stats.computed_at:
+                return self._head  # a job that scanned earlier never replaces newer statistics
             self._stats = stats
             self._head = replace(self._head, stats_version=self._head.stats_version + 1,
                                  updated_at=float(stats.computed_at))

@@ -75,12 +75,14 @@ def build(**overrides: Any) -> Dependencies:
 
 
 def current_erasure(deps: Dependencies) -> Erasure:
-    """The erasure over every segment of the catalogue in hand (refreshed) as well as the deployed folder's:
-    a segment made at runtime has members rows too."""
+    """The erasure over every segment of the catalogue in hand (refreshed) as well as the deployed folder's, and
+    every segment the store ever held: a segment made at runtime has members rows too, and a deleted one's rows
+    outlive it."""
     if deps.live is None:
         return deps.erasure
     deps.live.refresh()
-    segment_ids = sorted({*deps.erasure.segment_ids, *deps.live.catalogue.all_segments})
+    head = deps.live.state.head
+    segment_ids = sorted({*deps.erasure.segment_ids, *deps.live.catalogue.all_segments, *(head.ever if head else ())})
     return replace(deps.erasure, segment_ids=segment_ids)
 
 

@@ -76,6 +76,13 @@ def test_every_version_is_kept_with_deletions_in_order(store: DynamoDefinitionSt
     assert store.history("ghost") == []
 
 
+def test_the_head_names_every_segment_ever_stored_deleted_ones_too(store: DynamoDefinitionStore) -> None:
+    store.commit([SegmentChange("rich", rich()), SegmentChange("poor", rich(1))], "ana", 1.0, expected=0)
+    committed = store.commit([SegmentChange("rich", None)], "bo", 2.0, expected=1)
+    assert committed.segments == {"poor": 1} and committed.ever == ("poor", "rich")
+    assert store.head().ever == ("poor", "rich")  # its members rows outlive it: the erasure reads this
+
+
 def test_a_commit_on_a_head_that_moved_is_a_conflict_and_writes_nothing(store: DynamoDefinitionStore) -> None:
     store.commit([SegmentChange("rich", rich())], "ana", 1.0, expected=0)
     with pytest.raises(ConflictError):
@@ -116,7 +123,10 @@ def test_population_statistics_round_trip_and_move_the_stats_version(store: Dyna
     assert store.population() == stats
     # statistics stored before any definitions do not stop the first commit (the seed)
     assert store.commit([SegmentChange("rich", rich())], "ana", 1.0, expected=0).stats_version == 1
-    assert store.put_population(stats).stats_version == 2 and store.head().version == 1
+    newer = PopulationStats.from_values({"revenue": [5.0, 6.0]}, computed_at=1_700_003_600)
+    assert store.put_population(newer).stats_version == 2 and store.head().version == 1
+    # A job that scanned earlier (an overlapping, slower one) never replaces newer statistics.
+    assert store.put_population(stats).stats_version == 2 and store.population() == newer
 
 
 def test_seeding_the_folder_builds_the_folders_catalogue_from_the_store(store: DynamoDefinitionStore) -> None:

@@ -245,3 +245,13 @@ def test_applying_a_plan_then_planning_again_finds_nothing_to_do() -> None:
     _, current = current_definitions(store)
     stored = {s: v.definition for s, v in current.items() if v.definition is not None}
     assert plan(stored, desired, prune=True).empty
+
+
+def test_statistics_of_a_job_that_scanned_earlier_never_replace_newer_ones() -> None:
+    from cdp.core.population import PopulationStats
+
+    store = InMemoryDefinitionStore()
+    newer = PopulationStats.from_values({"revenue": [10.0, 20.0]}, computed_at=7_200)
+    older = PopulationStats.from_values({"revenue": [1.0]}, computed_at=3_600)
+    assert store.put_population(newer).stats_version == 1
+    assert store.put_population(older).stats_version == 1 and store.population() == newer

@@ -226,6 +226,7 @@ class CatalogueHead:
     segments: dict[str, int]  # segment id -> its current version (deleted segments absent)
     stats_version: int = 0  # moves each time population statistics are stored
     updated_at: float = 0.0
+    ever: tuple[str, ...] = ()  # every segment id the store has held, deleted ones too (their rows outlive them)
 
 
 @dataclass(frozen=True)
@@ -261,5 +262,6 @@ class DefinitionStore(Protocol):
         ...
 
     def put_population(self, stats: PopulationStats) -> CatalogueHead:
-        """Store population statistics and move ``stats_version`` on."""
+        """Store population statistics and move ``stats_version`` on, unless the stored ones were computed at the
+        same time or later (then nothing changes)."""
         ...

@@ -133,9 +133,10 @@ class DynamoDefinitionStore:
             return CatalogueHead(0, {}), {}
         except PynamoDBException as error:
             raise _transient(error, "reading the catalogue head") from error
+        latest = _numbers(item.latest)
         head = CatalogueHead(int(item.catalogue_version or 0), _numbers(item.segments),
-                             int(item.stats_version or 0), float(item.updated_at or 0))
-        return head, _numbers(item.latest)
+                             int(item.stats_version or 0), float(item.updated_at or 0), tuple(sorted(latest)))
+        return head, latest
 
     def current(self, head: CatalogueHead) -> list[SegmentVersion]:
         # Strongly consistent: version items were written in the commit that moved the head, and an eventually
@@ -213,7 +214,7 @@ class DynamoDefinitionStore:
             raise self._commit_error(error) from error
         except PynamoDBException as error:
             raise _transient(error, "committing segment definitions") from error
-        return CatalogueHead(version, segments, head.stats_version, at)
+        return CatalogueHead(version, segments, head.stats_version, at, tuple(sorted(latest)))
 
     @staticmethod
     def _commit_error(error: TransactWriteError) -> Exception:
@@ -228,11 +229,17 @@ class DynamoDefinitionStore:
         models = self.models
         item = models.population(POPULATION_ID, 0, computed_at=int(stats.computed_at), population=int(stats.population),
                                  percentiles=json.dumps({k: list(v) for k, v in stats.percentiles.items()}))
+        stored = models.population.computed_at
         try:
             with TransactWrite(connection=models.connection) as transaction:
-                transaction.save(item)
+                # Only over older statistics: two jobs can overlap, and the one that scanned earlier must not win.
+                transaction.save(item, condition=stored.does_not_exist() | (stored < int(stats.computed_at)))
                 transaction.update(models.head(HEAD_ID, 0), actions=[
                     models.head.stats_version.add(1), models.head.updated_at.set(float(stats.computed_at))])
+        except TransactWriteError as error:
+            codes = {reason.code for reason in error.cancellation_reasons if reason is not None}
+            if codes != {"ConditionalCheckFailed"} and codes != {"ConditionalCheckFailed", "None"}:
+                raise _transient(error, "storing the population statistics") from error
         except PynamoDBException as error:
             raise _transient(error, "storing the population statistics") from error
         return self._head(consistent=True)[0]

@@ -356,7 +356,8 @@ class JobEngine:
 
     def _store_population(self, job: Job) -> None:
         at = self.now()
-        stats = stats_from_histograms(merge_histograms(self.results.parts(job.job_id, COLLECT)), int(at))
+        # As of the job's start: of two overlapping jobs, the one that started later is the newer.
+        stats = stats_from_histograms(merge_histograms(self.results.parts(job.job_id, COLLECT)), int(job.created_at))
         old = self.definitions.population() if self.definitions is not None else None
         stats_version = self.definitions.put_population(stats).stats_version if self.definitions is not None else 0
         catalogue = self.engine_for(0).catalogue
