@@ -272,6 +272,29 @@ def _print_feed(event: dict[str, Any]) -> None:
         sys.stdout.flush()
 
 
+class StopSignals:
+    """The signal handler of `cdp run`: while starting, it interrupts the start; after, the first signal asks the
+    stack to stop.
+
+    Only the first signal sets ``done``: `make run` and the stack both get a group's SIGTERM and make passes its own
+    on, so a second one can arrive while the first handler holds the event's lock, and ``Event.set`` is not
+    re-entrant (a nested one would wait on that lock for ever).
+    """
+
+    def __init__(self, done: threading.Event | None = None) -> None:
+        self.done = done or threading.Event()
+        self.starting = threading.Event()
+        self.received: list[int] = []
+
+    def __call__(self, signum: int, _: Any) -> None:
+        if self.starting.is_set():  # stop at once: start() stops what it had started, then re-raises
+            self.starting.clear()
+            raise KeyboardInterrupt
+        self.received.append(signum)
+        if len(self.received) == 1:
+            self.done.set()
+
+
 def _run(args: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
@@ -283,13 +306,8 @@ def _run(args: argparse.Namespace) -> int:
     stack = LocalStack(root, aws_port=args.aws_port, api_port=args.api_port, clock=args.clock,
                        feed=None if args.no_feed else _print_feed,
                        timer_tick=args.timer_tick)
-    done, starting = threading.Event(), threading.Event()
-
-    def stop(signum: int, _: Any) -> None:
-        if starting.is_set():  # stop at once: start() stops what it had started, then re-raises
-            starting.clear()
-            raise KeyboardInterrupt
-        done.set()
+    stop = StopSignals()
+    done, starting = stop.done, stop.starting
 
     starting.set()
     for signum in (signal.SIGINT, signal.SIGTERM):

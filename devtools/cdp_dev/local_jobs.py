@@ -29,8 +29,12 @@ RETRY_SECONDS = 0.5
 
 class InProcessJobRunner:
     def __init__(self, build_jobs_deps: Callable[[], JobEngine], workers: int = 4, *, background: bool = True,
-                 budget_seconds: float = 5.0, sleep: Callable[[float], None] = time.sleep) -> None:
+                 budget_seconds: float = 5.0, sleep: Callable[[float], None] = time.sleep,
+                 stopping: threading.Event | None = None) -> None:
         self.build = build_jobs_deps
+        # Set when the stack stops: a Work step ends after its page, and no further step starts (the job is left
+        # running, as a state machine's execution would be when stopped).
+        self.stopping = stopping or threading.Event()
         self.workers = workers
         self.background = background
         self.budget_seconds = budget_seconds
@@ -46,6 +50,9 @@ class InProcessJobRunner:
         self.threads[job_id] = thread
         thread.start()
 
+    def running(self) -> list[threading.Thread]:
+        return [thread for thread in self.threads.values() if thread.is_alive()]
+
     def wait(self, job_id: str, timeout: float | None = None) -> bool:
         """Whether the job's thread ended within ``timeout`` (True for a job this runner ran in the foreground)."""
         thread = self.threads.get(job_id)
@@ -59,12 +66,14 @@ class InProcessJobRunner:
         engine = self.build()
         try:
             state = self._step(engine, {"step": "advance", "job_id": job_id, "finished": ""})
-            while not state["done"]:
+            while not state["done"] and not self.stopping.is_set():
                 phase, total = state["phase"], state["total"]
                 segments = state["segments"]
                 with ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="job-work") as pool:
                     list(pool.map(self._segment, [engine] * len(segments), [job_id] * len(segments),
                                   [phase] * len(segments), segments, [total] * len(segments)))
+                if self.stopping.is_set():
+                    return
                 finished = self._step(engine, {"step": "finish", "job_id": job_id, "phase": phase})
                 state = self._step(engine, {"step": "advance", "job_id": job_id,
                                             "finished": finished["finished"]})
@@ -79,7 +88,7 @@ class InProcessJobRunner:
         while True:
             worked = self._step(engine, {"step": "work", "job_id": job_id, "phase": phase, "segment": segment,
                                          "total": total, "cursor": cursor}, budgeted=True)
-            if worked["done"]:
+            if worked["done"] or self.stopping.is_set():
                 return
             cursor = worked["cursor"]
 
@@ -96,7 +105,7 @@ class InProcessJobRunner:
     def _budget(self) -> Callable[[], bool]:
         """A Work invocation's time, as Lambda's remaining time less the reserve."""
         deadline = time.monotonic() + self.budget_seconds
-        return lambda: time.monotonic() < deadline
+        return lambda: time.monotonic() < deadline and not self.stopping.is_set()
 
 
 class LocalPopulationSchedule:

@@ -603,10 +603,12 @@ class LocalStack:
             self._http.shutdown()
             self._http.server_close()
         deadline = time.monotonic() + STOP_SECONDS  # for all of them together
-        for thread in self.threads:
+        runner = getattr(self, "job_runner", None)  # made once the functions are wired
+        jobs = runner.running() if runner is not None else []
+        for thread in [*self.threads, *jobs]:  # a job ends after the page in hand (its runner sees the stop)
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.emulator.stop()
-        return [thread.name for thread in self.threads if thread.is_alive()]
+        return [thread.name for thread in [*self.threads, *jobs] if thread.is_alive()]
 
     def client(self, service: str) -> Any:
         """A boto3 client of the emulator, as the handlers' own reach it."""
@@ -703,7 +705,7 @@ class LocalStack:
         self._count_batches()
         self._dependencies: dict[str, Any] = {}
         # Jobs run on threads here, over the jobs function's own steps (no Step Functions locally).
-        self.job_runner = InProcessJobRunner(lambda: self._dependencies["jobs"].job_engine())
+        self.job_runner = InProcessJobRunner(lambda: self._dependencies["jobs"].job_engine(), stopping=self.stopping)
         for folder, handler in handlers.items():
             given = {"clock": self.clock} if folder in SHARED_CLOCK else {}
             given.update(runner_override(handler, self.job_runner))

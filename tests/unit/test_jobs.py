@@ -338,3 +338,31 @@ def test_a_backfill_never_brings_back_a_profile_deleted_after_its_scan_read_it()
     assert store.item("erased") is None  # the conflict's reload found nothing: nothing is written
     assert "no-revenue" in (store.item("kept") or {})["m"]
     assert job.counts["written"] == 1 and job.counts["entered"] == 1
+
+
+def test_a_stopping_local_runner_ends_its_job_after_the_page_in_hand() -> None:
+    import threading
+    import time
+
+    world = World(catalogue_of(BIG, version=1), {f"c{i:03d}": float(i) for i in range(200)}, page_size=1)
+    pages: list[int] = []
+    scan_page = world.scan.page
+
+    def slow_page(*args: Any) -> Any:
+        pages.append(1)
+        time.sleep(0.01)
+        return scan_page(*args)
+
+    world.scan.page = slow_page  # type: ignore[method-assign, assignment]
+    stopping = threading.Event()
+    runner = InProcessJobRunner(lambda: world.engine, workers=2, stopping=stopping)
+    job = start_job(world.jobs, runner, BACKFILL, {"catalogue_version": 1}, NOW)
+    while not pages:
+        time.sleep(0.005)
+    stopping.set()
+
+    assert runner.wait(job.job_id, timeout=5)
+    assert len(pages) < 200  # it did not go on through the other pages
+    stored = world.jobs.get(job.job_id)
+    assert stored is not None and stored.status == "running"  # left as a stopped execution leaves it
+    assert runner.running() == []
