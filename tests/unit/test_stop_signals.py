@@ -10,25 +10,29 @@ import pytest
 from cdp_dev.cli import StopSignals
 
 
-class SignalledDuringSet(threading.Event):
-    """An event whose set() takes a second signal while it holds its lock, as `make run` and the stack can."""
+class SignalledDuringSet:
+    """An event whose set() takes a second signal while it holds its (non-reentrant) lock, as Event.set holds its
+    condition's lock while it notifies the waiters: what `make run` and the stack can do to each other."""
 
     def __init__(self) -> None:
-        super().__init__()
+        self.lock = threading.Lock()
+        self.flag = False
         self.handler: StopSignals | None = None
 
     def set(self) -> None:
-        with self._cond:  # what Event.set holds while it notifies the waiters
+        with self.lock:
             if self.handler is not None:
                 self.handler(signal.SIGTERM, None)  # the second signal, inside the first handler
-            self._flag = True
-            self._cond.notify_all()
+            self.flag = True
+
+    def is_set(self) -> bool:
+        return self.flag
 
 
 @pytest.mark.timeout(5)
 def test_a_second_signal_inside_the_first_handler_neither_hangs_nor_sets_again() -> None:
     done = SignalledDuringSet()
-    stop = StopSignals(done)
+    stop = StopSignals(done)  # type: ignore[arg-type]
     done.handler = stop
 
     stop(signal.SIGTERM, None)
