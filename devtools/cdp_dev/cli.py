@@ -614,7 +614,8 @@ def _segments_apply(args: argparse.Namespace) -> int:
     from cdp.pipeline.definitions import plan, plan_changes
 
     desired = _folder(args.dir)
-    planned = plan(_stored_definitions(args), desired, args.prune)
+    current = _stored_definitions(args)
+    planned = plan(current, desired, args.prune)
     print(format_plan(planned), end="")
     if planned.empty:
         return 0
@@ -622,7 +623,8 @@ def _segments_apply(args: argparse.Namespace) -> int:
         print("nothing applied")
         return 1
     query = {"deliver": args.deliver, "backfill": "false" if args.no_backfill else "true"}
-    for change in plan_changes(planned, desired):
+    not_started = []
+    for change in plan_changes(planned, desired, current):
         if change.definition is None:
             answer = _api_answer(args, "DELETE", f"/segments/{change.segment_id}", query=query)
             what = f"deleted {change.segment_id} (version {answer['version']})"
@@ -631,6 +633,13 @@ def _segments_apply(args: argparse.Namespace) -> int:
             what = f"saved {change.segment_id} version {answer['version']}"
         job = answer.get("job")
         print(f"{what}; backfill job {job['id']}" if job else what, flush=True)
+        if job and job.get("status") == "failed":
+            not_started.append(change.segment_id)
+            print(f"  its backfill failed: {job.get('reason')}", flush=True)
+    if not_started:  # saved, but not yet evaluated over existing profiles: saving them again starts a backfill
+        print(f"saved without a backfill: {', '.join(not_started)}; PUT /segments/<id> again for each (a save of an "
+              "unchanged definition starts a new backfill)", file=sys.stderr)
+        return 1
     return 0
 
 

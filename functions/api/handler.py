@@ -653,13 +653,26 @@ def _author() -> str:
     return str(identity.get("userArn") or identity.get("caller") or "local")
 
 
+MAX_DEFINITION_BYTES = 64 * 1024  # a stored version is one DynamoDB item (at most 400 KB)
+
+
 def _definition(segment_id: str, body: dict[str, Any]) -> dict[str, Any]:
-    """The body as the definition of ``segment_id``: its ``id`` may be left out, but not name another segment."""
+    """The body as the definition of ``segment_id``: its ``id`` may be left out, but not name another segment.
+    Numbers must be finite (JSON has no NaN or Infinity, so a stored one would not read back), and the whole at most
+    64 KB."""
     from cdp.core.language import DefinitionError
 
     definition = {"id": segment_id, **body}
     if definition["id"] != segment_id:
         raise DefinitionInvalid([DefinitionError("id", "must equal the segment id in the path",
+                                                 segment_id=segment_id)])
+    try:
+        text = json.dumps(definition, allow_nan=False)
+    except ValueError:
+        raise DefinitionInvalid([DefinitionError("condition", "numbers must be finite (not NaN or Infinity)",
+                                                 segment_id=segment_id)]) from None
+    if len(text.encode()) > MAX_DEFINITION_BYTES:
+        raise DefinitionInvalid([DefinitionError("", f"must be at most {MAX_DEFINITION_BYTES // 1024} KB as JSON",
                                                  segment_id=segment_id)])
     return definition
 

@@ -138,6 +138,8 @@ def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependenc
         if deps.runner is None:
             raise RuntimeError("no job runner: JOBS_STATE_MACHINE_ARN is not set")
         job = start_job(deps.job_store, deps.runner, PERCENTILES, {}, deps.clock.now())
+        if job.status == "failed":  # the schedule tries again (its retry policy)
+            raise RuntimeError(job.reason)
         metrics.add_metric(name="JobsStarted", unit=MetricUnit.Count, value=1)
         logger.info("percentiles job started", extra={"job_id": job.job_id})
         return job_document(job)

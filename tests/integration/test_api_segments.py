@@ -22,6 +22,7 @@ from cdp.core.profile import Profile
 from cdp.pipeline.definitions import folder_definitions, seed
 from cdp.pipeline.jobs import Job, ScanPage
 from cdp.pipeline.live_catalogue import LiveCatalogue
+from cdp.ports import TransientError
 
 from . import test_api
 from .support import REGION, SEGMENTS, identify, track
@@ -69,10 +70,16 @@ class RecordedJobs:
     def add_counts(self, job_id: str, counts: Any, segments_done: int, at: float) -> None:
         raise AssertionError("the API never runs a job")
 
+    refusing: bool = False  # the runner cannot start jobs (Step Functions throttling)
+
     def update(self, job_id: str, at: float, **changes: Any) -> None:
-        raise AssertionError("the API never runs a job")
+        assert set(changes) == {"status", "reason"}, "the API only marks a job it could not start"
+        for name, value in changes.items():
+            setattr(self.jobs[job_id], name, value)
 
     def start(self, job_id: str) -> None:
+        if self.refusing:
+            raise TransientError("StartExecution was throttled")
         self.started.append(job_id)
 
 
@@ -472,4 +479,33 @@ def test_the_committed_lifecycle_envelopes_save_preview_explain_and_delete_a_seg
     assert explained.status == 200 and explained.json["holds"] is True and explained.json["member"] is False
     deleted = lifecycle.api.send(committed("delete-segment"))
     assert deleted.status == 202 and deleted.json["job"]["options"]["because"] == "deleted"
+    assert "big-spenders" not in lifecycle.store.head().segments
+
+
+
+def test_a_backfill_that_cannot_start_leaves_the_saved_version_and_a_failed_job_never_a_queued_one(
+        lifecycle: Lifecycle) -> None:
+    lifecycle.jobs.refusing = True
+
+    reply = lifecycle.put("big-spenders", BIG_SPENDERS)
+
+    assert reply.status == 201 and reply.json["version"] == 1  # saved: the answer says so
+    job = reply.json["job"]
+    assert job["status"] == "failed" and job["reason"].startswith("the job could not be started")
+    assert lifecycle.jobs.jobs[job["id"]].status == "failed" and lifecycle.jobs.started == []
+    lifecycle.jobs.refusing = False
+    again = lifecycle.put("big-spenders", BIG_SPENDERS)  # saving it unchanged starts a new backfill
+    assert again.json["version"] == 1 and again.json["job"]["status"] == "queued"
+
+
+@pytest.mark.parametrize(("body", "rule"), [
+    ('{"name": "N", "condition": {"rfm": {"metric": "revenue", "gt": NaN}}}', "numbers must be finite"),
+    ('{"name": "N", "condition": {"rfm": {"metric": "revenue", "gt": 1e400}}}', "numbers must be finite"),
+    ('{"name": "N", "description": "' + "x" * 70_000 + '", "condition": {"rfm": {"metric": "revenue", "gt": 1}}}',
+     "must be at most 64 KB"),
+])
+def test_a_definition_that_would_not_store_or_read_back_is_422_not_a_5xx(lifecycle: Lifecycle, body: str,
+                                                                       rule: str) -> None:
+    reply = lifecycle.api.send(raw_event("PUT", "/segments/big-spenders", {}, body))
+    assert rule in " ".join(message for _, message, _ in issues(reply))
     assert "big-spenders" not in lifecycle.store.head().segments

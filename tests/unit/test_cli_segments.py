@@ -172,3 +172,20 @@ def test_history_is_a_table_with_a_dash_for_a_day_without_a_snapshot(
         "day               size   entered    exited",
         "2026-10-19           4         2         1",
         "2026-10-20           -         1         0"]
+
+
+def test_apply_names_a_saved_segment_whose_backfill_could_not_start_and_fails(
+        api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(args: Any, method: str, path: str, body: Any = None,
+                query: dict[str, str] | None = None) -> tuple[int, Any]:
+        status, answer = api(args, method, path, body, query)
+        if method == "PUT":
+            answer["job"] = {**answer["job"], "status": "failed", "reason": "the job could not be started: throttled"}
+        return status, answer
+
+    monkeypatch.setattr(cli, "_api_call", failing)
+    code = cli.main(["segments", "apply", folder(tmp_path, BIG), "--yes"])
+
+    captured = capsys.readouterr()
+    assert code == 1 and "its backfill failed: the job could not be started: throttled" in captured.out
+    assert "saved without a backfill: big-spenders" in captured.err

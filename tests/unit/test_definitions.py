@@ -255,3 +255,21 @@ def test_statistics_of_a_job_that_scanned_earlier_never_replace_newer_ones() -> 
     older = PopulationStats.from_values({"revenue": [1.0]}, computed_at=3_600)
     assert store.put_population(newer).stats_version == 1
     assert store.put_population(older).stats_version == 1 and store.population() == newer
+
+
+def test_apply_saves_a_segment_before_those_referring_to_it_and_deletes_the_referrers_first() -> None:
+    base = {"id": "zbase", "name": "Base", "condition": {"rfm": {"metric": "orders", "gt": 0}}}
+    derived = {"id": "aderived", "name": "Derived", "condition": {"segment": {"id": "zbase"}}}
+    store = InMemoryDefinitionStore()
+    desired = {"zbase": base, "aderived": derived}
+    changes = plan_changes(plan({}, desired, prune=False), desired)
+    assert [c.segment_id for c in changes] == ["zbase", "aderived"]  # alphabetical order would be refused
+    for change in changes:  # one by one, as `cdp segments apply` saves them through the API
+        save_segments(store, [change], "cli", 1.0)
+
+    current = {s: v.definition for s, v in current_definitions(store)[1].items() if v.definition}
+    removing = plan_changes(plan(current, {}, prune=True), {}, current)
+    assert [(c.segment_id, c.definition) for c in removing] == [("aderived", None), ("zbase", None)]
+    for change in removing:
+        save_segments(store, [change], "cli", 2.0)
+    assert store.head().segments == {}

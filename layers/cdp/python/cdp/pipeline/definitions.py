@@ -232,7 +232,22 @@ def plan(current: Mapping[str, dict[str, Any]], desired: Mapping[str, dict[str, 
     return result
 
 
-def plan_changes(planned: Plan, desired: Mapping[str, dict[str, Any]]) -> list[SegmentChange]:
-    """The changes that carry a plan out: the added and changed definitions, and a deletion per removed one."""
-    return ([SegmentChange(s, dict(desired[s])) for s in [*planned.added, *planned.changed]]
-            + [SegmentChange(s, None) for s in planned.removed])
+def plan_changes(planned: Plan, desired: Mapping[str, dict[str, Any]],
+                 current: Mapping[str, dict[str, Any]] | None = None) -> list[SegmentChange]:
+    """The changes that carry a plan out, in an order each of them is valid in when saved one by one: the added and
+    changed definitions, a segment before those that refer to it; then a deletion per removed one, a segment after
+    those (removed too) that refer to it."""
+    saves = _referenced_first([*planned.added, *planned.changed], desired)
+    deletions = list(reversed(_referenced_first(planned.removed, current or {})))
+    return [SegmentChange(s, dict(desired[s])) for s in saves] + [SegmentChange(s, None) for s in deletions]
+
+
+def _referenced_first(segment_ids: Sequence[str], definitions: Mapping[str, dict[str, Any]]) -> list[str]:
+    """``segment_ids`` in the catalogue's evaluation order (a segment after every one it refers to); in id order
+    when the definitions do not build."""
+    try:
+        catalogue = build_catalogue([(f"plan:{s}", d) for s, d in definitions.items()])
+    except CatalogueError:
+        return sorted(segment_ids)
+    order = {s.id: i for i, unit in enumerate(catalogue.units) for s in unit.segments}
+    return sorted(segment_ids, key=lambda s: (order.get(s, len(order)), s))

@@ -53,7 +53,7 @@ from cdp.core.population import PopulationStats
 from cdp.core.profile import Profile, ProfileView
 from cdp.pipeline.parallel import each
 from cdp.pipeline.write import WriteOutcome, write_profile
-from cdp.ports import DefinitionStore, ProfileStore
+from cdp.ports import DefinitionStore, ProfileStore, TransientError
 
 BACKFILL, PERCENTILES = "backfill", "percentiles"
 KINDS = (BACKFILL, PERCENTILES)
@@ -187,10 +187,15 @@ def job_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def start_job(jobs: JobStore, runner: JobRunner, kind: str, options: dict[str, Any], now: float) -> Job:
-    """Record a queued job and start it. Raises :class:`InvalidJob`, or the runner's TransientError."""
+    """Record a queued job and start it. Raises :class:`InvalidJob`. A runner that cannot start it (Step Functions
+    throttling, say) leaves the job failed with the reason, never queued for ever: the caller sees ``status``."""
     job = Job(uuid.uuid4().hex, kind, QUEUED, now, now, job_options(kind, options), list(PHASES[kind]))
     jobs.create(job)
-    runner.start(job.job_id)
+    try:
+        runner.start(job.job_id)
+    except TransientError as error:
+        job.status, job.reason = FAILED, f"the job could not be started: {error}"[:500]
+        jobs.update(job.job_id, now, status=FAILED, reason=job.reason)
     return job
 
 
