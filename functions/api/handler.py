@@ -128,6 +128,13 @@ def documented(model: type[Any], description: str, *problems: int) -> dict[int, 
     return responses
 
 
+def accepted(model: type[Any], description: str, *problems: int) -> dict[int, Any]:
+    """The responses of a route that accepts work to do later: 202 with its model, and the problems."""
+    responses = documented(model, description, *problems)
+    responses[202] = responses.pop(200)
+    return responses
+
+
 class NotFound(Exception):
     pass
 
@@ -741,10 +748,8 @@ def put_segment(segmentId: SEGMENT_ID, definition: DEFINITION, deliver: DELIVER 
                     body=body.model_dump_json())
 
 
-DELETE_RESPONSES: dict[int, Any] = {
-    202: {"description": "The deletion is saved; its backfill makes every member exit",
-          "content": {"application/json": {"model": SegmentDeleted}}},
-    **{code: value for code, value in documented(SegmentDeleted, "", 409, 422, 501).items() if code != 200}}
+DELETE_RESPONSES = accepted(SegmentDeleted, "The deletion is saved; its backfill makes every member exit",
+                            409, 422, 501)
 
 
 @app.delete("/segments/<segmentId>", summary="Delete a segment; its members exit",
@@ -919,10 +924,7 @@ def _privacy() -> tuple[PrivacyRequests, PrivacyJobs, CustomerStores]:
     return d.requests, d.jobs, d.stores
 
 
-DELETION_RESPONSES: dict[int, Any] = {
-    202: {"description": "The request was recorded and its job queued",
-          "content": {"application/json": {"model": DeletionAccepted}}},
-    **{code: value for code, value in documented(DeletionAccepted, "", 404).items() if code != 200}}
+DELETION_RESPONSES = accepted(DeletionAccepted, "The request was recorded and its job queued", 404)
 
 
 @app.delete("/customers/<customerId>", summary="Delete a customer everywhere their data is held",

@@ -384,6 +384,12 @@ def _repoint(node: Condition, metrics: dict[str, MetricSpec]) -> None:
 
 def load_catalogue(directory: str | Path) -> Catalogue:
     """Load every ``*.yaml`` / ``*.yml`` file in a folder. A file holds one definition or a list."""
+    return build_catalogue(read_definitions(directory))
+
+
+def read_definitions(directory: str | Path) -> list[tuple[str, object]]:
+    """The ``(file, definition)`` pairs of a folder's ``*.yaml`` / ``*.yml`` files, unchecked; raises
+    CatalogueError for a missing folder or a file that is not YAML."""
     import yaml  # only definitions as files need YAML
 
     root = Path(directory)
@@ -401,4 +407,4 @@ def load_catalogue(directory: str | Path) -> Catalogue:
             definitions.append((str(path), raw))
     if errors:
         raise CatalogueError(errors)
-    return build_catalogue(definitions)
+    return definitions

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdp.core.catalogue import Catalogue, CatalogueError, build_catalogue
+from cdp.core.catalogue import Catalogue, CatalogueError, build_catalogue, read_definitions
 from cdp.core.language import DefinitionError
 from cdp.ports import CatalogueHead, ConflictError, DefinitionStore, SegmentChange, SegmentVersion
 
@@ -160,23 +160,10 @@ def seed(store: DefinitionStore, definitions: Sequence[tuple[str, object]], auth
 def folder_definitions(directory: str | Path) -> list[tuple[str, object]]:
     """The ``(file, definition)`` pairs of a folder of ``*.yaml`` / ``*.yml`` files (one definition or a list
     each), as :func:`cdp.core.catalogue.load_catalogue` reads them; raises :class:`DefinitionRejected`."""
-    import yaml  # only definitions as files need YAML
-
-    root = Path(directory)
-    if not root.is_dir():
-        raise DefinitionRejected([DefinitionError("", f"{root} is not a folder of segment definitions")])
-    definitions: list[tuple[str, object]] = []
-    errors: list[DefinitionError] = []
-    for path in sorted([*root.glob("*.yaml"), *root.glob("*.yml")]):
-        try:
-            document = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            errors.append(DefinitionError("", f"is not valid YAML ({error})", source=str(path)))
-            continue
-        definitions += [(str(path), raw) for raw in (document if isinstance(document, list) else [document])]
-    if errors:
-        raise DefinitionRejected(errors)
-    return definitions
+    try:
+        return read_definitions(directory)
+    except CatalogueError as error:
+        raise DefinitionRejected(error.errors) from None
 
 
 # ---- plans: a folder of definitions against the store ------------------------------------------------------
