@@ -33,6 +33,7 @@ from cdp.core.profile import (
     message_digest,
     unpack_order_digests,
 )
+from cdp.core.traits import ComputedTraits
 
 # DynamoDB's numbers: 38 significant digits, exponents -128 to +126, nothing rounded (as boto3's).
 NUMBER_CONTEXT = Context(Emin=-128, Emax=126, prec=38, traps=[Clamped, Overflow, Inexact, Rounded, Underflow])
@@ -171,6 +172,7 @@ def encode_profile(profile: Profile) -> dict[str, AttributeValue]:
         _put(profile, unread, item, attribute)
     _put_identity(profile, item)
     _put(profile, unread, item, "cs")
+    _put(profile, unread, item, "ct")
     if profile.expires_at is not None:
         item["xp"] = {"N": number_text(profile.expires_at)}
     return item
@@ -236,7 +238,12 @@ def _encode_consent(profile: Profile) -> AttributeValue | None:
     return None if consent.empty else encode_value(consent_item(consent))
 
 
-_ENCODERS.update(cart=_encode_cart, od=_encode_order_digests, cs=_encode_consent)
+def _encode_computed(profile: Profile) -> AttributeValue | None:
+    computed = profile.computed
+    return None if computed.empty else encode_value(computed.as_item())
+
+
+_ENCODERS.update(cart=_encode_cart, od=_encode_order_digests, cs=_encode_consent, ct=_encode_computed)
 
 
 # ---- decoding --------------------------------------------------------------------------------------------
@@ -283,10 +290,15 @@ def _read_consent(profile: Profile, value: AttributeValue) -> ConsentState:
     return ConsentState.from_item(decode_value(value))
 
 
+def _read_computed(profile: Profile, value: AttributeValue) -> ComputedTraits:
+    return ComputedTraits.from_item(decode_value(value))
+
+
 READERS: Mapping[str, Reader] = {
     "t": _read_traits, "ro": _read_recent_orders, "cart": _read_cart, "la": _read_last_add,
     "cx": _read_traits, "od": _read_order_digests, "sq": _read_shard_marks,
     "tx": _read_transitions, "al": _read_strings, "gr": _read_strings, "cs": _read_consent,
+    "ct": _read_computed,
 }
 assert READERS.keys() == DEFERRED.keys()
 

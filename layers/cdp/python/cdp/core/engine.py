@@ -27,6 +27,7 @@ from cdp.core.fold import MAX_CLOCK_SKEW, fold
 from cdp.core.language import AllOf, AnyOf, Condition, Not
 from cdp.core.population import PopulationStats
 from cdp.core.profile import Profile, ProfileView
+from cdp.core.traits import assign_at_ingest, model_documents
 
 ENTERED = "entered"
 EXITED = "exited"
@@ -100,6 +101,9 @@ class Engine:
                           changed=folded.applied > 0, spec_gaps=folded.spec_gaps)
         if folded.applied and self.retention_days:
             outcome.changed = _renew_expiry(profile, now, self.retention_days) or outcome.changed
+        models = model_documents(self.stats)
+        if folded.applied and models:
+            folded.touched |= assign_at_ingest(profile, models, now)
         evaluation = self._evaluate(profile, now, folded.touched)
         outcome.transitions = evaluation.transitions
         outcome.changed = outcome.changed or evaluation.changed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,9 @@ class PopulationStats:
     computed_at: int = 0
     population: int = 0
     _empty: tuple[float, ...] = field(default=(), repr=False)
+    # The stored models of the computed traits (model name -> its document, see cdp.core.traits), which travel
+    # with the statistics so every function's live catalogue holds them (the ingest assigns clusters with them).
+    models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False)
 
     def threshold(self, metric: str, top_percent: float) -> float | None:
         values = self.percentiles.get(metric)

@@ -42,6 +42,8 @@ a profile read needs. Its attributes:
                preferences, ``a`` ``s`` ``m`` when, from which channel and in which message they
                were given, ``u`` ``r`` unsubscribed at and why, ``h`` the history of changes
                (``MAX_CONSENT_HISTORY``, each at most ``MAX_CATEGORIES`` categories)
+``ct``         computed traits (:class:`~cdp.core.traits.ComputedTraits`): ``v`` trait name -> value,
+               ``m`` model -> [version, trained at] of the model that wrote them (population jobs)
 ``xp``         the table's TTL attribute, with a retention set: a day after the profile's expiry
                (``dl`` key ``~expiry``, the start of the day ``retention_days`` after its last event),
                so the timers make its exits before DynamoDB may delete it
@@ -74,6 +76,7 @@ from typing import TYPE_CHECKING, Any
 
 from cdp.core.consent import ConsentState
 from cdp.core.counters import Counter
+from cdp.core.traits import TRAIT_MODELS, ComputedTraits
 
 if TYPE_CHECKING:
     from cdp.core.population import PopulationStats
@@ -141,7 +144,7 @@ def unpack_order_digests(data: bytes, recent_orders: Iterable[list[Any]]) -> dic
 # (The message ids, ``mi``, are read in place: see ``Profile.keep_packed_message_ids``.)
 DEFERRED = {"t": "traits", "ro": "recent_orders", "cart": "cart", "la": "last_add", "cx": "context",
             "od": "_order_digests", "sq": "shard_marks", "tx": "transitions", "al": "aliases", "gr": "groups",
-            "cs": "consent"}
+            "cs": "consent", "ct": "computed"}
 
 
 class _Stored:
@@ -188,6 +191,7 @@ class Profile:
         aliases = _Stored("al")
         groups = _Stored("gr")
         consent = _Stored("cs")
+        computed = _Stored("ct")
 
     def __init__(self, customer_id: str) -> None:
         self.customer_id = customer_id
@@ -221,6 +225,7 @@ class Profile:
         self.merges: list[list[Any]] = []  # [id, at, message id] per id merged in, oldest first
         self.merged_into: str | None = None
         self.consent = ConsentState()  # the latest preferences and any unsubscribe (see cdp.core.consent)
+        self.computed = ComputedTraits()  # written by the population jobs (see cdp.core.traits)
         self.expires_at: int | None = None  # when DynamoDB's TTL may delete the item (retention)
         self._stored: dict[str, Any] = {}  # attribute -> stored form, until the field is first read
         self._readers: Mapping[str, Reader] = {}
@@ -419,6 +424,8 @@ class Profile:
             item["mt"] = self.merged_into
         if not self.consent.empty:
             item["cs"] = consent_item(self.consent)
+        if not self.computed.empty:
+            item["ct"] = self.computed.as_item()
         if self.expires_at is not None:
             item["xp"] = self.expires_at
 
@@ -516,6 +523,7 @@ class Profile:
         profile.merges = [[str(m[0]), int(m[1]), str(m[2])] for m in item.get("mg") or []]
         profile.merged_into = str(item["mt"]) if item.get("mt") else None
         profile.consent = ConsentState.from_item(item.get("cs"))
+        profile.computed = ComputedTraits.from_item(item.get("ct"))
         profile.expires_at = int(item["xp"]) if item.get("xp") is not None else None
         return profile
 
@@ -532,6 +540,9 @@ class ProfileView:
         return self.profile.counter(key)
 
     def trait(self, name: str) -> Any:
+        """A computed trait's name is reserved: rules read the computed value, never an identify trait's."""
+        if name in TRAIT_MODELS:
+            return self.profile.computed.values.get(name)
         return self.profile.traits.get(name)
 
     def channel_last_seen(self, channel: str) -> int | None:
