@@ -97,6 +97,25 @@ def test_analytics_python_track_identify_page_and_a_batch_reach_the_profile(stac
     assert viewed["windows"]["24h"]["count"] == 6  # skew-corrected times: now, not the device's clock
 
 
+def test_an_analytics_python_order_without_order_id_is_applied_once_through_the_collector(
+        stack: Running, write_key: str) -> None:
+    from segment.analytics import Client
+
+    who, errors = customer(), []
+    client = Client(write_key, host=stack.api, sync_mode=True, on_error=lambda error, batch: errors.append(error))
+    client.track(who, "Order Completed", {"revenue": 80.0, "currency": "USD"}, message_id="order-no-id-1")
+    assert errors == []
+    profile = profile_when(stack, who, lambda p: p["rfm"]["orders"] == 1)
+    assert profile["rfm"]["revenue"] == 80.0
+    again = {"type": "track", "userId": who, "event": "Order Completed", "messageId": "order-no-id-1",
+             "properties": {"revenue": 80.0, "currency": "USD"}}
+    status, _, body = post(stack, "/v1/track", json.dumps(again).encode(), write_key)
+    assert (status, body["accepted"]) == (200, 1)
+    client.track(who, "Product Viewed", {"product_id": "p1"})  # applied after the resent order: a marker
+    later = profile_when(stack, who, lambda p: counts(p).get("Product Viewed") == 1)
+    assert (later["rfm"]["orders"], later["rfm"]["revenue"]) == (1, 80.0)
+
+
 def test_rudderstack_gzipped_track_and_identify_reach_the_profile(stack: Running, write_key: str) -> None:
     from rudderstack.analytics import Client  # type: ignore[import-untyped]
 

@@ -310,3 +310,24 @@ def test_any_origin_when_configured_so(aws: Aws, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("COLLECTOR_ORIGINS", "*")
     response = aws.send(http_event("/v1/batch", method="OPTIONS", headers={"origin": "https://any.example.org"}))
     assert response["headers"]["Access-Control-Allow-Origin"] == "*"
+
+
+def test_rejected_messages_are_counted_by_field_in_metrics_that_hold_no_values(
+        aws: Aws, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    collector_handler.metrics.clear_metrics()
+    capsys.readouterr()
+    batch = {"batch": [{"type": "track", "event": "Ok", "userId": "alice@example.com", "messageId": "m-1"},
+                       {"type": "track", "event": "Lost", "messageId": "m-2", "properties": {"email": "x@y.z"}},
+                       {"type": "track", "event": "Lost too", "messageId": "m-3"}]}
+    response = aws.send(http_event("/v1/batch", batch, {"authorization": basic(aws.key)}))
+    assert answer(response)["rejected"] == 2
+    stored = collector_handler.metrics.metric_set
+    assert stored["MessagesAccepted"]["Value"] == [1.0]
+    assert stored["MessagesRejected"]["Value"] == [2.0]
+    documents = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    by_field = [doc for doc in documents if "MessagesRejected" in doc and doc.get("field")]
+    assert [(doc["field"], doc["MessagesRejected"]) for doc in by_field] == [("userId", [2.0])]
+    text = json.dumps(documents)
+    assert "alice@example.com" not in text and "x@y.z" not in text
+    collector_handler.metrics.clear_metrics()
