@@ -8,7 +8,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20
 LAMBDA_PLATFORM ?= manylinux2014_aarch64
 LAMBDA_PYTHON ?= 3.14
 
-.PHONY: setup run demo test lint typecheck clean layers synth deploy bench
+.PHONY: setup run demo test lint typecheck clean layers synth deploy bench models
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+## The computed traits' models on a planted history: clusters recovered (adjusted Rand index) and churn AUC on a
+## time split, each against a baseline; writes bench/out/models.json (MODELS_ARGS=--quick for a short run).
+models: $(STAMP)
+	$(BIN)/python -m bench.models $(MODELS_ARGS)
+
 ## Lint, type-check and run the whole test suite (the browser tests load analytics.js from node_modules).
 test: $(STAMP) node_modules/.bin/cdk
 	$(BIN)/ruff check .
@@ -45,12 +50,22 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 ## Third-party layer for Lambda, without Docker: wheels for the Lambda platform.
-layers: layers/deps/python/.built
+layers: layers/deps/python/.built layers/models/python/.built
 
 layers/deps/python/.built: layers/deps/requirements.txt
 	rm -rf layers/deps/python
 	$(BIN)/pip install --quiet --platform $(LAMBDA_PLATFORM) --python-version $(LAMBDA_PYTHON) \
 		--implementation cp --only-binary=:all: --target layers/deps/python -r layers/deps/requirements.txt
+	touch $@
+
+## The jobs function's own layer (numpy, scikit-learn: arm64 wheels are manylinux_2_28 only), without the packages'
+## tests and bytecode caches: 182 MB instead of 284 MB, within Lambda's 250 MB unzipped.
+layers/models/python/.built: layers/models/requirements.txt
+	rm -rf layers/models/python
+	$(BIN)/pip install --quiet --platform $(LAMBDA_PLATFORM) --platform manylinux_2_28_aarch64 \
+		--python-version $(LAMBDA_PYTHON) --implementation cp --only-binary=:all: --target layers/models/python \
+		-r layers/models/requirements.txt
+	find layers/models/python -depth -type d \( -name tests -o -name __pycache__ \) -exec rm -rf {} +
 	touch $@
 
 node_modules/.bin/cdk: package.json
@@ -66,4 +81,4 @@ deploy: $(STAMP) layers node_modules/.bin/cdk
 	PATH="$(CURDIR)/$(BIN):$$PATH" npx cdk deploy --no-notices $(CDK_ARGS)
 
 clean:
-	rm -rf $(VENV) cdk.out node_modules layers/deps/python .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) cdk.out node_modules layers/deps/python layers/models/python .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -90,6 +90,7 @@ def measure(quick: bool) -> dict[str, Any]:
         identity,
         ingest_handler,
         local_import,
+        models,
         pipeline_requests,
         profile_codec,
         profile_size,
@@ -133,6 +134,7 @@ def measure(quick: bool) -> dict[str, Any]:
     figures["identity"] = identity.measure(200 if quick else 400)
     figures["pseudonyms"] = pseudonyms.measure(quick)
     figures["backfill"] = backfill.measure(1_000 if quick else 4_000)
+    figures["models"] = models.measure(models.QUICK_CUSTOMERS if quick else 1_500)
     return figures
 
 
@@ -154,6 +156,7 @@ def summarise(figures: dict[str, Any]) -> dict[str, Any]:
     shard = handler["shard"]["by_memory_mb"][str(INGEST_MEMORY_MB)]
     costs = figures["cost"]
     imported = figures["local_import"]
+    found, predicted = figures["models"]["clusters"], figures["models"]["predictions"]
     collected = figures["collector"]["shapes"]
     collector_costs = costs["collector"]
     summary: dict[str, Any] = {
@@ -250,6 +253,13 @@ def summarise(figures: dict[str, Any]) -> dict[str, Any]:
         _reported("backfill: USD per million profiles", figures["backfill"]["cost"]["usd_per_million_profiles"]),
         _check("backfill: profiles a rerun of the same job writes", figures["backfill"]["rerun"]["written"], "== 0",
                figures["backfill"]["rerun"]["written"] == 0),
+        _check("models: clusters' adjusted Rand index (k = 4) / unscaled k-means'", found["configured_k4"]["ari"],
+               f"> {found['baseline_unscaled_kmeans_ari']}",
+               found["configured_k4"]["ari"] > found["baseline_unscaled_kmeans_ari"]),
+        _check("models: churn AUC on the time split / the last period's rate", predicted["auc"],
+               f"> {predicted['baseline_auc']}", (predicted["auc"] or 0) > (predicted["baseline_auc"] or 1)),
+        _check("models: expected orders MAE on the time split / the last period's", predicted["mae"],
+               f"< {predicted['baseline_mae']}", (predicted["mae"] or 1e9) < (predicted["baseline_mae"] or 0)),
         _check(f"local stack: {imported['orders']:,}-order history applied, seconds", imported["seconds"], "<= 600",
                imported["seconds"] <= 600),
         _check("local stack: rate over the last 10% / the first 10%", imported["last_to_first"], ">= 0.8",
