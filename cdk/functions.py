@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from aws_cdk import Duration, RemovalPolicy, Stack
@@ -16,7 +17,9 @@ RUNTIME = lambda_.Runtime.PYTHON_3_14  # the newest Python this CDK version know
 
 
 class Layers(Construct):
-    """The core package, the third-party packages (built with pip --platform, no Docker) and the catalogue."""
+    """The core package, the third-party packages (built with pip --platform, no Docker) and the catalogue; and
+    ``models``, numpy and scikit-learn for the jobs function alone. Each third-party layer is empty until
+    ``make layers`` builds it."""
 
     def __init__(self, scope: Construct, construct_id: str, *, architecture: lambda_.Architecture) -> None:
         super().__init__(scope, construct_id)
@@ -33,6 +36,10 @@ class Layers(Construct):
             self, "Catalogue", code=lambda_.Code.from_asset(str(ROOT / "segments"), exclude=["README.md", "stories"]),
             compatible_runtimes=[RUNTIME], compatible_architectures=[architecture],
             description="segment definitions, unpacked at /opt")
+        self.models = lambda_.LayerVersion(
+            self, "Models", code=lambda_.Code.from_asset(str(ROOT / "layers" / "models"), exclude=["requirements.txt"]),
+            compatible_runtimes=[RUNTIME], compatible_architectures=[architecture],
+            description="numpy and scikit-learn: the computed traits' training (make layers)")
 
     @property
     def all(self) -> list[lambda_.ILayerVersion]:
@@ -44,7 +51,8 @@ class CdpFunction(Construct):
 
     def __init__(self, scope: Construct, construct_id: str, *, folder: str, layers: Layers, key: kms.IKey,
                  architecture: lambda_.Architecture, memory_mb: int, timeout: Duration,
-                 environment: dict[str, str], reserved_concurrency: int | None = None) -> None:
+                 environment: dict[str, str], reserved_concurrency: int | None = None,
+                 extra_layers: Sequence[lambda_.ILayerVersion] = ()) -> None:
         super().__init__(scope, construct_id)
         self.log_group = logs.LogGroup(self, "Logs", retention=logs.RetentionDays.ONE_MONTH,
                                        removal_policy=RemovalPolicy.DESTROY)
@@ -59,7 +67,7 @@ class CdpFunction(Construct):
             architecture=architecture,
             handler="handler.handler",
             code=lambda_.Code.from_asset(str(ROOT / "functions" / folder), exclude=["**/__pycache__"]),
-            layers=layers.all,
+            layers=[*layers.all, *extra_layers],
             memory_size=memory_mb,
             timeout=timeout,
             reserved_concurrent_executions=reserved_concurrency,

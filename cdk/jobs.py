@@ -1,4 +1,4 @@
-"""Jobs: backfills and population statistics, as a Step Functions state machine over one jobs function.
+"""Jobs: backfills, population statistics and computed traits, as a Step Functions state machine over one function.
 
 Why Step Functions with a Distributed Map: a job reads every profile, and a table of tens of millions takes hours,
 far past one Lambda's 15 minutes. The state machine splits a phase into ``job_scan_segments`` DynamoDB parallel-scan
@@ -9,7 +9,9 @@ phases (Advance -> Map -> Finish -> Advance) are generic, so a new kind of job i
 
 The population statistics run on an EventBridge Scheduler schedule (``population_schedule``, hourly by default),
 which invokes the jobs function to record a percentiles job and start its execution. A missed run needs no
-redrive: the next one computes the same statistics, so the schedule has retries and no dead-letter queue.
+redrive: the next one computes the same statistics, so the schedule has retries and no dead-letter queue. The
+computed traits job runs on its own schedule (``traits_schedule``, daily by default, with the ``cluster_count``
+setting in its options); only the jobs function gets the models layer (numpy, scikit-learn).
 
 Partial results (the percentile histograms, one small object per Work invocation) go to an encrypted bucket that
 refuses plain HTTP and expires them after a week. The jobs table (one item per job, TTL ``expires_at``) holds the
@@ -36,9 +38,12 @@ from cdk.functions import CdpFunction, Layers
 from cdk.nag import acknowledge, acknowledge_function
 from cdk.settings import Settings
 from cdk.storage import Storage, encrypted_table, grant_items
-from cdp.aws.definitions import HEAD_ID, POPULATION_ID
+from cdp.aws.definitions import HEAD_ID, MODELS_ID, POPULATION_ID
 
 JOB_TIMEOUT = Duration.minutes(15)  # a Work step stops taking pages with JOB_RESERVE_MS (a minute) left
+# One full vCPU (Lambda gives CPU in proportion to memory, one vCPU at 1,769 MB): the traits job's finish trains
+# k-means and a classifier on up to 200,000 sampled rows in one invocation, and its scoring runs the model per page.
+JOBS_MEMORY_MB = 1769
 RESULT_DAYS = 7
 
 
@@ -55,7 +60,8 @@ class Jobs(Construct):
             enforce_ssl=True, block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             removal_policy=RemovalPolicy.DESTROY, auto_delete_objects=False,
             lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(RESULT_DAYS))])
-        acknowledge(self.results, "S1", "Partial results of jobs (metric histograms, no personal data), written "
+        acknowledge(self.results, "S1", "Partial results of jobs (metric histograms, training rows keyed by a "
+                                        "hash, never a customer id), written "
                                         "and read by the jobs function only and expired after a week: access "
                                         "logs would record nothing an operator needs.")
         stage = settings.stage
@@ -72,8 +78,10 @@ class Jobs(Construct):
         if definitions is not None:
             environment["DEFINITIONS_TABLE"] = definitions.table_name
         self.function = CdpFunction(self, "Jobs", folder="jobs", layers=layers, key=key,
-                                    architecture=settings.architecture, memory_mb=settings.memory_mb,
-                                    timeout=JOB_TIMEOUT, environment=environment)
+                                    architecture=settings.architecture,
+                                    memory_mb=max(settings.memory_mb, JOBS_MEMORY_MB), timeout=JOB_TIMEOUT,
+                                    environment=environment,
+                                    extra_layers=[layers.models])
         self._grant_function(storage, key, definitions)
         self.state_machine = self._state_machine(settings)
         self._schedule(settings)
@@ -85,10 +93,12 @@ class Jobs(Construct):
         grant_items(role, self.table, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")
         if definitions is not None:
             grant_items(role, definitions, "dynamodb:GetItem", "dynamodb:BatchGetItem")
-            # It writes the population statistics and moves the head's stats_version: never a definition.
+            # It writes the population statistics and the traits' models, and moves the head's stats_version: never
+            # a definition.
             role.add_to_principal_policy(iam.PolicyStatement(
                 actions=["dynamodb:PutItem", "dynamodb:UpdateItem"], resources=[definitions.table_arn],
-                conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [POPULATION_ID, HEAD_ID]}}))
+                conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [POPULATION_ID, MODELS_ID,
+                                                                                   HEAD_ID]}}))
         role.add_to_policy(iam.PolicyStatement(actions=["s3:PutObject", "s3:GetObject"],
                                                resources=[self.results.arn_for_objects("jobs/*")]))
         role.add_to_policy(iam.PolicyStatement(actions=["s3:ListBucket"], resources=[self.results.bucket_arn],
@@ -162,7 +172,7 @@ class Jobs(Construct):
     def _schedule(self, settings: Settings) -> None:
         role = iam.Role(self, "ScheduleRole", assumed_by=iam.ServicePrincipal(
             "scheduler.amazonaws.com", conditions={"StringEquals": {"aws:SourceAccount": Stack.of(self).account}}),
-            description="EventBridge Scheduler: starts the hourly population statistics job")
+            description="EventBridge Scheduler: starts the population statistics and computed traits jobs")
         role.add_to_policy(iam.PolicyStatement(actions=["lambda:InvokeFunction"],
                                                resources=[self.function.function.function_arn]))
         self.schedule = scheduler.CfnSchedule(
@@ -172,6 +182,19 @@ class Jobs(Construct):
             target=scheduler.CfnSchedule.TargetProperty(
                 arn=self.function.function.function_arn, role_arn=role.role_arn,
                 input=json.dumps({"step": "schedule", "kind": "percentiles"}),
+                retry_policy=scheduler.CfnSchedule.RetryPolicyProperty(maximum_retry_attempts=2,
+                                                                        maximum_event_age_in_seconds=3600)))
+        self._traits_schedule(settings, role)
+
+    def _traits_schedule(self, settings: Settings, role: iam.IRole) -> None:
+        options: dict[str, object] = {"clusters": settings.cluster_count or None}
+        self.traits_schedule = scheduler.CfnSchedule(
+            self, "Traits", schedule_expression=settings.traits_schedule,
+            flexible_time_window=scheduler.CfnSchedule.FlexibleTimeWindowProperty(mode="OFF"),
+            description="Train the computed traits' models and write the traits that changed",
+            target=scheduler.CfnSchedule.TargetProperty(
+                arn=self.function.function.function_arn, role_arn=role.role_arn,
+                input=json.dumps({"step": "schedule", "kind": "traits", "options": options}),
                 retry_policy=scheduler.CfnSchedule.RetryPolicyProperty(maximum_retry_attempts=2,
                                                                         maximum_event_age_in_seconds=3600)))
 

@@ -235,6 +235,13 @@ def _schedule(scope: Construct, key: str, default: str) -> str:
     return raw
 
 
+def _cluster_count(scope: Construct) -> int:
+    count = _int(scope, "cluster_count", 0, 0, 12)
+    if count == 1:
+        raise SettingsError("context cluster_count must be 0 (chosen by silhouette) or 2 to 12, not 1")
+    return count
+
+
 _SEGMENT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")  # as segment ids are (cdp.core.language.SLUG)
 
 
@@ -277,6 +284,8 @@ class Settings:
     population_schedule: str = "rate(1 hour)"  # when the population statistics job runs (cdk.jobs)
     job_scan_segments: int = 16  # parallel scan segments per job phase
     job_concurrency: int = 16  # scan segments worked at once (the Distributed Map's MaxConcurrency)
+    traits_schedule: str = "cron(30 2 * * ? *)"  # when the computed traits job runs (cdk.jobs): daily
+    cluster_count: int = 0  # the traits job's k-means clusters; 0: chosen by silhouette
 
     @classmethod
     def from_context(cls, scope: Construct) -> Settings:
@@ -324,4 +333,6 @@ class Settings:
             population_schedule=_schedule(scope, "population_schedule", "rate(1 hour)"),
             job_scan_segments=_int(scope, "job_scan_segments", 16, 1, 1000),
             job_concurrency=_int(scope, "job_concurrency", 16, 1, 1000),
+            traits_schedule=_schedule(scope, "traits_schedule", "cron(30 2 * * ? *)"),
+            cluster_count=_cluster_count(scope),
         )

@@ -16,6 +16,7 @@
     cdp segments apply DIR [--prune] [--yes] [--deliver MODE]   the plan, then PUT/DELETE each; prints job ids
     cdp segments history ID [--days N]               a segment's size, entries and exits per day
     cdp jobs show ID [--wait]                        a job's status; --wait shows a progress bar until it ends
+    cdp jobs run NAME [--wait] [--clusters K]        start traits, rfm, clusters, predictions or percentiles
     cdp explain CUSTOMER SEGMENT                     why a customer is, or is not, in a segment
 
 ``customers``, ``requests``, ``jobs``, ``explain`` and ``segments diff|apply|history`` call the API
@@ -650,10 +651,42 @@ def format_job(job: dict[str, Any]) -> str:
     return line + (f"\nfailed: {job['reason']}" if job.get("reason") else "")
 
 
+# cdp jobs run NAME: the job kind and options each name starts
+JOB_NAMES: dict[str, tuple[str, dict[str, Any]]] = {
+    "traits": ("traits", {}), "rfm": ("traits", {"models": ["rfm"]}),
+    "clusters": ("traits", {"models": ["clusters"]}), "predictions": ("traits", {"models": ["predictions"]}),
+    "percentiles": ("percentiles", {}),
+}
+
+
+def job_request(name: str, clusters: int | None = None, sample: int | None = None) -> dict[str, Any]:
+    """The body of ``POST /jobs`` that ``cdp jobs run NAME`` sends."""
+    kind, options = JOB_NAMES[name]
+    options = dict(options)
+    if kind == "traits" and clusters is not None:
+        options["clusters"] = clusters
+    if kind == "traits" and sample is not None:
+        options["sample"] = sample
+    return {"kind": kind, "options": options}
+
+
+def _jobs_run(args: argparse.Namespace) -> int:
+    job = _api_answer(args, "POST", "/jobs", job_request(args.name, args.clusters, args.sample))
+    print(job["id"], file=sys.stderr if args.wait else sys.stdout)
+    if not args.wait:
+        return 1 if job.get("status") == "failed" else 0
+    return _follow_job(args, job, document=True)
+
+
 def _jobs_show(args: argparse.Namespace) -> int:
+    return _follow_job(args, _api_answer(args, "GET", f"/jobs/{args.id}"))
+
+
+def _follow_job(args: argparse.Namespace, job: dict[str, Any], document: bool = False) -> int:
+    """Until the job ends (with --wait); then its line, or its whole document."""
+    import json
     import time
 
-    job = _api_answer(args, "GET", f"/jobs/{args.id}")
     if args.wait and job["status"] not in ("done", "failed"):
         from rich.progress import Progress
 
@@ -662,9 +695,9 @@ def _jobs_show(args: argparse.Namespace) -> int:
             while job["status"] not in ("done", "failed"):
                 bar.update(task, completed=job["progress"], description=f"{job['kind']} {job.get('phase') or ''}")
                 time.sleep(args.interval)
-                job = _api_answer(args, "GET", f"/jobs/{args.id}")
+                job = _api_answer(args, "GET", f"/jobs/{job['id']}")
             bar.update(task, completed=job["progress"])
-    print(format_job(job))
+    print(json.dumps(job, indent=2) if document else format_job(job))
     return 1 if job["status"] == "failed" else 0
 
 
@@ -738,13 +771,21 @@ def _add_lifecycle(commands: Any, segments_commands: Any, api: argparse.Argument
     history.add_argument("id")
     history.add_argument("--days", type=int, default=30)
     history.set_defaults(run=_segments_history)
-    jobs = commands.add_parser("jobs", help="backfill and statistics jobs")
+    jobs = commands.add_parser("jobs", help="backfill, statistics and computed traits jobs")
     jobs_commands = jobs.add_subparsers(dest="jobs_command", required=True)
     show = jobs_commands.add_parser("show", parents=[api], help="a job's status and progress")
     show.add_argument("id")
     show.add_argument("--wait", action="store_true", help="a progress bar until the job ends")
     show.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     show.set_defaults(run=_jobs_show)
+    run_job = jobs_commands.add_parser("run", parents=[api], help="start a job: traits (every model), rfm, "
+                                                                  "clusters, predictions, or percentiles")
+    run_job.add_argument("name", choices=sorted(JOB_NAMES))
+    run_job.add_argument("--wait", action="store_true", help="wait for the end, then print the job's document")
+    run_job.add_argument("--clusters", type=int, help="the number of clusters (default: chosen by silhouette)")
+    run_job.add_argument("--sample", type=int, help="the training sample's size (default 20,000)")
+    run_job.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    run_job.set_defaults(run=_jobs_run)
     explain = commands.add_parser("explain", parents=[api], help="why a customer is, or is not, in a segment")
     explain.add_argument("customer")
     explain.add_argument("segment")

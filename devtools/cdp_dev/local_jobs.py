@@ -7,7 +7,9 @@ cursors hand over as in Lambda. A failing step is retried as the state machine r
 
 :class:`LocalPopulationSchedule` stands in for the hourly schedule: a percentiles job whenever the ingest has
 applied events since the last one and then been quiet for a moment (so once right after a sample replay), and at
-most every ``every_seconds`` under steady traffic.
+most every ``every_seconds`` under steady traffic. :func:`local_traits_schedule` stands in for the daily computed
+traits schedule the same way, except that a quiet moment starts only its first job (ten seconds after a sample
+replay settles); after that it runs daily, or on demand (``cdp jobs run traits``).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
 
-from cdp.pipeline.jobs import DONE, FAILED, PERCENTILES, JobEngine, JobStore, run_step, start_job
+from cdp.pipeline.jobs import DONE, FAILED, PERCENTILES, TRAITS, JobEngine, JobStore, run_step, start_job
 
 LOCAL_POPULATION_SECONDS = 20.0
+LOCAL_TRAITS_SECONDS = 86_400.0  # daily, as deployed
+LOCAL_TRAITS_QUIET_SECONDS = 10.0
 STEP_ATTEMPTS = 4  # as the state machine's retry of a task
 RETRY_SECONDS = 0.5
 
@@ -109,14 +113,17 @@ class InProcessJobRunner:
 
 
 class LocalPopulationSchedule:
-    """Start a percentiles job when ``marker()`` (e.g. the ingest's applied events) has moved since the last job
-    and then stayed put for ``quiet_seconds``, or has moved and ``every_seconds`` have passed."""
+    """Start a ``kind`` job (percentiles by default) when ``marker()`` (e.g. the ingest's applied events) has moved
+    since the last job and then stayed put for ``quiet_seconds`` (with ``quiet_once``: only before the first job),
+    or has moved and ``every_seconds`` have passed."""
 
     def __init__(self, jobs: JobStore, runner: InProcessJobRunner, marker: Callable[[], object],
                  now: Callable[[], float], *, every_seconds: float = LOCAL_POPULATION_SECONDS,
-                 quiet_seconds: float = 2.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 quiet_seconds: float = 2.0, monotonic: Callable[[], float] = time.monotonic,
+                 kind: str = PERCENTILES, options: dict[str, Any] | None = None, quiet_once: bool = False) -> None:
         self.jobs, self.runner, self.marker, self.now = jobs, runner, marker, now
         self.every_seconds, self.quiet_seconds = every_seconds, quiet_seconds
+        self.kind, self.options, self.quiet_once = kind, dict(options or {}), quiet_once
         self.monotonic = monotonic
         self.started: list[str] = []
         self._ran_at = monotonic()
@@ -131,16 +138,25 @@ class LocalPopulationSchedule:
             self._seen, self._seen_at = current, at
         if current == self._ran_for:
             return None
-        if at - self._seen_at < self.quiet_seconds and at - self._ran_at < self.every_seconds:
+        settled = at - self._seen_at >= self.quiet_seconds and not (self.quiet_once and self.started)
+        if not settled and at - self._ran_at < self.every_seconds:
             return None
         self._ran_for, self._ran_at = current, at
-        job = start_job(self.jobs, self.runner, PERCENTILES, {}, self.now())
+        job = start_job(self.jobs, self.runner, self.kind, dict(self.options), self.now())
         self.started.append(job.job_id)
         return job.job_id
 
     def run(self, stopping: threading.Event, check_seconds: float = 1.0) -> None:
         while not stopping.wait(check_seconds):
             self.tick()
+
+
+def local_traits_schedule(jobs: JobStore, runner: InProcessJobRunner, marker: Callable[[], object],
+                          now: Callable[[], float], **given: Any) -> LocalPopulationSchedule:
+    """The daily computed traits job, and its first run once a sample replay has settled."""
+    settings: dict[str, Any] = {"every_seconds": LOCAL_TRAITS_SECONDS, "quiet_seconds": LOCAL_TRAITS_QUIET_SECONDS,
+                                **given}
+    return LocalPopulationSchedule(jobs, runner, marker, now, kind=TRAITS, quiet_once=True, **settings)
 
 
 def runner_override(handler: ModuleType, runner: InProcessJobRunner) -> dict[str, Any]:

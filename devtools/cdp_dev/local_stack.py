@@ -14,6 +14,7 @@ import base64
 import contextlib
 import functools
 import gzip
+import importlib.util
 import json
 import os
 import subprocess
@@ -32,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 from cdp_dev.emulator import LAYOUTS, Emulator
 from cdp_dev.handlers import load_handler
 from cdp_dev.lambda_events import kinesis_record, stream_envelope
-from cdp_dev.local_jobs import InProcessJobRunner, LocalPopulationSchedule, runner_override
+from cdp_dev.local_jobs import InProcessJobRunner, LocalPopulationSchedule, local_traits_schedule, runner_override
 
 REGION = "us-east-1"
 LOCAL_VERIFY_DELAY_SECONDS = 2  # a deletion's verify pass (the template's waits a minute for the exits)
@@ -693,6 +694,16 @@ class LocalStack:
                                                   "TextPart": f"{template} for {{{{customer_id}}}}",
                                                   "HtmlPart": f"<p>{template}</p>"})
 
+    def _schedule_jobs(self) -> None:
+        """The hourly population statistics, here whenever the ingest has moved and settled; and the daily computed
+        traits, first once a replay has settled (when the models extra, scikit-learn, is installed)."""
+        jobs = self._dependencies["jobs"].job_store
+        self.population = LocalPopulationSchedule(jobs, self.job_runner, lambda: self.ingest.applied, self.clock.now)
+        self._thread("schedule->population", self.population.run, self.stopping)
+        if importlib.util.find_spec("sklearn") is not None:
+            self.traits = local_traits_schedule(jobs, self.job_runner, lambda: self.ingest.applied, self.clock.now)
+            self._thread("schedule->traits", self.traits.run, self.stopping)
+
     def _wire(self) -> None:
         from cdp.core.clock import EventClock, WallClock
 
@@ -712,10 +723,8 @@ class LocalStack:
             with self._environment_of(folder):  # each function's cold start reads its own environment
                 self._dependencies[folder] = handler.build(**given)
         self._configure_front()
-        if "jobs" in handlers:  # the hourly population statistics, here whenever the ingest has moved and settled
-            self.population = LocalPopulationSchedule(self._dependencies["jobs"].job_store, self.job_runner,
-                                                      lambda: self.ingest.applied, self.clock.now)
-            self._thread("schedule->population", self.population.run, self.stopping)
+        if "jobs" in handlers:
+            self._schedule_jobs()
         for mapping in self.resources.mappings:
             if mapping.source in self.resources.streams:
                 self._thread(f"kinesis->{mapping.function}", self._poll_kinesis, mapping)

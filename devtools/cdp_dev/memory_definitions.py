@@ -1,6 +1,7 @@
 """An in-memory definitions store (:class:`cdp.ports.DefinitionStore`), for unit tests and simulations.
 
-It keeps what the DynamoDB store keeps (every version, the head, the population statistics) with the same
+It keeps what the DynamoDB store keeps (every version, the head, the population statistics, the computed traits'
+models) with the same
 commit rule (the head moves from ``expected`` only), counts the reads the DynamoDB store would make, and can be
 told to fail its next calls, as a throttled table would.
 """
@@ -10,8 +11,9 @@ from __future__ import annotations
 import copy
 import threading
 from collections import Counter as Tally
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from cdp.core.population import PopulationStats
 from cdp.ports import CatalogueHead, ConflictError, SegmentChange, SegmentVersion, TransientError
@@ -25,8 +27,9 @@ class InMemoryDefinitionStore:
         self._versions: dict[tuple[str, int], SegmentVersion] = {}
         self._latest: dict[str, int] = {}
         self._stats: PopulationStats | None = None
+        self._models: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        self.calls: Tally[str] = Tally()  # head, current, history, commit, population, put_population
+        self.calls: Tally[str] = Tally()  # head, current, history, commit, population, put_population, put_models
         self.failing = 0  # the next this many calls raise TransientError
 
     def _call(self, name: str) -> None:
@@ -70,7 +73,24 @@ class InMemoryDefinitionStore:
 
     def population(self) -> PopulationStats | None:
         self._call("population")
-        return self._stats
+        with self._lock:
+            if not self._models:
+                return self._stats
+            models = copy.deepcopy(self._models)
+            if self._stats is None:
+                return PopulationStats({}, models=models)
+            return replace(self._stats, models=models)
+
+    def put_models(self, documents: Mapping[str, Mapping[str, Any]]) -> CatalogueHead:
+        self._call("put_models")
+        with self._lock:
+            for name, document in documents.items():
+                stored = self._models.get(name)
+                if stored is not None and int(stored["trained_at"]) >= int(document["trained_at"]):
+                    return self._head  # a job that started earlier never replaces a newer model
+            self._models.update({name: copy.deepcopy(dict(document)) for name, document in documents.items()})
+            self._head = replace(self._head, stats_version=self._head.stats_version + 1)
+            return self._head
 
     def put_population(self, stats: PopulationStats) -> CatalogueHead:
         self._call("put_population")

@@ -1,9 +1,11 @@
-"""Jobs: the steps of backfills and population statistics (:mod:`cdp.pipeline.jobs`), one function for all.
+"""Jobs: the steps of backfills, population statistics and computed traits (:mod:`cdp.pipeline.jobs`), one function.
 
 The jobs state machine invokes it with ``{"step": "advance" | "work" | "finish" | "fail", "job_id": ...}``; the
-population schedule with ``{"step": "schedule"}`` (or an EventBridge Scheduled Event), which records a percentiles
-job and starts its execution. A ``work`` step takes pages of its scan segment until ``JOB_RESERVE_MS`` of the
-invocation are left and returns its cursor, so no step needs more than one invocation's time.
+schedules with ``{"step": "schedule", "kind": "percentiles" | "traits", "options": {...}}`` (an EventBridge
+Scheduled Event, or no kind, is the percentiles schedule), which records a job of that kind and starts its
+execution. The traits job trains with scikit-learn, which only this function's models layer holds. A ``work``
+step takes pages of its scan segment until ``JOB_RESERVE_MS`` of the invocation are left and returns its cursor,
+so no step needs more than one invocation's time.
 
 Configuration: :class:`cdp.config.JobsConfig`; the catalogue is the live one (``DEFINITIONS_TABLE``), so a backfill
 evaluates with the version it was started for (a step that does not hold it yet fails, and is retried).
@@ -30,6 +32,7 @@ from cdp.pipeline.jobs import (
     DEFAULT_PAGE_SIZE,
     DEFAULT_SCAN_SEGMENTS,
     PERCENTILES,
+    TRAITS,
     JobEngine,
     JobResults,
     JobRunner,
@@ -129,20 +132,34 @@ def scheduled(event: Any) -> bool:
                                         or event.get("detail-type") == "Scheduled Event")
 
 
+def scheduled_kind(event: dict[str, Any]) -> str:
+    kind = event.get("kind") or PERCENTILES
+    if kind not in (PERCENTILES, TRAITS):
+        raise ValueError(f"a schedule starts a percentiles or traits job, not {kind!r}")
+    return str(kind)
+
+
+def start_scheduled(event: dict[str, Any], deps: Dependencies) -> dict[str, Any]:
+    """The job a schedule asks for (its options from the schedule's input: the deployment's settings)."""
+    kind = scheduled_kind(event)
+    if kind == PERCENTILES and not reads_stats(deps.engine_for(0).catalogue):
+        # No enabled segment compares against the population: an hourly scan of every profile would buy nothing.
+        metrics.add_metric(name="JobsSkipped", unit=MetricUnit.Count, value=1)
+        return {"skipped": "no enabled segment reads population statistics"}
+    if deps.runner is None:
+        raise RuntimeError("no job runner: JOBS_STATE_MACHINE_ARN is not set")
+    options = event.get("options") if kind == TRAITS and isinstance(event.get("options"), dict) else {}
+    job = start_job(deps.job_store, deps.runner, kind, dict(options or {}), deps.clock.now())
+    if job.status == "failed":  # the schedule tries again (its retry policy)
+        raise RuntimeError(job.reason)
+    metrics.add_metric(name="JobsStarted", unit=MetricUnit.Count, value=1)
+    logger.info(f"{kind} job started", extra={"job_id": job.job_id})
+    return job_document(job)
+
+
 def handle(event: dict[str, Any], context: LambdaContext | None, deps: Dependencies) -> dict[str, Any]:
     if scheduled(event):
-        if not reads_stats(deps.engine_for(0).catalogue):
-            # No enabled segment compares against the population: an hourly scan of every profile would buy nothing.
-            metrics.add_metric(name="JobsSkipped", unit=MetricUnit.Count, value=1)
-            return {"skipped": "no enabled segment reads population statistics"}
-        if deps.runner is None:
-            raise RuntimeError("no job runner: JOBS_STATE_MACHINE_ARN is not set")
-        job = start_job(deps.job_store, deps.runner, PERCENTILES, {}, deps.clock.now())
-        if job.status == "failed":  # the schedule tries again (its retry policy)
-            raise RuntimeError(job.reason)
-        metrics.add_metric(name="JobsStarted", unit=MetricUnit.Count, value=1)
-        logger.info("percentiles job started", extra={"job_id": job.job_id})
-        return job_document(job)
+        return start_scheduled(event, deps)
     remaining: Callable[[], int] | None = getattr(context, "get_remaining_time_in_millis", None)
 
     def has_time() -> bool:

@@ -59,14 +59,47 @@ def test_the_state_machine_is_traced_and_logs_every_state_without_its_data(templ
     assert properties["StateMachineName"] == "cdp-dev-jobs"
 
 
+def schedule_of(template: Any, kind: str) -> dict[str, Any]:
+    (properties,) = [s["Properties"] for s in template.find_resources("AWS::Scheduler::Schedule").values()
+                     if json.loads(s["Properties"]["Target"]["Input"])["kind"] == kind]
+    return dict(properties)
+
+
 def test_a_schedule_starts_the_population_job_hourly(template: Any) -> None:
-    (schedule,) = template.find_resources("AWS::Scheduler::Schedule").values()
-    properties = schedule["Properties"]
+    properties = schedule_of(template, "percentiles")
     assert properties["ScheduleExpression"] == "rate(1 hour)"
     assert json.loads(properties["Target"]["Input"]) == {"step": "schedule", "kind": "percentiles"}
     jobs = next(n for n, f in function_folders(template).items() if f == "jobs")
     assert properties["Target"]["Arn"] == {"Fn::GetAtt": [jobs, "Arn"]}
     assert properties["Target"]["RetryPolicy"]["MaximumRetryAttempts"] == 2
+
+
+def test_a_schedule_starts_the_traits_job_daily_with_the_cluster_setting(template: Any) -> None:
+    properties = schedule_of(template, "traits")
+    assert properties["ScheduleExpression"] == "cron(30 2 * * ? *)"
+    assert json.loads(properties["Target"]["Input"]) == {"step": "schedule", "kind": "traits",
+                                                         "options": {"clusters": None}}
+    jobs = next(n for n, f in function_folders(template).items() if f == "jobs")
+    assert properties["Target"]["Arn"] == {"Fn::GetAtt": [jobs, "Arn"]}
+
+
+def test_the_models_layer_is_on_the_jobs_function_only_with_a_vcpu_of_memory(template: Any) -> None:
+    layers = template.find_resources("AWS::Lambda::LayerVersion")
+    (models,) = [n for n, layer in layers.items() if "scikit-learn" in layer["Properties"].get("Description", "")]
+    functions = template.find_resources("AWS::Lambda::Function")
+    holding = {function_folders(template)[n] for n, f in functions.items()
+               if {"Ref": models} in f["Properties"].get("Layers", [])}
+    assert holding == {"jobs"}
+    jobs = next(n for n, f in function_folders(template).items() if f == "jobs")
+    assert functions[jobs]["Properties"]["MemorySize"] == 1769
+
+
+def test_a_cluster_count_of_one_is_refused(tmp_path: Path) -> None:
+    from cdk.settings import SettingsError
+    from cdk.synth import synthesise
+
+    with pytest.raises(SettingsError, match="cluster_count"):
+        synthesise({"cluster_count": 1}, tmp_path)
 
 
 def test_the_jobs_function_has_its_stores_and_fifteen_minutes(template: Any) -> None:
@@ -137,7 +170,7 @@ def test_a_failed_job_execution_raises_an_alarm_to_the_alarms_topic(template: An
     assert len(alarm["AlarmActions"]) == 1
 
 
-def test_the_jobs_function_writes_only_the_population_and_the_head_of_the_definitions_table(template: Any) -> None:
+def test_the_jobs_function_writes_only_the_population_models_and_head_of_the_definitions_table(template: Any) -> None:
     from tests.infra.conftest import DEFINITIONS_TABLE
 
     statements = [s for s in statements_of(template, "JobsRoleDefault")
@@ -147,4 +180,5 @@ def test_the_jobs_function_writes_only_the_population_and_the_head_of_the_defini
     assert [sorted(actions_of(s)) for s in reads] == [["dynamodb:BatchGetItem", "dynamodb:GetItem"]]
     (write,) = writes
     assert sorted(actions_of(write)) == ["dynamodb:PutItem", "dynamodb:UpdateItem"]
-    assert write["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["~population", "~catalogue"]}}
+    assert write["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [
+        "~population", "~models", "~catalogue"]}}

@@ -39,22 +39,24 @@ def test_the_events_stream_is_on_demand_and_encrypted(template: Any) -> None:
 
 def test_functions_run_newest_python_on_arm_with_all_layers_and_tracing(template: Any) -> None:
     functions = template.find_resources("AWS::Lambda::Function")
-    assert {"ingest", "changes", "api", "timers"} <= set(function_folders(template).values())
+    folders = function_folders(template)
+    assert {"ingest", "changes", "api", "timers"} <= set(folders.values())
     for name, function in functions.items():
         properties = function["Properties"]
         assert properties["Runtime"] == "python3.14", name
         assert properties["Architectures"] == ["arm64"], name
         assert properties["Handler"] == "handler.handler", name
-        assert len(properties["Layers"]) == 3, name
+        assert len(properties["Layers"]) == (4 if folders.get(name) == "jobs" else 3), name  # jobs: + models
         assert properties["TracingConfig"] == {"Mode": "Active"}, name
         assert properties["Environment"]["Variables"]["CATALOGUE_PATH"] == "/opt", name
         assert "KmsKeyArn" in properties, name
 
 
-def test_three_layers_core_deps_and_catalogue(template: Any) -> None:
+def test_four_layers_core_deps_catalogue_and_the_jobs_models(template: Any) -> None:
     layers = template.find_resources("AWS::Lambda::LayerVersion")
     descriptions = sorted(layer["Properties"]["Description"] for layer in layers.values())
     assert descriptions == ["Powertools and PyYAML (make layers)", "cdp core package",
+                            "numpy and scikit-learn: the computed traits' training (make layers)",
                             "segment definitions, unpacked at /opt"]
 
 
@@ -107,9 +109,10 @@ def test_queues_and_the_quarantine_are_encrypted_and_refuse_plain_http(template:
             for s in p["Properties"]["PolicyDocument"]["Statement"]) for p in policies.values())
 
 
-def test_the_ingest_function_gets_a_full_vcpu_and_the_others_the_common_memory(template: Any) -> None:
+def test_ingest_and_jobs_get_a_full_vcpu_and_the_others_the_common_memory(template: Any) -> None:
     functions = template.find_resources("AWS::Lambda::Function")
     sizes = {name: f["Properties"].get("MemorySize") for name, f in functions.items()}
-    ingest = [name for name in sizes if name.startswith("Ingest")]
+    folders = function_folders(template)
+    ingest = [name for name in sizes if name.startswith("Ingest") or folders.get(name) == "jobs"]
     assert ingest and all(sizes[name] == 1769 for name in ingest)
     assert {size for name, size in sizes.items() if name not in ingest and size is not None} == {512}

@@ -5,7 +5,7 @@ Adapters for DynamoDB, S3 and EventBridge live in ``cdp.aws``; tests use in-memo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -238,7 +238,7 @@ class SegmentChange:
 
 
 class DefinitionStore(Protocol):
-    """Versioned segment definitions and the population statistics (DynamoDB in AWS)."""
+    """Versioned segment definitions, the population statistics and the computed traits' models (DynamoDB in AWS)."""
 
     def head(self) -> CatalogueHead:
         """The catalogue head (one GetItem). Raises :class:`TransientError`."""
@@ -264,4 +264,11 @@ class DefinitionStore(Protocol):
     def put_population(self, stats: PopulationStats) -> CatalogueHead:
         """Store population statistics and move ``stats_version`` on, unless the stored ones were computed at the
         same time or later (then nothing changes)."""
+        ...
+
+    def put_models(self, documents: Mapping[str, Mapping[str, Any]]) -> CatalogueHead:
+        """Store the computed traits' model documents (model name -> document, see :mod:`cdp.core.traits`),
+        replacing those models' stored ones and keeping the others, and move ``stats_version`` on in the same
+        write, unless a stored one of these models was trained at the same time or later (then nothing changes).
+        :meth:`population` returns them in ``PopulationStats.models``."""
         ...

@@ -7,6 +7,9 @@ population statistics, on one table keyed by ``segment_id`` (S) and ``version`` 
   version each segment ever had (so a segment made again after a deletion continues its numbering), the
   statistics version and when it moved. It is the only item a function reads to learn of a change.
 - The **population** item (``~population``, version 0): the percentile tables of :class:`PopulationStats`.
+- The **models** item (``~models``, version 0): the computed traits' model documents (:mod:`cdp.core.traits`),
+  one JSON attribute per model and its training time beside it. Storing models moves the head's statistics
+  version in the same transaction, so every live catalogue reads them with the statistics.
 
 A commit is one TransactWriteItems: the head moves from ``expected`` to ``expected + 1`` on condition that it is
 still at ``expected``, and each new version item is put on condition that it does not exist. Two writers racing
@@ -31,11 +34,13 @@ from pynamodb.transactions import TransactWrite
 from cdp.aws.plain_records import bind_table
 from cdp.core.catalogue import Catalogue
 from cdp.core.population import PopulationStats
+from cdp.core.traits import MODELS
 from cdp.pipeline.live_catalogue import LiveCatalogue
 from cdp.ports import CatalogueHead, ConflictError, SegmentChange, SegmentVersion, TransientError
 
 HEAD_ID = "~catalogue"  # "~" is no segment id's first character (ids are lowercase slugs)
 POPULATION_ID = "~population"
+MODELS_ID = "~models"
 MAX_CHANGES = 99  # TransactWriteItems takes 100 items: the head and 99 versions
 RETRYABLE = frozenset({"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
                        "InternalServerError", "ThrottlingError", "TransactionConflict",
@@ -85,13 +90,31 @@ class PopulationItem(Model):
     population = NumberAttribute()
 
 
+class ModelsItem(Model):
+    """The computed traits' model documents (segment_id ``~models``, version 0): ``<model>`` the document as JSON,
+    ``<model>_at`` its training time (what a newer job's write is conditional on)."""
+
+    class Meta:
+        table_name = "definitions"
+
+    segment_id = UnicodeAttribute(hash_key=True)
+    version = NumberAttribute(range_key=True)
+    rfm = UnicodeAttribute(null=True)
+    rfm_at = NumberAttribute(null=True)
+    clusters = UnicodeAttribute(null=True)
+    clusters_at = NumberAttribute(null=True)
+    predictions = UnicodeAttribute(null=True)
+    predictions_at = NumberAttribute(null=True)
+
+
 class Models:
-    """The three item models bound to one deployment's table."""
+    """The item models bound to one deployment's table."""
 
     def __init__(self, table_name: str, region: str | None = None, host: str | None = None) -> None:
         self.versions = bind_table(DefinitionItem, table_name, region, host)
         self.head = bind_table(HeadItem, table_name, region, host)
         self.population = bind_table(PopulationItem, table_name, region, host)
+        self.models = bind_table(ModelsItem, table_name, region, host)
         # pynamodb's transactions take their connection explicitly (with a custom host, the model's is not used)
         self.connection = Connection(region=region or os.environ.get("AWS_REGION") or None, host=host)
 
@@ -170,11 +193,23 @@ class DynamoDefinitionStore:
         try:
             item = self.models.population.get(POPULATION_ID, 0, consistent_read=True)
         except DoesNotExist:
-            return None
+            item = None
         except PynamoDBException as error:
             raise _transient(error, "reading the population statistics") from error
+        models = self._models()
+        if item is None:
+            return PopulationStats({}, models=models) if models else None
         table = {metric: tuple(float(v) for v in values) for metric, values in json.loads(item.percentiles).items()}
-        return PopulationStats(table, int(item.computed_at), int(item.population))
+        return PopulationStats(table, int(item.computed_at), int(item.population), models=models)
+
+    def _models(self) -> dict[str, dict[str, Any]]:
+        try:
+            item = self.models.models.get(MODELS_ID, 0, consistent_read=True)
+        except DoesNotExist:
+            return {}
+        except PynamoDBException as error:
+            raise _transient(error, "reading the computed traits' models") from error
+        return {name: json.loads(getattr(item, name)) for name in MODELS if getattr(item, name, None)}
 
     # ---- writes -----------------------------------------------------------------------------
 
@@ -242,6 +277,33 @@ class DynamoDefinitionStore:
                 raise _transient(error, "storing the population statistics") from error
         except PynamoDBException as error:
             raise _transient(error, "storing the population statistics") from error
+        return self._head(consistent=True)[0]
+
+
+    def put_models(self, documents: Mapping[str, Mapping[str, Any]]) -> CatalogueHead:
+        unknown = sorted(set(documents) - set(MODELS))
+        if unknown or not documents:
+            raise ValueError(f"models are {', '.join(MODELS)}, not {', '.join(unknown) or 'none'}")
+        models = self.models
+        item = models.models
+        actions: list[Any] = []
+        condition: Any = None
+        for name, document in sorted(documents.items()):
+            trained_at = int(document["trained_at"])
+            stamp = getattr(item, f"{name}_at")
+            actions += [getattr(item, name).set(json.dumps(document, default=str)), stamp.set(trained_at)]
+            newer = stamp.does_not_exist() | (stamp < trained_at)  # two overlapping jobs: the later one wins
+            condition = newer if condition is None else condition & newer
+        try:
+            with TransactWrite(connection=models.connection) as transaction:
+                transaction.update(item(MODELS_ID, 0), actions=actions, condition=condition)
+                transaction.update(models.head(HEAD_ID, 0), actions=[models.head.stats_version.add(1)])
+        except TransactWriteError as error:
+            codes = {reason.code for reason in error.cancellation_reasons if reason is not None}
+            if "ConditionalCheckFailed" not in codes or codes - {"ConditionalCheckFailed", "None"}:
+                raise _transient(error, "storing the computed traits' models") from error
+        except PynamoDBException as error:
+            raise _transient(error, "storing the computed traits' models") from error
         return self._head(consistent=True)[0]
 
 

@@ -311,14 +311,16 @@ def standardise(model: ClusterModel, figures: Features) -> list[float]:
 
 
 def assign_cluster(model: ClusterModel, figures: Features) -> tuple[int, float]:
-    """The nearest centroid (ties: the lower index) and the Euclidean distance to it, in standardised units."""
+    """The nearest centroid (ties: the lower index) and the Euclidean distance to it, in standardised units, to
+    one decimal: a customer's distance drifts a little every day as recency grows, and a daily job writes only
+    the profiles whose traits changed."""
     point = standardise(model, figures)
     best, distance = 0, math.inf
     for index, centroid in enumerate(model.centroids):
         d = math.sqrt(sum((a - b) ** 2 for a, b in zip(point, centroid, strict=True)))
         if d < distance:
             best, distance = index, d
-    return best, round(distance, 4)
+    return best, round(distance, 1)
 
 
 def cluster_traits(model: ClusterModel, figures: Features) -> dict[str, Any]:
@@ -346,10 +348,11 @@ def describe_centroid(centroid: Sequence[float]) -> str:
 
 def prediction_traits(purchase_probability: float, expected_orders: float, average_order_value: float) -> dict[
         str, Any]:
-    """The prediction traits: churn is no order within the horizon."""
-    return {"churn_probability": round(1.0 - purchase_probability, 4),
-            "expected_orders_90d": round(max(0.0, expected_orders), 4),
-            "expected_value_90d": round(max(0.0, expected_orders) * max(0.0, average_order_value), 2)}
+    """The prediction traits: churn is no order within the horizon. Rounded (probability and orders to two decimals,
+    value to whole currency units), so that the daily job rewrites only the customers whose outlook moved."""
+    return {"churn_probability": round(1.0 - purchase_probability, 2),
+            "expected_orders_90d": round(max(0.0, expected_orders), 2),
+            "expected_value_90d": float(round(max(0.0, expected_orders) * max(0.0, average_order_value)))}
 
 
 # ---- at ingest ---------------------------------------------------------------------------------------------

@@ -26,6 +26,13 @@ Kinds:
     Phase ``reevaluate``: only the units that read ``stats`` are evaluated, and only profiles whose membership
     changed (the customers whose side of a threshold moved) are written. The old and new thresholds go in the job's
     result. It runs hourly by default, and after a backfill.
+``traits``
+    computed traits (:mod:`cdp.core.traits`, :mod:`cdp.pipeline.traits`): phase ``features`` collects the buyers'
+    RFM histograms and a bounded training sample (option ``sample``, 20,000 by default); its finish trains the
+    job's ``models`` (``rfm``, ``clusters``, ``predictions``: all by default; ``clusters`` the number of clusters,
+    2..12, or null for the best silhouette), stores their documents in the definitions store and puts their
+    versions, metrics and cluster descriptions in the job's result. Phase ``score`` writes each profile whose trait
+    values changed (only those), and evaluates the segments that read the changed traits. It runs daily by default.
 
 Counts (added atomically, so concurrent segments never lose one): ``scanned``, ``evaluated``, ``written``,
 ``entered`` and ``exited`` (of the job's segment, every segment without one), ``conflicts``, ``failed``, and
@@ -43,7 +50,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cdp.core.catalogue import Catalogue
 from cdp.core.consent import ConsentPolicy
@@ -51,15 +58,20 @@ from cdp.core.engine import ENTERED, EXITED, Engine
 from cdp.core.language import PercentileCondition
 from cdp.core.population import PopulationStats
 from cdp.core.profile import Profile, ProfileView
+from cdp.core.traits import MODELS
 from cdp.pipeline.parallel import each
 from cdp.pipeline.write import WriteOutcome, write_profile
 from cdp.ports import DefinitionStore, ProfileStore, TransientError
 
-BACKFILL, PERCENTILES = "backfill", "percentiles"
-KINDS = (BACKFILL, PERCENTILES)
+if TYPE_CHECKING:
+    from cdp.pipeline.traits import Trainer
+
+BACKFILL, PERCENTILES, TRAITS = "backfill", "percentiles", "traits"
+KINDS = (BACKFILL, PERCENTILES, TRAITS)
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 EVALUATE, COLLECT, REEVALUATE = "evaluate", "collect", "reevaluate"
-PHASES = {BACKFILL: [EVALUATE], PERCENTILES: [COLLECT, REEVALUATE]}
+FEATURES, SCORE = "features", "score"
+PHASES = {BACKFILL: [EVALUATE], PERCENTILES: [COLLECT, REEVALUATE], TRAITS: [FEATURES, SCORE]}
 DELIVER_MODES = ("none", "audiences", "all")  # none: nobody; audiences: lists and ad audiences, no email; all
 DEFAULT_DELIVER = "audiences"
 BECAUSE = ("saved", "deleted", "disabled")
@@ -69,6 +81,8 @@ JOB_DAYS = 30  # a job's record expires this long after it was created
 DEFAULT_SCAN_SEGMENTS = 16
 DEFAULT_PAGE_SIZE = 100
 START = ""  # the cursor of a scan segment's first invocation
+DEFAULT_SAMPLE = 20_000  # a traits job's training sample
+MAX_SAMPLE = 200_000  # the sample is held in one finish invocation's memory
 
 
 class InvalidJob(ValueError):
@@ -183,7 +197,30 @@ def job_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidJob("because", f"must be one of {', '.join(BECAUSE)}, not {because!r}")
     if because is not None:
         checked["because"] = because
+    if kind == TRAITS:
+        checked.update(traits_options(options))
     return checked
+
+
+def _whole(options: Mapping[str, Any], name: str, default: int | None, low: int, high: int) -> int | None:
+    value = options.get(name, default)
+    if value is None and default is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidJob(name, f"must be a whole number from {low} to {high}, not {value!r}")
+    return value
+
+
+def traits_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A traits job's ``models`` (a non-empty subset of the models, default all), ``clusters`` (2..12, or null:
+    chosen by silhouette) and ``sample`` (the training sample's size)."""
+    models = options.get("models")
+    if models is None:
+        models = list(MODELS)
+    if not isinstance(models, list) or not models or any(m not in MODELS for m in models):
+        raise InvalidJob("models", f"must be a non-empty list of {', '.join(MODELS)}, not {models!r}")
+    return {"models": [m for m in MODELS if m in models], "clusters": _whole(options, "clusters", None, 2, 12),
+            "sample": _whole(options, "sample", DEFAULT_SAMPLE, 100, MAX_SAMPLE)}
 
 
 def start_job(jobs: JobStore, runner: JobRunner, kind: str, options: dict[str, Any], now: float) -> Job:
@@ -261,6 +298,14 @@ class JobEngine:
     scan_segments: int = DEFAULT_SCAN_SEGMENTS
     page_size: int = DEFAULT_PAGE_SIZE
     pool: Executor | None = None
+    trainer: Trainer | None = None  # None: cdp.models (scikit-learn), imported when a traits job trains
+
+    def training(self) -> Trainer:
+        if self.trainer is None:
+            from cdp.pipeline.traits import ScikitTrainer
+
+            self.trainer = ScikitTrainer()
+        return self.trainer
 
     def _job(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
@@ -344,6 +389,8 @@ class JobEngine:
             return _Evaluating(self, job, engine, None, segment, part)
         if phase == COLLECT:
             return _Collecting(self, job, segment, part)
+        if phase in (FEATURES, SCORE):
+            return self._traits_worker(job, phase, segment, part)
         if phase == REEVALUATE:
             engine = self.engine_for(int(job.options.get("catalogue_version", 0)))
             percentiles = job.result.get("percentiles") or {}
@@ -352,11 +399,24 @@ class JobEngine:
             return _Evaluating(self, job, engine, {"stats"}, segment, part)
         raise InvalidJob("phase", f"{phase!r} is not a phase of this job")
 
+    def _traits_worker(self, job: Job, phase: str, segment: int, part: int) -> _Worker:
+        from cdp.pipeline.traits import Featuring, Scoring, load_prediction_model
+
+        if phase == FEATURES:
+            return Featuring(self, job, segment, part)
+        predictions = load_prediction_model(self, job, self.training())
+        return Scoring(self, job, self.engine_for(0), segment, part, predictions)
+
     def finish(self, job_id: str, phase: str) -> dict[str, Any]:
         """Close a phase once every segment is done: the collect phase's merge and the statistics' store."""
         job = self._job(job_id)
         if job.status == RUNNING and job.phase == phase == COLLECT and "percentiles" not in job.result:
             self._store_population(job)
+        if job.status == RUNNING and job.phase == phase == FEATURES and "documents" not in job.result:
+            from cdp.pipeline.traits import train_and_store
+
+            result = {**job.result, **train_and_store(self, job, self.training())}
+            self.jobs.update(job.job_id, self.now(), result=result)
         return {"job_id": job_id, "finished": phase}
 
     def _store_population(self, job: Job) -> None:
