@@ -178,7 +178,7 @@ class Monitoring(Construct):
         self.dashboard.add_widgets(
             cloudwatch.GraphWidget(title="Identity: merges, refused merges and redirected events", width=12, left=[
                 _metric("Merges", "ingest"), _metric("MergedProfilesAbsorbed", "ingest"),
-                *(_metric("MergesRefused", "ingest", reason=reason) for reason in ("known", "limit"))],
+                *(_metric("MergesRefused", "ingest", reason=reason) for reason in ("known", "limit", "deleted"))],
                 right=[_metric("EventsRedirected", "ingest")]),
             cloudwatch.GraphWidget(title="Id map: reads, emails indexed and table throttles", width=12, left=[
                 _metric("IdentityMapReads", "ingest"), _metric("EmailsIndexed", "ingest")],

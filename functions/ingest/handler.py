@@ -3,8 +3,9 @@
 Metrics per batch: the totals, ``EventsRejected`` per field that quarantined a record, and
 ``EventsWithSpecGaps`` per spec field that applied events lacked (``properties.order_id``, say). Identity:
 ``Merges`` (ids merged into a customer), ``MergesRefused`` per ``reason`` (``known``: both customers known by
-user id, ``limit``: the customer holds the most merged ids), ``EventsRedirected`` (events for a merged id applied
-to its canonical customer), ``MergedProfilesAbsorbed``, ``EmailsIndexed`` and ``IdentityMapReads``.
+user id, ``limit``: the customer holds the most merged ids, ``deleted``: an id of a deleted customer),
+``EventsRedirected`` (events for a merged id applied to its canonical customer), ``MergedProfilesAbsorbed``,
+``EmailsIndexed`` and ``IdentityMapReads``.
 """
 
 from __future__ import annotations

@@ -129,6 +129,7 @@ def test_the_dashboard_shows_merges_refusals_by_reason_and_the_id_map(template: 
     assert merges == {("cdp", "Merges", "service", "ingest"), ("cdp", "MergedProfilesAbsorbed", "service", "ingest"),
                       ("cdp", "MergesRefused", "reason", "known", "service", "ingest"),
                       ("cdp", "MergesRefused", "reason", "limit", "service", "ingest"),
+                      ("cdp", "MergesRefused", "reason", "deleted", "service", "ingest"),
                       ("cdp", "EventsRedirected", "service", "ingest")}
     id_map = [m[:2] for m in widgets["Id map: reads, emails indexed and table throttles"]["metrics"]]
     assert id_map == [["cdp", "IdentityMapReads"], ["cdp", "EmailsIndexed"],

@@ -102,3 +102,65 @@ def test_the_table_stream_carries_the_merge_as_exits_and_entries_with_clause_mer
     assert entries and all(t[3]["S"] == "merged" for t in entries)
     assert {t[0]["S"] for t in entries} >= {t["L"][0]["S"] for t in exits} - {"potential-abandoners"}
     assert by_customer["anon-7"]["mt"] == {"S": "user-7"}
+
+
+def known(event: str, at: float, message_id: str, **properties: Any) -> dict[str, Any]:
+    return {"type": "track", "event": event, "userId": "user-7", "messageId": message_id, "timestamp": iso(at),
+            "properties": properties}
+
+
+def test_a_known_side_event_racing_the_merge_on_another_shard_is_applied_once_to_the_merged_customer(
+        stack: Stack, identity: Identity) -> None:
+    """The known customer's batch read ``user-7``; the merge (another shard) links, freezes ``anon-7`` and writes
+    ``user-7`` before that batch puts: its put is refused (the version moved), it reloads the merged profile and
+    applies its order there."""
+    now = stack.clock.now()
+    assert failures(stack.ingest(kinesis_envelope(history(stack), shard=1), identity=identity)) == []
+    racing_merge = lambda: stack.ingest(kinesis_envelope([merge(now - 60)], shard=0),  # noqa: E731
+                                        identity=identity)
+    store = Interleaving(stack.dynamodb, "user-7", racing_merge)
+    order = known("Order Completed", now - 30, "known-order", order_id="o-9", revenue=50.0)
+    assert failures(stack.ingest(kinesis_envelope([order], shard=2), identity=identity, store=store)) == []
+    assert store.between is None  # the merge did run inside the known batch's write
+
+    again = kinesis_envelope([merge(now - 60), *history(stack), order], shard=3)  # everything redelivered
+    assert failures(stack.ingest(again, identity=identity)) == []
+
+    customer, frozen = stack.profile("user-7"), stack.profile("anon-7")
+    assert (customer.orders, customer.revenue, views(customer)) == (2, 8000, 4)  # $30 anonymous + $50 known
+    assert [entry[0] for entry in customer.merges] == ["anon-7"]
+    assert frozen.merged_into == "user-7" and frozen.memberships == {}
+
+
+def test_two_merges_of_one_visitor_into_two_customers_make_one_and_count_nothing_twice(
+        stack: Stack, identity: Identity) -> None:
+    """``anon-7`` is identified as ``user-7`` on one shard and as ``user-8`` on another at once: the id map's
+    conditional link lets one win; the other is then a merge of two known customers, refused."""
+    now = stack.clock.now()
+    assert failures(stack.ingest(kinesis_envelope(history(stack), shard=1), identity=identity)) == []
+    other = {**merge(now - 50), "userId": "user-8", "messageId": "identify-8", "traits": {"email": "8@example.com"}}
+    inner: list[dict[str, Any]] = []
+    racing = lambda: inner.append(stack.ingest(kinesis_envelope([other], shard=2),  # noqa: E731
+                                               identity=identity))
+    store = Interleaving(stack.dynamodb, "anon-7", racing)  # the freeze of anon-7 by the user-7 merge
+    outer = stack.ingest(kinesis_envelope([merge(now - 60)], shard=0), identity=identity, store=store)
+    assert store.between is None and len(inner) == 1
+    retried = failures(inner[0]) + failures(outer)
+    for _ in range(3):  # a merge message handed back is redelivered until it settles
+        if not retried:
+            break
+        retried = failures(stack.ingest(kinesis_envelope([other, merge(now - 60)], shard=4), identity=identity))
+    assert retried == []
+    # Everything again, on yet another shard: nothing changes.
+    assert failures(stack.ingest(kinesis_envelope([merge(now - 60), other, *history(stack)], shard=5),
+                                 identity=identity)) == []
+
+    seven, eight, frozen = stack.profile("user-7"), stack.profile("user-8"), stack.profile("anon-7")
+    winner = frozen.merged_into
+    assert winner in {"user-7", "user-8"}
+    live = [seven, eight]
+    assert sum(p.orders for p in live) == 1 and sum(p.revenue for p in live) == 3000
+    assert sum(views(p) for p in live) == 4
+    assert [[entry[0] for entry in p.merges] for p in live] == [["anon-7"] if p.customer_id == winner else []
+                                                                 for p in live]
+    assert identity.id_map.links([customer_digest("anon-7")]) == {customer_digest("anon-7"): winner}

@@ -647,3 +647,108 @@ def test_an_email_identifier_must_be_normalised_to_be_sent() -> None:
         "email": "a@b.co", "email_sha256": "0" * 64}
     with pytest.raises(InvalidDelivery, match=r"identifiers\.email: is not a normalised email address"):
         valid_identifiers({"email": " A@B.co"}, ["email"])
+
+
+# ---- identity merges: the anonymous side's exit and the known side's audience ---------------------------------
+
+ANON, KNOWN, ADA = "anon-1", "user-1", "ada@example.com"
+
+
+def merged_exit(customer: str, version: int, identifiers: Mapping[str, str], into: str,
+                segment: str = CART) -> tuple[str, str]:
+    """The exit a merge causes, as the changes function publishes it: clause ``merged``, the frozen image's
+    ``mt`` naming the canonical customer."""
+    change = MembershipChange(customer, segment, EXITED, AT + version, version, "merged",
+                              "merged into another customer")
+    entry = bus_entry(change, {"customer_id": customer, "m": {}, "t": {}, "v": version, "mt": into}, CATALOGUE,
+                      "cdp-bus")
+    detail = json.loads(entry["Detail"])
+    detail["identifiers"] = dict(identifiers)
+    body = {"version": "0", "id": f"bus-{customer}-merged-{version}", "detail-type": entry["DetailType"],
+            "source": entry["Source"], "account": "123456789012", "time": "2026-10-09T09:00:00Z",
+            "region": "eu-west-1", "resources": [], "detail": detail}
+    return (f"m-{customer}-{segment}-merged-{version}", json.dumps(body))
+
+
+def holds(destination: FakeDestination, identifiers: Mapping[str, str], target: str = "aud-cart") -> bool:
+    keys = tuple(f"{name}={value}" for name, value in sorted(matched(destination, identifiers).items()))
+    return keys in destination.audiences.get(target, set())
+
+
+def matched(destination: FakeDestination, identifiers: Mapping[str, str]) -> dict[str, str]:
+    """The identifiers the destination matches on, as its rows carry them."""
+    return {name: value for name, value in identifiers.items() if name in destination.identifier_names}
+
+
+def test_a_merged_exit_names_the_customer_it_was_merged_into() -> None:
+    event = parse_message(*merged_exit(ANON, 2, ids_of(ADA), KNOWN))
+    assert (event.kind, event.clause, event.merged_into) == (EXITED, "merged", KNOWN)
+    assert parsed(EXITED, ANON, 2).merged_into == ""  # an ordinary exit names nobody
+
+
+def test_a_member_on_both_sides_stays_in_the_audience_after_the_merge() -> None:
+    destination, ledger = FakeDestination(), MemoryDeliveryLedger()
+    deliver([message(ENTERED, KNOWN, 1, ids_of(ADA)), message(ENTERED, ANON, 1, ids_of(ADA))], destination, ledger)
+    result = deliver([merged_exit(ANON, 2, ids_of(ADA), KNOWN)], destination, ledger)
+    assert holds(destination, ids_of(ADA))
+    assert [kind for _, kind, _ in destination.sent] == [ENTERED]  # the exit sent nothing
+    assert [why for _, why in result.skipped] == ["the customer it was merged into holds its identifiers in this "
+                                                  "segment"]
+    assert ledger.entries("fake:aud-cart", [(CART, ANON)])[(CART, ANON)].kind == EXITED  # recorded: order holds
+
+
+@pytest.mark.parametrize("order", ["known first", "exit first", "same batch", "same batch, exit listed first"])
+def test_the_known_side_entry_and_the_anonymous_exit_leave_the_person_in_whatever_the_order(order: str) -> None:
+    destination, ledger = FakeDestination(), MemoryDeliveryLedger()
+    deliver([message(ENTERED, ANON, 1, ids_of(ADA))], destination, ledger)
+    exit_, entry = merged_exit(ANON, 2, ids_of(ADA), KNOWN), message(ENTERED, KNOWN, 3, ids_of(ADA))
+    batches = {"known first": [[entry], [exit_]], "exit first": [[exit_], [entry]], "same batch": [[entry, exit_]],
+               "same batch, exit listed first": [[exit_, entry]]}[order]
+    for batch in batches:
+        result = deliver(batch, destination, ledger)
+        assert not result.retry and not result.refused
+    assert holds(destination, ids_of(ADA))
+    entries = ledger.entries("fake:aud-cart", [(CART, ANON), (CART, KNOWN)])
+    assert (entries[(CART, ANON)].kind, entries[(CART, KNOWN)].kind) == (EXITED, ENTERED)
+
+
+def test_a_merged_exit_removes_the_identifiers_the_known_customer_does_not_hold() -> None:
+    destination, ledger = FakeDestination(), MemoryDeliveryLedger()
+    anon_ids, known_ids = ids_of("old@example.com", "+447700900123"), ids_of(ADA, "+447700900123")
+    deliver([message(ENTERED, ANON, 1, anon_ids), message(ENTERED, KNOWN, 1, known_ids)], destination, ledger)
+    deliver([merged_exit(ANON, 2, anon_ids, KNOWN)], destination, ledger)
+    assert holds(destination, known_ids)
+    removed = [ids for _, kind, _, ids in sent_rows(destination) if kind == EXITED]
+    assert removed == [{EMAIL: anon_ids[EMAIL]}]  # the shared phone stays; the email only the anonymous side had goes
+
+
+@pytest.mark.parametrize("known", ["not a member", "a member who exited", "a member with other identifiers"])
+def test_a_merged_exit_removes_everything_when_the_known_customer_holds_none_of_it(known: str) -> None:
+    destination, ledger = FakeDestination(), MemoryDeliveryLedger()
+    deliver([message(ENTERED, ANON, 1, ids_of(ADA))], destination, ledger)
+    if known != "not a member":
+        deliver([message(ENTERED, KNOWN, 1, ids_of("bob@example.com"))], destination, ledger)
+    if known == "a member who exited":
+        deliver([message(EXITED, KNOWN, 2, ids_of("bob@example.com"))], destination, ledger)
+    deliver([merged_exit(ANON, 3, ids_of(ADA), KNOWN)], destination, ledger)
+    assert not holds(destination, ids_of(ADA))
+    removed = [ids for _, kind, _, ids in sent_rows(destination) if kind == EXITED]
+    assert removed[-1] == matched(destination, ids_of(ADA))
+
+
+def test_a_known_side_exit_in_the_same_batch_does_not_keep_the_anonymous_identifiers() -> None:
+    """The known customer's newest change in the batch is an exit: they will hold nothing, so the merge's exit
+    removes all it added."""
+    destination, ledger = FakeDestination(), MemoryDeliveryLedger()
+    deliver([message(ENTERED, ANON, 1, ids_of(ADA)), message(ENTERED, KNOWN, 1, ids_of(ADA))], destination, ledger)
+    deliver([message(EXITED, KNOWN, 2, ids_of(ADA)), merged_exit(ANON, 2, ids_of(ADA), KNOWN)], destination, ledger)
+    assert not holds(destination, ids_of(ADA))
+
+
+def test_a_merged_exit_keeps_only_what_the_known_customer_holds_in_that_segment() -> None:
+    destination, ledger = FakeDestination(), MemoryDeliveryLedger()
+    deliver([message(ENTERED, ANON, 1, ids_of(ADA)), message(ENTERED, KNOWN, 1, ids_of(ADA), segment=VIP)],
+            destination, ledger)
+    deliver([merged_exit(ANON, 2, ids_of(ADA), KNOWN)], destination, ledger)
+    assert not holds(destination, ids_of(ADA))  # out of the cart audience: the known customer is a VIP only
+    assert holds(destination, ids_of(ADA), "aud-vip")

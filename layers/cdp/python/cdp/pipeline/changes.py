@@ -43,6 +43,7 @@ SOURCE = "cdp.segments"
 DETAIL_TYPES = {"entered": "Segment Entered", "exited": "Segment Exited", "consent": "Segment Consent Changed"}
 CONSENT_CHANGED = "consent"  # the kind (and clause) of a consent change of a member
 DELETED = "deleted"  # the clause of the exits of a deleted profile
+MERGED_INTO_CLAUSE = "merged"  # the clause of a merge's changes; its exits name the canonical customer
 MEMBER_SHARDS = 16  # members index partitions per segment; see members_partition
 DELIVER_ALL = "all"
 DELIVERY_MODES = (DELIVER_ALL, "audiences", "none")  # who may act on a change; see the module docstring
@@ -203,6 +204,9 @@ def bus_entry(change: MembershipChange, new: Mapping[str, Any] | None, catalogue
         "identifiers": hashed_identifiers(dict((new or {}).get("t") or {})),
         "delivery": change.delivery,
     }
+    if change.kind == "exited" and change.clause == MERGED_INTO_CLAUSE and (new or {}).get("mt"):
+        # The customer this one was merged into: the audience integrations keep what that customer holds.
+        detail["merged_into"] = str((new or {}).get("mt"))
     return {
         "Source": SOURCE,
         "DetailType": DETAIL_TYPES[change.kind],

@@ -24,6 +24,15 @@ of the batch's customers' consent, then
   the changes of that version by its time (:attr:`MembershipEvent.order`): a later grant adds back;
 * an exit with clause ``deleted`` (the profile was deleted) removes, then forgets the ledger row.
 
+Identity merges. A profile merged into another (clause ``merged``) exits its segments, and its exit names the
+customer it was merged into (``detail.merged_into``: the canonical one). Such an exit removes only the identifiers
+that the canonical customer does not hold at this destination for the same segment, as that customer's ledger row
+says or as an add for them in the same batch will leave it (:func:`canonical_holds`). So a person who was a member on
+both sides stays in the audience whichever side's change is delivered first; one whose known side does not hold
+the anonymous side's identifiers (or is not a member) has them removed. One window is left: two batches running
+at the same moment, the canonical customer's add sent before the exit's removal but recorded after the exit read
+the ledger; the next change of that customer's membership, or a replay of its add, puts them back.
+
 Backfill entries. A change's ``delivery`` (the backfill job's deliver option) says which kinds of destination act
 on an add: ``all`` (every one), ``audiences`` (the ad audiences: list-sync webhook, Meta, Google; never email) or
 ``none`` (nobody). :func:`withhold` is the one check, by destination kind (:data:`REACH`); a withheld add leaves
@@ -79,6 +88,7 @@ class MembershipEvent:
     change: str = ""  # detail.change: entered, exited or consent
     refusal: str = ""  # set when consent turned an add into this exit: why
     delivery: str = DELIVER_ALL  # detail.delivery: the destination kinds that act on it (see withhold)
+    merged_into: str = ""  # detail.merged_into: on a merge's exit, the canonical customer (see canonical_holds)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -119,9 +129,11 @@ def parse_message(message_id: str, body: str) -> MembershipEvent:
     primary = detail.get("primary_segment")
     clause = detail.get("clause")
     path = clause.get("path") if isinstance(clause, dict) else None
+    merged_into = detail.get("merged_into")
     return MembershipEvent(message_id, event_id, kind, customer_id, segment_id, version, str(detail.get("at", "")),
                            primary if isinstance(primary, str) else None, dict(identifiers),
-                           path if isinstance(path, str) else "", change, delivery=_delivery(detail))
+                           path if isinstance(path, str) else "", change, delivery=_delivery(detail),
+                           merged_into=merged_into if kind == EXITED and isinstance(merged_into, str) else "")
 
 
 def _delivery(detail: Mapping[str, Any]) -> str:
@@ -223,6 +235,7 @@ class Action:
     identifiers: Mapping[str, str]
     records: bool = True  # False for a clean-up removal that goes with the event's add
     sends: bool = True  # False: only recorded (a consent exit of someone never added, a restated add)
+    note: str = ""  # why an action that sends nothing sends nothing, when it is not a consent refusal
 
 
 @dataclass
@@ -250,8 +263,42 @@ def plan(events: Sequence[MembershipEvent], applied: Mapping[tuple[str, str], Le
             why = "already delivered" if entry.event_id == event.event_id else "older than the change already applied"
             result.skipped.append((event, why))
             continue
-        result.actions += _actions(event, entry, consent_in_adds)
+        actions = _actions(event, entry, consent_in_adds)
+        if event.merged_into:
+            held = canonical_holds(event, newest, applied)
+            actions = [_keep_held(action, held) for action in actions]
+        result.actions += actions
     return result
+
+
+def canonical_keys(events: Sequence[MembershipEvent]) -> list[tuple[str, str]]:
+    """The ledger keys of the customers that merged-away profiles' exits name: read with the batch's own."""
+    return [(e.segment_id, e.merged_into) for e in events if e.merged_into]
+
+
+def canonical_holds(event: MembershipEvent, newest: Mapping[tuple[str, str], MembershipEvent],
+                    applied: Mapping[tuple[str, str], LedgerEntry]) -> dict[str, str]:
+    """The identifiers the customer a merged exit names holds in its segment at this destination once the batch
+    is applied: those of the newer of their ledger row and their change in this batch, when that is an add."""
+    key = (event.segment_id, event.merged_into)
+    pending, entry = newest.get(key), applied.get(key)
+    latest: MembershipEvent | LedgerEntry | None = entry
+    if pending is not None and (entry is None or pending.order > entry.order):
+        latest = pending
+    return dict(latest.identifiers) if latest is not None and latest.kind == ENTERED else {}
+
+
+def _keep_held(action: Action, held: Mapping[str, str]) -> Action:
+    """A merged exit's removal without the identifiers the canonical customer holds; nothing left: only recorded."""
+    if action.kind != EXITED or not held:
+        return action
+    removed = {k: v for k, v in action.identifiers.items() if held.get(k) != v}
+    if len(removed) == len(action.identifiers):
+        return action
+    if removed:
+        return replace(action, identifiers=removed)
+    return replace(action, identifiers={}, sends=False,
+                   note="the customer it was merged into holds its identifiers in this segment")
 
 
 def _actions(event: MembershipEvent, entry: LedgerEntry | None, consent_in_adds: bool = False) -> list[Action]:
@@ -437,7 +484,7 @@ def _deliver_to(target: str, events: Sequence[MembershipEvent], destination: Des
     """One target's events: planned against its ledger entries, then sent kind by kind in :data:`SEND_ORDER`."""
     namespace = f"{destination.name}:{target}"
     try:
-        applied = ledger.entries(namespace, [e.key for e in events])
+        applied = ledger.entries(namespace, list(dict.fromkeys([e.key for e in events] + canonical_keys(events))))
     except TransientError as error:
         for event in events:
             result.retry[event.message_id] = f"delivery ledger unavailable: {error}"
@@ -459,7 +506,7 @@ def _settle_unsent(ledger: DeliveryLedger, namespace: str, action: Action, resul
     """An action with nothing to send, recorded so that order holds: a consent exit of someone never added,
     or a consent change for someone still added."""
     if _record(ledger, namespace, action, result):
-        why = action.event.refusal or "already added; the consent change is recorded"
+        why = action.note or action.event.refusal or "already added; the consent change is recorded"
         result.skipped.append((action.event, why))
 
 
