@@ -57,6 +57,9 @@ def cost_models(figures: dict[str, Any]) -> dict[str, Any]:
     real = models["real_shaped.published_all"]
     models["fixed_monthly_usd"] = pipeline_model.fixed_monthly(
         1_000_000, real["assumptions"]["mean_item_bytes"], 30e6, 30e6 * real["per_event"]["bus_entries"], 4)
+    traits = figures["traits_job"]["cost"]["1,000,000"]  # daily: periodic whatever the traffic
+    models["fixed_monthly_usd"]["traits job: a daily run (1,000,000 profiles, bench/traits_job.py)"] = \
+        traits["usd_per_month"]
     models["fixed_monthly_usd.pseudonymous_indexes"] = pipeline_model.pseudonym_fixed_monthly()
     pseudonymous = figures["pseudonyms"]  # per event at the real-shaped traffic's measured transitions
     pseudonymous.update(pseudonyms.per_event(pseudonymous["usd_per_million_ids"], real["per_event"]["transitions"]))
@@ -97,6 +100,7 @@ def measure(quick: bool) -> dict[str, Any]:
         pseudonyms,
         real_traffic,
         timers_sweep,
+        traits_job,
     )
     from cdp.core.catalogue import load_catalogue
     from cdp.core.engine import Engine
@@ -135,6 +139,7 @@ def measure(quick: bool) -> dict[str, Any]:
     figures["pseudonyms"] = pseudonyms.measure(quick)
     figures["backfill"] = backfill.measure(1_000 if quick else 4_000)
     figures["models"] = models.measure(models.QUICK_CUSTOMERS if quick else 1_500)
+    figures["traits_job"] = traits_job.measure(600 if quick else 1_000, (5_000,) if quick else (20_000,))
     return figures
 
 
@@ -197,6 +202,8 @@ def summarise(figures: dict[str, Any]) -> dict[str, Any]:
     summary["cost.real_shaped_plus_collector_browser"] = with_collector
     merged_bytes = figures["identity"]["profile_bytes_after_100_merges"]["bytes"]
     pseudonymous = figures["pseudonyms"]
+    traits = {**figures["traits_job"]["cost"]["1,000,000"], **figures["traits_job"]["runs"]["next_day"]}
+    traits_training = figures["traits_job"]["training"]
     checks = [
         _check("ingest requests / floor (batch 100, 20 customers)", ingest["batch100_customers20"]["ratio_to_floor"],
                "<= 1.05", ingest["batch100_customers20"]["ratio_to_floor"] <= 1.05),
@@ -253,6 +260,13 @@ def summarise(figures: dict[str, Any]) -> dict[str, Any]:
         _reported("backfill: USD per million profiles", figures["backfill"]["cost"]["usd_per_million_profiles"]),
         _check("backfill: profiles a rerun of the same job writes", figures["backfill"]["rerun"]["written"], "== 0",
                figures["backfill"]["rerun"]["written"] == 0),
+        _reported("traits job: USD a month, daily at 1M profiles", traits["usd_per_month"]),
+        _reported("traits job: USD a month, daily at 10M profiles", figures["traits_job"]["cost"]["10,000,000"][
+            "usd_per_month"]),
+        _reported("traits job: share of profiles a run one day later rewrites", traits["written_share"]),
+        _reported("traits job: training CPU s at the 20,000-row sample", traits_training["default_sample_s"]),
+        _reported("traits job: minutes a run takes at 10M profiles, 16 segments",
+                  figures["traits_job"]["cost"]["10,000,000"]["run_minutes_at_16_segments"]),
         _check("models: clusters' adjusted Rand index (k = 4) / unscaled k-means'", found["configured_k4"]["ari"],
                f"> {found['baseline_unscaled_kmeans_ari']}",
                found["configured_k4"]["ari"] > found["baseline_unscaled_kmeans_ari"]),

@@ -220,3 +220,26 @@ def test_features_before_are_unknown_when_more_orders_fell_after_the_cut_off_tha
     # a cut-off with no more than the kept orders after it is known again
     known = features_before(profile, START + 12 * DAY)
     assert known is not None and known.frequency == 3
+
+
+def test_a_prediction_within_its_tolerance_keeps_the_stored_value_and_is_no_change() -> None:
+    from cdp.core.traits import PREDICTIONS, ComputedTraits
+
+    computed = ComputedTraits()
+    first = {"churn_probability": 0.40, "expected_orders_90d": 1.20, "expected_value_90d": 100.0}
+    assert computed.put(PREDICTIONS, 1, 100, first) == set(first)
+    nudged = {"churn_probability": 0.43, "expected_orders_90d": 1.25, "expected_value_90d": 108.0}
+    assert computed.put(PREDICTIONS, 2, 200, nudged) == set()
+    assert computed.values == first and computed.models[PREDICTIONS] == [2, 200]
+    moved = {"churn_probability": 0.46, "expected_orders_90d": 1.25, "expected_value_90d": 126.0}
+    assert computed.put(PREDICTIONS, 3, 300, moved) == {"churn_probability", "expected_value_90d"}
+    assert computed.values["churn_probability"] == 0.46 and computed.values["expected_orders_90d"] == 1.20
+
+
+def test_scores_and_codes_change_on_any_difference() -> None:
+    from cdp.core.traits import RFM, ComputedTraits
+
+    computed = ComputedTraits()
+    computed.put(RFM, 1, 1, {"rfm_recency": 5, "rfm_code": "555", "rfm_segment": "Champions"})
+    assert computed.put(RFM, 2, 2, {"rfm_recency": 4, "rfm_code": "455", "rfm_segment": "Loyal Customers"}) == {
+        "rfm_recency", "rfm_code", "rfm_segment"}

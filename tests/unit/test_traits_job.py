@@ -252,7 +252,7 @@ def test_the_training_rows_split_history_at_the_cut_offs() -> None:
 def test_the_bottom_k_sample_merge_is_exact_whatever_the_split() -> None:
     profiles = population(60)
     job = type("J", (), {"job_id": "job-1", "created_at": NOW, "options": {"sample": 10}})()
-    keys = sorted(sample_key("job-1", p.customer_id) for p in profiles)
+    keys = sorted(sample_key(p.customer_id) for p in profiles)
     for parts in (1, 3, 7):
         results = MemoryJobResults()
         engine = type("E", (), {"results": results})()

@@ -43,6 +43,10 @@ TRAIT_MODELS: dict[str, str] = {
 ORDER_EVENT = "Order Completed"
 MAX_RECENCY_DAYS = 730
 HORIZON_DAYS = 90  # predictions look this far ahead; the training's cut-off is this far back
+# A prediction or distance that moved less than this keeps its stored value: a daily job then rewrites only the
+# customers whose outlook moved, not everyone whose recency grew by a day. (RFM scores and clusters are exact.)
+TOLERANCE = {"cluster_distance": 0.25, "churn_probability": 0.05, "expected_orders_90d": 0.1}
+RELATIVE_TOLERANCE = {"expected_value_90d": 0.25}  # a quarter of the stored value (and at least 5)
 
 
 # ---- what the profile keeps ---------------------------------------------------------------------------------
@@ -64,7 +68,8 @@ class ComputedTraits:
         return int(stamp[0]) if stamp else None
 
     def put(self, model: str, version: int, trained_at: int, values: Mapping[str, Any]) -> set[str]:
-        """Replace the traits of ``model`` with ``values`` (None leaves a trait out); the names that changed."""
+        """Replace the traits of ``model`` with ``values`` (None leaves a trait out); the names that changed. A value
+        within its :data:`TOLERANCE` of the stored one is not a change, and the stored value stays."""
         names = [name for name, owner in TRAIT_MODELS.items() if owner == model]
         changed: set[str] = set()
         for name in names:
@@ -73,7 +78,7 @@ class ComputedTraits:
                 if name in self.values:
                     del self.values[name]
                     changed.add(name)
-            elif self.values.get(name) != value:
+            elif not _close(name, self.values.get(name), value):
                 self.values[name] = value
                 changed.add(name)
         self.models[model] = [int(version), int(trained_at)]
@@ -89,6 +94,19 @@ class ComputedTraits:
         values = {str(k): _plain(v) for k, v in (item.get("v") or {}).items()}
         models = {str(k): [int(v[0]), int(v[1])] for k, v in (item.get("m") or {}).items()}
         return cls(values, models)
+
+
+def _close(name: str, stored: Any, value: Any) -> bool:
+    """Whether ``value`` is the stored value, or within the trait's tolerance of it."""
+    if stored == value:
+        return True
+    if stored is None or isinstance(stored, (bool, str)) or isinstance(value, (bool, str)):
+        return False
+    if name in TOLERANCE:
+        return abs(float(value) - float(stored)) < TOLERANCE[name]
+    if name in RELATIVE_TOLERANCE:
+        return abs(float(value) - float(stored)) < max(5.0, RELATIVE_TOLERANCE[name] * abs(float(stored)))
+    return False
 
 
 def _plain(value: Any) -> Any:

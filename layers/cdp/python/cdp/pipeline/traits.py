@@ -104,9 +104,13 @@ class ScikitTrainer:
 # ---- the features phase ----------------------------------------------------------------------------------
 
 
-def sample_key(job_id: str, customer_id: str) -> float:
-    """A uniform key in [0, 1) from the job and the customer: the same customer keeps it across parts and retries."""
-    digest = hashlib.blake2b(f"{job_id}\x00{customer_id}".encode(), digest_size=8).digest()
+SAMPLE_SALT = "traits-sample"
+
+
+def sample_key(customer_id: str) -> float:
+    """A uniform key in [0, 1) from the customer alone: the same customers make every run's sample, so a day's
+    retraining sees the same population a day older and its predictions move only as the customers do."""
+    digest = hashlib.blake2b(f"{SAMPLE_SALT}\x00{customer_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
@@ -149,7 +153,7 @@ class Featuring:
                 continue
             counts["evaluated"] += 1
             self._count(features(profile, self.at))
-            key = sample_key(self.job.job_id, profile.customer_id)
+            key = sample_key(profile.customer_id)
             if len(self.sample) < self.size:
                 heapq.heappush(self.sample, (-key, profile.customer_id, training_row(profile, key, self.at)))
             elif key < -self.sample[0][0]:
