@@ -241,9 +241,24 @@ class MessageMaker:
 
 
 def _shipped_definitions() -> list[tuple[str, object]]:
+    """The shipped segments, less those on computed traits: this traffic has no traits job to write them."""
     import yaml
 
-    return [(path.name, yaml.safe_load(path.read_text())) for path in sorted((ROOT / "segments").glob("*.yaml"))]
+    shipped = [(path.name, yaml.safe_load(path.read_text())) for path in sorted((ROOT / "segments").glob("*.yaml"))]
+    return [(name, raw) for name, raw in shipped if not _reads_computed_traits(raw)]
+
+
+def _reads_computed_traits(node: object) -> bool:
+    from cdp.core.traits import TRAIT_MODELS
+
+    if isinstance(node, dict):
+        trait = node.get("trait")
+        if isinstance(trait, dict) and trait.get("name") in TRAIT_MODELS:
+            return True
+        return any(_reads_computed_traits(value) for value in node.values())
+    if isinstance(node, list):
+        return any(_reads_computed_traits(value) for value in node)
+    return False
 
 
 def _generated_condition(number: int, rng: random.Random, events: Sequence[str],

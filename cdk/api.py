@@ -134,9 +134,16 @@ class Api(Construct):
         for method in ("GET", "POST"):
             members.add_method(method, integration, **iam_auth,  # type: ignore[arg-type]
                                request_parameters=by_segment)
-        root.add_resource("jobs").add_resource("{jobId}").add_method(
+        jobs = root.add_resource("jobs")
+        jobs.add_method("POST", integration, **iam_auth)  # type: ignore[arg-type]
+        jobs.add_resource("{jobId}").add_method(
             "GET", integration, **iam_auth,  # type: ignore[arg-type]
             request_parameters={"method.request.path.jobId": True})
+        models = root.add_resource("models")
+        models.add_method("GET", integration, **iam_auth)  # type: ignore[arg-type]
+        models.add_resource("{name}").add_method(
+            "GET", integration, **iam_auth,  # type: ignore[arg-type]
+            request_parameters={"method.request.path.name": True})
         customers.add_resource("explain").add_method("GET", integration, **iam_auth,  # type: ignore[arg-type]
                                                      request_parameters={"method.request.path.customerId": True})
         root.add_resource("openapi.json").add_method("GET", integration, **iam_auth)  # type: ignore[arg-type]

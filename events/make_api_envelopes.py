@@ -143,6 +143,10 @@ def envelopes() -> dict[str, dict[str, Any]]:
         "explain-customer": envelope("explain-customer", "GET", "/customers/{customerId}/explain", customer,
                                      query={"segment": "big-spenders"}),
         "delete-segment": envelope("delete-segment", "DELETE", "/segments/{segmentId}", new_segment),
+        # Computed traits: the stored models, one of them, and a traits job started on demand.
+        "list-models": envelope("list-models", "GET", "/models"),
+        "get-model": envelope("get-model", "GET", "/models/{name}", {"name": "clusters"}),
+        "start-job": envelope("start-job", "POST", "/jobs", body={"kind": "traits", "options": {}}),
     }
 
 

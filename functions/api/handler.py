@@ -1,4 +1,5 @@
-"""The HTTP API: profiles, memberships and segment definitions for frontends and operators.
+"""The HTTP API: profiles, memberships and segment definitions for frontends and operators; for operators also
+the computed traits' models (``GET /models``) and jobs (``POST /jobs``, ``GET /jobs/{jobId}``).
 
 Operator routes are IAM-authorised at API Gateway; ``GET /me`` is behind a Cognito user pool
 authorizer and reads only the caller's own profile. Every error is a JSON body with a stable
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cache, cached_property
@@ -34,9 +36,12 @@ from cdp.api.models import (
     DefinitionProblem,
     DeletionAccepted,
     JobDocument,
+    JobRequest,
     MemberPage,
     MembershipEdit,
     MembershipEditResult,
+    ModelDocument,
+    ModelList,
     PreviewResult,
     Problem,
     RequestStatus,
@@ -54,6 +59,8 @@ from cdp.api.views import (
     export_document,
     history_days,
     holds_email,
+    model_document,
+    model_documents,
     normalised_email,
     profile_document,
     request_document,
@@ -647,10 +654,9 @@ def _store(d: Dependencies) -> DefinitionStore:
     return d.definitions
 
 
-def _jobs(d: Dependencies) -> tuple[JobStore, JobRunner]:
+def _jobs(d: Dependencies, hint: str = "; pass backfill=false to save without one") -> tuple[JobStore, JobRunner]:
     if d.job_store is None or d.runner is None:
-        raise Unavailable("jobs are not configured in this deployment (JOBS_TABLE, JOBS_STATE_MACHINE_ARN); "
-                          "pass backfill=false to save without one")
+        raise Unavailable(f"jobs are not configured in this deployment (JOBS_TABLE, JOBS_STATE_MACHINE_ARN){hint}")
     return d.job_store, d.runner
 
 
@@ -852,6 +858,61 @@ def _job_document(job: Job) -> dict[str, Any]:
     return job_document(job)
 
 
+@app.post("/jobs", summary="Start a job: a backfill, the population statistics or the computed traits",
+          description="`traits` trains the computed traits' models (RFM quintiles, clusters, predictions) and "
+                      "writes every profile whose traits changed; `percentiles` recomputes the population "
+                      "statistics; `backfill` evaluates every profile for one segment (`options.segment_id`). "
+                      "Follow the job at `GET /jobs/{jobId}`.",
+          responses=accepted(JobDocument, "The job, queued and started", 415, 501), security=OPERATOR,
+          tags=["jobs"])
+def post_job(request: Annotated[JobRequest, Body()]) -> Response[str]:
+    from cdp.pipeline.jobs import InvalidJob, start_job
+
+    d = deps()
+    job_store, runner = _jobs(d, "")
+    try:
+        job = start_job(job_store, runner, request.kind, dict(request.options), d.clock.now())
+    except InvalidJob as error:
+        raise Invalid(error.field if error.field == "kind" else f"options.{error.field}", str(error)) from None
+    body = JobDocument.model_validate(_job_document(job))
+    return Response(status_code=202, content_type=content_types.APPLICATION_JSON, body=body.model_dump_json())
+
+
+MODEL_NAME = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[a-z]+$",
+                                 description="rfm | clusters | predictions")]
+
+
+def _stored_models(d: Dependencies) -> Mapping[str, Mapping[str, Any]]:
+    """The model documents the live catalogue's statistics carry (none without a definitions store)."""
+    from cdp.core.traits import model_documents as carried
+
+    return carried(d.catalogue_source.stats if d.catalogue_source is not None else None)
+
+
+@app.get("/models", summary="The computed traits' models: versions, training times and what they learnt",
+         responses=documented(ModelList, "Every trained model"), security=OPERATOR, tags=["models"])
+def list_models() -> ModelList:
+    return ModelList.model_validate({"models": model_documents(_stored_models(deps()))})
+
+
+@app.get("/models/<name>", summary="One computed traits model: RFM cuts, clusters in plain words, or the "
+                                   "predictions' validation",
+         description="`clusters`: each cluster's size, its centroid in the features' own units and a description "
+                     "in plain words. `predictions`: the time-split validation (AUC against the baseline, the "
+                     "error of predicted against actual orders against the last period's rate), the horizon.",
+         responses=documented(ModelDocument, "The model", 404), security=OPERATOR, tags=["models"])
+def get_model(name: MODEL_NAME) -> ModelDocument:
+    from cdp.core.traits import MODELS
+
+    if name not in MODELS:
+        raise NotFound(f"name: no such model (one of {', '.join(MODELS)})")
+    stored = _stored_models(deps()).get(name)
+    if not stored:
+        raise NotFound(f"name: the {name} model is not trained yet (run the traits job: POST /jobs "
+                       '{"kind": "traits"} or `cdp jobs run traits`)')
+    return ModelDocument.model_validate(model_document(stored))
+
+
 DAYS = Annotated[int, Query(ge=1, le=400, description="Days back from today, today included (default 30).")]
 
 
@@ -973,7 +1034,8 @@ def openapi() -> Response[str]:
 def openapi_document() -> str:
     schema = app.get_openapi_json_schema(
         title="cdp API", version="1", servers=[Server(url="/")],
-        description="Profiles, segment memberships and segment definitions. Operator routes use IAM "
+        description="Profiles, segment memberships, segment definitions, computed traits' models and jobs. "
+                    "Operator routes use IAM "
                     "(SigV4); /me uses a Cognito user pool token.",
         security_schemes={
             "iam": {"type": "apiKey", "name": "Authorization", "in": "header",

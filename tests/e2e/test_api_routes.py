@@ -122,6 +122,20 @@ def lifecycle_cases(who: str, nobody: str) -> dict[tuple[str, str], list[Case]]:
             Case(f"/customers/{who}/explain?segment={nobody}", 404),
             Case(f"/customers/{nobody}/explain?segment=cart-abandoners", 404)],
         ("delete", "/segments/{segmentId}"): [Case(f"/segments/{segment}", 202), Case(f"/segments/{nobody}", 404)],
+        **model_cases(),
+    }
+
+
+def model_cases() -> dict[tuple[str, str], list[Case]]:
+    """The computed traits' models (trained or not yet: the list answers either way) and starting a job: a
+    percentiles job, which the local stack's schedule runs anyway (the traits job: tests of the jobs)."""
+    json_body = (("Content-Type", "application/json"),)
+    return {
+        ("get", "/models"): [Case("/models", 200)],
+        ("get", "/models/{name}"): [Case("/models/weather", 404), Case("/models/Clusters", 400)],
+        ("post", "/jobs"): [Case("/jobs", 202, json.dumps({"kind": "percentiles"}).encode(), json_body),
+                            Case("/jobs", 400, json.dumps({"kind": "weather"}).encode(), json_body),
+                            Case("/jobs", 415, b"kind=traits", (("Content-Type", "text/plain"),))],
     }
 
 

@@ -378,10 +378,11 @@ DEFAULT_IDS = {
     "browsers", "cart-abandoners", "email-responders", "engaged-browsers", "high-engagement-new",
     "high-frequency", "high-intent-abandoners", "high-value-recent-buyer", "highly-engaged", "loyal-customers",
     "potential-abandoners", "premium-customers", "recent-buyers", "repeat-buyers", "web-only-visitors", "vip",
+    "champions", "at-risk-high-value", "top-spend-cluster",
 }
 
 
-def test_default_catalogue_loads_with_its_sixteen_segments() -> None:
+def test_default_catalogue_loads_with_its_nineteen_segments() -> None:
     catalogue = load_catalogue(SEGMENTS)
     in_files = set()
     for path in SEGMENTS.glob("*.yaml"):

@@ -24,6 +24,8 @@ DEVTOOLS = ROOT / "devtools" / "cdp_dev"
 # What a function has besides the layer: the Lambda runtime (boto3, botocore) and layers/deps (PyYAML and
 # Powertools, which brings pydantic).
 RUNTIME = {"boto3", "botocore", "yaml", "aws_lambda_powertools", "pydantic", "pynamodb"}
+# The models layer's packages, which only cdp.models imports (the jobs function alone has that layer).
+MODELS_LAYER = {"numpy", "sklearn", "threadpoolctl"}
 DEVELOPER_TOOLS = ("cdp_dev",)
 # The pure core: no AWS SDK, emulator, CDK, Lambda runtime library, adapter, developer tool or handler, and no
 # loading of modules by path (importlib), which is how the handlers are loaded.
@@ -117,9 +119,14 @@ def test_the_layer_imports_no_developer_tool_and_no_handler() -> None:
 
 
 def test_the_layer_needs_nothing_a_function_does_not_have() -> None:
-    """Its third-party imports are the Lambda runtime's and layers/deps': never moto, pytest or the CDK."""
+    """Its third-party imports are the Lambda runtime's and layers/deps': never moto, pytest or the CDK; and
+    numpy and scikit-learn (the models layer) only in cdp.models."""
+    def allowed(module: str, imported: str) -> set[str]:
+        models = module == "cdp.models" or module.startswith("cdp.models.")
+        return {*sys.stdlib_module_names, "cdp", "__future__", *RUNTIME, *(MODELS_LAYER if models else ())}
+
     wrong = sorted(f"{name} imports {imported}" for name, (_, names) in layer_modules().items() for imported in names
-                   if imported.split(".")[0] not in {*sys.stdlib_module_names, "cdp", "__future__", *RUNTIME})
+                   if imported.split(".")[0] not in allowed(name, imported))
     assert not wrong, "\n".join(wrong)
 
 

@@ -16,7 +16,7 @@ SEGMENTS = Path(__file__).resolve().parents[2] / "segments"
 def test_the_shipped_stories_pass(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["segments", "test", str(SEGMENTS)]) == 0
     out = capsys.readouterr().out
-    assert "3 passed, 0 failed" in out
+    assert "6 passed, 0 failed" in out
 
 
 def test_a_wrong_expectation_is_reported_with_what_happened() -> None:

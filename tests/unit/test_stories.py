@@ -125,6 +125,13 @@ class Story:
     def refund(self, user: str, when: str, order_id: str, revenue: float) -> None:
         self.track(user, "Order Refunded", when, order_id=order_id, revenue=revenue)
 
+    def computed(self, user: str, when: str, model: str, version: int, **traits: Any) -> None:
+        """A traits job run writing this model's traits, then evaluating the segments that read a changed one."""
+        self.log += self.replay.advance_to(moment(when).timestamp())
+        profile = self.replay.profile(user)
+        changed = profile.computed.put(model, version, int(moment(when).timestamp()), traits)
+        self.log += self.replay.engine.evaluate(profile, self.replay.now, touched={f"t:{n}" for n in changed})
+
     def until(self, when: str) -> None:
         """Let the replayed clock run to this moment, firing every deadline it passes."""
         self.log += self.replay.advance_to(moment(when).timestamp())
@@ -149,7 +156,7 @@ STORIED_SEGMENTS = {
     "recent-buyers", "high-frequency", "premium-customers", "high-value-recent-buyer", "engaged-browsers",
     "potential-abandoners", "cart-abandoners", "high-intent-abandoners", "highly-engaged",
     "high-engagement-new", "repeat-buyers", "browsers", "email-responders", "web-only-visitors",
-    "loyal-customers", "vip",
+    "loyal-customers", "vip", "champions", "at-risk-high-value", "top-spend-cluster",
 }
 
 
@@ -729,3 +736,47 @@ def test_vip_is_kept_by_hand_and_never_by_events_or_time() -> None:
     assert left is not None and left.kind == "exited" and "vip" not in profile.memberships
     with pytest.raises(ValueError, match="not an enabled static segment"):
         replay.engine.set_manual(profile, "recent-buyers", True, start)
+
+
+# ---- computed traits: champions, at-risk-high-value, top-spend-cluster --------------------------
+
+CHAMPION = {"rfm_recency": 5, "rfm_frequency": 4, "rfm_monetary": 3, "rfm_code": "543", "rfm_segment": "Champions"}
+
+
+def test_champions_enter_when_the_rfm_job_names_them_and_leave_when_a_later_run_does_not(story: Story) -> None:
+    story.order("carla", "2024-03-04 10:00", "c-1")
+    story.computed("carla", "2024-03-05 03:00", "rfm", 1, **CHAMPION)
+    story.computed("carla", "2024-04-05 03:00", "rfm", 2, **{**CHAMPION, "rfm_recency": 3, "rfm_code": "343",
+                                                             "rfm_segment": "Loyal Customers"})
+    assert story.of("carla", "champions") == [entered("2024-03-05 03:00"), exited("2024-04-05 03:00")]
+    first = story.transitions("carla", "champions")[0]
+    assert first.clause == "condition.trait" and "rfm_segment" in first.reason
+
+
+def test_an_identify_trait_named_like_a_computed_one_is_never_read_by_a_rule(story: Story) -> None:
+    story.identify("mallory", "2024-03-04 10:00", rfm_segment="Champions", cluster=0)
+    story.until(END)
+    assert story.of("mallory", "champions") == [] and story.of("mallory", "top-spend-cluster") == []
+
+
+@pytest.mark.parametrize(("monetary", "expected"), [
+    pytest.param(4, [entered("2024-05-01 03:00"), exited("2024-05-20 03:00")], id="high-value"),
+    pytest.param(3, [], id="not-high-value"),
+])
+def test_at_risk_high_value_needs_both_models(story: Story, monetary: int, expected: list[tuple[str, str]]) -> None:
+    story.order("hugo", "2024-03-04 10:00", "h-1", revenue=900)
+    story.computed("hugo", "2024-03-05 03:00", "rfm", 1, rfm_recency=5, rfm_frequency=3, rfm_monetary=monetary,
+                   rfm_code=f"53{monetary}", rfm_segment="Potential Loyalists")
+    story.computed("hugo", "2024-03-05 03:00", "predictions", 1, churn_probability=0.2)
+    story.computed("hugo", "2024-05-01 03:00", "predictions", 2, churn_probability=0.72)
+    story.computed("hugo", "2024-05-10 03:00", "predictions", 3, churn_probability=0.69)  # within the tolerance
+    story.computed("hugo", "2024-05-20 03:00", "predictions", 4, churn_probability=0.66)  # not above 0.7
+    assert story.of("hugo", "at-risk-high-value") == expected
+
+
+def test_top_spend_cluster_follows_the_cluster_trait(story: Story) -> None:
+    story.order("nina", "2024-03-04 10:00", "n-1")
+    story.computed("nina", "2024-03-05 03:00", "clusters", 1, cluster=0, cluster_distance=0.4)
+    story.computed("nina", "2024-03-06 03:00", "clusters", 2, cluster=0, cluster_distance=0.6)  # still 0
+    story.computed("nina", "2024-03-07 03:00", "clusters", 3, cluster=2, cluster_distance=1.1)
+    assert story.of("nina", "top-spend-cluster") == [entered("2024-03-05 03:00"), exited("2024-03-07 03:00")]

@@ -73,6 +73,15 @@ class MergedId(Model):
     message_id: str = Field(examples=["m-2c9d"])
 
 
+class ComputedTrait(Model):
+    """A computed trait's value, and the model version and training time that wrote it."""
+
+    value: Any = Field(examples=["Champions"])
+    model: str = Field(examples=["rfm"], description="rfm | clusters | predictions")
+    version: int | None = Field(examples=[3])
+    trained_at: str | None = Field(examples=["2026-10-20T03:00:00Z"])
+
+
 class CustomerProfile(Model):
     customer_id: str = Field(examples=["alice"])
     canonical_id: str = Field(examples=["alice"], description="The canonical customer every merged id resolves to.")
@@ -85,6 +94,11 @@ class CustomerProfile(Model):
     counters: list[Counter]
     cart: Cart
     channels: dict[str, str | None] = Field(examples=[{"web": "2026-10-04T09:00:00Z"}])
+    computed_traits: dict[str, ComputedTrait] = Field(
+        examples=[{"rfm_segment": {"value": "Champions", "model": "rfm", "version": 3,
+                                   "trained_at": "2026-10-20T03:00:00Z"}}],
+        description="The traits the population jobs compute (RFM scores, cluster, predictions), each with the "
+                    "version and training time of its model. Segment rules read them by name like any trait.")
     segments: list[Membership]
     primary_segment: str | None = Field(examples=["recent-buyers"])
     score: float = Field(examples=[3.0])
@@ -257,10 +271,11 @@ class JobSegments(Model):
 
 
 class JobDocument(Model):
-    """A job that evaluates every profile (a backfill) or computes population statistics."""
+    """A job that evaluates every profile (a backfill), computes population statistics, or trains the computed
+    traits' models and scores every profile (traits)."""
 
     id: str = Field(examples=["5f0c2a9e81d4b7c3a1e2f3d4"])
-    kind: str = Field(examples=["backfill"], description="backfill | percentiles")
+    kind: str = Field(examples=["backfill"], description="backfill | percentiles | traits")
     status: str = Field(examples=["running"], description="queued | running | done | failed")
     progress: float = Field(ge=0, le=1, description="The share of the work done, 0 to 1.")
     phase: str = Field(examples=["evaluate"])
@@ -370,3 +385,62 @@ class HistoryDay(Model):
 class SegmentHistory(Model):
     segment_id: str
     days: list[HistoryDay] = Field(description="Oldest first, up to today.")
+
+
+class JobRequest(Model):
+    """A job to start: its kind and options (as ``cdp jobs run`` takes them)."""
+
+    kind: str = Field(examples=["traits"], description="backfill | percentiles | traits")
+    options: dict[str, Any] = Field(
+        default_factory=dict, examples=[{"models": ["clusters"], "clusters": 4}],
+        description="traits: `models` (rfm, clusters, predictions; default all), `clusters` (2..12; default: by "
+                    "silhouette), `sample`; backfill: `segment_id`, `deliver`.")
+
+
+class NamedRfmSegment(Model):
+    recency_scores: str = Field(examples=["5"], description="The recency scores (1-5) the name covers.")
+    frequency_scores: str = Field(examples=["45"])
+    name: str = Field(examples=["Champions"])
+
+
+class CentroidFigures(Model):
+    """A cluster's centre in the features' own units."""
+
+    recency_days: float = Field(description="Days since the last order (non-buyers: since first seen).")
+    orders: float
+    revenue: float
+    events_per_week: float
+
+
+class ClusterSummary(Model):
+    index: int = Field(description="The ``cluster`` trait's value; 0 is the highest-spending centroid.")
+    size: int | None = Field(description="Training customers assigned to it.")
+    description: str = Field(examples=["frequent, recent, high spend"])
+    centroid: CentroidFigures
+
+
+class ModelDocument(Model):
+    """A computed traits model as stored: its version, training time and what it learnt."""
+
+    model: str = Field(examples=["clusters"], description="rfm | clusters | predictions")
+    version: int
+    trained_at: str | None
+    population: int | None = Field(default=None, description="Customers the model was trained over.")
+    cuts: dict[str, list[float]] | None = Field(
+        default=None, exclude_if=_absent, description="rfm: the quintile cut points of each figure.")
+    named_segments: list[NamedRfmSegment] | None = Field(
+        default=None, exclude_if=_absent, description="rfm: the name ``rfm_segment`` takes for each score pair.")
+    k: int | None = Field(default=None, exclude_if=_absent, description="clusters: how many.")
+    chosen_by: str | None = Field(default=None, exclude_if=_absent, description="clusters: silhouette | configured")
+    silhouette: float | None = Field(default=None, exclude_if=_absent)
+    clusters: list[ClusterSummary] | None = Field(default=None, exclude_if=_absent)
+    horizon_days: int | None = Field(default=None, exclude_if=_absent,
+                                     description="predictions: how far ahead they look.")
+    features: list[str] | None = Field(default=None, exclude_if=_absent)
+    metrics: dict[str, Any] | None = Field(
+        default=None, exclude_if=_absent,
+        description="predictions: the time-split validation, AUC and purchase error against the naive baseline.")
+
+
+class ModelList(Model):
+    models: list[ModelDocument] = Field(description="Every trained model: rfm, clusters, predictions.")

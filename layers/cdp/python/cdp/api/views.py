@@ -5,7 +5,8 @@ Pure functions over a profile and the catalogue; the handler only fetches and se
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from cdp.core.counters import tier_for_window
 from cdp.core.durations import DAY, format_duration
 from cdp.core.language import MetricCondition, RatioCondition
 from cdp.core.profile import Profile
+from cdp.core.traits import CLUSTERS, MODELS, PREDICTIONS, RFM, RFM_SEGMENTS, TRAIT_MODELS, ClusterModel, ComputedTraits
 from cdp.ports import PrivacyRequest, SegmentVersion
 
 if TYPE_CHECKING:
@@ -118,11 +120,76 @@ def profile_document(profile: Profile, catalogue: Catalogue, now: float,
                  "last_added": ({"product_id": profile.last_add[0], "at": iso(profile.last_add[1])}
                                 if profile.last_add else None)},
         "channels": {channel: iso(seen) for channel, seen in sorted(profile.channels.items())},
+        "computed_traits": computed_traits(profile.computed),
         **segments_summary(profile, catalogue),
         "next_deadline": iso(profile.next_deadline),
         "version": profile.version,
         "updated_at": iso(profile.updated_at or None),
     }
+
+
+def computed_traits(computed: ComputedTraits) -> dict[str, dict[str, Any]]:
+    """Each computed trait with the model that wrote it: its version and training time (the profile's stamp)."""
+    traits: dict[str, dict[str, Any]] = {}
+    for name in sorted(computed.values):
+        model = TRAIT_MODELS.get(name)
+        if model is None:
+            continue  # a trait no model writes any more: not shown, and no rule reads it
+        stamp = computed.models.get(model)
+        traits[name] = {"value": computed.values[name], "model": model,
+                        "version": int(stamp[0]) if stamp else None,
+                        "trained_at": iso(stamp[1]) if stamp else None}
+    return traits
+
+
+# ---- the computed traits' models, as GET /models shows them -----------------------------------------------
+
+def model_documents(stored: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every stored model, in the order rfm, clusters, predictions."""
+    return [model_document(stored[name]) for name in MODELS if stored.get(name)]
+
+
+def model_document(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """One stored model document in readable form: times in ISO 8601, clusters' centroids in the features' units."""
+    name = str(stored["model"])
+    document: dict[str, Any] = {"model": name, "version": int(stored["version"]),
+                                "trained_at": iso(stored.get("trained_at")),
+                                "population": stored.get("population")}
+    if name == RFM:
+        document["cuts"] = {key: list(values) for key, values in (stored.get("cuts") or {}).items()}
+        document["named_segments"] = [{"recency_scores": recency, "frequency_scores": frequency, "name": label}
+                                      for recency, frequency, label in RFM_SEGMENTS]
+    elif name == CLUSTERS:
+        document.update(_cluster_fields(stored))
+    elif name == PREDICTIONS:
+        document.update(horizon_days=stored.get("horizon_days"), features=list(stored.get("features") or []),
+                        metrics=dict(stored.get("metrics") or {}))
+    return document
+
+
+# A centroid's features in their own units: recency in days; the other three were log1p'd before scaling.
+CENTROID_UNITS = (("recency_days", False), ("orders", True), ("revenue", True), ("events_per_week", True))
+
+
+def centroid_in_units(centroid: Sequence[float], mean: Sequence[float], scale: Sequence[float]) -> dict[str, float]:
+    """A standardised centroid back in the features' units (the inverse of the scaling, then of the logs)."""
+    figures: dict[str, float] = {}
+    for (name, logged), value, centre, spread in zip(CENTROID_UNITS, centroid, mean, scale, strict=True):
+        raw = value * (spread or 1.0) + centre
+        figures[name] = round(max(0.0, math.expm1(raw) if logged else raw), 2)
+    return figures
+
+
+def _cluster_fields(stored: Mapping[str, Any]) -> dict[str, Any]:
+    model = ClusterModel.from_document(stored)
+    sizes = list(model.sizes)
+    clusters = [{"index": index, "size": sizes[index] if index < len(sizes) else None,
+                 "description": description,
+                 "centroid": centroid_in_units(centroid, model.mean, model.scale)}
+                for index, (centroid, description) in enumerate(zip(model.centroids, model.descriptions(),
+                                                                    strict=True))]
+    return {"k": model.k, "chosen_by": model.chosen_by, "silhouette": model.silhouette,
+            "features": list(stored.get("features") or []), "clusters": clusters}
 
 
 def segment_document(segment: Segment, size: int | None = None, *, version: int | None = None,

@@ -5,7 +5,9 @@ node of the condition tree shows what the profile holds (``value``), what that i
 (``threshold``), the node's result now and, for conditions that change with time alone, when the result
 next changes (``changes_at``). Results and times come from the nodes' own ``evaluate``, so the answer is
 the engine's; only the observed values are read here, through the same :class:`~cdp.core.language.Context`
-methods the nodes read.
+methods the nodes read. A ``trait`` node on a computed trait (``rfm_segment``, ``cluster``,
+``churn_probability`` ...) also gives, under ``detail``, the model that computed the value and that
+model's ``version`` and ``trained_at``, so the value can be traced to the training run that wrote it.
 
 Besides the tree: the stored membership (``member``, ``since``, ``entered_by``: the node path or clause
 it was entered by), ``holds`` (the condition's result now), in an exclusive group the higher-ranked
@@ -44,6 +46,7 @@ from cdp.core.language import (
 from cdp.core.population import PopulationStats
 from cdp.core.profile import Profile, ProfileView
 from cdp.core.static_segments import UnknownSegment
+from cdp.core.traits import TRAIT_MODELS
 
 DAY = 86_400
 
@@ -120,7 +123,18 @@ def _combination(node: Any, ctx: Context) -> Observed:
 
 
 def _trait(node: TraitCondition, ctx: Context) -> Observed:
-    return "trait", ctx.trait(node.name), node.value, {}
+    return "trait", ctx.trait(node.name), node.value, _computed_detail(node.name, ctx)
+
+
+def _computed_detail(name: str, ctx: Context) -> dict[str, Any]:
+    """A computed trait's model, and the version and training time of the model that wrote the value."""
+    model = TRAIT_MODELS.get(name)
+    profile = getattr(ctx, "profile", None)
+    if model is None or not isinstance(profile, Profile):
+        return {}
+    stamp = profile.computed.models.get(model)
+    return {"computed": True, "model": model, "version": int(stamp[0]) if stamp else None,
+            "trained_at": iso(stamp[1]) if stamp else None}
 
 
 def _metric(node: MetricCondition, ctx: Context) -> Observed:

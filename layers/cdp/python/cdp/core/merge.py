@@ -41,6 +41,10 @@ field               merged
 ``cs``              consent (``merged_consent``): the latest preferences of either side (a tie: the known
                     side's), both histories in time order (the last ``MAX_CONSENT_HISTORY``), and
                     unsubscribed when either side is, at the earlier time
+``ct``              computed traits, per model (``rfm``, ``clusters``, ``predictions``): the known side's traits
+                    and ``[version, trained_at]`` stamp when it has that model's stamp, else the anonymous
+                    side's (the next traits job, or for clusters the next event's assignment, recomputes them
+                    from the merged figures)
 ``m`` ``mc`` ``dl`` the known side's: not merged. ``tx`` is emptied and ``cv`` cleared, so the next evaluation
                     (``Engine.evaluate``, or the next ``Engine.apply``) evaluates every segment in full and records
                     the entries and exits the merge causes (each entry's clause in ``mc``)
@@ -87,6 +91,7 @@ from cdp.core.profile import (
     unpack_message_ids,
     unpack_order_digests,
 )
+from cdp.core.traits import TRAIT_MODELS, ComputedTraits
 
 LAST_TOUCH = ("device", "os", "country", "city", "utm_source", "utm_medium", "utm_campaign")
 FIRST_TOUCH = ("first_utm_source", "first_utm_medium", "first_utm_campaign")
@@ -137,6 +142,18 @@ def merge_profiles(known: Profile, anonymous: Profile, now: float, *, catalogue:
     merged.merges = [list(entry) for entry in known.merges] + [
         list(entry) for entry in anonymous.merges if entry[0] not in held]
     merged.consent = merged_consent(known.consent, anonymous.consent)
+    merged.computed = merged_computed(known.computed, anonymous.computed)
+    return merged
+
+
+def merged_computed(known: ComputedTraits, anonymous: ComputedTraits) -> ComputedTraits:
+    """Per model, the traits and stamp of the side the model last wrote: the known one when it has the model."""
+    merged = ComputedTraits()
+    for model in sorted({*known.models, *anonymous.models}):
+        side = known if model in known.models else anonymous
+        merged.models[model] = list(side.models[model])
+        merged.values.update({name: copy.deepcopy(value) for name, value in side.values.items()
+                              if TRAIT_MODELS.get(name) == model})
     return merged
 
 
