@@ -10,11 +10,11 @@ from cdp.aws.kinesis import MAX_BYTES, MAX_RECORDS, KinesisEventStream, chunks
 class RecordingKinesis:
     """A PutRecords client that refuses the records whose data is in ``refuse`` (with a throttling code)."""
 
-    def __init__(self, refuse: set[bytes] = frozenset()) -> None:  # type: ignore[assignment]
+    def __init__(self, refuse: frozenset[bytes] = frozenset()) -> None:
         self.calls: list[list[dict[str, Any]]] = []
         self.refuse = refuse
 
-    def put_records(self, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+    def put_records(self, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:
         self.calls.append(Records)
         return {"Records": [{"ErrorCode": "ProvisionedThroughputExceededException"} if r["Data"] in self.refuse
                             else {"SequenceNumber": "1", "ShardId": "shardId-0"} for r in Records]}
@@ -41,7 +41,7 @@ def test_a_call_never_carries_more_than_5_mb_of_data_and_keys() -> None:
 
 def test_refused_records_are_reported_at_their_own_positions_across_calls() -> None:
     records = [(f"event-{i}".encode(), "c") for i in range(700)]
-    refused = {b"event-3", b"event-499", b"event-500", b"event-699"}
+    refused = frozenset({b"event-3", b"event-499", b"event-500", b"event-699"})
     errors = KinesisEventStream(RecordingKinesis(refused), "events").put(records)
     assert {i for i, error in enumerate(errors) if error} == {3, 499, 500, 699}
     assert errors[3] == "ProvisionedThroughputExceededException"
