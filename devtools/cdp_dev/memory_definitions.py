@@ -86,7 +86,7 @@ class InMemoryDefinitionStore:
         with self._lock:
             for name, document in documents.items():
                 stored = self._models.get(name)
-                if stored is not None and int(stored["trained_at"]) >= int(document["trained_at"]):
+                if stored is not None and int(stored["trained_at"]) > int(document["trained_at"]):
                     return self._head  # a job that started earlier never replaces a newer model
             self._models.update({name: copy.deepcopy(dict(document)) for name, document in documents.items()})
             self._head = replace(self._head, stats_version=self._head.stats_version + 1)

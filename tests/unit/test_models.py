@@ -116,7 +116,7 @@ def test_the_model_document_is_json_metadata_without_the_estimators(planted_mode
     document = json.loads(json.dumps(planted_model.document()))
     assert (document["model"], document["version"], document["trained_at"]) == ("predictions", 2, 1_800_000_000)
     assert document["horizon_days"] == 90
-    assert document["features"] == ["recency_days", "frequency", "monetary", "engagement", "tenure_days"]
+    assert document["features"] == ["recency_days", "frequency", "monetary", "tenure_days"]
     assert document["metrics"]["auc"] == planted_model.metrics["auc"]
 
 

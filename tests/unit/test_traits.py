@@ -243,3 +243,45 @@ def test_scores_and_codes_change_on_any_difference() -> None:
     computed.put(RFM, 1, 1, {"rfm_recency": 5, "rfm_code": "555", "rfm_segment": "Champions"})
     assert computed.put(RFM, 2, 2, {"rfm_recency": 4, "rfm_code": "455", "rfm_segment": "Loyal Customers"}) == {
         "rfm_recency", "rfm_code", "rfm_segment"}
+
+
+def test_a_value_within_tolerance_that_crosses_a_rule_boundary_is_a_change() -> None:
+    from cdp.core.traits import PREDICTIONS, ComputedTraits
+
+    computed = ComputedTraits()
+    computed.put(PREDICTIONS, 1, 1, {"churn_probability": 0.68})
+    assert computed.put(PREDICTIONS, 2, 2, {"churn_probability": 0.71}, {"churn_probability": [0.7]}) == {
+        "churn_probability"}
+    assert computed.put(PREDICTIONS, 3, 3, {"churn_probability": 0.74}, {"churn_probability": [0.7]}) == set()
+    assert computed.values["churn_probability"] == 0.71
+
+
+def test_rule_boundaries_are_the_numbers_rules_compare_computed_traits_with() -> None:
+    from cdp.core.catalogue import build_catalogue
+    from cdp.core.traits import trait_boundaries
+
+    catalogue = build_catalogue([("a.yaml", {"id": "a", "name": "A", "condition": {"all": [
+        {"trait": {"name": "churn_probability", "gt": 0.7}}, {"trait": {"name": "rfm_code", "in": ["555"]}},
+        {"trait": {"name": "plan", "eq": 3}}, {"trait": {"name": "expected_value_90d", "gte": 100}}]}})])
+    nodes = [node for segment in catalogue.segments.values() for node in segment.condition.walk()]
+    assert trait_boundaries(nodes) == {"churn_probability": [0.7], "expected_value_90d": [100.0]}
+
+
+def test_a_cluster_document_the_ingest_cannot_read_assigns_nothing_and_raises_nothing() -> None:
+    from cdp.core.profile import Profile
+    from cdp.core.traits import assign_at_ingest
+
+    profile = Profile("c1")
+    assert assign_at_ingest(profile, {"clusters": {"version": 2, "trained_at": 1}}, 1_000.0) == set()
+    five = {"version": 2, "trained_at": 1, "mean": [0] * 5, "scale": [1] * 5, "centroids": [[0] * 5]}
+    assert assign_at_ingest(profile, {"clusters": five}, 1_000.0) == set()
+    assert profile.computed.empty
+
+
+def test_recency_is_scored_in_whole_days_as_the_histogram_counts_it() -> None:
+    from cdp.core.traits import Features, RfmModel, rfm_traits
+
+    model = RfmModel(1, 1, (10.0, 20.0, 30.0, 40.0), (1.0, 1.0, 2.0, 3.0), (10.0, 20.0, 30.0, 40.0))
+    tied = rfm_traits(model, Features(10.4, 1, 5.0, 0.0, 100.0))
+    assert tied["rfm_recency"] == 5  # 10.4 days counts as 10: tied with the cut, the better score
+    assert rfm_traits(model, Features(10.6, 1, 5.0, 0.0, 100.0))["rfm_recency"] == 4

@@ -178,8 +178,9 @@ def test_a_rerun_writes_nothing_and_a_later_job_renumbers_the_models() -> None:
     world.now += DAY
     world.run()
     stats = world.definitions.population()
+    # Each run stored its models (the rerun at the same moment too: the last of equal times wins).
     assert stats is not None and {m: d["version"] for m, d in stats.models.items()} == {
-        "rfm": 2, "clusters": 2, "predictions": 2}
+        "rfm": 3, "clusters": 3, "predictions": 3}
 
 
 def test_only_profiles_whose_traits_changed_are_written() -> None:
@@ -318,3 +319,37 @@ def test_the_local_traits_schedule_runs_once_a_replay_settles_then_daily() -> No
     clock[0] = 20.0 + 86_400
     world.now += DAY
     assert schedule.tick() is not None
+
+
+def test_a_models_first_run_goes_to_audiences_only_and_later_runs_to_every_integration() -> None:
+    world = World(population(40), build_catalogue([("test:champions", CHAMPIONS)], version=0))
+    world.run(models=["rfm"])
+    first = [entry for item in world.profiles.items.values() for entry in item.get("tx") or []]
+    assert first and all(entry[0] == "champions" and entry[5] == "audiences" for entry in first)
+    champion = next(iter(world.members("champions")))
+    stored = world.profiles.get(champion)
+    assert stored is not None
+    stored.last_order = int(NOW - 300 * DAY)  # lapsed since: the next run makes them leave
+    stored.recent_orders = [[o[0], int(NOW - 300 * DAY), o[2]] for o in stored.recent_orders]
+    stored.version += 1
+    world.profiles.save(stored, stored.version - 1)
+    world.run(models=["rfm"])
+    item = world.profiles.item(champion)
+    assert item is not None and [entry[:2] for entry in item["tx"]] == [["champions", "exited"]]
+    assert len(item["tx"][0]) == 5  # the second version's transitions carry no delivery mark: delivered to all
+
+
+def test_a_job_whose_models_were_superseded_by_a_later_job_scores_no_profile_with_them() -> None:
+    world = World(population(30), build_catalogue([], version=0))
+    world.now = NOW + DAY
+    world.run(models=["rfm"])  # a job that started a day later stored its model first
+    newer = world.definitions.population()
+    assert newer is not None
+    puts = world.puts()
+    world.now = NOW
+    job = world.run(models=["rfm"])  # started earlier, finished later
+    assert job.result["models"]["rfm"] == {
+        "superseded": "a newer model was stored by another job; this one scores no profile with it"}
+    assert world.puts() == puts and job.counts.get("written", 0) == 0
+    held = world.definitions.population()
+    assert held is not None and held.models["rfm"] == newer.models["rfm"]

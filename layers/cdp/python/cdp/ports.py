@@ -269,6 +269,6 @@ class DefinitionStore(Protocol):
     def put_models(self, documents: Mapping[str, Mapping[str, Any]]) -> CatalogueHead:
         """Store the computed traits' model documents (model name -> document, see :mod:`cdp.core.traits`),
         replacing those models' stored ones and keeping the others, and move ``stats_version`` on in the same
-        write, unless a stored one of these models was trained at the same time or later (then nothing changes).
+        write, unless a stored one of these models was trained later (then nothing changes).
         :meth:`population` returns them in ``PopulationStats.models``."""
         ...

@@ -292,7 +292,8 @@ class DynamoDefinitionStore:
             trained_at = int(document["trained_at"])
             stamp = getattr(item, f"{name}_at")
             actions += [getattr(item, name).set(json.dumps(document, default=str)), stamp.set(trained_at)]
-            newer = stamp.does_not_exist() | (stamp < trained_at)  # two overlapping jobs: the later one wins
+            # Of two overlapping jobs the later one wins (at the same moment, as an event clock gives, the last).
+            newer = stamp.does_not_exist() | (stamp <= trained_at)
             condition = newer if condition is None else condition & newer
         try:
             with TransactWrite(connection=models.connection) as transaction:

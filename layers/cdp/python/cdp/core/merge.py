@@ -43,8 +43,8 @@ field               merged
                     unsubscribed when either side is, at the earlier time
 ``ct``              computed traits, per model (``rfm``, ``clusters``, ``predictions``): the known side's traits
                     and ``[version, trained_at]`` stamp when it has that model's stamp, else the anonymous
-                    side's (the next traits job, or for clusters the next event's assignment, recomputes them
-                    from the merged figures)
+                    side's (the next traits job recomputes them from the merged figures; the ingest assigns
+                    a cluster only to a profile with no stamp of the stored model)
 ``m`` ``mc`` ``dl`` the known side's: not merged. ``tx`` is emptied and ``cv`` cleared, so the next evaluation
                     (``Engine.evaluate``, or the next ``Engine.apply``) evaluates every segment in full and records
                     the entries and exits the merge causes (each entry's clause in ``mc``)

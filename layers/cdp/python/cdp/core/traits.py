@@ -13,7 +13,9 @@ numpy; training (scikit-learn) lives in :mod:`cdp.models` and runs only in the j
 
 - ``recency_days``: days since the last order (non-buyers: since first seen), at most ``MAX_RECENCY_DAYS``;
 - ``frequency``: lifetime orders; ``monetary``: lifetime revenue net of refunds;
-- ``engagement``: events per week since first seen, from the per-event-name counters (orders excluded);
+- ``engagement``: events per week since first seen, from the per-event-name counters (orders excluded); the
+  counters hold lifetime counts, so :func:`features_before` cannot rebuild it and the purchase models do not read it
+  (only the clusters do, as of now);
 - ``tenure_days``: days since first seen.
 
 :func:`features_before` rebuilds the order figures as they stood at an earlier cut-off from the lifetime figures
@@ -24,7 +26,7 @@ cut-off (the figures before it are then unknown), and the training leaves such a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -67,9 +69,12 @@ class ComputedTraits:
         stamp = self.models.get(model)
         return int(stamp[0]) if stamp else None
 
-    def put(self, model: str, version: int, trained_at: int, values: Mapping[str, Any]) -> set[str]:
+    def put(self, model: str, version: int, trained_at: int, values: Mapping[str, Any],
+            boundaries: Mapping[str, Sequence[float]] | None = None) -> set[str]:
         """Replace the traits of ``model`` with ``values`` (None leaves a trait out); the names that changed. A value
-        within its :data:`TOLERANCE` of the stored one is not a change, and the stored value stays."""
+        within its :data:`TOLERANCE` of the stored one is not a change, and the stored value stays, unless one of
+        the trait's ``boundaries`` (the numbers segment rules compare it with) lies between them. The stamp names
+        the newest model that scored the profile."""
         names = [name for name, owner in TRAIT_MODELS.items() if owner == model]
         changed: set[str] = set()
         for name in names:
@@ -78,7 +83,7 @@ class ComputedTraits:
                 if name in self.values:
                     del self.values[name]
                     changed.add(name)
-            elif not _close(name, self.values.get(name), value):
+            elif not _close(name, self.values.get(name), value, (boundaries or {}).get(name, ())):
                 self.values[name] = value
                 changed.add(name)
         self.models[model] = [int(version), int(trained_at)]
@@ -96,12 +101,15 @@ class ComputedTraits:
         return cls(values, models)
 
 
-def _close(name: str, stored: Any, value: Any) -> bool:
-    """Whether ``value`` is the stored value, or within the trait's tolerance of it."""
+def _close(name: str, stored: Any, value: Any, boundaries: Sequence[float] = ()) -> bool:
+    """Whether ``value`` is the stored value, or within the trait's tolerance of it with no boundary between."""
     if stored == value:
         return True
     if stored is None or isinstance(stored, (bool, str)) or isinstance(value, (bool, str)):
         return False
+    low, high = sorted((float(stored), float(value)))
+    if any(low <= boundary <= high for boundary in boundaries):
+        return False  # a rule's verdict may flip between them
     if name in TOLERANCE:
         return abs(float(value) - float(stored)) < TOLERANCE[name]
     if name in RELATIVE_TOLERANCE:
@@ -276,7 +284,8 @@ def rfm_traits(model: RfmModel, figures: Features) -> dict[str, Any]:
     """The RFM traits of a buyer (fewer days since the last order score higher); none for a non-buyer."""
     if not figures.buyer:
         return {}
-    recency = 6 - _score(figures.recency_days, model.recency) if model.recency else 3
+    # Whole days, as the job's histogram counts them: a customer tied with a cut point takes its score.
+    recency = 6 - _score(round(figures.recency_days), model.recency) if model.recency else 3
     frequency = _score(figures.frequency, model.frequency) if model.frequency else 3
     monetary = _score(figures.monetary, model.monetary) if model.monetary else 3
     return {"rfm_recency": recency, "rfm_frequency": frequency, "rfm_monetary": monetary,
@@ -387,9 +396,27 @@ def assign_at_ingest(profile: Profile, models: Mapping[str, Mapping[str, Any]], 
     document = models.get(CLUSTERS)
     if not document:
         return set()
-    version = int(document["version"])
-    if profile.computed.version(CLUSTERS) == version:
-        return set()
-    model = ClusterModel.from_document(document)
-    changed = profile.computed.put(CLUSTERS, version, model.trained_at, cluster_traits(model, features(profile, now)))
+    try:
+        version = int(document["version"])
+        if profile.computed.version(CLUSTERS) == version:
+            return set()
+        model = ClusterModel.from_document(document)
+        values = cluster_traits(model, features(profile, now))
+    except (KeyError, TypeError, ValueError):
+        return set()  # a document this code cannot read (hand-edited, or newer): the job assigns them instead
+    changed = profile.computed.put(CLUSTERS, version, model.trained_at, values)
     return {f"t:{name}" for name in changed}
+
+
+def trait_boundaries(conditions: Iterable[Any]) -> dict[str, list[float]]:
+    """Per computed trait, the numbers the given conditions compare it with (see :meth:`ComputedTraits.put`)."""
+    found: dict[str, list[float]] = {}
+    for node in conditions:
+        name, value = getattr(node, "name", None), getattr(node, "value", None)
+        if name not in TRAIT_MODELS or getattr(node, "op", None) is None:
+            continue
+        numbers = value if isinstance(value, (list, tuple)) else [value]
+        for number in numbers:
+            if isinstance(number, (int, float)) and not isinstance(number, bool):
+                found.setdefault(str(name), []).append(float(number))
+    return found

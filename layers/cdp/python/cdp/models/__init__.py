@@ -12,7 +12,9 @@ always the highest-spending one, whatever order k-means found them in.
 **Predictions** (:func:`fit_predictions`): a supervised classifier on features at a cut-off date. A
 ``HistGradientBoostingClassifier`` gives the probability of an order within the next ``HORIZON_DAYS`` (churn is
 its complement) and a ``HistGradientBoostingRegressor(loss="poisson")`` the expected number of orders, both over
-recency, frequency, monetary value, engagement and tenure. Why not BG/NBD + Gamma-Gamma: its Python library
+recency, frequency, monetary value and tenure. Engagement is left out: the profile keeps per-event-name counts for
+the customer's lifetime, so the engagement "as it stood at the cut-off" would count the very events of the
+horizon it is meant to predict. Why not BG/NBD + Gamma-Gamma: its Python library
 (lifetimes) is no longer maintained, and its successor (pymc-marketing) brings PyMC and PyTensor, which would not
 fit Lambda's 250 MB with scikit-learn and compile C code at run time. The classifier uses the same scikit-learn as
 k-means, and it is validated directly on a time split.
@@ -52,7 +54,7 @@ from cdp.core.traits import (
 
 SILHOUETTE_ROWS = 5_000  # the silhouette is quadratic in rows: measured on a sample this large
 MIN_TRAINING_ROWS = 20
-PREDICTION_FEATURES = ("recency_days", "frequency", "monetary", "engagement", "tenure_days")
+PREDICTION_FEATURES = ("recency_days", "frequency", "monetary", "tenure_days")  # no engagement: see above
 CLASSIFIER = "HistGradientBoostingClassifier"
 REGRESSOR = "HistGradientBoostingRegressor(loss=poisson)"
 _BOOSTING = {"max_iter": 150, "learning_rate": 0.05, "max_leaf_nodes": 15, "min_samples_leaf": 20,

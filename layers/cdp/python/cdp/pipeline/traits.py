@@ -44,6 +44,7 @@ from cdp.core.traits import (
     prediction_traits,
     quintile_cuts,
     rfm_traits,
+    trait_boundaries,
 )
 from cdp.pipeline.jobs import DEFAULT_SAMPLE, _Evaluating
 
@@ -288,9 +289,26 @@ class Training:
 def train_and_store(jobs: JobEngine, job: Job, trainer: Trainer) -> dict[str, Any]:
     """Train the job's models, store their documents; the job's result."""
     result = Training(jobs, job, trainer).run()
-    stored = jobs.definitions is not None and bool(result["documents"])
-    head = jobs.definitions.put_models(result["documents"]) if stored and jobs.definitions is not None else None
-    return {**result, "stored": stored, "stats_version": head.stats_version if head is not None else 0}
+    definitions = jobs.definitions
+    if definitions is None or not result["documents"]:
+        return {**result, "stored": False, "stats_version": 0}
+    head = definitions.put_models(result["documents"])
+    # Read back: a job that started later may have stored newer models first (the store then keeps them), and a
+    # retried finish finds its own. Only models stored as trained here are scored with.
+    held = definitions.population()
+    held_models = held.models if held is not None else {}
+    superseded = sorted(name for name, document in result["documents"].items()
+                        if _identity(held_models.get(name)) != _identity(document))
+    if superseded:
+        result["documents"] = {name: doc for name, doc in result["documents"].items() if name not in superseded}
+        for name in superseded:
+            result["models"][name] = {"superseded": "a newer model was stored by another job; this one scores "
+                                                    "no profile with it"}
+    return {**result, "stored": bool(result["documents"]), "stats_version": head.stats_version}
+
+
+def _identity(document: Mapping[str, Any] | None) -> tuple[int, int] | None:
+    return (int(document["version"]), int(document["trained_at"])) if document else None
 
 
 # ---- the score phase -----------------------------------------------------------------------------------------
@@ -312,6 +330,12 @@ class Scoring(_Evaluating):
                  predictions: PredictionModel | None) -> None:
         super().__init__(jobs, job, engine, set(), segment, part)
         documents = job.result.get("documents") or {}
+        self.at = job.created_at  # traits as of the job's start, as the features phase read the histograms
+        self.boundaries = trait_boundaries(
+            node for segment in engine.catalogue.segments.values() for node in segment.condition.walk())
+        if self.mark is None and any(int(d.get("version", 0)) == 1 for d in documents.values()):
+            # A model's first run scores everyone at once, like a backfill: lists and audiences, but no email.
+            self.mark = "audiences"
         self.rfm = RfmModel.from_document(documents[RFM]) if RFM in documents else None
         self.clusters = ClusterModel.from_document(documents[CLUSTERS]) if CLUSTERS in documents else None
         self.predictions = predictions
@@ -321,7 +345,7 @@ class Scoring(_Evaluating):
     def take(self, profiles: Sequence[Profile], counts: dict[str, int]) -> None:
         if self.predictions is not None:
             page = [p for p in profiles if live(p)]
-            figures = [features(p, self.now) for p in page]
+            figures = [features(p, self.at) for p in page]
             answers = self.predictions.predict(figures) if figures else []
             self.predicted = {p.customer_id: (p.version, answer) for p, answer in zip(page, answers, strict=True)}
         super().take(profiles, counts)
@@ -335,18 +359,20 @@ class Scoring(_Evaluating):
 
     def traits(self, profile: Profile) -> set[str]:
         """Put every model's traits on the profile; the names whose value changed."""
-        figures = features(profile, self.now)
+        figures = features(profile, self.at)
         changed: set[str] = set()
+        bounds = self.boundaries
         if self.rfm is not None:
-            changed |= profile.computed.put(RFM, self.rfm.version, self.rfm.trained_at, rfm_traits(self.rfm, figures))
+            changed |= profile.computed.put(RFM, self.rfm.version, self.rfm.trained_at, rfm_traits(self.rfm, figures),
+                                            bounds)
         if self.clusters is not None:
             changed |= profile.computed.put(CLUSTERS, self.clusters.version, self.clusters.trained_at,
-                                            cluster_traits(self.clusters, figures))
+                                            cluster_traits(self.clusters, figures), bounds)
         if self.predictions is not None:
             purchase, orders = self._prediction(profile, figures)
             average = figures.monetary / figures.frequency if figures.buyer else self.average
             changed |= profile.computed.put(PREDICTIONS, self.predictions.version, self.predictions.trained_at,
-                                            prediction_traits(purchase, orders, average))
+                                            prediction_traits(purchase, orders, average), bounds)
         return changed
 
     def change(self, profile: Profile) -> bool:
