@@ -256,8 +256,9 @@ def sample_row_bytes(results: CountedResults) -> dict[str, float]:
 
 
 def finish_memory_mb(sample: int, parts: int, row_bytes: float) -> float:
-    """What the finish holds at once: every part read whole (each with up to ``sample`` rows) before the merge."""
-    return sample * parts * row_bytes / 2**20
+    """What the finish holds at once: the bounded heap of ``sample`` rows plus the one part being read (up to
+    ``sample`` rows of its own); ``parts`` no longer multiplies it, and is kept for the report's label."""
+    return 2 * sample * row_bytes / 2**20
 
 
 def training_at(sample: int, fits: Sequence[Mapping[str, Any]], measured_s: float, measured_rows: int) -> float:

@@ -82,7 +82,7 @@ DEFAULT_SCAN_SEGMENTS = 16
 DEFAULT_PAGE_SIZE = 100
 START = ""  # the cursor of a scan segment's first invocation
 DEFAULT_SAMPLE = 20_000  # a traits job's training sample
-MAX_SAMPLE = 50_000  # the finish holds every part's sample at once: about 1.1 GB at 50,000 rows of 16 parts
+MAX_SAMPLE = 50_000  # the finish holds the sample and one part: about 150 MB at 50,000 rows
 
 
 class InvalidJob(ValueError):

@@ -183,10 +183,12 @@ class Featuring:
 def merge_features(parts: Iterable[Mapping[str, Any]], size: int) -> tuple[
         dict[str, dict[float, int]], dict[str, float], list[dict[str, Any]]]:
     """Every part's histograms and totals added up, and the ``size`` rows of smallest key over all parts (exact,
-    whatever the split: a row among the smallest overall is among the smallest of its own part)."""
+    whatever the split: a row among the smallest overall is among the smallest of its own part). Parts are read
+    one at a time into a bounded heap, so the finish holds ``size`` rows and one part, however many parts."""
     histograms: dict[str, dict[float, int]] = {name: {} for name in RFM_FIGURES}
     totals: dict[str, float] = {"profiles": 0, "buyers": 0, "orders": 0, "revenue": 0.0}
-    keyed: list[tuple[float, dict[str, Any]]] = []
+    kept: list[tuple[float, int, dict[str, Any]]] = []  # (-key, arrival, row): the largest kept key on top
+    arrival = 0
     for part in parts:
         for name, pairs in (part.get("values") or {}).items():
             histogram = histograms.setdefault(name, {})
@@ -194,9 +196,14 @@ def merge_features(parts: Iterable[Mapping[str, Any]], size: int) -> tuple[
                 histogram[float(value)] = histogram.get(float(value), 0) + int(count)
         for name, value in (part.get("totals") or {}).items():
             totals[name] = totals.get(name, 0) + value
-        keyed.extend((float(key), row) for key, row in part.get("sample") or [])
-    smallest = heapq.nsmallest(size, keyed, key=lambda entry: entry[0])
-    return histograms, totals, [row for _, row in smallest]
+        for key, row in part.get("sample") or []:
+            arrival += 1
+            entry = (-float(key), arrival, row)
+            if len(kept) < size:
+                heapq.heappush(kept, entry)
+            elif -entry[0] < -kept[0][0]:
+                heapq.heapreplace(kept, entry)
+    return histograms, totals, [row for _, _, row in sorted(kept, key=lambda entry: -entry[0])]
 
 
 # ---- the finish: training and storing the models -----------------------------------------------------------
