@@ -4,7 +4,8 @@
 
 Sizes are DynamoDB item sizes by DynamoDB's own rules (what write units are billed on). The
 dedupe state (message ids kept for 8 days, completed order ids, the shard watermark ingest keeps)
-is reported apart: for the heavy customer it is at its caps.
+is reported apart: for the heavy customer it is at its caps. So are the recent products (``rp``):
+the typical shopper's, and the attribute at its caps (every id and category at its longest).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from cdp.core.catalogue import load_catalogue
 from cdp.core.consent import MAX_CATEGORIES, MAX_CATEGORY_CHARS, MAX_CONSENT_HISTORY
 from cdp.core.engine import Engine
 from cdp.core.events import normalise
-from cdp.core.profile import Profile, item_size
+from cdp.core.profile import MAX_PRODUCT_CHARS, MAX_PRODUCTS, PURCHASED, VIEWED, Profile, item_size
 
 SHARD = "shardId-000000000000"
 DEDUPE = ("mi", "od", "sq")  # message ids, completed orders, shard watermarks (cdp.core.profile)
@@ -46,7 +47,8 @@ def message(customer: str, number: int, name: str, moment: float, rng: random.Ra
     properties: dict[str, object] = {"product_id": f"sku-{rng.randrange(500)}",
                                      "category": rng.choice(("shoes", "bags", "hats", "coats"))}
     if name == "Order Completed":
-        properties = {"order_id": f"{customer}-{number}", "revenue": round(rng.uniform(10, 300), 2)}
+        properties = {"order_id": f"{customer}-{number}", "revenue": round(rng.uniform(10, 300), 2),
+                      "products": [properties]}  # Ecommerce v2: the order's items
     elif name in ("Product Added", "Product Removed"):
         properties["price"] = round(rng.uniform(5, 150), 2)
     kind = "page" if name == "Page Viewed" else "track"
@@ -128,6 +130,19 @@ def consent_bytes(changes: int, categories: int, name_chars: int) -> int:
     return item_size({"customer_id": "c", "cs": consent_item(state)}) - item_size({"customer_id": "c"})
 
 
+def products_bytes(profile: Profile) -> int:
+    """What the recent products add to the item, by DynamoDB's rules."""
+    return item_size({"rp": profile.to_item()["rp"]}) if profile.products else 0
+
+
+def products_at_caps() -> Profile:
+    """Recent products at their caps: ``MAX_PRODUCTS`` of each kind, ids and categories at their longest."""
+    profile = Profile("c")
+    profile.products = [[f"{kind}{n:02d}".ljust(MAX_PRODUCT_CHARS, "x"), "c" * MAX_PRODUCT_CHARS, kind, 2**32 - 1]
+                        for kind in (PURCHASED, VIEWED) for n in range(MAX_PRODUCTS)]
+    return profile
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -149,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         # category at the longest name kept).
         "profile.consent_bytes_typical": consent_bytes(2, 4, 12),
         "profile.consent_bytes_at_caps": consent_bytes(MAX_CONSENT_HISTORY, MAX_CATEGORIES, MAX_CATEGORY_CHARS),
+        # Recent products (rp): the typical shopper's, and the caps (20 purchased and 20 viewed, 64-char ids
+        # and categories).
+        "profile.products_bytes_typical": products_bytes(typical),
+        "profile.products_bytes_at_caps": products_bytes(products_at_caps()),
     }
     json.dump(result, sys.stdout, indent=2)
     print()

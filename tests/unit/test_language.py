@@ -759,3 +759,21 @@ def test_manual_must_be_the_whole_condition_and_true() -> None:
         build_catalogue([("t.yaml", {"id": "s", "name": "S", "condition": {"manual": "yes"}})])
     with pytest.raises(CatalogueError, match="group: a static"):
         build_catalogue([("t.yaml", {"id": "s", "name": "S", "group": "g", "condition": {"manual": True}})])
+
+
+def test_purchased_within_holds_until_the_purchase_ages_out_with_no_new_event() -> None:
+    bought = track("Order Completed", B, order_id="o-1", revenue=20.0,
+                   products=[{"product_id": "A", "category": "hats"}, {"product_id": "B", "category": "shoes"}])
+    run = Run({"purchased": {"product_id": "B", "within": "30d"}}, [bought])
+    assert run.at(B + DAY) == (True, B + 30 * DAY)
+    assert run.at(B + 30 * DAY) == (False, None)
+    assert Run({"viewed": {"category": "shoes"}}, [bought]).at(B) == (False, None)
+
+
+def test_a_where_path_through_an_array_matches_any_element() -> None:
+    condition = {"count": {"event": "Order Completed", "gte": 1, "where": {"products[].category": "shoes"}}}
+    shoes = track("Order Completed", B, order_id="o-1", revenue=5.0,
+                  products=[{"product_id": "A", "category": "hats"}, {"product_id": "B", "category": "shoes"}])
+    hats = track("Order Completed", B, order_id="o-2", revenue=5.0, products=[{"product_id": "A", "category": "hats"}])
+    assert Run(condition, [shoes]).at(B + 1) == (True, None)
+    assert Run(condition, [hats]).at(B + 1) == (False, None)

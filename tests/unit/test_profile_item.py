@@ -24,7 +24,7 @@ from cdp.aws.profile_item import (
     number_text,
 )
 from cdp.core.counters import TIER_BY_CODE, Counter
-from cdp.core.profile import DEDUPE_HORIZON, DEFERRED, Profile
+from cdp.core.profile import DEDUPE_HORIZON, DEFERRED, Profile, record_product
 
 MIN, HOUR, DAY = 60, 3600, 86400
 B = 1_704_844_800  # 2024-01-10T00:00:00Z
@@ -39,6 +39,16 @@ scalars = st.none() | st.booleans() | st.integers(-(10**38) + 1, 10**38 - 1) | f
 json_values = st.recursive(
     scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3), max_leaves=12)
 times = st.integers(0, 2**32 - 1)
+
+
+@st.composite
+def recent_products(draw: st.DrawFn) -> list[list[Any]]:
+    """Recent products as the fold records them (purchased and viewed, moved by later times, capped)."""
+    products: list[list[Any]] = []
+    for product, category, kind, at in draw(st.lists(st.tuples(texts, texts, st.sampled_from("pv"), times),
+                                                     max_size=4)):
+        record_product(products, product, category, kind, at)
+    return products
 
 
 @st.composite
@@ -65,6 +75,7 @@ def profiles(draw: st.DrawFn) -> Profile:
     profile.cart = {product: [quantity, price, at] for product, (quantity, price, at) in draw(
         st.dictionaries(texts, st.tuples(st.integers(-5, 50), st.integers(0, 10**7), times), max_size=3)).items()}
     profile.last_add = draw(st.none() | st.tuples(texts, times).map(list))
+    profile.products = draw(recent_products())
     for message in draw(st.lists(texts, max_size=5)):
         profile.remember(message, draw(times))
     for order in draw(st.lists(texts, max_size=3)):
@@ -182,6 +193,7 @@ def test_every_deferred_field_reads_as_the_old_path_does() -> None:
     profile.transitions = [["vip", "entered", B, "orders", "second order"]]
     profile.aliases, profile.groups = ["anon-1"], ["acme"]
     profile.consent.record({"analytics": True}, B + 0.5, "web", "m-9")
+    profile.products = [["sku-1", "shoes", "v", B], ["sku-1", "", "p", B + 1]]
     item = encode_profile(profile)
     lazy, eager = decode_profile(item), old_decoding(item)
     for name in DEFERRED.values():

@@ -31,7 +31,9 @@ from cdp.core.profile import (
     due_shard,
     holds_digest,
     message_digest,
+    pack_products,
     unpack_order_digests,
+    unpack_products,
 )
 from cdp.core.traits import ComputedTraits
 
@@ -160,7 +162,7 @@ def encode_profile(profile: Profile) -> dict[str, AttributeValue]:
     if profile.orders or profile.revenue or profile.first_order is not None:  # kept when every order was refunded
         figures = (profile.orders, profile.revenue, profile.first_order or 0, profile.last_order or 0)
         item["o"] = {"L": [{"N": number_text(n)} for n in figures]}
-    for attribute in ("ro", "cart", "la", "cx"):
+    for attribute in ("ro", "cart", "la", "cx", "rp"):
         _put(profile, unread, item, attribute)
     ids = profile.packed_message_ids()  # the stored ids as read, then the new ones
     if ids:
@@ -219,6 +221,10 @@ def _encode_cart(profile: Profile) -> AttributeValue | None:
     return {"M": {product: {"L": [{"N": number_text(n)} for n in line]} for product, line in profile.cart.items()}}
 
 
+def _encode_products(profile: Profile) -> AttributeValue | None:
+    return {"B": pack_products(profile.products)} if profile.products else None
+
+
 def _encode_order_digests(profile: Profile) -> AttributeValue | None:
     packed = profile.packed_order_digests()
     return {"B": packed} if packed else None
@@ -243,7 +249,8 @@ def _encode_computed(profile: Profile) -> AttributeValue | None:
     return None if computed.empty else encode_value(computed.as_item())
 
 
-_ENCODERS.update(cart=_encode_cart, od=_encode_order_digests, cs=_encode_consent, ct=_encode_computed)
+_ENCODERS.update(cart=_encode_cart, od=_encode_order_digests, cs=_encode_consent, ct=_encode_computed,
+                 rp=_encode_products)
 
 
 # ---- decoding --------------------------------------------------------------------------------------------
@@ -265,6 +272,10 @@ def _read_cart(profile: Profile, value: AttributeValue) -> dict[str, list[int]]:
 def _read_last_add(profile: Profile, value: AttributeValue) -> list[Any]:
     product, at = value["L"][:2]
     return [str(decode_value(product)), _int(at)]
+
+
+def _read_products(profile: Profile, value: AttributeValue) -> list[list[Any]]:
+    return unpack_products(bytes(value["B"]))
 
 
 def _read_order_digests(profile: Profile, value: AttributeValue) -> dict[bytes, None]:
@@ -298,7 +309,7 @@ READERS: Mapping[str, Reader] = {
     "t": _read_traits, "ro": _read_recent_orders, "cart": _read_cart, "la": _read_last_add,
     "cx": _read_traits, "od": _read_order_digests, "sq": _read_shard_marks,
     "tx": _read_transitions, "al": _read_strings, "gr": _read_strings, "cs": _read_consent,
-    "ct": _read_computed,
+    "ct": _read_computed, "rp": _read_products,
 }
 assert READERS.keys() == DEFERRED.keys()
 

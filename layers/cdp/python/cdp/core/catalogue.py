@@ -97,8 +97,8 @@ class Catalogue:
     """The enabled segments, their metrics, and the order to evaluate them in.
 
     ``readers`` indexes the units by the inputs they read (``e:<event>``, ``c:<channel>``,
-    ``t:<trait>``, ``rfm``, ``stats``, ``s:<segment>``): each key maps to the positions in
-    ``units`` of the units whose conditions read it, so an event evaluates only those.
+    ``t:<trait>``, ``rfm``, ``stats``, ``s:<segment>``, ``p:purchased``, ``p:viewed``): each key maps to the
+    positions in ``units`` of the units whose conditions read it, so an event evaluates only those.
     """
 
     def __init__(self, segments: list[Segment], metrics: dict[str, MetricSpec], version: int = 0) -> None:

@@ -37,6 +37,7 @@ from cdp.core.language import (
     MetricCondition,
     Not,
     PercentileCondition,
+    ProductCondition,
     RatioCondition,
     RecencyCondition,
     RfmCondition,
@@ -186,6 +187,13 @@ def _channel(node: ChannelCondition, ctx: Context) -> Observed:
     return "channel", value, threshold, {"last_seen_at": iso(seen)} if seen is not None else {}
 
 
+def _product(node: ProductCondition, ctx: Context) -> Observed:
+    moment = node.last(ctx)
+    value = None if moment is None else _days(ctx.now - moment)
+    threshold = None if node.window is None else _days(node.window)
+    return node.condition, value, threshold, {"last_at": iso(moment)} if moment is not None else {}
+
+
 def _segment(node: SegmentCondition, ctx: Context) -> Observed:
     return "segment", ctx.is_member(node.segment_id), None, {"segment": node.segment_id}
 
@@ -207,7 +215,7 @@ _OBSERVERS: tuple[tuple[type | tuple[type, ...], Callable[[Any, Context], Observ
     ((AllOf, AnyOf, Not), _combination), (TraitCondition, _trait), (MetricCondition, _metric),
     (RatioCondition, _ratio), (RecencyCondition, _recency), (AbsenceCondition, _absence),
     (ChannelCondition, _channel), (SegmentCondition, _segment), (ManualCondition, _manual),
-    (RfmCondition, _rfm), (PercentileCondition, _percentile),
+    (RfmCondition, _rfm), (PercentileCondition, _percentile), (ProductCondition, _product),
 )
 
 

@@ -5,7 +5,7 @@ refuses those stamped too far ahead of the clock, folds each of the others with
 :func:`fold_event`, and then bounds the profile to what the catalogue reads. Folding
 updates the traits, the lifetime order figures, the counters, the channels, the cart, the
 context, the aliases and groups and the absence latches, and notes which inputs it touched
-(``t:<trait>``, ``rfm``, ``e:<event>``, ``c:<channel>``), so that the engine
+(``t:<trait>``, ``rfm``, ``e:<event>``, ``c:<channel>``, ``p:purchased``, ``p:viewed``), so that the engine
 (:mod:`cdp.core.engine`) re-evaluates only the segments that read them.
 
 Orders, as Segment accepts them (see :mod:`cdp.core.events`):
@@ -22,6 +22,12 @@ Orders, as Segment accepts them (see :mod:`cdp.core.events`):
   removes one order); without one, nothing exact is known, so only the event is counted.
 
 A cart event without a product id is counted and leaves the cart as it is.
+
+Recent products (``profile.products``, see :func:`cdp.core.profile.record_product`): an ``Order Completed``
+that counts records each of its ``products[]`` (Segment's Ecommerce v2: ``product_id``, else ``sku``, and
+``category``), and a top-level ``product_id``, as purchased; a ``Product Viewed`` records its product as viewed.
+An item whose id is not a string or a number is passed over. A refund or cancellation leaves them as they are.
+A change touches ``p:purchased`` or ``p:viewed``.
 
 Consent (see :mod:`cdp.core.consent`): any message stating ``context.consent.categoryPreferences``
 (``Segment Consent Preference Updated`` is one, counted like any track event) records them in
@@ -49,6 +55,7 @@ from cdp.core.events import (
     ORDER_REFUNDED,
     PRODUCT_ADDED,
     PRODUCT_REMOVED,
+    PRODUCT_VIEWED,
     Event,
 )
 from cdp.core.language import AbsenceCondition
@@ -59,9 +66,12 @@ from cdp.core.profile import (
     MAX_GROUPS,
     MAX_PLAIN_COUNTERS,
     MAX_TRAITS,
+    PURCHASED,
     RECENT_ORDERS,
+    VIEWED,
     Profile,
     ProfileView,
+    record_product,
 )
 
 MAX_CLOCK_SKEW = DEFAULT_MAX_FUTURE_SKEW  # events further than this ahead of the clock are refused
@@ -134,6 +144,7 @@ def fold_event(profile: Profile, event: Event, catalogue: Catalogue, now: float,
         problem = _fold_order(profile, event, moment, touched)
         if problem:
             return problem
+    _fold_products(profile, event, moment, touched)
     touched.add(f"e:{event.name}")
     touched.add(f"c:{event.channel}")
     if not _count(profile, event, catalogue, moment, now, folded):
@@ -202,6 +213,35 @@ def _complete_order(profile: Profile, event: Event, known: list[Any] | None, mom
         profile.remember_order(order_id)
     profile.cart = {pid: item for pid, item in profile.cart.items() if item[2] > moment}
     return None
+
+
+def _fold_products(profile: Profile, event: Event, moment: int, touched: set[str]) -> None:
+    """The products an order purchased, or the product a view showed, among the recent products."""
+    if event.name not in (ORDER_COMPLETED, PRODUCT_VIEWED):
+        return
+    properties = event.properties
+    if event.name == ORDER_COMPLETED:
+        kind = PURCHASED
+        items = properties.get("products")
+        products = [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+        products.append(properties)  # a top-level product_id, as some sources send single-item orders
+    else:
+        kind, products = VIEWED, [properties]
+    changed = False
+    for product in products:
+        product_id = _product_text(product.get("product_id")) or _product_text(product.get("sku"))
+        if product_id:
+            category = _product_text(product.get("category"))
+            changed = record_product(profile.products, product_id, category, kind, moment) or changed
+    if changed:
+        touched.add("p:purchased" if kind == PURCHASED else "p:viewed")
+
+
+def _product_text(value: Any) -> str:
+    """An id or category as text; "" for what is absent or not a string or number."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return ""
+    return str(value)
 
 
 def _reverse_order(profile: Profile, event: Event, known: list[Any] | None) -> bool:

@@ -28,6 +28,8 @@ COMPARATORS: dict[str, Callable[[Any, Any], bool]] = {
 SYMBOLS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "eq": "==", "ne": "!="}
 FILTER_OPS = (*COMPARATORS, "in", "contains", "exists")
 RFM_METRICS = ("orders", "revenue", "average_order_value")
+PRODUCT_KINDS = {"purchased": "p", "viewed": "v"}  # condition -> the kind of recent product it reads
+MAX_PRODUCT_CHARS = 64  # as the profile keeps ids and categories (cdp.core.profile)
 
 
 class DefinitionError(ValueError):
@@ -60,6 +62,7 @@ class Context(Protocol):
     def rfm(self, metric: str) -> float: ...
     def threshold(self, metric: str, top_percent: float) -> float | None: ...
     def latch(self, key: str) -> int | None: ...
+    def products(self) -> list[list[Any]]: ...
 
 
 Result = tuple[bool, float | None]
@@ -70,15 +73,35 @@ Result = tuple[bool, float | None]
 
 @dataclass(frozen=True, slots=True)
 class PropertyFilter:
+    """A test of one property. A path part ``name[]`` reaches into an array: the filter holds when any
+    element passes the rest of the path (never for an empty or absent array)."""
+
     path: tuple[str, ...]
     op: str
     value: Any
+    arrays: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "arrays", any(part.endswith("[]") for part in self.path))
 
     def matches(self, properties: Mapping[str, Any]) -> bool:
+        if self.arrays:
+            return self._reach(properties, 0)
         current: Any = properties
         for part in self.path:
             if not isinstance(current, Mapping) or part not in current:
                 # A missing property is "not equal" to anything, and does not exist.
+                return self.op == "ne" or (self.op == "exists" and not self.value)
+            current = current[part]
+        return compare_values(self.op, current, self.value)
+
+    def _reach(self, current: Any, start: int) -> bool:
+        for index in range(start, len(self.path)):
+            part = self.path[index]
+            if part.endswith("[]"):
+                items = current.get(part[:-2]) if isinstance(current, Mapping) else None
+                return isinstance(items, list) and any(self._reach(item, index + 1) for item in items)
+            if not isinstance(current, Mapping) or part not in current:
                 return self.op == "ne" or (self.op == "exists" and not self.value)
             current = current[part]
         return compare_values(self.op, current, self.value)
@@ -483,6 +506,42 @@ class ChannelCondition(Condition):
         return f"seen on {self.channel}{span}"
 
 
+class ProductCondition(Condition):
+    """The customer purchased (or viewed) a product, or a product of a category, among the recent products
+    the profile keeps; with ``within``, no longer ago than that, and it stops holding when that runs out."""
+
+    cost = 1
+
+    def __init__(self, condition: str, product_id: str | None, category: str | None, window: int | None) -> None:
+        self.condition, self.product_id, self.category, self.window = condition, product_id, category, window
+        self.kind = PRODUCT_KINDS[condition]
+        self.inputs = frozenset({f"p:{condition}"})
+        self.time_driven = window is not None
+
+    def last(self, ctx: Context) -> int | None:
+        """When the customer last did it (None: not among the recent products)."""
+        kind, product_id, category = self.kind, self.product_id, self.category
+        moment: int | None = None
+        for entry in ctx.products():
+            if entry[2] == kind and (entry[0] == product_id if product_id is not None else entry[1] == category):
+                moment = entry[3] if moment is None else max(moment, entry[3])
+        return moment
+
+    def evaluate(self, ctx: Context) -> Result:
+        moment = self.last(ctx)
+        if moment is None:
+            return False, None
+        if self.window is None:
+            return True, None
+        ends = moment + self.window
+        return (True, ends) if ctx.now < ends else (False, None)
+
+    def describe(self) -> str:
+        what = f"product {self.product_id}" if self.product_id is not None else f"a product in category {self.category}"
+        span = f" within {format_duration(self.window)}" if self.window else ""
+        return f"{self.condition} {what}{span}"
+
+
 class SegmentCondition(Condition):
     def __init__(self, segment_id: str) -> None:
         self.segment_id = segment_id
@@ -569,7 +628,7 @@ class Parser:
             "count": self._count, "sum": self._sum, "average": self._average, "recency": self._recency,
             "absence": self._absence, "ratio": self._ratio, "channel": self._channel,
             "segment": self._segment, "rfm": self._rfm, "percentile": self._percentile,
-            "manual": self._manual,
+            "manual": self._manual, "purchased": self._purchased, "viewed": self._viewed,
         }
 
     def _list(self, body: Any, path: str, inside_when: bool) -> list[Condition]:
@@ -677,6 +736,30 @@ class Parser:
         window = _duration(spec, "within", path) if "within" in spec else None
         return ChannelCondition(name, window)
 
+    def _purchased(self, body: Any, path: str, inside_when: bool) -> Condition:
+        return self._product("purchased", body, path)
+
+    def _viewed(self, body: Any, path: str, inside_when: bool) -> Condition:
+        return self._product("viewed", body, path)
+
+    def _product(self, condition: str, body: Any, path: str) -> Condition:
+        spec = _fields(body, path, required=set(), optional={"product_id", "category", "within"})
+        given = [key for key in ("product_id", "category") if key in spec]
+        if len(given) != 1:
+            found = ", ".join(given) or "none"
+            raise DefinitionError(path, f"needs exactly one of product_id, category (found {found})")
+        key = given[0]
+        value = spec[key]
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # YAML reads 1234 as a number; ids are kept as text
+        text = _text(value, f"{path}.{key}")
+        if len(text) > MAX_PRODUCT_CHARS:
+            raise DefinitionError(f"{path}.{key}", f"is longer than {MAX_PRODUCT_CHARS} characters, the most the"
+                                                   " profile keeps: it could never match")
+        window = _duration(spec, "within", path) if "within" in spec else None
+        return ProductCondition(condition, text if key == "product_id" else None,
+                                text if key == "category" else None, window)
+
     def _segment(self, body: Any, path: str, inside_when: bool) -> Condition:
         spec = _fields(body, path, required={"id"}, optional=set())
         segment_id = _text(spec["id"], f"{path}.id")
@@ -752,6 +835,16 @@ def _duration(spec: dict[str, Any], key: str, path: str, *, allow_zero: bool = F
         raise DefinitionError(f"{path}.{key}", str(error)) from None
 
 
+def _property_path(name: str, at: str) -> tuple[str, ...]:
+    """A dotted property path; a part ``name[]`` means any element of the array ``name``."""
+    parts = tuple(name.split("."))
+    for part in parts:
+        if not part or "[" in part.removesuffix("[]") or "]" in part.removesuffix("[]") or part == "[]":
+            raise DefinitionError(at, f"{part!r} is not a property name (a part may end in [] to mean any"
+                                      " element of an array)")
+    return parts
+
+
 def _event_filter(spec: dict[str, Any], path: str) -> EventFilter:
     event = _text(spec["event"], f"{path}.event")
     where = spec.get("where")
@@ -768,7 +861,7 @@ def _event_filter(spec: dict[str, Any], path: str) -> EventFilter:
             op, value = "eq", test
         if op == "in" and not isinstance(value, list):
             raise DefinitionError(f"{at}.in", "must be a list")
-        filters.append(PropertyFilter(tuple(str(name).split(".")), op, value))
+        filters.append(PropertyFilter(_property_path(str(name), at), op, value))
     filters.sort(key=lambda f: f.key())
     return EventFilter(event, tuple(filters))
 

@@ -29,6 +29,8 @@ field               merged
 ``cx``              last touch (device, OS, location, campaign): the side seen later (``at``) wins, the other fills
                     what it lacks; first touch: the whole first campaign of the side whose earliest event (its
                     counters' first times) is earlier; any other key: the known side's, else the anonymous'
+``rp``              recent products: the union by (product, kind), each with the later time (and that side's
+                    category, else the other's), in time order; the newest ``MAX_PRODUCTS`` of each kind
 ``mi``              both sides' message ids (one on both: the later time applied), oldest first, then the
                     retention of ``Profile.prune_dedupe`` at ``now`` (none on the anonymous side: the known
                     side's as its last write left them)
@@ -87,6 +89,7 @@ from cdp.core.profile import (
     MAX_TRAITS,
     RECENT_ORDERS,
     Profile,
+    bounded_products,
     pack_message_ids,
     unpack_message_ids,
     unpack_order_digests,
@@ -126,6 +129,7 @@ def merge_profiles(known: Profile, anonymous: Profile, now: float, *, catalogue:
     merged.cart = _cart(known, anonymous)
     merged.last_add = _later_add(known.last_add, anonymous.last_add)
     merged.context = _context(known, anonymous)
+    merged.products = merged_products(known.products, anonymous.products)
     _merge_dedupe(merged, known, anonymous, now)
     merged.memberships = dict(known.memberships)
     merged.entered_by = {s: clause for s, clause in known.entered_by.items() if s in merged.memberships}
@@ -155,6 +159,19 @@ def merged_computed(known: ComputedTraits, anonymous: ComputedTraits) -> Compute
         merged.values.update({name: copy.deepcopy(value) for name, value in side.values.items()
                               if TRAIT_MODELS.get(name) == model})
     return merged
+
+
+def merged_products(known: list[list[Any]], anonymous: list[list[Any]]) -> list[list[Any]]:
+    """Both sides' recent products, one entry per (product, kind) at the later time, within the caps."""
+    entries: dict[tuple[str, str], list[Any]] = {}
+    for entry in (*known, *anonymous):
+        key = (entry[0], entry[2])
+        held = entries.get(key)
+        if held is None or entry[3] > held[3]:
+            entries[key] = [entry[0], entry[1] or (held[1] if held else ""), entry[2], entry[3]]
+        elif not held[1] and entry[1]:
+            held[1] = entry[1]
+    return bounded_products(entries.values())
 
 
 def _traits(known: dict[str, Any], anonymous: dict[str, Any]) -> dict[str, Any]:

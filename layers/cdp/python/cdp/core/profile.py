@@ -16,6 +16,11 @@ a profile read needs. Its attributes:
 ``cart``       product id -> [quantity, unit price in hundredths, last added]
 ``la``         last add to cart: [product id, time]
 ``cx``         context: device, OS, location, first- and last-touch campaign
+``rp``         recent products (binary, :func:`pack_products`): per product and kind its category and last
+               time, oldest first; kind ``p`` purchased (``Order Completed``'s ``products[]``) or ``v``
+               viewed (``Product Viewed``); the newest ``MAX_PRODUCTS`` of each kind, ids and categories
+               cut to ``MAX_PRODUCT_CHARS``. Packed, as 25 views of a typical shopper would otherwise
+               cost a third of its item
 ``mi``         applied message ids for dedupe: per id an 8-byte digest and the 4-byte time
                it was applied, packed (binary); kept for ``DEDUPE_HORIZON`` (the newest
                ``MIN_MESSAGE_IDS`` whatever their age), at most ``MAX_MESSAGE_IDS`` (the
@@ -92,6 +97,12 @@ MAX_CART_ITEMS = 50
 RECENT_ORDERS = 8
 MAX_ALIASES = 8
 MAX_GROUPS = 8
+MAX_PRODUCTS = 20  # per kind (purchased, viewed): at the caps about 6 KB (bench/profile_size.py)
+MAX_PRODUCT_CHARS = 64
+PURCHASED, VIEWED = "p", "v"
+_PRODUCT_ENTRY = struct.Struct(">cIBH")  # kind, last time, category number (0: none), id length; then the id
+_TEXT_LENGTH = struct.Struct(">H")
+_LAST_TIME = 2**32 - 1
 MAX_MERGES = 100  # ids merged into one customer, as Segment bounds it; later merges are refused and counted
 DIGEST_BYTES = 8
 DUE_SHARDS = 32  # see cdp.pipeline.timers for the sizing
@@ -144,7 +155,7 @@ def unpack_order_digests(data: bytes, recent_orders: Iterable[list[Any]]) -> dic
 # (The message ids, ``mi``, are read in place: see ``Profile.keep_packed_message_ids``.)
 DEFERRED = {"t": "traits", "ro": "recent_orders", "cart": "cart", "la": "last_add", "cx": "context",
             "od": "_order_digests", "sq": "shard_marks", "tx": "transitions", "al": "aliases", "gr": "groups",
-            "cs": "consent", "ct": "computed"}
+            "cs": "consent", "ct": "computed", "rp": "products"}
 
 
 class _Stored:
@@ -192,6 +203,7 @@ class Profile:
         groups = _Stored("gr")
         consent = _Stored("cs")
         computed = _Stored("ct")
+        products = _Stored("rp")
 
     def __init__(self, customer_id: str) -> None:
         self.customer_id = customer_id
@@ -209,6 +221,7 @@ class Profile:
         self.cart: dict[str, list[int]] = {}
         self.last_add: list[Any] | None = None
         self.context: dict[str, Any] = {}
+        self.products: list[list[Any]] = []  # [product id, category, kind, last time], oldest first
         self._message_ids: dict[bytes, int] = {}  # digest -> applied at, oldest first (after _packed_ids)
         self._packed_ids = b""  # stored ids not unpacked yet: older than every one in _message_ids
         self._order_digests: dict[bytes, None] = {}  # completed orders, oldest first
@@ -457,6 +470,8 @@ class Profile:
             item["la"] = self.last_add
         if self.context:
             item["cx"] = self.context
+        if self.products:
+            item["rp"] = pack_products(self.products)
 
     def _put_dedupe(self, item: dict[str, Any]) -> None:
         """What makes a redelivery a duplicate: message ids, completed orders, shard watermarks."""
@@ -504,6 +519,7 @@ class Profile:
         last_add = item.get("la")
         profile.last_add = [str(last_add[0]), int(last_add[1])] if last_add else None
         profile.context = dict(item.get("cx") or {})
+        profile.products = unpack_products(bytes(item.get("rp") or b""))
         legacy = bytes(item.get("ids") or b"")  # digests only: taken as applied at the last update
         profile._message_ids = dict.fromkeys(
             (legacy[i:i + DIGEST_BYTES] for i in range(0, len(legacy), DIGEST_BYTES)), profile.updated_at)
@@ -564,6 +580,92 @@ class ProfileView:
 
     def latch(self, key: str) -> int | None:
         return self.profile.latches.get(key)
+
+    def products(self) -> list[list[Any]]:
+        return self.profile.products
+
+
+def record_product(products: list[list[Any]], product_id: str, category: str, kind: str, at: int) -> bool:
+    """Note that the customer purchased or viewed (``kind``) a product at ``at``; returns whether anything changed.
+
+    A product already held moves to its place by the later time (a late event never moves a time backwards;
+    it only fills a category the entry lacks); beyond ``MAX_PRODUCTS`` of the kind the oldest goes.
+    """
+    product_id, category = product_id[:MAX_PRODUCT_CHARS], category[:MAX_PRODUCT_CHARS]
+    at = min(max(0, at), _LAST_TIME)  # as packed: four bytes
+    held = next((entry for entry in products if entry[0] == product_id and entry[2] == kind), None)
+    if held is not None:
+        if at <= held[3]:
+            if held[1] or not category:
+                return False
+            held[1] = category
+            return True
+        products.remove(held)
+        category = category or held[1]
+    entry = [product_id, category, kind, at]
+    products.insert(_place(products, at), entry)
+    if sum(other[2] == kind for other in products) > MAX_PRODUCTS:
+        oldest = next(other for other in products if other[2] == kind)
+        products.remove(oldest)
+        return oldest is not entry  # a new product older than all the kind holds is not kept
+    return True
+
+
+def _place(products: list[list[Any]], at: int) -> int:
+    """Where an entry at ``at`` goes in the time order: after every entry at or before it."""
+    place = len(products)
+    while place and products[place - 1][3] > at:
+        place -= 1
+    return place
+
+
+def pack_products(products: Iterable[list[Any]]) -> bytes:
+    """The ``rp`` attribute: the categories (each once: a count, then per category its UTF-8 length and bytes),
+    then per entry its kind, last time, category number and id (length and UTF-8 bytes), in order."""
+    categories: dict[str, int] = {}
+    entries = []
+    for product_id, category, kind, at in products:
+        number = categories.setdefault(category, len(categories) + 1) if category else 0
+        name = product_id.encode("utf-8", "surrogatepass")
+        entries.append(_PRODUCT_ENTRY.pack(kind.encode(), at, number, len(name)) + name)
+    header = [bytes([len(categories)])]
+    for category in categories:
+        text = category.encode("utf-8", "surrogatepass")
+        header.append(_TEXT_LENGTH.pack(len(text)) + text)
+    return b"".join(header + entries)
+
+
+def unpack_products(data: bytes) -> list[list[Any]]:
+    """The recent products of a packed ``rp`` attribute: [product id, category or "", kind, last time] each."""
+    if not data:
+        return []
+    categories = [""]
+    offset = 1
+    for _ in range(data[0]):
+        (length,) = _TEXT_LENGTH.unpack_from(data, offset)
+        offset += _TEXT_LENGTH.size
+        categories.append(data[offset:offset + length].decode("utf-8", "surrogatepass"))
+        offset += length
+    products = []
+    while offset < len(data):
+        kind, at, number, length = _PRODUCT_ENTRY.unpack_from(data, offset)
+        offset += _PRODUCT_ENTRY.size
+        product_id = data[offset:offset + length].decode("utf-8", "surrogatepass")
+        offset += length
+        products.append([product_id, categories[number], kind.decode(), at])
+    return products
+
+
+def bounded_products(entries: Iterable[list[Any]]) -> list[list[Any]]:
+    """Entries in time order (stable), the newest ``MAX_PRODUCTS`` of each kind."""
+    ordered = sorted(entries, key=lambda entry: entry[3])
+    kept: dict[str, int] = {}
+    newest_first = []
+    for entry in reversed(ordered):
+        kept[entry[2]] = kept.get(entry[2], 0) + 1
+        if kept[entry[2]] <= MAX_PRODUCTS:
+            newest_first.append(entry)
+    return newest_first[::-1]
 
 
 def consent_item(consent: ConsentState) -> dict[str, Any]:
