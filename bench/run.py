@@ -89,6 +89,7 @@ def measure(quick: bool) -> dict[str, Any]:
         collector,
         core_speed,
         cost,
+        decisions,
         e2e_latency,
         identity,
         ingest_handler,
@@ -138,6 +139,7 @@ def measure(quick: bool) -> dict[str, Any]:
     figures["identity"] = identity.measure(200 if quick else 400)
     figures["pseudonyms"] = pseudonyms.measure(quick)
     figures["backfill"] = backfill.measure(1_000 if quick else 4_000)
+    figures["decisions"] = decisions.measure(300 if quick else 1_000)
     figures["models"] = models.measure(models.QUICK_CUSTOMERS if quick else 1_500)
     figures["traits_job"] = traits_job.measure(600 if quick else 1_000, (5_000,) if quick else (20_000,))
     return figures
@@ -260,6 +262,10 @@ def summarise(figures: dict[str, Any]) -> dict[str, Any]:
         _reported("backfill: USD per million profiles", figures["backfill"]["cost"]["usd_per_million_profiles"]),
         _check("backfill: profiles a rerun of the same job writes", figures["backfill"]["rerun"]["written"], "== 0",
                figures["backfill"]["rerun"]["written"] == 0),
+        _reported("decisions: µs per decision p50, in process", figures["decisions"]["decide_us"]["p50"]),
+        _reported("decisions: µs per decision p99, in process", figures["decisions"]["decide_us"]["p99"]),
+        _reported("decisions: µs per profile read p50 (decode of the stored item)",
+                  figures["decisions"]["read_us"]["p50"]),
         _reported("traits job: USD a month, daily at 1M profiles", traits["usd_per_month"]),
         _reported("traits job: USD a month, daily at 10M profiles", figures["traits_job"]["cost"]["10,000,000"][
             "usd_per_month"]),

@@ -1,8 +1,8 @@
 """The HTTP API: API Gateway REST API in front of the api function.
 
-Operator routes use IAM (SigV4); ``GET /me`` uses a Cognito user pool authorizer, so an end user
-reads only their own profile. Stage throttling (``/me`` in its own, smaller bucket), reserved concurrency for
-the function, access logs, request validation and CORS.
+Operator routes use IAM (SigV4); ``GET /me`` and ``GET /me/decisions`` use a Cognito user pool authorizer, so an
+end user reads only their own profile and decisions. Stage throttling (each of those in its own, smaller bucket),
+reserved concurrency for the function, access logs, request validation and CORS.
 """
 
 from __future__ import annotations
@@ -29,12 +29,14 @@ class Api(Construct):
             memory_mb=settings.memory_mb, timeout=Duration.seconds(10),
             # A cap as much as a guarantee: an API flood cannot take the concurrency ingest needs.
             reserved_concurrency=settings.api_reserved_concurrency or None,
+            extra_layers=[layers.placements],
             environment={"PROFILES_TABLE": storage.profiles.table_name,
                          "MEMBERS_TABLE": storage.members.table_name,
                          "IDENTITY_TABLE": storage.identity_map.table_name,
                          "MEMBER_SHARDS": str(settings.member_shards),
                          "CORS_ORIGINS": ",".join(settings.cors_origins),
                          "ME_CLAIM": "sub",
+                         "PLACEMENTS_PATH": "/opt/placements",
                          # static-segment edits: no one without profiling consent; created profiles expire
                          "CONSENT_POLICY": settings.consent_policy,
                          "PROFILE_RETENTION_DAYS": str(settings.retention.profile_days)})
@@ -76,11 +78,12 @@ class Api(Construct):
                 throttling_burst_limit=settings.api_burst_limit,
                 # End users share one method and get a smaller bucket of their own: shoppers cannot use up the
                 # api function's reserved concurrency that the operator routes need (see Settings).
-                method_options={"/me/GET": apigateway.MethodDeploymentOptions(
+                # /me/decisions (a decision on each page load) gets the same small bucket, its own.
+                method_options={path: apigateway.MethodDeploymentOptions(
                     throttling_rate_limit=settings.api_me_rate_limit,
                     throttling_burst_limit=settings.api_me_burst_limit,
                     logging_level=apigateway.MethodLoggingLevel.ERROR, data_trace_enabled=False,
-                    metrics_enabled=True)},
+                    metrics_enabled=True) for path in ("/me/GET", "/me/decisions/GET")},
                 access_log_destination=apigateway.LogGroupLogDestination(access_logs),
                 access_log_format=apigateway.AccessLogFormat.json_with_standard_fields(
                     caller=False, http_method=True, ip=False, protocol=True, request_time=True,
@@ -115,8 +118,12 @@ class Api(Construct):
         root.add_resource("requests").add_resource("{requestId}").add_method(
             "GET", integration, **iam_auth,  # type: ignore[arg-type]
             request_parameters={"method.request.path.requestId": True})
-        root.add_resource("me").add_method("GET", integration, authorizer=authorizer,
-                                           authorization_type=apigateway.AuthorizationType.COGNITO)
+        me = root.add_resource("me")
+        me.add_method("GET", integration, authorizer=authorizer,
+                      authorization_type=apigateway.AuthorizationType.COGNITO)
+        me.add_resource("decisions").add_method(
+            "GET", integration, authorizer=authorizer, authorization_type=apigateway.AuthorizationType.COGNITO,
+            request_validator=validator, request_parameters={"method.request.querystring.placement": True})
         segments = root.add_resource("segments")
         segments.add_method("GET", integration, **iam_auth)  # type: ignore[arg-type]
         segment = segments.add_resource("{segmentId}")
@@ -144,12 +151,16 @@ class Api(Construct):
         models.add_resource("{name}").add_method(
             "GET", integration, **iam_auth,  # type: ignore[arg-type]
             request_parameters={"method.request.path.name": True})
+        customers.add_resource("decisions").add_method(
+            "GET", integration, **iam_auth,  # type: ignore[arg-type]
+            request_parameters={"method.request.path.customerId": True,
+                                "method.request.querystring.placement": True})
         customers.add_resource("explain").add_method("GET", integration, **iam_auth,  # type: ignore[arg-type]
                                                      request_parameters={"method.request.path.customerId": True})
         root.add_resource("openapi.json").add_method("GET", integration, **iam_auth)  # type: ignore[arg-type]
 
         acknowledge(self.rest_api, "COG4", "Operator routes are authorised with IAM (SigV4), not end-user "
-                                           "tokens; only /me takes a Cognito token.")
+                                           "tokens; only /me and /me/decisions take a Cognito token.")
         acknowledge(self.rest_api, "APIG3", "Stage throttling and IAM/Cognito authorisation protect the API; "
                                             "a WAF web ACL can be attached per deployment.")
         acknowledge(self.rest_api, "IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"

@@ -17,9 +17,9 @@ RUNTIME = lambda_.Runtime.PYTHON_3_14  # the newest Python this CDK version know
 
 
 class Layers(Construct):
-    """The core package, the third-party packages (built with pip --platform, no Docker) and the catalogue; and
-    ``models``, numpy and scikit-learn for the jobs function alone. Each third-party layer is empty until
-    ``make layers`` builds it."""
+    """The core package, the third-party packages (built with pip --platform, no Docker) and the catalogue;
+    ``placements`` for the api function; and ``models``, numpy and scikit-learn for the jobs function alone. Each
+    third-party layer is empty until ``make layers`` builds it."""
 
     def __init__(self, scope: Construct, construct_id: str, *, architecture: lambda_.Architecture) -> None:
         super().__init__(scope, construct_id)
@@ -36,6 +36,12 @@ class Layers(Construct):
             self, "Catalogue", code=lambda_.Code.from_asset(str(ROOT / "segments"), exclude=["README.md", "stories"]),
             compatible_runtimes=[RUNTIME], compatible_architectures=[architecture],
             description="segment definitions, unpacked at /opt")
+        # The placements at /opt/placements (their own folder: the catalogue's definitions are read from /opt).
+        self.placements = lambda_.LayerVersion(
+            self, "Placements",
+            code=lambda_.Code.from_asset(str(ROOT), exclude=["*", ".*", "!placements", "!placements/*.yaml"]),
+            compatible_runtimes=[RUNTIME], compatible_architectures=[architecture],
+            description="placement definitions, unpacked at /opt/placements (the api function's)")
         self.models = lambda_.LayerVersion(
             self, "Models", code=lambda_.Code.from_asset(str(ROOT / "layers" / "models"), exclude=["requirements.txt"]),
             compatible_runtimes=[RUNTIME], compatible_architectures=[architecture],

@@ -147,6 +147,13 @@ def envelopes() -> dict[str, dict[str, Any]]:
         "list-models": envelope("list-models", "GET", "/models"),
         "get-model": envelope("get-model", "GET", "/models/{name}", {"name": "clusters"}),
         "start-job": envelope("start-job", "POST", "/jobs", body={"kind": "traits", "options": {}}),
+        # Decisions: a placement's content for a customer (operator) and for the signed-in end user, with context.
+        "get-customer-decision": envelope("get-customer-decision", "GET", "/customers/{customerId}/decisions",
+                                          customer, query={"placement": "home-hero", "page": "/",
+                                                           "device": "mobile"}),
+        "get-me-decision": envelope("get-me-decision", "GET", "/me/decisions",
+                                    query={"placement": "home-hero", "page": "/", "utm_campaign": "spring-sale"},
+                                    auth="cognito"),
     }
 
 

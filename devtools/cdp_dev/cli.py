@@ -29,6 +29,7 @@ usual credentials.
 none: AWS only when asked for.
     cdp segments validate [DIR]                      check definitions
     cdp segments test [DIR]                          run the stories in DIR/stories
+    cdp placements validate [DIR] [--segments DIR]   check placements against the segment definitions
     cdp redrive failures --queue-url URL --stream NAME
     cdp redrive quarantine --bucket NAME [--prefix quarantine/2026/10/] --stream NAME
 
@@ -376,6 +377,17 @@ def _segments(args: argparse.Namespace) -> int:
     return 0
 
 
+def _placements(args: argparse.Namespace) -> int:
+    from cdp.core.catalogue import load_catalogue
+    from cdp.core.placements import load_placements
+
+    placements = load_placements(args.dir, load_catalogue(args.segments))
+    rules = sum(len(p.rules) for p in placements.values())
+    count = f"{len(placements)} placement{'' if len(placements) == 1 else 's'}"
+    print(f"{count} valid ({rules} rules) in {args.dir}, against the segments in {args.segments}")
+    return 0
+
+
 def _segments_test(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -456,6 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
     story.add_argument("dir", nargs="?", default="segments")
     story.set_defaults(run=_segments_test)
     _add_lifecycle(commands, segments_commands, api_option())
+    placements = commands.add_parser("placements", help="placement definitions as code")
+    placements_commands = placements.add_subparsers(dest="placements_command", required=True)
+    checked = placements_commands.add_parser("validate", help="check every placement in a folder")
+    checked.add_argument("dir", nargs="?", default="placements")
+    checked.add_argument("--segments", default="segments", help="the segment definitions rules may read")
+    checked.set_defaults(run=_placements)
     redrive = commands.add_parser("redrive", help="put failed or quarantined records back on the stream")
     sources = redrive.add_subparsers(dest="source", required=True)
     failures = sources.add_parser("failures", help="from the ingest on-failure queue")

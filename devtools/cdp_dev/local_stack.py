@@ -185,6 +185,8 @@ def _add_function(found: Resources, properties: dict[str, Any], root: Path) -> s
             found.queue_refs.setdefault(folder, {})[name] = reference  # a queue's Ref is its URL
         environment[name] = _variable(found, value, reference)
     environment["CATALOGUE_PATH"] = str(root / "segments")
+    if "PLACEMENTS_PATH" in environment:  # the placements layer's folder, as checked out
+        environment["PLACEMENTS_PATH"] = str(root / "placements")
     found.functions[folder] = environment
     return folder
 

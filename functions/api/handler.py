@@ -1,5 +1,5 @@
-"""The HTTP API: profiles, memberships and segment definitions for frontends and operators; for operators also
-the computed traits' models (``GET /models``) and jobs (``POST /jobs``, ``GET /jobs/{jobId}``).
+"""The HTTP API: profiles, memberships, placement decisions and segment definitions for frontends and operators; for
+operators also the computed traits' models (``GET /models``) and jobs (``POST /jobs``, ``GET /jobs/{jobId}``).
 
 Operator routes are IAM-authorised at API Gateway; ``GET /me`` is behind a Cognito user pool
 authorizer and reads only the caller's own profile. Every error is a JSON body with a stable
@@ -32,6 +32,7 @@ from cdp.api.models import (
     CustomerExport,
     CustomerProfile,
     CustomerSegments,
+    DecisionDocument,
     DefinitionIssue,
     DefinitionProblem,
     DeletionAccepted,
@@ -73,6 +74,7 @@ from cdp.core.catalogue import Catalogue, Segment, load_catalogue
 from cdp.core.clock import Clock, clock_from_env
 from cdp.core.engine import Engine
 from cdp.core.identity import customer_digest, identifier_digest, resolve_all
+from cdp.core.placements import PlacementBook
 from cdp.core.profile import Profile
 from cdp.core.static_segments import InvalidEdit, UnknownSegment, static_edit
 from cdp.pipeline.privacy import UnknownCustomer, export_customer, start_deletion
@@ -182,6 +184,7 @@ class Dependencies:
     runner: JobRunner | None = None
     scan: ProfileScan | None = None  # previews scan the profiles
     history: SegmentHistoryReader | None = None
+    placements: PlacementBook | None = None  # the placements/ definitions (None: no decisions route has any)
 
 
 class SegmentHistoryReader(Protocol):
@@ -245,7 +248,29 @@ def build(**overrides: Any) -> Dependencies:
         runner=lambda: lifecycle.jobs[1],
         scan=lifecycle.scan,
         history=lifecycle.history,
+        placements=lambda: placement_book(os.environ),
     )
+
+
+def placement_book(env: Mapping[str, str]) -> PlacementBook:
+    """The placement definitions ``PLACEMENTS_PATH`` names (default ``/opt/placements``, the placements layer),
+    read at cold start. A path given that is not a folder of definitions is refused; the default one missing is a
+    deployment with no placements."""
+    from pathlib import Path
+
+    from cdp.config import ConfigError
+    from cdp.core.catalogue import CatalogueError, read_definitions
+
+    given = env.get("PLACEMENTS_PATH", "").strip()
+    path = Path(given or "/opt/placements")
+    if not path.is_dir():
+        if given:
+            raise ConfigError(f"PLACEMENTS_PATH {given!r} is not a folder of placement definitions")
+        return PlacementBook([])
+    try:
+        return PlacementBook(read_definitions(path))
+    except CatalogueError as error:
+        raise ConfigError(f"PLACEMENTS_PATH {given or str(path)!r}: {error}") from None
 
 
 class _Lifecycle:
@@ -531,17 +556,101 @@ def explain_customer(customerId: ID, segment: EXPLAIN_SEGMENT = None) -> Respons
          responses=documented(CustomerProfile, "The caller's own profile", 403, 404), security=END_USER,
          tags=["customers"])
 def get_me() -> CustomerProfile:
-    d = deps()
-    authorizer: dict[str, Any] = dict(app.current_event.request_context.authorizer or {})
-    claims = authorizer.get("claims")
-    customer_id = claims.get(d.me_claim) if isinstance(claims, dict) else None
-    if not customer_id:
-        raise Forbidden("a verified identity token is required")
-    profile = _profile(str(customer_id))
+    profile = _profile(_caller())
     if profile.merged_into is not None:
         # Merged into another customer: that profile is not the caller's to read, and this one is no longer live.
         raise NotFound("this customer's profile was merged into another customer")
     return _customer_document(profile)
+
+
+def _caller() -> str:
+    """The signed-in end user's customer id, from the claim the Cognito authorizer verified."""
+    authorizer: dict[str, Any] = dict(app.current_event.request_context.authorizer or {})
+    claims = authorizer.get("claims")
+    customer_id = claims.get(deps().me_claim) if isinstance(claims, dict) else None
+    if not customer_id:
+        raise Forbidden("a verified identity token is required")
+    return str(customer_id)
+
+
+# ---- decisions: the content a placement serves a customer, from one profile read -------------------------------
+
+PLACEMENT = Annotated[str, Query(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$",
+                                 description="A placement id (a placements/*.yaml file's `id`).")]
+PAGE = Annotated[str | None, Query(min_length=1, max_length=2048, description="The page, e.g. `/` or `/shoes/red`.")]
+DEVICE = Annotated[str | None, Query(min_length=1, max_length=64, description="The device, e.g. `mobile`.")]
+UTM = Annotated[str | None, Query(min_length=1, max_length=256, description="The UTM parameter of the visit.")]
+DECISION_DESCRIPTION = (
+    "The placement's rules are matched in order against the profile (one read) and the request context (`page`, "
+    "`device`, `utm_campaign`, `utm_source`, `utm_medium`). When several match, the rule naming the customer's "
+    "primary segment wins (then the segments' overlap order), else the first; with none, the placement's default. "
+    "`reason` says which rule won and why, and `matched` lists every rule that matched. An id no profile has is a "
+    "new visitor: `known` is false and the rules are evaluated on an empty profile (so only context rules can "
+    "match).")
+
+
+def _decision(placement: str, profile: Profile, known: bool, context: dict[str, str],
+              requested_id: str | None = None) -> DecisionDocument:
+    from cdp.core.placements import decide, fallback
+    from cdp.core.profile import ProfileView
+
+    d = deps()
+    book = d.placements or PlacementBook([])
+    found = book.get(placement, d.catalogue)
+    if found is None:
+        raise NotFound(f"placement: no placement has the id {placement!r} (placements: "
+                       f"{', '.join(book.ids()) or 'none'})")
+    if isinstance(found, Exception):
+        logger.warning("placement invalid against the catalogue", extra={"placement": placement,
+                                                                         "problem": str(found)})
+        decision = fallback(placement, book, found)
+    else:
+        stats = d.catalogue_source.stats if d.catalogue_source is not None else None
+        decision = decide(found, ProfileView(profile, d.clock.now(), stats), context)
+    return DecisionDocument.model_validate({
+        "placement": decision.placement, "customer_id": profile.customer_id or None,
+        "requested_id": requested_id if requested_id not in (None, profile.customer_id) else None, "known": known,
+        "content": {"id": decision.content.id, "payload": dict(decision.content.payload)},
+        "rule": decision.rule, "reason": decision.reason, "matched": list(decision.matched), "context": context})
+
+
+def _request_context(page: str | None, device: str | None, utm_campaign: str | None, utm_source: str | None,
+                     utm_medium: str | None) -> dict[str, str]:
+    given = {"page": page, "device": device, "utm_campaign": utm_campaign, "utm_source": utm_source,
+             "utm_medium": utm_medium}
+    return {key: value for key, value in given.items() if value is not None}
+
+
+@app.get("/customers/<customerId>/decisions", summary="The content a placement serves a customer, and why",
+         description=DECISION_DESCRIPTION + " Merged ids resolve to their customer as `GET /customers/{customerId}` "
+                                            "does.",
+         responses=documented(DecisionDocument, "The decision", 404), security=OPERATOR, tags=["decisions"])
+def get_customer_decision(customerId: ID, placement: PLACEMENT, page: PAGE = None, device: DEVICE = None,
+                          utm_campaign: UTM = None, utm_source: UTM = None,
+                          utm_medium: UTM = None) -> DecisionDocument:
+    requested = unquote(customerId)
+    canonical = _canonical(requested)
+    context = _request_context(page, device, utm_campaign, utm_source, utm_medium)
+    try:
+        profile, known = _live_profile(canonical, NOT_FOUND), True
+    except NotFound:
+        profile, known = Profile(canonical), False  # a new visitor
+    return _decision(placement, profile, known, context, requested)
+
+
+@app.get("/me/decisions", summary="The content a placement serves the signed-in end user, and why",
+         description=DECISION_DESCRIPTION + " A caller with no profile yet, or whose profile was merged into "
+                                            "another customer's, is a new visitor (`customer_id` null).",
+         responses=documented(DecisionDocument, "The decision", 403, 404), security=END_USER, tags=["decisions"])
+def get_my_decision(placement: PLACEMENT, page: PAGE = None, device: DEVICE = None, utm_campaign: UTM = None,
+                    utm_source: UTM = None, utm_medium: UTM = None) -> DecisionDocument:
+    caller = _caller()
+    context = _request_context(page, device, utm_campaign, utm_source, utm_medium)
+    profile = deps().profiles.get(caller)
+    if profile is None or profile.merged_into is not None:
+        # Another customer's profile is not the caller's to be decided on: served as anyone new would be.
+        return _decision(placement, Profile(""), False, context)
+    return _decision(placement, profile, True, context)
 
 
 @app.get("/segments", summary="Every segment's definition and stored version",

@@ -93,6 +93,15 @@ def cases(who: str, doomed: str) -> dict[tuple[str, str], list[Case]]:
                                                     Case(f"/customers/{nobody}/export", 404)],
         ("delete", "/customers/{customerId}"): [Case(f"/customers/{doomed}", 202), Case(f"/customers/{nobody}", 404)],
         ("get", "/requests/{requestId}"): [Case(f"/requests/req-{uuid.uuid4().hex}", 404)],  # done ones: test_privacy
+        # Decisions (a customer who bought B in segment A: tests/e2e/test_decisions.py); no profile: a new visitor.
+        ("get", "/customers/{customerId}/decisions"): [
+            Case(f"/customers/{who}/decisions?placement=home-hero&page=/", 200),
+            Case(f"/customers/{nobody}/decisions?placement=home-hero", 200),
+            Case(f"/customers/{who}/decisions?placement=no-such", 404),
+            Case(f"/customers/{who}/decisions", 400)],
+        ("get", "/me/decisions"): [Case("/me/decisions?placement=home-hero", 200, headers=(("X-Local-User", who),)),
+                                   Case("/me/decisions?placement=home-hero", 403),
+                                   Case("/me/decisions?placement=no-such", 404, headers=(("X-Local-User", who),))],
         **lifecycle_cases(who, nobody),
     }
 

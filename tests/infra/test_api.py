@@ -23,11 +23,11 @@ def test_no_method_is_without_authorization(template: Any) -> None:
 
 def test_only_me_takes_end_user_tokens_and_it_uses_the_user_pool(template: Any) -> None:
     cognito = [m for m in methods(template).values() if m["AuthorizationType"] == "COGNITO_USER_POOLS"]
-    assert len(cognito) == 1
+    assert len(cognito) == 2  # GET /me and GET /me/decisions
     authorizers = template.find_resources("AWS::ApiGateway::Authorizer")
     (authorizer,) = authorizers.values()
     assert authorizer["Properties"]["Type"] == "COGNITO_USER_POOLS"
-    assert cognito[0]["AuthorizerId"] == {"Ref": next(iter(authorizers))}
+    assert all(m["AuthorizerId"] == {"Ref": next(iter(authorizers))} for m in cognito)
 
 
 def test_operator_methods_validate_requests(template: Any) -> None:
@@ -67,15 +67,16 @@ def test_end_users_on_me_have_their_own_smaller_throttle(template: Any) -> None:
     """API Gateway applies the stage's limits to each method on its own; GET /me, the one route every shopper
     calls, gets a bucket well below the operators' and below the function's reserved concurrency."""
     found = method_settings(template)
-    assert set(found) == {("/*", "*"), ("/~1me", "GET")}  # the operator routes all take the default
+    # the operator routes all take the default
+    assert set(found) == {("/*", "*"), ("/~1me", "GET"), ("/~1me~1decisions", "GET")}
     me, operators = found[("/~1me", "GET")], found[("/*", "*")]
     assert (me["ThrottlingRateLimit"], me["ThrottlingBurstLimit"]) == (20, 40)
     assert me["ThrottlingRateLimit"] < operators["ThrottlingRateLimit"]
     assert me["ThrottlingBurstLimit"] < operators["ThrottlingBurstLimit"]
     assert me["ThrottlingBurstLimit"] < api_function(template)["ReservedConcurrentExecutions"]
-    (me_method,) = [m for m in methods(template).values() if m["AuthorizationType"] == "COGNITO_USER_POOLS"]
+    end_user = [m for m in methods(template).values() if m["AuthorizationType"] == "COGNITO_USER_POOLS"]
     resources = template.find_resources("AWS::ApiGateway::Resource")
-    assert resources[me_method["ResourceId"]["Ref"]]["Properties"]["PathPart"] == "me"  # the path throttled
+    assert {resources[m["ResourceId"]["Ref"]]["Properties"]["PathPart"] for m in end_user} == {"me", "decisions"}
 
 
 def test_the_api_function_has_reserved_concurrency(template: Any) -> None:

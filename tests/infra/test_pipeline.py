@@ -46,17 +46,19 @@ def test_functions_run_newest_python_on_arm_with_all_layers_and_tracing(template
         assert properties["Runtime"] == "python3.14", name
         assert properties["Architectures"] == ["arm64"], name
         assert properties["Handler"] == "handler.handler", name
-        assert len(properties["Layers"]) == (4 if folders.get(name) == "jobs" else 3), name  # jobs: + models
+        # jobs: + models; api: + placements
+        assert len(properties["Layers"]) == {"jobs": 4, "api": 4}.get(folders.get(name, ""), 3), name
         assert properties["TracingConfig"] == {"Mode": "Active"}, name
         assert properties["Environment"]["Variables"]["CATALOGUE_PATH"] == "/opt", name
         assert "KmsKeyArn" in properties, name
 
 
-def test_four_layers_core_deps_catalogue_and_the_jobs_models(template: Any) -> None:
+def test_five_layers_core_deps_catalogue_the_jobs_models_and_the_apis_placements(template: Any) -> None:
     layers = template.find_resources("AWS::Lambda::LayerVersion")
     descriptions = sorted(layer["Properties"]["Description"] for layer in layers.values())
     assert descriptions == ["Powertools and PyYAML (make layers)", "cdp core package",
                             "numpy and scikit-learn: the computed traits' training (make layers)",
+                            "placement definitions, unpacked at /opt/placements (the api function's)",
                             "segment definitions, unpacked at /opt"]
 
 

@@ -94,10 +94,12 @@ SHARDS = MEMBER_SHARDS
 ENVELOPES = ("get-customer", "get-customer-segments", "get-me", "get-me-unauthenticated", "list-segments",
              "get-segment", "list-members", "edit-members", "put-segment", "validate-segment", "preview-segment",
              "list-segment-versions", "get-segment-history", "get-job", "explain-customer", "delete-segment",
-             "list-models", "get-model", "start-job")
+             "list-models", "get-model", "start-job", "get-customer-decision", "get-me-decision")
 WEB = {"library": {"name": "analytics.js", "version": "5.2.0"}}
 # The return model of each documented operation: its 200 body must match that component schema.
 SUCCESS_MODELS = {
+    ("get", "/customers/{customerId}/decisions"): "DecisionDocument",
+    ("get", "/me/decisions"): "DecisionDocument",
     ("get", "/customers/{customerId}"): "CustomerProfile",
     ("get", "/customers"): "CustomerProfile",
     ("get", "/customers/{customerId}/segments"): "CustomerSegments",
@@ -124,6 +126,8 @@ SUCCESS_MODELS = {
     ("get", "/models/{name}"): "ModelDocument",
     ("post", "/jobs"): "JobDocument",
 }
+# Decisions: exercised against this document in tests/integration/test_api_decisions.py
+DECISION_ROUTES = {("get", "/customers/{customerId}/decisions"), ("get", "/me/decisions")}
 MODEL_ROUTES = {("get", "/models"), ("get", "/models/{name}"), ("post", "/jobs")}
 ACCEPTED_ROUTES = {("post", "/jobs")}  # besides deletions: work accepted to run later (202)
 PRIVACY_ROUTES = {("delete", "/customers/{customerId}"), ("get", "/customers/{customerId}/export"),
@@ -1345,6 +1349,6 @@ def test_openapi_every_documented_route_was_exercised(tour: list[Reply]) -> None
     """The tour reaches every documented operation with a success, so the checks above cover each one (the data
     subject requests need the privacy stores: tests/integration/test_privacy.py checks them against the document)."""
     documented = ({(m, p) for p, item in document()["paths"].items() for m in item} - PRIVACY_ROUTES
-                  - LIFECYCLE_ROUTES - MODEL_ROUTES)
+                  - LIFECYCLE_ROUTES - MODEL_ROUTES - DECISION_ROUTES)
     exercised = {(r.method.lower(), r.route) for r in tour if r.status == 200}
     assert documented - exercised == set()

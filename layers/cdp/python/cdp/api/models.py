@@ -444,3 +444,28 @@ class ModelDocument(Model):
 
 class ModelList(Model):
     models: list[ModelDocument] = Field(description="Every trained model: rfm, clusters, predictions.")
+
+
+class DecisionContent(Model):
+    id: str = Field(examples=["promo-capsules"])
+    payload: dict[str, Any] = Field(description="The content's JSON, as the placement defines it.")
+
+
+class DecisionDocument(Model):
+    """The content a placement serves one customer, the rule that won and why."""
+
+    placement: str = Field(examples=["home-hero"])
+    customer_id: str | None = Field(description="The canonical customer decided for (null for a new visitor "
+                                                "at /me/decisions).")
+    requested_id: str | None = Field(
+        default=None, exclude_if=lambda requested: requested is None,
+        description="The id asked for, when it was merged into this customer (absent otherwise).")
+    known: bool = Field(description="False: no profile has this id (a new visitor); the rules were evaluated on an "
+                                    "empty profile, so only rules without profile conditions can match.")
+    content: DecisionContent
+    rule: str | None = Field(description="The rule that won; null when the default is served.",
+                             examples=["vip-bought-b"])
+    reason: str = Field(examples=["rule vip-bought-b names vip, the customer's primary segment; also matched: "
+                                  "spring-campaign"])
+    matched: list[str] = Field(description="Every rule that matched, in the placement's order.")
+    context: dict[str, str] = Field(description="The request context the rules were matched against.")
