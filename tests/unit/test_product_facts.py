@@ -222,7 +222,14 @@ def test_viewed_reads_the_latest_view_of_any_product_in_the_category() -> None:
 def test_the_conditions_read_well() -> None:
     assert condition({"purchased": {"product_id": "B", "within": "30d"}}).describe() == "purchased product B within 30d"
     assert condition({"viewed": {"category": "shoes"}}).describe() == "viewed a product in category shoes"
-    assert condition({"purchased": {"product_id": 1234}}).describe() == "purchased product 1234"
+    assert condition({"purchased": {"product_id": "1234"}}).describe() == "purchased product 1234"
+
+
+@pytest.mark.parametrize("value", [83, 1000, 31, 12.0])  # what YAML makes of 00123, 1_000, 0x1F, 12.0
+def test_an_unquoted_numeric_id_is_refused_because_yaml_has_changed_it(value: object) -> None:
+    with pytest.raises(CatalogueError) as error:
+        build_catalogue([("s.yaml", {"id": "s", "name": "S", "condition": {"purchased": {"product_id": value}}})])
+    assert "condition.purchased.product_id" in str(error.value) and "quote it" in str(error.value)
 
 
 @pytest.mark.parametrize(("body", "path", "rule"), [
@@ -292,9 +299,19 @@ def test_an_array_filter_on_a_property_that_is_no_array_does_not_hold() -> None:
     assert nested.matches({"orders": [{"items": [{"tags": ["x"]}, {"tags": ["gift"]}]}]})
 
 
-@pytest.mark.parametrize("name", ["products[", "products[].", "[]", "products[0].id", "a..b"])
-def test_a_bad_array_path_is_refused(name: str) -> None:
+@pytest.mark.parametrize("name", ["[]", "[].product_id", "a.[].b"])
+def test_an_array_part_without_its_name_is_refused(name: str) -> None:
     with pytest.raises(CatalogueError) as error:
         build_catalogue([("s.yaml", {"id": "s", "name": "S", "condition": {
             "count": {"event": "Order Completed", "gte": 1, "where": {name: "B"}}}})])
     assert "condition.count.where" in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["utm[source]", "products[0].id"])
+def test_other_brackets_are_part_of_a_property_name_as_before(name: str) -> None:
+    catalogue = build_catalogue([("s.yaml", {"id": "s", "name": "S", "condition": {
+        "count": {"event": "Order Completed", "gte": 1, "where": {name: "B"}}}})])
+    (spec,) = [shape.metric for shapes in catalogue.counted.values() for shape in shapes.counters]
+    (test,) = spec.source.where
+    assert test.path == tuple(name.split(".")) and test.matches({name.split(".")[0]: {"id": "B"}} if "." in name
+                                                                 else {name: "B"})

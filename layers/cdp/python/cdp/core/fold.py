@@ -238,7 +238,7 @@ def _fold_products(profile: Profile, event: Event, moment: int, touched: set[str
 
 
 def _product_text(value: Any) -> str:
-    """An id or category as text; "" for what is absent or not a string or number."""
+    """An id or category as text (a string, or a whole number); "" for anything else (absent, a float, a list)."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return ""
     return str(value)

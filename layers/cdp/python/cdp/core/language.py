@@ -750,8 +750,9 @@ class Parser:
             raise DefinitionError(path, f"needs exactly one of product_id, category (found {found})")
         key = given[0]
         value = spec[key]
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)  # YAML reads 1234 as a number; ids are kept as text
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # YAML reads 00123 as 83 and 1_000 as 1000: the id as written is lost, so it must be quoted.
+            raise DefinitionError(f"{path}.{key}", "must be text: quote it (YAML reads an unquoted id as a number)")
         text = _text(value, f"{path}.{key}")
         if len(text) > MAX_PRODUCT_CHARS:
             raise DefinitionError(f"{path}.{key}", f"is longer than {MAX_PRODUCT_CHARS} characters, the most the"
@@ -836,12 +837,11 @@ def _duration(spec: dict[str, Any], key: str, path: str, *, allow_zero: bool = F
 
 
 def _property_path(name: str, at: str) -> tuple[str, ...]:
-    """A dotted property path; a part ``name[]`` means any element of the array ``name``."""
+    """A dotted property path; a part ``name[]`` means any element of the array ``name``. Any other part is a
+    property name as written (``utm[source]`` included), as before arrays were reachable."""
     parts = tuple(name.split("."))
-    for part in parts:
-        if not part or "[" in part.removesuffix("[]") or "]" in part.removesuffix("[]") or part == "[]":
-            raise DefinitionError(at, f"{part!r} is not a property name (a part may end in [] to mean any"
-                                      " element of an array)")
+    if "[]" in parts:
+        raise DefinitionError(at, "'[]' needs the array's name before it, e.g. products[]")
     return parts
 
 
