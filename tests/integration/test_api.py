@@ -388,6 +388,10 @@ ALICE = {
     ],
     "cart": {"items": [{"product_id": "p-9", "quantity": 2, "price": 15.0}],
              "last_added": {"product_id": "p-9", "at": "2026-10-20T11:30:00Z"}},
+    # Viewed p-1 .. p-6 one to six hours ago (p-1 also five days ago: its last time counts), newest first;
+    # her orders name no products.
+    "recent_products": [{"product_id": f"p-{h}", "category": None, "kind": "viewed",
+                         "at": f"2026-10-20T{12 - h:02d}:00:00Z"} for h in range(1, 7)],
     "channels": {"web": "2026-10-20T11:30:00Z"},
     "computed_traits": {},  # no traits job has run
     "segments": ALICE_SEGMENTS,
@@ -475,7 +479,8 @@ def test_a_customer_with_no_events_but_a_static_membership_has_empty_figures(api
         "customer_id": "dora", "canonical_id": "dora", "merged_ids": [], "traits": {},
         "rfm": {"orders": 0, "revenue": 0.0, "average_order_value": None, "first_order_at": None,
                 "last_order_at": None, "recency_days": None},
-        "counters": [], "cart": {"items": [], "last_added": None}, "channels": {}, "computed_traits": {},
+        "counters": [], "cart": {"items": [], "last_added": None}, "recent_products": [], "channels": {},
+        "computed_traits": {},
         "segments": [{"id": "vip", "name": "VIP list", "since": NOW}], "primary_segment": "vip", "score": 5.0,
         "next_deadline": None, "version": 1, "updated_at": NOW}
 

@@ -59,6 +59,13 @@ class Cart(Model):
     last_added: LastAdded | None
 
 
+class RecentProduct(Model):
+    product_id: str = Field(examples=["sku-100"])
+    category: str | None = Field(examples=["coffee"])
+    kind: str = Field(examples=["purchased"], description="`purchased` or `viewed`.")
+    at: str = Field(examples=["2026-10-04T09:00:00Z"], description="The last time, of this kind.")
+
+
 class Membership(Model):
     id: str = Field(examples=["recent-buyers"])
     name: str = Field(examples=["Recent buyers"])
@@ -93,6 +100,9 @@ class CustomerProfile(Model):
     rfm: Rfm
     counters: list[Counter]
     cart: Cart
+    recent_products: list[RecentProduct] = Field(
+        description="The most recent distinct products purchased and viewed (at most 20 of each), newest first: "
+                    "what `purchased` and `viewed` conditions read.")
     channels: dict[str, str | None] = Field(examples=[{"web": "2026-10-04T09:00:00Z"}])
     computed_traits: dict[str, ComputedTrait] = Field(
         examples=[{"rfm_segment": {"value": "Champions", "model": "rfm", "version": 3,

@@ -119,6 +119,9 @@ def profile_document(profile: Profile, catalogue: Catalogue, now: float,
                            for pid, item in sorted(profile.cart.items())],
                  "last_added": ({"product_id": profile.last_add[0], "at": iso(profile.last_add[1])}
                                 if profile.last_add else None)},
+        "recent_products": [{"product_id": entry[0], "category": entry[1] or None,
+                             "kind": "purchased" if entry[2] == "p" else "viewed", "at": iso(entry[3])}
+                            for entry in reversed(profile.products)],
         "channels": {channel: iso(seen) for channel, seen in sorted(profile.channels.items())},
         "computed_traits": computed_traits(profile.computed),
         **segments_summary(profile, catalogue),
