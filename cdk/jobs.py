@@ -175,26 +175,24 @@ class Jobs(Construct):
             description="EventBridge Scheduler: starts the population statistics and computed traits jobs")
         role.add_to_policy(iam.PolicyStatement(actions=["lambda:InvokeFunction"],
                                                resources=[self.function.function.function_arn]))
-        self.schedule = scheduler.CfnSchedule(
-            self, "Population", schedule_expression=settings.population_schedule,
-            flexible_time_window=scheduler.CfnSchedule.FlexibleTimeWindowProperty(mode="OFF"),
-            description="Compute the population statistics percentile conditions read",
-            target=scheduler.CfnSchedule.TargetProperty(
-                arn=self.function.function.function_arn, role_arn=role.role_arn,
-                input=json.dumps({"step": "schedule", "kind": "percentiles"}),
-                retry_policy=scheduler.CfnSchedule.RetryPolicyProperty(maximum_retry_attempts=2,
-                                                                        maximum_event_age_in_seconds=3600)))
-        self._traits_schedule(settings, role)
+        self.schedule = self._job_schedule(
+            "Population", settings.population_schedule, role, {"step": "schedule", "kind": "percentiles"},
+            "Compute the population statistics percentile conditions read")
+        self.traits_schedule = self._job_schedule(
+            "Traits", settings.traits_schedule, role,
+            {"step": "schedule", "kind": "traits", "options": {"clusters": settings.cluster_count or None}},
+            "Train the computed traits' models and write the traits that changed")
 
-    def _traits_schedule(self, settings: Settings, role: iam.IRole) -> None:
-        options: dict[str, object] = {"clusters": settings.cluster_count or None}
-        self.traits_schedule = scheduler.CfnSchedule(
-            self, "Traits", schedule_expression=settings.traits_schedule,
+    def _job_schedule(self, construct_id: str, expression: str, role: iam.IRole, step: dict[str, object],
+                      description: str) -> scheduler.CfnSchedule:
+        """A schedule that has the jobs function start a job. A missed run needs no redrive (the next one does the
+        same work), so it retries twice within the hour and has no dead-letter queue."""
+        return scheduler.CfnSchedule(
+            self, construct_id, schedule_expression=expression,
             flexible_time_window=scheduler.CfnSchedule.FlexibleTimeWindowProperty(mode="OFF"),
-            description="Train the computed traits' models and write the traits that changed",
+            description=description,
             target=scheduler.CfnSchedule.TargetProperty(
-                arn=self.function.function.function_arn, role_arn=role.role_arn,
-                input=json.dumps({"step": "schedule", "kind": "traits", "options": options}),
+                arn=self.function.function.function_arn, role_arn=role.role_arn, input=json.dumps(step),
                 retry_policy=scheduler.CfnSchedule.RetryPolicyProperty(maximum_retry_attempts=2,
                                                                         maximum_event_age_in_seconds=3600)))
 

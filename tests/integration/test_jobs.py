@@ -40,6 +40,22 @@ def create_jobs_table(stack: Stack) -> DynamoJobStore:
     return DynamoJobStore(bind_jobs(JOBS_TABLE, REGION))
 
 
+def jobs_function(stack: Stack, monkeypatch: pytest.MonkeyPatch, page_size: int) -> tuple[Any, InProcessJobRunner]:
+    """The jobs function built from its environment over every store a job needs, with jobs run in process."""
+    create_jobs_table(stack)
+    create_definitions_table(stack.dynamodb)
+    stack.s3.create_bucket(Bucket=RESULTS_BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    for name, value in {"PROFILES_TABLE": PROFILES_TABLE, "JOBS_TABLE": JOBS_TABLE,
+                        "JOB_RESULTS_BUCKET": RESULTS_BUCKET, "DEFINITIONS_TABLE": DEFINITIONS_TABLE,
+                        "CATALOGUE_PATH": str(SEGMENTS), "JOB_SCAN_SEGMENTS": "3", "JOB_PAGE_SIZE": str(page_size),
+                        "AWS_REGION": REGION, "CDP_WRITE_CONCURRENCY": "1"}.items():
+        monkeypatch.setenv(name, value)
+    built: list[Any] = []
+    runner = InProcessJobRunner(lambda: built[0].job_engine(), workers=2, background=False)
+    built.append(jobs_handler.build(clock=stack.clock, runner=runner))
+    return built[0], runner
+
+
 @pytest.mark.parametrize("total", [1, 4, 7])
 def test_the_parallel_scan_segments_cover_every_profile_exactly_once(stack: Stack, total: int) -> None:
     revenues = {f"c{i:03d}": float(i) for i in range(60)}
@@ -122,19 +138,9 @@ def test_the_scheduled_percentiles_job_stores_statistics_and_fills_premium_custo
         stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     revenues = {f"c{i:03d}": float((i * 37) % 500) for i in range(45)}
     seed(stack, revenues)
-    create_jobs_table(stack)
-    create_definitions_table(stack.dynamodb)
-    stack.s3.create_bucket(Bucket=RESULTS_BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-    for name, value in {"PROFILES_TABLE": PROFILES_TABLE, "JOBS_TABLE": JOBS_TABLE,
-                        "JOB_RESULTS_BUCKET": RESULTS_BUCKET, "DEFINITIONS_TABLE": DEFINITIONS_TABLE,
-                        "CATALOGUE_PATH": str(SEGMENTS), "JOB_SCAN_SEGMENTS": "3", "JOB_PAGE_SIZE": "4",
-                        "AWS_REGION": REGION, "CDP_WRITE_CONCURRENCY": "1"}.items():
-        monkeypatch.setenv(name, value)
-    built: list[Any] = []
-    runner = InProcessJobRunner(lambda: built[0].job_engine(), workers=2, background=False)
-    built.append(jobs_handler.build(clock=stack.clock, runner=runner))
-    answer = jobs_handler.handle({"step": "schedule"}, None, built[0])
-    job = built[0].job_store.get(answer["id"])
+    deps, runner = jobs_function(stack, monkeypatch, page_size=4)
+    answer = jobs_handler.handle({"step": "schedule"}, None, deps)
+    job = deps.job_store.get(answer["id"])
     assert job is not None and job.status == DONE, runner.errors
     ordered = sorted(revenues.values())
     threshold = ordered[math.ceil(0.8 * len(ordered)) - 1]
@@ -142,7 +148,7 @@ def test_the_scheduled_percentiles_job_stores_statistics_and_fills_premium_custo
     members = {cid for cid in revenues
                if "premium-customers" in (stack.store().get(cid) or Profile(cid)).memberships}
     assert members == expected and job.counts["entered"] >= len(expected)
-    stored = built[0].definitions.population()
+    stored = deps.definitions.population()
     assert stored is not None and stored.threshold("revenue", 20) == threshold
     assert next(t for t in job.result["thresholds"] if t["segment_id"] == "premium-customers")["new"] == threshold
 

@@ -4,7 +4,6 @@ trainers (scikit-learn)."""
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
 
@@ -14,10 +13,9 @@ from cdp.core.population import PopulationStats
 from cdp.core.profile import Profile
 from cdp.pipeline.jobs import DONE
 from cdp_dev.handlers import load_handler
-from cdp_dev.local_jobs import InProcessJobRunner
 
-from .support import DEFINITIONS_TABLE, PROFILES_TABLE, REGION, ROOT, SEGMENTS, Stack, create_definitions_table
-from .test_jobs import JOBS_TABLE, RESULTS_BUCKET, create_jobs_table
+from .support import DEFINITIONS_TABLE, REGION, ROOT, Stack, create_definitions_table
+from .test_jobs import jobs_function
 
 jobs_handler = load_handler(ROOT, "jobs")
 
@@ -63,26 +61,16 @@ def seed_history(stack: Stack, count: int) -> None:
 def test_the_scheduled_traits_job_trains_stores_and_writes_every_customers_traits(
         stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     seed_history(stack, 80)
-    create_jobs_table(stack)
-    create_definitions_table(stack.dynamodb)
-    stack.s3.create_bucket(Bucket=RESULTS_BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-    for name, value in {"PROFILES_TABLE": PROFILES_TABLE, "JOBS_TABLE": JOBS_TABLE,
-                        "JOB_RESULTS_BUCKET": RESULTS_BUCKET, "DEFINITIONS_TABLE": DEFINITIONS_TABLE,
-                        "CATALOGUE_PATH": str(SEGMENTS), "JOB_SCAN_SEGMENTS": "3", "JOB_PAGE_SIZE": "10",
-                        "AWS_REGION": REGION, "CDP_WRITE_CONCURRENCY": "1"}.items():
-        monkeypatch.setenv(name, value)
-    built: list[Any] = []
-    runner = InProcessJobRunner(lambda: built[0].job_engine(), workers=2, background=False)
-    built.append(jobs_handler.build(clock=stack.clock, runner=runner))
+    deps, runner = jobs_function(stack, monkeypatch, page_size=10)
     event = {"step": "schedule", "kind": "traits", "options": {"clusters": 2}}
-    answer = jobs_handler.handle(event, None, built[0])
-    job = built[0].job_store.get(answer["id"])
+    answer = jobs_handler.handle(event, None, deps)
+    job = deps.job_store.get(answer["id"])
     assert job is not None and job.status == DONE, (runner.errors, job)
     assert job.result["models"]["clusters"]["k"] == 2
     assert job.result["models"]["clusters"]["chosen_by"] == "configured"
     metrics = job.result["models"]["predictions"]["metrics"]
     assert metrics["auc"] is not None and metrics["holdout_customers"] > 0
-    stored = built[0].definitions.population()
+    stored = deps.definitions.population()
     assert stored is not None and {m: d["version"] for m, d in stored.models.items()} == {
         "rfm": 1, "clusters": 1, "predictions": 1}
     profiles = [stack.store().get(f"c{i:03d}") for i in range(80)]
@@ -90,6 +78,6 @@ def test_the_scheduled_traits_job_trains_stores_and_writes_every_customers_trait
                for p in profiles)
     assert job.counts["written"] == 80
     # The next run with the same figures writes nothing.
-    again = jobs_handler.handle(event, None, built[0])
-    rerun = built[0].job_store.get(again["id"])
+    again = jobs_handler.handle(event, None, deps)
+    rerun = deps.job_store.get(again["id"])
     assert rerun is not None and rerun.status == DONE and rerun.counts["written"] == 0

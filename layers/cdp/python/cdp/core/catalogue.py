@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,7 +228,7 @@ def parse_definition(raw: object, source: str = "") -> tuple[Segment, Parser]:
         raise DefinitionError("", f"a definition must be a mapping, not {type(raw).__name__}", source=source)
     segment_id = raw.get("id")
     try:
-        _check_known_fields(raw)
+        known_fields(raw, DEFINITION_FIELDS, "")
         segment_id, name, description, enabled = _labels(raw)
         priority, group, weight = _overlap(raw)
         condition, parser = _condition(raw, segment_id, group)
@@ -238,24 +238,31 @@ def parse_definition(raw: object, source: str = "") -> tuple[Segment, Parser]:
     return segment, parser
 
 
-def _check_known_fields(raw: dict[Any, Any]) -> None:
+def known_fields(raw: dict[Any, Any], allowed: Collection[str], path: str) -> None:
+    """Refuse a field of a definition (a segment's, or a placement's at ``path``) that is not in ``allowed``."""
     for key in raw:
-        if key not in DEFINITION_FIELDS:
-            allowed = ", ".join(sorted(DEFINITION_FIELDS))
-            raise DefinitionError(str(key), f"is not a known field (allowed: {allowed})")
+        if key not in allowed:
+            at = f"{path}.{key}" if path else str(key)
+            raise DefinitionError(at, f"is not a known field (allowed: {', '.join(sorted(allowed))})")
 
 
-def _labels(raw: dict[Any, Any]) -> tuple[str, str, str, bool]:
-    """The id, name, description and enabled flag."""
-    segment_id = raw.get("id")
-    if not isinstance(segment_id, str) or not SLUG.match(segment_id):
-        raise DefinitionError("id", f"must be a lowercase slug like 'cart-abandoners', not {segment_id!r}")
+def definition_labels(raw: dict[Any, Any], example_id: str) -> tuple[str, str, str]:
+    """The id (a slug), name and description every definition as code has (segments and placements)."""
+    definition_id = raw.get("id")
+    if not isinstance(definition_id, str) or not SLUG.match(definition_id):
+        raise DefinitionError("id", f"must be a lowercase slug like '{example_id}', not {definition_id!r}")
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise DefinitionError("name", "is required (a non-empty string)")
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise DefinitionError("description", "must be a string")
+    return definition_id, name, description
+
+
+def _labels(raw: dict[Any, Any]) -> tuple[str, str, str, bool]:
+    """The id, name, description and enabled flag."""
+    segment_id, name, description = definition_labels(raw, "cart-abandoners")
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
         raise DefinitionError("enabled", f"must be true or false, not {enabled!r}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdp.core.catalogue import Catalogue, CatalogueError, Segment
+from cdp.core.catalogue import Catalogue, CatalogueError, Segment, definition_labels, known_fields
 from cdp.core.language import (
     SLUG,
     AbsenceCondition,
@@ -178,16 +178,8 @@ def parse_placement(raw: object, catalogue: Catalogue, source: str = "") -> Plac
 
 
 def _placement(raw: dict[Any, Any], catalogue: Catalogue, source: str) -> Placement:
-    _known(raw, PLACEMENT_FIELDS, "")
-    placement_id = raw.get("id")
-    if not isinstance(placement_id, str) or not SLUG.match(placement_id):
-        raise DefinitionError("id", f"must be a lowercase slug like 'home-hero', not {placement_id!r}")
-    name = raw.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise DefinitionError("name", "is required (a non-empty string)")
-    description = raw.get("description", "")
-    if not isinstance(description, str):
-        raise DefinitionError("description", "must be a string")
+    known_fields(raw, PLACEMENT_FIELDS, "")
+    placement_id, name, description = definition_labels(raw, "home-hero")
     rules = raw.get("rules", [])
     if not isinstance(rules, list):
         raise DefinitionError("rules", "must be a list of rules")
@@ -208,7 +200,7 @@ def _placement(raw: dict[Any, Any], catalogue: Catalogue, source: str) -> Placem
 def _rule(raw: object, path: str, catalogue: Catalogue) -> Rule:
     if not isinstance(raw, dict):
         raise DefinitionError(path, f"must be a mapping, not {type(raw).__name__}")
-    _known(raw, RULE_FIELDS, path)
+    known_fields(raw, RULE_FIELDS, path)
     rule_id = raw.get("id")
     if not isinstance(rule_id, str) or not SLUG.match(rule_id):
         raise DefinitionError(f"{path}.id", f"must be a lowercase slug like 'vip-bought-b', not {rule_id!r}")
@@ -272,7 +264,7 @@ def _context(raw: object, path: str) -> dict[str, tuple[str, ...]]:
 def _content(raw: object, path: str) -> Content:
     if not isinstance(raw, dict):
         raise DefinitionError(path, "must be a mapping with `id` and `payload`")
-    _known(raw, CONTENT_FIELDS, path)
+    known_fields(raw, CONTENT_FIELDS, path)
     content_id = raw.get("id")
     if not isinstance(content_id, str) or not content_id:
         raise DefinitionError(f"{path}.id", f"must be a non-empty string, not {content_id!r}")
@@ -286,13 +278,6 @@ def _content(raw: object, path: str) -> Content:
     if size > MAX_PAYLOAD_BYTES:
         raise DefinitionError(f"{path}.payload", f"must be at most {MAX_PAYLOAD_BYTES // 1024} KB as JSON")
     return Content(content_id, payload)
-
-
-def _known(raw: dict[Any, Any], allowed: set[str], path: str) -> None:
-    for key in raw:
-        if key not in allowed:
-            at = f"{path}.{key}" if path else str(key)
-            raise DefinitionError(at, f"is not a known field (allowed: {', '.join(sorted(allowed))})")
 
 
 class PlacementBook:
